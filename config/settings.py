@@ -1,0 +1,66 @@
+"""Process settings, read from `CATALOG_SYNC_*` environment variables.
+
+Precedence: environment variables, then a `.env` file in the working directory, then these defaults.
+`get_settings()` is cached rather than a module-level instance so tests can set the environment first.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CATALOG_SYNC_", env_file=".env", extra="ignore")
+
+    config: Path = Field(Path("catalog-sync.toml"), description="The sources file (TOML, one [[sources]] each).")
+    database_url: str = Field(
+        "sqlite:///./catalog-sync.db",
+        description="SQLAlchemy URL of the state database: sqlite:///path or postgresql+psycopg://…",
+    )
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL.")
+    redis_url: str | None = Field(
+        None, description="Redis for the global rate limiter; defaults to the broker URL when it is Redis."
+    )
+    catalog_url: str = Field(DEFAULT_CATALOG_URL, description="Base URL of the catalog API.")
+    catalog_api_key: SecretStr | None = Field(None, description="The catalog API key (x-api-key).")
+    catalog_rate_limit: float = Field(10.0, gt=0, le=10_000, description="Catalog requests per second, global.")
+    catalog_burst: int = Field(10, ge=1, le=10_000, description="Requests allowed at once above the steady rate.")
+    catalog_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before one catalog request times out.")
+    catalog_max_attempts: int = Field(4, ge=1, le=20, description="Tries of one catalog call for short faults.")
+    catalog_max_retry_after: float = Field(
+        10.0, ge=0, le=600, description="Longest Retry-After waited inside a call; longer ones reschedule."
+    )
+    push_max_attempts: int = Field(8, ge=1, le=100, description="Pushes of one product before it is `failed`.")
+    mass_delete_share: float = Field(
+        0.2, ge=0, le=1, description="A full run deleting more than this share of a source's products is held."
+    )
+    reconcile_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between reconcile passes.")
+    reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")
+    lease_seconds: float = Field(300.0, gt=0, le=86_400, description="How long a push owns a row.")
+    webhook_max_body: int = Field(2 * 1024 * 1024, ge=1024, description="Largest webhook body accepted, bytes.")
+    webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
+    log_level: str = Field("INFO", description="Python log level.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"  CATALOG_SYNC_{name}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Source definitions: the `[[sources]]` tables of the sources file.
+
+Any secret may be written `"env:NAME"` to read it from the environment variable NAME. Errors name the source,
+the field and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from worker.errors import ConfigError
+
+SourceKind = Literal["feed", "shopify", "shopify-rest", "shopify-storefront", "woocommerce"]
+FeedFormat = Literal["google-merchant", "csv", "tsv", "json"]
+
+# A current stable Admin API version; merchants may pin another per source.
+DEFAULT_SHOPIFY_API_VERSION = "2025-07"
+_TEMPLATE_FIELD = re.compile(r"\{(\w*)\}")
+TEMPLATE_VARIABLES = frozenset({"id", "handle", "source"})
+_SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "consumer_key", "consumer_secret")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Short unique name: lower-case letters, digits, '-', '_' or '.'.")
+    kind: SourceKind
+    url: str = Field(description="Feed path or URL; a shop's base URL.")
+    format: FeedFormat | None = None
+    external_id: str = Field("{id}", description="Catalog externalId template: {id}, {handle}, {source}.")
+    valid_for_days: int | None = Field(None, ge=1, le=365)
+    metadata_fields: tuple[str, ...] = Field(
+        (), description="Extra source attributes (price, availability, ...) copied into catalog metadata."
+    )
+    full_interval: float = Field(86_400.0, gt=0, description="Seconds between full syncs.")
+    incremental_interval: float = Field(900.0, gt=0, description="Seconds between incremental syncs.")
+    enabled: bool = True
+    mass_delete_share: float | None = Field(None, ge=0, le=1)
+    # Shop credentials; each may be "env:NAME".
+    access_token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_secret_previous: SecretStr | None = None
+    consumer_key: SecretStr | None = None
+    consumer_secret: SecretStr | None = None
+    api_version: str = DEFAULT_SHOPIFY_API_VERSION
+    bulk_threshold: int = Field(10_000, ge=0, description="Shopify: full syncs of shops this large use bulk export.")
+    page_size: int | None = Field(None, ge=1, le=250)
+    timeout: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("use 1-63 lower-case letters, digits, '-', '_' or '.', starting with a letter or digit")
+        return value
+
+    @field_validator("external_id")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        unknown = set(_TEMPLATE_FIELD.findall(value)) - TEMPLATE_VARIABLES
+        if unknown:
+            raise ValueError(f"unknown template variable(s) {sorted(unknown)}; use {{id}}, {{handle}} or {{source}}")
+        if "{id}" not in value and "{handle}" not in value:
+            raise ValueError("the template must contain {id} or {handle} so each product gets its own externalId")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> SourceConfig:
+        if (self.kind == "shopify" or self.kind == "shopify-rest") and self.access_token is None:
+            raise ValueError(f"kind {self.kind!r} needs access_token (an Admin API token with read_products)")
+        if self.kind == "woocommerce" and (self.consumer_key is None or self.consumer_secret is None):
+            raise ValueError("kind 'woocommerce' needs consumer_key and consumer_secret (a REST key with Read access)")
+        if self.format is not None and self.kind != "feed":
+            raise ValueError("format applies to kind 'feed' only")
+        return self
+
+    @property
+    def webhook_secrets(self) -> tuple[SecretStr, ...]:
+        return tuple(s for s in (self.webhook_secret, self.webhook_secret_previous) if s is not None)
+
+
+def resolve_env_refs(raw: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Replace `"env:NAME"` secret values by the environment variable's value."""
+    resolved = dict(raw)
+    for key in _SECRET_FIELDS:
+        value = resolved.get(key)
+        if isinstance(value, str) and value.startswith("env:"):
+            var = value[4:]
+            if var not in os.environ:
+                raise ConfigError(
+                    f"source {source!r}: field {key!r} reads the environment variable {var}, which is not set; "
+                    f"export {var}=… or write the value in the sources file"
+                )
+            resolved[key] = os.environ[var]
+    return resolved
+
+
+def parse_sources(document: Mapping[str, Any], *, origin: str = "sources file") -> dict[str, SourceConfig]:
+    tables = document.get("sources", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{origin}: 'sources' must be an array of tables: write each as [[sources]]")
+    sources: dict[str, SourceConfig] = {}
+    for index, table in enumerate(tables):
+        label = str(table.get("name", f"#{index + 1}")) if isinstance(table, Mapping) else f"#{index + 1}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{origin}: source {label} must be a table")
+        try:
+            source = SourceConfig.model_validate(resolve_env_refs(table, source=label))
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, label, origin)) from None
+        if source.name in sources:
+            raise ConfigError(f"{origin}: two sources are named {source.name!r}; give each a unique name")
+        sources[source.name] = source
+    return sources
+
+
+def load_sources(path: Path) -> dict[str, SourceConfig]:
+    """Read the sources file; a missing file means no sources."""
+    if not path.exists():
+        return {}
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_sources(document, origin=str(path))
+
+
+def _explain(exc: ValidationError, label: str, origin: str) -> str:
+    lines = [f"{origin}: source {label!r} is invalid:"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(source)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field; remove it or check its spelling"
+        shown = "" if field in _SECRET_FIELDS else f" (got {error.get('input')!r})"
+        if field == "(source)":
+            shown = ""
+        lines.append(f"  {field}: {message}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""What every connector shares: the normalized product, the webhook event, the connector protocol,
+paging strategies and the text helpers that turn shop markup into plain catalog text.
+
+Connectors know shops and nothing of Celery, the state database or the catalog API.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from worker.errors import SkippedProduct, SourceError
+
+__all__ = [
+    "MAX_IMAGES",
+    "Connector",
+    "CursorPaginator",
+    "ImageRef",
+    "PageNumberPaginator",
+    "ProductStatus",
+    "SkippedProduct",
+    "SourceProduct",
+    "WebhookEvent",
+    "WebhookTopic",
+    "html_to_text",
+    "normalize_images",
+    "parse_datetime",
+    "split_tags",
+]
+
+# The catalog stores at most this many images per product; extra source images are dropped in source order.
+MAX_IMAGES = 10
+
+ProductStatus = Literal["active", "draft", "archived"]
+# What a webhook asks of us, whatever the platform calls it.
+WebhookTopic = Literal["upsert", "delete", "ping"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    url: str
+    alt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceProduct:
+    """One shop product, already normalized. `product_id` is the platform's id as a string."""
+
+    source: str
+    product_id: str
+    updated_at: datetime
+    status: ProductStatus
+    title: str
+    description: str = ""
+    images: tuple[ImageRef, ...] = ()
+    url: str | None = None
+    vendor: str | None = None
+    product_type: str | None = None
+    tags: tuple[str, ...] = ()
+    handle: str | None = None
+    # Extra source fields (price, availability, ...) that a source setting may copy into catalog metadata.
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    # Where the record came from (a GID, a feed line number): for error messages, never sent to the catalog.
+    raw_ref: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.updated_at.tzinfo is None:
+            raise ValueError("SourceProduct.updated_at must be timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """A verified webhook delivery.
+
+    `product` is set when the payload is a complete product (it becomes the desired row directly);
+    when it is None for an upsert, the product must be fetched with `Connector.get_product`.
+    """
+
+    source: str
+    topic: WebhookTopic
+    product_id: str | None
+    event_id: str | None = None
+    triggered_at: datetime | None = None
+    updated_at: datetime | None = None
+    product: SourceProduct | None = None
+    platform_topic: str = ""
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A shop or feed. Implementations stream: memory is bounded by a page, never by the shop."""
+
+    source: str
+
+    def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
+        """Yield every product updated at or after `since` (all of them when None).
+
+        An unusable record is yielded as a `SkippedProduct` (not raised) so the stream goes on;
+        a failure of the whole read raises `SourceError`.
+        """
+        ...
+
+    def get_product(self, product_id: str) -> SourceProduct | None:
+        """Fetch one product, or None when the shop no longer has it."""
+        ...
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """Check the signature over the raw bytes, then parse. Raises `InvalidSignature` or `SkippedProduct`."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class CursorPaginator:
+    """Follows an opaque next-token and refuses one identical to the previous (a server paging loop)."""
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.finished = False
+        self._seen_first = False
+
+    def advance(self, next_token: str | None) -> None:
+        if not next_token:
+            self.finished = True
+            return
+        if self._seen_first and next_token == self.token:
+            raise SourceError(f"paging loop detected: the server returned the same cursor twice ({next_token!r})")
+        self._seen_first = True
+        self.token = next_token
+
+
+class PageNumberPaginator:
+    """Page numbers from `first`, stopping on an empty page or past a known page count."""
+
+    def __init__(self, first: int = 1) -> None:
+        self.page = first
+        self.finished = False
+
+    def advance(self, *, items_on_page: int, total_pages: int | None = None) -> None:
+        if items_on_page == 0 or (total_pages is not None and self.page >= total_pages):
+            self.finished = True
+            return
+        self.page += 1
+
+
+_TAG = re.compile(r"<[^>]*>")
+_BLOCK = re.compile(r"<\s*(br|/p|/div|/li|/h[1-6]|p|li|tr)\b[^>]*>", re.IGNORECASE)
+_SCRIPT = re.compile(r"<\s*(script|style)\b[^>]*>.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
+_SPACE = re.compile(r"\s+")
+
+
+def html_to_text(markup: str | None) -> str:
+    """Plain text from shop HTML: scripts dropped, tags stripped, entities decoded, whitespace collapsed."""
+    if not markup:
+        return ""
+    text = _SCRIPT.sub(" ", markup)
+    text = _BLOCK.sub(" ", text)
+    text = _TAG.sub("", text)
+    text = html.unescape(text).replace("\xa0", " ")
+    return _SPACE.sub(" ", text).strip()
+
+
+def normalize_images(images: Iterable[ImageRef], limit: int = MAX_IMAGES) -> tuple[ImageRef, ...]:
+    """Keep source order, drop empty and repeated URLs, keep the first `limit`."""
+    seen: set[str] = set()
+    kept: list[ImageRef] = []
+    for image in images:
+        url = image.url.strip()
+        if not url or url in seen:
+            continue
+        seen.add(url)
+        kept.append(image if url == image.url else ImageRef(url, image.alt))
+        if len(kept) == limit:
+            break
+    return tuple(kept)
+
+
+def split_tags(tags: str | Iterable[Any] | None) -> tuple[str, ...]:
+    """Tags from a comma-separated string or a list, trimmed, without empties or repeats."""
+    if tags is None:
+        return ()
+    parts: Iterable[Any] = tags.split(",") if isinstance(tags, str) else tags
+    out: list[str] = []
+    for part in parts:
+        tag = str(part).strip()
+        if tag and tag not in out:
+            out.append(tag)
+    return tuple(out)
+
+
+def parse_datetime(value: str | datetime | None, *, assume_utc: bool = True) -> datetime | None:
+    """An aware UTC datetime from ISO-8601 (with `Z`, an offset, or none when `assume_utc`)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    if parsed.tzinfo is None:
+        if not assume_utc:
+            return None
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
