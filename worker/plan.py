@@ -1,0 +1,256 @@
+"""From a connector's stream to desired rows: what each product should be in the catalog.
+
+The stream is consumed page by page, so memory is bounded by the page and never by the shop. Only a changed hash
+of the normalized catalog payload makes a row pending: an unchanged product costs no catalog call. An older
+`updated_at` never overwrites a newer desired row (the state store enforces it in SQL).
+
+Incremental runs read products updated since the watermark (the start time of the last completed run, minus an
+overlap for clock skew between the shop and us) and move it only when the run completes. Full runs mark products
+the source no longer lists for deletion, unless that would delete more than a safety share of the source's
+products: then nothing is deleted and the run records `deletion_blocked` until an operator confirms.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from pydantic import ValidationError
+
+from config.sources import SourceConfig
+from connectors.base import MAX_IMAGES, Connector, SourceProduct
+from worker.catalog import ProductUpsert
+from worker.errors import SkippedProduct, SourceError
+from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+# Products read and written per transaction.
+PAGE_SIZE = 500
+# Incremental reads start this much before the last watermark: shop clocks and ours disagree a little, and a
+# product edited while the previous run was reading must not fall between two runs.
+WATERMARK_OVERLAP = timedelta(minutes=5)
+# Catalog metadata keys for the stable descriptors (volatile fields like price stay out unless configured).
+_STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
+
+# Called with (source, product ids) after each committed page, to enqueue their pushes.
+OnChanged = Callable[[str, Sequence[str]], None]
+
+
+def external_id_for(product_id: str, handle: str | None, source: SourceConfig) -> str:
+    """The catalog externalId from the source's template (`{id}`, `{handle}`, `{source}`)."""
+    if "{handle}" in source.external_id and not handle:
+        raise SkippedProduct(product_id, "missing_handle", f"the external_id template {source.external_id!r} needs it")
+    return source.external_id.format(id=product_id, handle=handle or "", source=source.name)
+
+
+def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, Any]:
+    """The full catalog upsert for a product, in the API's wire shape (current image shape only).
+
+    Every field is sent every time so the catalog converges to exactly this, whatever it held before;
+    `validForDays` null means kept forever.
+    """
+    metadata: dict[str, Any] = {"source": source.name, "productId": product.product_id}
+    for key in _STABLE_METADATA:
+        value = getattr(product, key)
+        if value:
+            metadata[_camel(key)] = list(value) if isinstance(value, tuple) else value
+    for name in source.metadata_fields:
+        if name in product.attributes:
+            metadata[name] = product.attributes[name]
+    return {
+        "externalId": external_id_for(product.product_id, product.handle, source),
+        "title": product.title,
+        "description": product.description,
+        "images": [{"source": {"url": image.url}} for image in product.images[:MAX_IMAGES]],
+        "metadata": metadata,
+        "validForDays": source.valid_for_days,
+    }
+
+
+def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
+    """The desired state of one product. Inactive products and products without images are not in the catalog
+    (the latter recorded `skipped: no_images`)."""
+    external_id = external_id_for(product.product_id, product.handle, source)
+    if product.status != "active":
+        return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
+    if not product.images:
+        return DesiredRow(
+            source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
+        )
+    upsert = _validated(catalog_payload(product, source), product.product_id)
+    return DesiredRow(
+        source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), product.updated_at
+    )
+
+
+def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime | None) -> DesiredRow | None:
+    """A record the source lists but that cannot be a catalog product: recorded, and kept out of the catalog."""
+    if not skip.product_id:
+        return None
+    return DesiredRow(
+        source.name, skip.product_id, skip.product_id, None, DELETED, updated_at, skip_reason=skip.reason[:64]
+    )
+
+
+def _validated(payload: dict[str, Any], product_id: str) -> ProductUpsert:
+    """The request model, catching what the catalog would reject before it costs a call."""
+    try:
+        return ProductUpsert.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SkippedProduct(product_id, "invalid_product", f"{where}: {first['msg']}") from None
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# --------------------------------------------------------------------------------------------------- a run
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    source: str
+    mode: RunMode
+    started_at: datetime
+    outcome: RunOutcome = "running"
+    counts: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+    deletion_blocked: tuple[int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "completed"
+
+
+def plan_source(
+    store: Store,
+    connector: Connector,
+    source: SourceConfig,
+    *,
+    mode: RunMode,
+    on_changed: OnChanged,
+    mass_delete_share: float,
+    allow_mass_delete: bool = False,
+    since: datetime | None = None,
+    page_size: int = PAGE_SIZE,
+) -> RunReport:
+    """Read a source and record its desired state; enqueue (through `on_changed`) what changed.
+
+    A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
+    """
+    started_at = utcnow()
+    if mode == "incremental" and since is None:
+        watermark = store.last_watermark(source.name)
+        since = watermark - WATERMARK_OVERLAP if watermark is not None else None
+    run_id = store.start_run(source.name, mode, started_at=started_at)
+    report = RunReport(run_id, source.name, mode, started_at)
+    full = mode == "full"
+    try:
+        for page in _pages(connector.iter_products(since), page_size):
+            rows = _rows(page, source, report.counts)
+            result = store.write_desired(rows, run_id=run_id if full else None)
+            report.counts["changed"] += result.changed
+            report.counts["unchanged"] += result.unchanged
+            report.counts["stale"] += result.stale
+            if result.changed_ids:
+                on_changed(source.name, result.changed_ids)
+        if full:
+            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete)
+    except Exception as exc:
+        report.outcome = "failed"
+        report.error = _describe(exc)
+        store.finish_run(run_id, outcome="failed", counts=dict(report.counts), error=report.error)
+        log.error("run %s of %s failed: %s", run_id, source.name, report.error)
+        raise
+    if report.outcome == "running":
+        report.outcome = "completed"
+    # The watermark is the run's start: a product edited while we read is picked up by the next run. A run that
+    # held back deletions still read everything, so incremental runs may move on.
+    store.finish_run(run_id, outcome=report.outcome, counts=dict(report.counts), watermark=started_at)
+    return report
+
+
+def _rows(
+    page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, counts: Counter[str]
+) -> list[DesiredRow]:
+    rows: list[DesiredRow] = []
+    for item in page:
+        counts["seen"] += 1
+        if isinstance(item, SkippedProduct):
+            counts["skipped"] += 1
+            counts[f"skipped:{item.reason}"] += 1
+            log.info("%s: %s", source.name, item)
+            row = skipped_row(item, source, None)
+        else:
+            try:
+                row = desired_row(item, source)
+            except SkippedProduct as skip:
+                counts["skipped"] += 1
+                counts[f"skipped:{skip.reason}"] += 1
+                log.info("%s: %s", source.name, skip)
+                row = skipped_row(skip, source, item.updated_at)
+            else:
+                if row.skip_reason:
+                    counts["skipped"] += 1
+                    counts[f"skipped:{row.skip_reason}"] += 1
+                elif row.is_deletion:
+                    counts["inactive"] += 1
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _delete_missing(
+    store: Store,
+    source: SourceConfig,
+    report: RunReport,
+    on_changed: OnChanged,
+    default_share: float,
+    allow_mass_delete: bool,
+) -> None:
+    missing, total = store.count_missing(source.name, report.run_id)
+    if missing == 0:
+        return
+    share = source.mass_delete_share if source.mass_delete_share is not None else default_share
+    if not allow_mass_delete and missing > share * total:
+        report.outcome = "deletion_blocked"
+        report.deletion_blocked = (missing, total)
+        report.counts["deletion_blocked"] = missing
+        log.warning(
+            "%s: the full run would delete %d of %d products (more than %.0f%%); nothing deleted. "
+            "If this is intended, run `catalog-sync resync %s --full --allow-mass-delete`",
+            source.name,
+            missing,
+            total,
+            share * 100,
+            source.name,
+        )
+        return
+    ids = store.mark_missing_for_deletion(source.name, report.run_id)
+    report.counts["removed"] += len(ids)
+    if ids:
+        on_changed(source.name, ids)
+
+
+def _pages(
+    items: Iterable[SourceProduct | SkippedProduct], size: int
+) -> Iterator[list[SourceProduct | SkippedProduct]]:
+    iterator = iter(items)
+    while page := list(islice(iterator, size)):
+        yield page
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SourceError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

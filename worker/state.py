@@ -1,0 +1,803 @@
+"""The state database: what each product should be in the catalog, what the catalog was last confirmed to hold,
+the runs that put it there, and the webhook deliveries already processed.
+
+The database is the source of truth; the queue only carries `(source, product_id)` pointers. A row is converged
+when `desired_hash == synced_hash`. Deletion is a desired state like any other: its hash is `DELETED`.
+
+SQLite is the embedded default (WAL, a busy timeout, `BEGIN IMMEDIATE` for writes so two writers queue instead of
+failing on lock upgrade); PostgreSQL (`postgresql+psycopg://`) in production. Engines are disposed in a forked child
+(Celery prefork) because pooled connections must not cross a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+# The desired/synced hash of "not in the catalog".
+DELETED = "deleted"
+# SQLite waits this long for a competing writer before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Rows per statement in batched writes: large enough to amortize round trips, small enough for SQLite's
+# variable limit (32,766) with ~12 columns a row.
+BATCH_SIZE = 500
+
+Status = Literal["pending", "synced", "failed", "skipped", "deleted"]
+RunMode = Literal["full", "incremental", "product"]
+RunOutcome = Literal["running", "completed", "failed", "deletion_blocked"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, stored naive-UTC so SQLite compares them as text."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state database; use aware UTC times")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProductRow(Base):
+    __tablename__ = "products"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(512))
+    desired_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    desired_hash: Mapped[str] = mapped_column(String(64))
+    source_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    synced_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Why a product is not in the catalog although the source lists it (e.g. `no_images`).
+    skip_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The last full run that listed this product: a completed full run deletes the rows it did not see.
+    seen_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # When a push message was last sent for this row; reconcile re-sends only after `requeue_after`, so a lost
+    # message costs a delay and a backlog in the queue is not duplicated every few seconds.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_products_due", "status", "next_attempt_at"),
+        Index("ix_products_source_status", "source", "status"),
+    )
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64), index=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(24), default="running")
+    counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # Incremental runs after this one read products updated since this instant (minus an overlap).
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SourceStateRow(Base):
+    """Per-source operational state: a pause after the catalog refused our credentials."""
+
+    __tablename__ = "source_state"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class DeliveryRow(Base):
+    """A webhook delivery already processed, kept until `expires_at` to drop re-deliveries."""
+
+    __tablename__ = "webhook_deliveries"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# --------------------------------------------------------------------------------------------- engine and sessions
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the SQLite pragmas the worker needs, or a plain PostgreSQL engine."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
+        _configure_sqlite(engine)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    _dispose_after_fork(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling would defer BEGIN; we issue BEGIN IMMEDIATE ourselves.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Take the write lock up front: a deferred transaction that later upgrades can fail with SQLITE_BUSY
+        # without waiting for the busy timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _dispose_after_fork(engine: Engine) -> None:
+    pid = os.getpid()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        nonlocal pid
+        if os.getpid() != pid:
+            # Connections inherited through fork() must not be shared with the parent.
+            pid = os.getpid()
+            engine.dispose(close=False)
+            from sqlalchemy.exc import DisconnectionError
+
+            raise DisconnectionError("connection inherited from the parent process")
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table (tests and the embedded default use migrations; this is for throwaway databases)."""
+    Base.metadata.create_all(engine)
+
+
+# ------------------------------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRow:
+    """What the planner wants one product to be. `payload is None` means "not in the catalog"."""
+
+    source: str
+    product_id: str
+    external_id: str
+    payload: dict[str, Any] | None
+    content_hash: str
+    updated_at: datetime | None
+    skip_reason: str | None = None
+
+    @property
+    def is_deletion(self) -> bool:
+        return self.payload is None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    changed_ids: tuple[str, ...] = ()
+    unchanged: int = 0
+    stale: int = 0
+
+    @property
+    def changed(self) -> int:
+        return len(self.changed_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A leased row ready to push."""
+
+    source: str
+    product_id: str
+    external_id: str
+    payload: dict[str, Any] | None
+    desired_hash: str
+    synced_hash: str | None
+    attempts: int
+    skip_reason: str | None
+    lease_token: str
+
+
+class Store:
+    """Queries and writes over the state tables. One instance per process; sessions are short."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(make_engine(url))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------------------------------------- desired rows
+
+    def write_desired(
+        self, rows: Sequence[DesiredRow], *, run_id: int | None = None, force: bool = False
+    ) -> WriteResult:
+        """Record desired states in one transaction per batch.
+
+        A row whose hash did not change costs nothing but the `seen` stamp. A changed row becomes pending (or
+        converged, when the catalog already holds it), its attempts reset. An incoming row older than the stored
+        one (by the source's `updated_at`) is ignored unless `force`: a slow full-sync page never undoes a newer
+        webhook. The guard is in the SQL itself (`ON CONFLICT … DO UPDATE … WHERE`) so concurrent writers agree.
+        """
+        changed: list[str] = []
+        unchanged = stale = 0
+        for start in range(0, len(rows), BATCH_SIZE):
+            batch = _dedupe(rows[start : start + BATCH_SIZE])
+            with self.session() as session:
+                ids, u, s = self._write_batch(session, batch, run_id=run_id, force=force)
+            changed.extend(ids)
+            unchanged, stale = unchanged + u, stale + s
+        return WriteResult(tuple(changed), unchanged, stale)
+
+    def _write_batch(
+        self, session: Session, batch: Sequence[DesiredRow], *, run_id: int | None, force: bool
+    ) -> tuple[list[str], int, int]:
+        if not batch:
+            return [], 0, 0
+        source = batch[0].source
+        if any(row.source != source for row in batch):
+            raise ValueError("a batch of desired rows must come from one source")
+        ids = [row.product_id for row in batch]
+        existing = {
+            r.product_id: r
+            for r in session.execute(
+                select(ProductRow.product_id, ProductRow.desired_hash, ProductRow.source_updated_at).where(
+                    ProductRow.source == source, ProductRow.product_id.in_(ids)
+                )
+            )
+        }
+        to_write: list[dict[str, Any]] = []
+        unchanged = stale = 0
+        now = utcnow()
+        for row in batch:
+            old = existing.get(row.product_id)
+            if old is not None and old.desired_hash == row.content_hash and not force:
+                unchanged += 1
+                continue
+            if old is not None and not force and _older(row.updated_at, old.source_updated_at):
+                stale += 1
+                continue
+            to_write.append(
+                {
+                    "source": row.source,
+                    "product_id": row.product_id,
+                    "external_id": row.external_id,
+                    "desired_payload": row.payload,
+                    "desired_hash": row.content_hash,
+                    "source_updated_at": row.updated_at,
+                    "skip_reason": row.skip_reason,
+                    "status": "skipped" if row.skip_reason and row.is_deletion else "pending",
+                    "attempts": 0,
+                    "next_attempt_at": None,
+                    "last_error_code": row.skip_reason,
+                    "last_error_message": None,
+                    "seen_run_id": run_id,
+                    "enqueued_at": now,
+                    "changed_at": now,
+                }
+            )
+        written = self._upsert_rows(session, to_write, force=force) if to_write else []
+        if run_id is not None:
+            session.execute(
+                update(ProductRow)
+                .where(ProductRow.source == source, ProductRow.product_id.in_(ids))
+                .values(seen_run_id=run_id)
+            )
+        # Rows the guard refused (a concurrent newer write) count as stale.
+        return written, unchanged, stale + (len(to_write) - len(written))
+
+    def _upsert_rows(self, session: Session, values: list[dict[str, Any]], *, force: bool) -> list[str]:
+        dialect = session.get_bind().dialect.name
+        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert_fn(ProductRow).values(values)
+        excluded = stmt.excluded
+        table = ProductRow.__table__.c
+        converged_status = case(
+            (excluded.skip_reason.is_not(None), "skipped"),
+            (excluded.desired_hash == DELETED, "deleted"),
+            else_="synced",
+        )
+        set_ = {
+            "external_id": excluded.external_id,
+            "desired_payload": excluded.desired_payload,
+            "desired_hash": excluded.desired_hash,
+            "source_updated_at": excluded.source_updated_at,
+            "skip_reason": excluded.skip_reason,
+            "status": case((table.synced_hash == excluded.desired_hash, converged_status), else_=excluded.status),
+            "attempts": 0,
+            "next_attempt_at": None,
+            "last_error_code": excluded.last_error_code,
+            "last_error_message": None,
+            "enqueued_at": excluded.enqueued_at,
+            "changed_at": excluded.changed_at,
+        }
+        where = None
+        if not force:
+            where = or_(
+                table.source_updated_at.is_(None),
+                excluded.source_updated_at.is_(None),
+                excluded.source_updated_at >= table.source_updated_at,
+            )
+        stmt = stmt.on_conflict_do_update(index_elements=["source", "product_id"], set_=set_, where=where)
+        result = session.execute(stmt.returning(ProductRow.product_id))
+        return [r[0] for r in result]
+
+    def mark_missing_for_deletion(self, source: str, run_id: int) -> list[str]:
+        """After a complete full run: products the source no longer lists become deletions. Returns their ids."""
+        with self.session() as session:
+            result = session.execute(
+                update(ProductRow)
+                .where(
+                    ProductRow.source == source,
+                    or_(ProductRow.seen_run_id.is_(None), ProductRow.seen_run_id != run_id),
+                    ProductRow.desired_hash != DELETED,
+                )
+                .values(
+                    desired_payload=None,
+                    desired_hash=DELETED,
+                    skip_reason=None,
+                    status=case((ProductRow.synced_hash == DELETED, "deleted"), else_="pending"),
+                    attempts=0,
+                    next_attempt_at=None,
+                    last_error_code="removed_from_source",
+                    last_error_message=None,
+                    enqueued_at=utcnow(),
+                    changed_at=utcnow(),
+                )
+                .returning(ProductRow.product_id)
+            )
+            return [r[0] for r in result]
+
+    def count_missing(self, source: str, run_id: int) -> tuple[int, int]:
+        """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
+        with self.session() as session:
+            live = and_(ProductRow.source == source, ProductRow.desired_hash != DELETED)
+            total = session.scalar(select(func.count()).select_from(ProductRow).where(live)) or 0
+            missing = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(ProductRow)
+                    .where(live, or_(ProductRow.seen_run_id.is_(None), ProductRow.seen_run_id != run_id))
+                )
+                or 0
+            )
+        return missing, total
+
+    def mark_deleted(
+        self, source: str, product_id: str, *, updated_at: datetime | None, external_id: str | None = None
+    ) -> bool:
+        """A webhook or admin deletion. Returns False when the stored row is newer than the deletion.
+
+        An unknown product still gets a tombstone row, so a late update older than the deletion is recognized
+        as stale instead of resurrecting the product.
+        """
+        with self.session() as session:
+            current = session.get(ProductRow, (source, product_id))
+            if current is not None and _older(updated_at, current.source_updated_at):
+                return False
+            if current is not None and current.desired_hash == DELETED:
+                return True
+            values = {
+                "source": source,
+                "product_id": product_id,
+                "external_id": current.external_id if current is not None else (external_id or product_id),
+                "desired_payload": None,
+                "desired_hash": DELETED,
+                "source_updated_at": updated_at or (current.source_updated_at if current is not None else None),
+                "skip_reason": None,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": None,
+                "last_error_code": None,
+                "last_error_message": None,
+                "seen_run_id": None,
+                "enqueued_at": utcnow(),
+                "changed_at": utcnow(),
+            }
+            return bool(self._upsert_rows(session, [values], force=updated_at is None))
+
+    # -------------------------------------------------------------------------------------------------- pushing
+
+    def claim(self, source: str, product_id: str, *, lease_seconds: float, force: bool = False) -> Claim | None:
+        """Lease an unconverged row for one push; None when it is converged, leased elsewhere, or held back
+        (failed, or not yet due) unless `force`."""
+        now = utcnow()
+        token = uuid.uuid4().hex
+        conditions = [
+            ProductRow.source == source,
+            ProductRow.product_id == product_id,
+            or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+            or_(ProductRow.lease_until.is_(None), ProductRow.lease_until < now),
+        ]
+        if not force:
+            conditions.append(ProductRow.status.in_(("pending", "skipped", "deleted", "synced")))
+            conditions.append(or_(ProductRow.next_attempt_at.is_(None), ProductRow.next_attempt_at <= now))
+        with self.session() as session:
+            row = session.execute(
+                update(ProductRow)
+                .where(*conditions)
+                .values(lease_until=now + timedelta(seconds=lease_seconds), lease_token=token)
+                .returning(
+                    ProductRow.external_id,
+                    ProductRow.desired_payload,
+                    ProductRow.desired_hash,
+                    ProductRow.synced_hash,
+                    ProductRow.attempts,
+                    ProductRow.skip_reason,
+                )
+            ).first()
+        if row is None:
+            return None
+        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token)
+
+    def record_success(self, claim: Claim) -> bool:
+        """The catalog now holds `claim.desired_hash`. Returns True when the row is converged; False when the
+        desired state changed meanwhile (the row stays pending for another push)."""
+        converged_status = "skipped" if claim.skip_reason else ("deleted" if claim.payload is None else "synced")
+        now = utcnow()
+        with self.session() as session:
+            result = session.execute(
+                update(ProductRow)
+                .where(
+                    ProductRow.source == claim.source,
+                    ProductRow.product_id == claim.product_id,
+                    ProductRow.lease_token == claim.lease_token,
+                )
+                .values(
+                    synced_hash=claim.desired_hash,
+                    status=case(
+                        (ProductRow.desired_hash == claim.desired_hash, converged_status),
+                        else_="pending",
+                    ),
+                    attempts=0,
+                    next_attempt_at=None,
+                    lease_until=None,
+                    lease_token=None,
+                    enqueued_at=None,
+                    last_error_code=case(
+                        (ProductRow.desired_hash == claim.desired_hash, claim.skip_reason), else_=None
+                    ),
+                    last_error_message=None,
+                    last_synced_at=now,
+                )
+                .returning(ProductRow.desired_hash)
+            ).first()
+        return result is not None and result[0] == claim.desired_hash
+
+    def record_failure(
+        self,
+        claim: Claim,
+        *,
+        code: str,
+        message: str,
+        retry_at: datetime | None,
+        count_attempt: bool = True,
+        max_attempts: int,
+    ) -> Status:
+        """Record a failed push: retried at `retry_at`, or `failed` when `retry_at` is None or attempts ran out."""
+        attempts = claim.attempts + (1 if count_attempt else 0)
+        status: Status = "failed" if retry_at is None or attempts >= max_attempts else "pending"
+        with self.session() as session:
+            session.execute(
+                update(ProductRow)
+                .where(
+                    ProductRow.source == claim.source,
+                    ProductRow.product_id == claim.product_id,
+                    ProductRow.lease_token == claim.lease_token,
+                )
+                .values(
+                    # A desired state that changed meanwhile deserves a fresh start, not this failure.
+                    status=case((ProductRow.desired_hash == claim.desired_hash, status), else_="pending"),
+                    attempts=case((ProductRow.desired_hash == claim.desired_hash, attempts), else_=0),
+                    next_attempt_at=case(
+                        (ProductRow.desired_hash == claim.desired_hash, retry_at if status == "pending" else None),
+                        else_=None,
+                    ),
+                    last_error_code=code[:64],
+                    last_error_message=message[:2000],
+                    lease_until=None,
+                    lease_token=None,
+                    enqueued_at=None,
+                )
+            )
+        return status
+
+    def release(self, claim: Claim, *, retry_at: datetime | None = None) -> None:
+        """Give a lease back without counting an attempt (e.g. the source is paused)."""
+        with self.session() as session:
+            session.execute(
+                update(ProductRow)
+                .where(
+                    ProductRow.source == claim.source,
+                    ProductRow.product_id == claim.product_id,
+                    ProductRow.lease_token == claim.lease_token,
+                )
+                .values(lease_until=None, lease_token=None, enqueued_at=None, next_attempt_at=retry_at)
+            )
+
+    def take_due(self, *, limit: int, requeue_after: float, now: datetime | None = None) -> list[tuple[str, str]]:
+        """The reconcile batch: unconverged rows that are due, not leased, not already on their way through the
+        queue (or sent longer than `requeue_after` seconds ago, so the message was lost), whose source is not
+        paused. They are stamped as enqueued in the same transaction."""
+        now = now or utcnow()
+        paused = select(SourceStateRow.source).where(SourceStateRow.paused_until > now)
+        with self.session() as session:
+            rows = session.execute(
+                select(ProductRow.source, ProductRow.product_id)
+                .where(
+                    ProductRow.status.in_(("pending", "skipped")),
+                    or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+                    or_(ProductRow.next_attempt_at.is_(None), ProductRow.next_attempt_at <= now),
+                    or_(ProductRow.lease_until.is_(None), ProductRow.lease_until < now),
+                    or_(
+                        ProductRow.enqueued_at.is_(None),
+                        ProductRow.enqueued_at < now - timedelta(seconds=requeue_after),
+                    ),
+                    ProductRow.source.not_in(paused),
+                )
+                .order_by(ProductRow.changed_at)
+                .limit(limit)
+            ).all()
+            by_source: dict[str, list[str]] = {}
+            for src, pid in rows:
+                by_source.setdefault(src, []).append(pid)
+            for src, ids in by_source.items():
+                session.execute(
+                    update(ProductRow)
+                    .where(ProductRow.source == src, ProductRow.product_id.in_(ids))
+                    .values(enqueued_at=now)
+                )
+        return [(r[0], r[1]) for r in rows]
+
+    def retry_failed(self, source: str | None = None, product_ids: Iterable[str] | None = None) -> int:
+        """Put failed rows back in line (the admin `retry` command)."""
+        conditions = [ProductRow.status == "failed"]
+        if source is not None:
+            conditions.append(ProductRow.source == source)
+        ids = list(product_ids or [])
+        if ids:
+            conditions.append(ProductRow.product_id.in_(ids))
+        with self.session() as session:
+            result = session.execute(
+                update(ProductRow)
+                .where(*conditions)
+                .values(status="pending", attempts=0, next_attempt_at=None)
+                .returning(ProductRow.product_id)
+            )
+            return len(result.all())
+
+    # ---------------------------------------------------------------------------------------------- source pause
+
+    def pause_source(self, source: str, *, until: datetime, reason: str) -> None:
+        with self.session() as session:
+            row = session.get(SourceStateRow, source)
+            if row is None:
+                session.add(SourceStateRow(source=source, paused_until=until, paused_reason=reason))
+            else:
+                row.paused_until, row.paused_reason = until, reason
+
+    def resume_source(self, source: str) -> None:
+        with self.session() as session:
+            session.execute(delete(SourceStateRow).where(SourceStateRow.source == source))
+
+    def source_pause(self, source: str, *, now: datetime | None = None) -> str | None:
+        """The reason pushes of this source are paused, or None."""
+        now = now or utcnow()
+        with self.session() as session:
+            row = session.get(SourceStateRow, source)
+        if row is None or row.paused_until is None or row.paused_until <= now:
+            return None
+        return row.paused_reason or "paused"
+
+    # ------------------------------------------------------------------------------------------------------ runs
+
+    def start_run(self, source: str, mode: RunMode, *, started_at: datetime | None = None) -> int:
+        with self.session() as session:
+            run = RunRow(source=source, mode=mode, started_at=started_at or utcnow(), outcome="running", counts={})
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        outcome: RunOutcome,
+        counts: dict[str, int],
+        watermark: datetime | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self.session() as session:
+            session.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .values(finished_at=utcnow(), outcome=outcome, counts=counts, watermark=watermark, error=error)
+            )
+
+    def last_watermark(self, source: str) -> datetime | None:
+        """Where the next incremental run starts: the newest watermark of a completed run of this source."""
+        with self.session() as session:
+            return session.scalar(
+                select(func.max(RunRow.watermark)).where(
+                    RunRow.source == source, RunRow.outcome == "completed", RunRow.mode.in_(("full", "incremental"))
+                )
+            )
+
+    def get_run(self, run_id: int) -> RunRow | None:
+        with self.session() as session:
+            return session.get(RunRow, run_id)
+
+    def recent_runs(self, source: str | None = None, limit: int = 10) -> list[RunRow]:
+        query = select(RunRow).order_by(RunRow.id.desc()).limit(limit)
+        if source is not None:
+            query = query.where(RunRow.source == source)
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    # -------------------------------------------------------------------------------------------------- reading
+
+    def get(self, source: str, product_id: str) -> ProductRow | None:
+        with self.session() as session:
+            return session.get(ProductRow, (source, product_id))
+
+    def status_counts(self, source: str | None = None) -> dict[str, dict[str, int]]:
+        """{source: {status: count}}."""
+        query = select(ProductRow.source, ProductRow.status, func.count()).group_by(
+            ProductRow.source, ProductRow.status
+        )
+        if source is not None:
+            query = query.where(ProductRow.source == source)
+        out: dict[str, dict[str, int]] = {}
+        with self.session() as session:
+            for src, status, count in session.execute(query):
+                out.setdefault(src, {})[status] = count
+        return out
+
+    def unconverged_count(self, source: str | None = None, product_ids: Sequence[str] | None = None) -> int:
+        """Rows still on their way to the catalog (pending and not failed)."""
+        conditions = [
+            ProductRow.status.in_(("pending", "skipped", "deleted", "synced")),
+            or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+        ]
+        if source is not None:
+            conditions.append(ProductRow.source == source)
+        if product_ids:
+            conditions.append(ProductRow.product_id.in_(list(product_ids)))
+        with self.session() as session:
+            return session.scalar(select(func.count()).select_from(ProductRow).where(*conditions)) or 0
+
+    def failures(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
+        query = select(ProductRow).where(ProductRow.status == "failed").order_by(ProductRow.source).limit(limit)
+        if source is not None:
+            query = query.where(ProductRow.source == source)
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    def products(self, source: str, *, statuses: Sequence[str] | None = None) -> list[ProductRow]:
+        query = select(ProductRow).where(ProductRow.source == source).order_by(ProductRow.product_id)
+        if statuses:
+            query = query.where(ProductRow.status.in_(list(statuses)))
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    # ------------------------------------------------------------------------------------------------ webhooks
+
+    def remember_delivery(self, source: str, event_id: str, *, keep: timedelta) -> bool:
+        """Record a delivery id; False when it was already processed (a re-delivery)."""
+        now = utcnow()
+        dialect = self.engine.dialect.name
+        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert_fn(DeliveryRow)
+            .values(source=source, event_id=event_id, received_at=now, expires_at=now + keep)
+            .on_conflict_do_nothing(index_elements=["source", "event_id"])
+            .returning(DeliveryRow.event_id)
+        )
+        with self.session() as session:
+            return session.execute(stmt).first() is not None
+
+    def forget_delivery(self, source: str, event_id: str) -> None:
+        """Undo `remember_delivery` when processing failed, so the shop's retry is not dropped as a replay."""
+        with self.session() as session:
+            session.execute(delete(DeliveryRow).where(DeliveryRow.source == source, DeliveryRow.event_id == event_id))
+
+    def purge_deliveries(self, *, now: datetime | None = None) -> int:
+        with self.session() as session:
+            result = session.execute(
+                delete(DeliveryRow).where(DeliveryRow.expires_at < (now or utcnow())).returning(DeliveryRow.event_id)
+            )
+            return len(result.all())
+
+
+def _older(incoming: datetime | None, stored: datetime | None) -> bool:
+    return incoming is not None and stored is not None and incoming < stored
+
+
+def _dedupe(rows: Sequence[DesiredRow]) -> list[DesiredRow]:
+    """One row per product in a batch, the newest winning (ON CONFLICT cannot touch a row twice per statement)."""
+    best: dict[tuple[str, str], DesiredRow] = {}
+    for row in rows:
+        key = (row.source, row.product_id)
+        kept = best.get(key)
+        if kept is None or not _older(row.updated_at, kept.updated_at):
+            best[key] = row
+    return list(best.values())
+
+
+__all__ = [
+    "BATCH_SIZE",
+    "DELETED",
+    "Base",
+    "Claim",
+    "DeliveryRow",
+    "DesiredRow",
+    "ProductRow",
+    "RunRow",
+    "SourceStateRow",
+    "Store",
+    "WriteResult",
+    "create_schema",
+    "make_engine",
+    "utcnow",
+]
