@@ -1,0 +1,1114 @@
+"""Shopify connectors: Admin GraphQL (kind `shopify`, with bulk export), legacy REST (`shopify-rest`) and the public
+storefront `/products.json` (`shopify-storefront`).
+
+One class per API flavour; each owns one paging loop:
+
+- `ShopifyGraphQL`: cursor paging over `products(first:, after:, query:, sortKey: UPDATED_AT)`, paced by the cost
+  bucket Shopify reports in `extensions.cost.throttleStatus` (`CostBucket`). Page size comes from the query-cost rule
+  (an object costs 1, a connection 2 + its `first`, a nested connection is multiplied by its parent's `first`, at most
+  1,000 per query), then is corrected from the `requestedQueryCost` the server reports, so a server that counts a
+  little differently costs one answer, not a failed sync. A full sync of a large shop runs a bulk operation instead
+  and streams its JSONL result line by line, holding one product (and its media lines) at a time.
+- `ShopifyRest`: `Link: <…>; rel="next"` paging with the URL used exactly as given, paced by
+  `X-Shopify-Shop-Api-Call-Limit`; 429 + Retry-After is `connectors.http.send`'s job.
+- `ShopifyStorefront`: page numbers, no credentials, and a clear error instead of silently stopping at the endpoint's
+  25,000 page × limit cap.
+
+The three receive the same webhooks (REST-shaped product payloads), so webhook verification and REST-payload
+normalization are module functions they share. The cost bucket is written here rather than taken from a library:
+it is twenty lines of arithmetic over numbers Shopify hands back on every response, and the general rate limiters
+we know of count requests, not query cost.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from config.sources import SourceConfig
+from connectors.base import (
+    MAX_IMAGES,
+    Connector,
+    CursorPaginator,
+    ImageRef,
+    PageNumberPaginator,
+    ProductStatus,
+    SourceProduct,
+    WebhookEvent,
+    html_to_text,
+    normalize_images,
+    parse_datetime,
+    split_tags,
+)
+from connectors.http import make_client, send
+from worker.errors import AuthError, ConfigError, InvalidSignature, SkippedProduct, SourceError
+
+__all__ = [
+    "CostBucket",
+    "ShopifyGraphQL",
+    "ShopifyRest",
+    "ShopifyStorefront",
+    "check_webhook_signature",
+    "connector_for",
+    "group_bulk_lines",
+    "normalize_graphql_product",
+    "normalize_rest_product",
+    "numeric_id",
+    "parse_webhook",
+    "products_page_cost",
+]
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], None]
+Clock = Callable[[], float]
+
+# Shopify refuses any single query whose requested cost is above this (MAX_COST_EXCEEDED).
+MAX_QUERY_COST: Final = 1000
+# Shopify's own ceiling for `first` on a connection and for REST/storefront `limit`.
+MAX_PAGE_SIZE: Final = 250
+# Media per product asked for in GraphQL: the catalog keeps at most this many images anyway.
+MEDIA_PER_PRODUCT: Final = MAX_IMAGES
+# Standard-plan bucket, assumed until the first response tells the real one.
+DEFAULT_BUCKET_SIZE: Final = 1000.0
+DEFAULT_RESTORE_RATE: Final = 50.0
+# Added to every computed restore wait so rounding on either side never leaves us a point short.
+RESTORE_MARGIN_SECONDS: Final = 0.05
+# THROTTLED answers retried for one request before the read fails; pacing makes even one rare.
+MAX_THROTTLED_RETRIES: Final = 8
+# Times a products page is resized after MAX_COST_EXCEEDED before giving up (each resize at least halves it).
+MAX_RESIZES: Final = 8
+# Requested costs of the small queries, by the same rule (objects only).
+COUNT_QUERY_COST: Final = 1
+BULK_RUN_COST: Final = 10
+BULK_POLL_COST: Final = 1
+# Bulk status polling: first wait, growth factor, longest single wait, and the total before the read fails.
+BULK_POLL_FIRST: Final = 1.0
+BULK_POLL_GROWTH: Final = 1.5
+BULK_POLL_CAP: Final = 30.0
+BULK_POLL_MAX_TOTAL: Final = 3 * 3600.0
+# Another bulk query of this app on this shop is running: retries and wait between them before failing the read.
+BULK_BUSY_RETRIES: Final = 10
+BULK_BUSY_WAIT: Final = 15.0
+# REST leaky bucket: standard plans leak 2 calls a second; slow down when this few slots are left.
+REST_LEAK_RATE: Final = 2.0
+REST_HEADROOM: Final = 2
+# The storefront endpoint stops answering past page × limit = 25,000.
+STOREFRONT_MAX_OFFSET: Final = 25_000
+# API versions from which bulk output is no longer grouped by parent unless asked (Shopify changelog, 2026-01).
+BULK_UNGROUPED_SINCE: Final = "2026-01"
+
+_GID_PREFIX = "gid://shopify/"
+_STATUSES: Final[Mapping[str, ProductStatus]] = {
+    "active": "active",
+    "draft": "draft",
+    "archived": "archived",
+    # Sold and reachable by URL, just not listed in collections or search: the try-on still applies.
+    "unlisted": "active",
+}
+_UPSERT_TOPICS = frozenset({"products/create", "products/update"})
+_DELETE_TOPIC = "products/delete"
+_SIGNATURE_MESSAGE = "webhook signature missing or invalid"
+
+_MEDIA_FIELDS = "... on MediaImage { image { url altText } }"
+_PRODUCT_SCALARS = "id title handle descriptionHtml vendor productType status tags onlineStoreUrl updatedAt"
+_PRICE_FIELDS = "priceRangeV2 { minVariantPrice { amount currencyCode } }"
+# Cost of `priceRangeV2 { minVariantPrice { … } }`: two objects per product.
+_PRICE_COST = 2
+# Attributes that make the GraphQL query ask for prices (they cost two objects per product).
+_PRICE_ATTRIBUTES = frozenset({"price", "currency"})
+
+_COUNT_QUERY = "query ProductsCount { productsCount%s { count } }"
+_BULK_RUN = (
+    "mutation RunBulk($query: String!) { bulkOperationRunQuery(query: $query%s) "
+    "{ bulkOperation { id status } userErrors { field message } } }"
+)
+_BULK_POLL = (
+    "query BulkStatus($id: ID!) { node(id: $id) { ... on BulkOperation "
+    "{ id status errorCode objectCount url partialDataUrl } } }"
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalization (shared by all three flavours and by webhooks)
+
+
+def numeric_id(value: Any) -> str | None:
+    """The numeric Shopify id from an int, a digit string or a GID (`gid://shopify/Product/123` → `"123"`)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value) if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.startswith(_GID_PREFIX):
+        text = text.rsplit("/", 1)[-1].split("?", 1)[0]
+    return text if text.isdigit() and int(text) > 0 else None
+
+
+def _map_status(value: Any) -> ProductStatus | None:
+    if value is None or value == "":
+        # 2011-era REST payloads predate `status`; everything the shop listed then was live.
+        return "active"
+    if not isinstance(value, str):
+        return None
+    return _STATUSES.get(value.strip().lower())
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _price(value: Any) -> str | None:
+    """A price as a fixed two-decimal string, so "199.0" (GraphQL) and "199.00" (REST) hash the same."""
+    if value is None or value == "":
+        return None
+    try:
+        return f"{Decimal(str(value)):.2f}"
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _rest_images(raw: Mapping[str, Any]) -> tuple[ImageRef, ...]:
+    images = raw.get("images")
+    if not isinstance(images, list) or not images:
+        single = raw.get("image")
+        images = [single] if isinstance(single, Mapping) else []
+    entries: list[tuple[float, int, ImageRef]] = []
+    for index, image in enumerate(images):
+        if not isinstance(image, Mapping):
+            continue
+        url = image.get("src") or image.get("url")
+        if not isinstance(url, str):
+            continue
+        position = image.get("position")
+        # Images without a position keep their place after the positioned ones, in payload order.
+        order = float(position) if isinstance(position, int | float) and not isinstance(position, bool) else math.inf
+        entries.append((order, index, ImageRef(url, _text(image.get("alt")))))
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return normalize_images(entry[2] for entry in entries)
+
+
+def _min_variant_price(raw: Mapping[str, Any]) -> str | None:
+    variants = raw.get("variants")
+    if not isinstance(variants, list):
+        return None
+    prices = [p for p in (_price(v.get("price")) for v in variants if isinstance(v, Mapping)) if p is not None]
+    return min(prices, key=Decimal) if prices else None
+
+
+def normalize_rest_product(
+    source: str, raw: Any, *, shop_url: str | None = None, storefront: bool = False
+) -> SourceProduct | SkippedProduct:
+    """A REST, storefront or webhook product payload as a `SourceProduct`, or a `SkippedProduct` saying why not.
+
+    `shop_url` builds the product's page URL (`{shop}/products/{handle}`): always for the storefront, and for admin
+    payloads only when the product is active and published, since other pages answer 404 to shoppers.
+    """
+    if not isinstance(raw, Mapping):
+        return SkippedProduct(None, "malformed_payload", f"expected a product object, got {type(raw).__name__}")
+    product_id = numeric_id(raw.get("id")) or numeric_id(raw.get("admin_graphql_api_id"))
+    if product_id is None:
+        return SkippedProduct(None, "missing_id", f"no usable product id in {sorted(raw)[:8]}")
+    updated_at = parse_datetime(_text(raw.get("updated_at")))
+    if updated_at is None:
+        return SkippedProduct(product_id, "bad_updated_at", f"updated_at {raw.get('updated_at')!r} is not a date")
+    status = "active" if storefront else _map_status(raw.get("status"))
+    if status is None:
+        return SkippedProduct(product_id, "unknown_status", f"status {raw.get('status')!r}")
+    handle = _text(raw.get("handle"))
+    url = None
+    if shop_url and handle and (storefront or (status == "active" and raw.get("published_at"))):
+        url = f"{shop_url.rstrip('/')}/products/{handle}"
+    attributes: dict[str, str] = {}
+    price = _min_variant_price(raw)
+    if price is not None:
+        attributes["price"] = price
+    if storefront and isinstance(raw.get("variants"), list):
+        available = any(isinstance(v, Mapping) and v.get("available") is True for v in raw["variants"])
+        attributes["availability"] = "in_stock" if available else "out_of_stock"
+    gid = raw.get("admin_graphql_api_id")
+    return SourceProduct(
+        source=source,
+        product_id=product_id,
+        updated_at=updated_at,
+        status=status,
+        title=_text(raw.get("title")) or "",
+        description=html_to_text(raw.get("body_html") if isinstance(raw.get("body_html"), str) else None),
+        images=_rest_images(raw),
+        url=url,
+        vendor=_text(raw.get("vendor")),
+        product_type=_text(raw.get("product_type")),
+        tags=split_tags(raw.get("tags") if isinstance(raw.get("tags"), str | list) else None),
+        handle=handle,
+        attributes=attributes,
+        raw_ref=gid if isinstance(gid, str) else f"{_GID_PREFIX}Product/{product_id}",
+    )
+
+
+def _connection_nodes(connection: Any) -> list[Any]:
+    """Nodes of a GraphQL connection, whether asked as `edges { node }` or `nodes`."""
+    if not isinstance(connection, Mapping):
+        return []
+    nodes = connection.get("nodes")
+    if isinstance(nodes, list):
+        return nodes
+    edges = connection.get("edges")
+    if isinstance(edges, list):
+        return [edge.get("node") for edge in edges if isinstance(edge, Mapping)]
+    return []
+
+
+def _media_images(media: Iterable[Any]) -> tuple[ImageRef, ...]:
+    refs: list[ImageRef] = []
+    for node in media:
+        if not isinstance(node, Mapping):
+            continue
+        # MediaImage nodes carry `image { url altText }`; the legacy `images` connection (and airbyte's bulk
+        # export) has `url`/`src` and `altText`/`alt` on the node itself. Video and 3D media carry neither.
+        nested = node.get("image")
+        image: Mapping[str, Any] = nested if isinstance(nested, Mapping) else node
+        url = image.get("url") or image.get("src")
+        if isinstance(url, str):
+            refs.append(ImageRef(url, _text(image.get("altText", image.get("alt")))))
+    return normalize_images(refs)
+
+
+def normalize_graphql_product(
+    source: str, node: Any, media: Sequence[Any] | None = None
+) -> SourceProduct | SkippedProduct:
+    """An Admin GraphQL `Product` node as a `SourceProduct`, or a `SkippedProduct` saying why not.
+
+    `media` is given for bulk results, where media nodes arrive as their own JSONL lines; otherwise they are read
+    from the node's `media` connection.
+    """
+    if not isinstance(node, Mapping):
+        return SkippedProduct(None, "malformed_payload", f"expected a product object, got {type(node).__name__}")
+    product_id = numeric_id(node.get("id"))
+    if product_id is None:
+        return SkippedProduct(None, "missing_id", f"no usable product id ({node.get('id')!r})")
+    updated_at = parse_datetime(_text(node.get("updatedAt")))
+    if updated_at is None:
+        return SkippedProduct(product_id, "bad_updated_at", f"updatedAt {node.get('updatedAt')!r} is not a date")
+    status = _map_status(node.get("status"))
+    if status is None:
+        return SkippedProduct(product_id, "unknown_status", f"status {node.get('status')!r}")
+    attributes: dict[str, str] = {}
+    price_range = node.get("priceRangeV2")
+    minimum = price_range.get("minVariantPrice") if isinstance(price_range, Mapping) else None
+    if isinstance(minimum, Mapping):
+        price = _price(minimum.get("amount"))
+        if price is not None:
+            attributes["price"] = price
+        currency = _text(minimum.get("currencyCode"))
+        if currency:
+            attributes["currency"] = currency
+    description = node.get("descriptionHtml")
+    tags = node.get("tags")
+    return SourceProduct(
+        source=source,
+        product_id=product_id,
+        updated_at=updated_at,
+        status=status,
+        title=_text(node.get("title")) or "",
+        description=html_to_text(description if isinstance(description, str) else None),
+        images=_media_images(media if media is not None else _connection_nodes(node.get("media"))),
+        url=_text(node.get("onlineStoreUrl")),
+        vendor=_text(node.get("vendor")),
+        product_type=_text(node.get("productType")),
+        tags=split_tags(tags if isinstance(tags, str | list) else None),
+        handle=_text(node.get("handle")),
+        attributes=attributes,
+        raw_ref=str(node.get("id")),
+    )
+
+
+def group_bulk_lines(lines: Iterable[str]) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Join a bulk operation's JSONL lines into (product, child lines), one product at a time.
+
+    Shopify writes each child (a media node, with `__parentId`) after its parent, so a product is complete when the
+    next line without `__parentId` starts; memory holds one product however large the file is. A child whose parent
+    is not the product being read means the output is not grouped (`groupObjects: false`): that is reported rather
+    than silently dropping images.
+    """
+    current: dict[str, Any] | None = None
+    children: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"bulk result line {number} is not JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise SourceError(f"bulk result line {number} is not a JSON object")
+        parent = record.get("__parentId")
+        if parent is None:
+            if current is not None:
+                yield current, children
+            current, children = record, []
+            continue
+        if current is None or parent != current.get("id"):
+            raise SourceError(
+                f"bulk result line {number} belongs to {parent!r}, which is not the product being read: the "
+                f"result is not grouped by parent (run the bulk query with groupObjects: true)"
+            )
+        if len(children) < MAX_PAGE_SIZE:
+            children.append(record)
+    if current is not None:
+        yield current, children
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Webhooks (the same for all three flavours)
+
+
+def check_webhook_signature(headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr]) -> None:
+    """Raise `InvalidSignature` unless `X-Shopify-Hmac-Sha256` is the base64 HMAC-SHA256 of `body` under a secret.
+
+    Every secret is tried (the current one and the previous one during rotation). The message is the same whatever
+    was wrong, so a caller probing the endpoint learns nothing.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    given = lowered.get("x-shopify-hmac-sha256")
+    if not given or not secrets:
+        raise InvalidSignature(_SIGNATURE_MESSAGE)
+    try:
+        given_bytes = given.strip().encode("ascii")
+    except UnicodeEncodeError:
+        raise InvalidSignature(_SIGNATURE_MESSAGE) from None
+    matched = False
+    for secret in secrets:
+        digest = hmac.new(secret.get_secret_value().encode("utf-8"), body, hashlib.sha256).digest()
+        # Every secret is compared, match or not, so timing does not tell which one matched.
+        matched |= hmac.compare_digest(base64.b64encode(digest), given_bytes)
+    if not matched:
+        raise InvalidSignature(_SIGNATURE_MESSAGE)
+
+
+def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, *, shop_url: str | None) -> WebhookEvent:
+    """A verified delivery's body as a `WebhookEvent`; call only after `check_webhook_signature`."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    topic = (lowered.get("x-shopify-topic") or "").strip()
+    event_id = lowered.get("x-shopify-event-id") or lowered.get("x-shopify-webhook-id") or None
+    triggered_at = parse_datetime(lowered.get("x-shopify-triggered-at"))
+    if topic not in _UPSERT_TOPICS and topic != _DELETE_TOPIC:
+        raise SkippedProduct(None, "unknown_topic", f"Shopify topic {topic!r} is not a product topic")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not a JSON object")
+    if topic == _DELETE_TOPIC:
+        product_id = numeric_id(payload.get("id"))
+        if product_id is None:
+            raise SkippedProduct(None, "malformed_payload", "products/delete without a usable id")
+        return WebhookEvent(
+            source=source,
+            topic="delete",
+            product_id=product_id,
+            event_id=event_id,
+            triggered_at=triggered_at,
+            platform_topic=topic,
+        )
+    product = normalize_rest_product(source, payload, shop_url=shop_url)
+    if isinstance(product, SkippedProduct):
+        raise product
+    return WebhookEvent(
+        source=source,
+        topic="upsert",
+        product_id=product.product_id,
+        event_id=event_id,
+        triggered_at=triggered_at,
+        updated_at=product.updated_at,
+        product=product,
+        platform_topic=topic,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GraphQL cost accounting
+
+
+def products_page_cost(first: int, *, media: int = MEDIA_PER_PRODUCT, per_product_extra: int = 0) -> int:
+    """Requested cost of one products page by Shopify's rule.
+
+    `products(first: N)` is a connection (2 + N); `pageInfo` is an object (1); inside each product the
+    `media(first: M)` connection (2 + M) and any extra objects are multiplied by N.
+    """
+    return 2 + first + 1 + first * (2 + media + per_product_extra)
+
+
+class CostBucket:
+    """Shopify's per-app cost bucket as last reported, restored over time, with a wait-before-send.
+
+    `acquire(cost)` sleeps until the bucket should hold `cost` points; `update(throttle_status)` records what the
+    server said. Before the first answer the bucket is assumed full.
+    """
+
+    def __init__(self, *, sleep: Sleep = time.sleep, clock: Clock = time.monotonic) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self.maximum = DEFAULT_BUCKET_SIZE
+        self.restore_rate = DEFAULT_RESTORE_RATE
+        self._available: float | None = None
+        self._observed_at = 0.0
+        self.known = False
+
+    def update(self, throttle_status: Any) -> None:
+        if not isinstance(throttle_status, Mapping):
+            return
+        try:
+            maximum = float(throttle_status["maximumAvailable"])
+            available = float(throttle_status["currentlyAvailable"])
+            restore = float(throttle_status["restoreRate"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if maximum > 0:
+            self.maximum = maximum
+        if restore > 0:
+            self.restore_rate = restore
+        self._available = max(0.0, available)
+        self._observed_at = self._clock()
+        self.known = True
+
+    def mark_empty(self) -> None:
+        """The server throttled us without saying how full the bucket is: assume it is empty now."""
+        self._available = 0.0
+        self._observed_at = self._clock()
+
+    def available_now(self) -> float:
+        if self._available is None:
+            return self.maximum
+        restored = (self._clock() - self._observed_at) * self.restore_rate
+        return min(self.maximum, self._available + restored)
+
+    def wait_needed(self, cost: float) -> float:
+        """Seconds until `cost` points should be available (0 when they already are)."""
+        missing = min(cost, self.maximum) - self.available_now()
+        if missing <= 0:
+            return 0.0
+        return missing / self.restore_rate + RESTORE_MARGIN_SECONDS
+
+    def acquire(self, cost: float) -> float:
+        wait = self.wait_needed(cost)
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    @property
+    def capacity(self) -> int:
+        """The largest cost one query may request: the bucket's size, and never above Shopify's per-query cap."""
+        return int(min(self.maximum, MAX_QUERY_COST))
+
+
+class _CostTooHigh(Exception):
+    """A query asked for more points than one query may (or than the bucket holds)."""
+
+    def __init__(self, requested: float | None) -> None:
+        super().__init__(f"requested cost {requested}")
+        self.requested = requested
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Connectors
+
+
+class _ShopifyBase:
+    """What the three flavours share: the HTTP client, the source's name and settings, webhooks, closing."""
+
+    kind: str = ""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        *,
+        client: httpx.Client | None = None,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if config.kind != self.kind:
+            raise ConfigError(
+                f"source {config.name!r} has kind {config.kind!r}; {type(self).__name__} reads {self.kind!r}"
+            )
+        self.config = config
+        self.source = config.name
+        self.shop_url = config.url.rstrip("/")
+        parts = urlsplit(self.shop_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"source {config.name!r}: url {config.url!r} is not an http(s) shop address")
+        self._owns_client = client is None
+        self._client = client if client is not None else make_client(config.timeout)
+        self._sleep = sleep
+        self._clock = clock
+        self._what = f"Shopify source {config.name!r}"
+
+    def _headers(self) -> dict[str, str]:
+        # Per request rather than on the client: a shared client must not carry one shop's token to another host.
+        token = self.config.access_token
+        return {"X-Shopify-Access-Token": token.get_secret_value()} if token is not None else {}
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """Verify `X-Shopify-Hmac-Sha256` over the raw bytes, then parse the product topic."""
+        check_webhook_signature(headers, body, self.config.webhook_secrets)
+        return parse_webhook(self.source, headers, body, shop_url=self.shop_url)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> _ShopifyBase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self.source!r}, url={self.shop_url!r})"
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SourceError(
+                f"{self._what}: {response.request.url.copy_with(query=None)} answered {response.status_code} "
+                f"with a body that is not JSON"
+            ) from None
+
+
+class ShopifyGraphQL(_ShopifyBase):
+    """The Admin GraphQL API (`kind = "shopify"`), with bulk export for full syncs of large shops.
+
+    `bulk`: True always exports in bulk, False never does, None (the default) decides a full sync
+    (`iter_products(None)`) by the shop's product count against the source's `bulk_threshold`.
+    """
+
+    kind = "shopify"
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        *,
+        client: httpx.Client | None = None,
+        bulk: bool | None = None,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(config, client=client, sleep=sleep, clock=clock)
+        self.bulk = bulk
+        self.endpoint = f"{self.shop_url}/admin/api/{config.api_version}/graphql.json"
+        self.bucket = CostBucket(sleep=sleep, clock=clock)
+        self._with_prices = bool(_PRICE_ATTRIBUTES & set(config.metadata_fields))
+        self._product_fields = (
+            f"{_PRODUCT_SCALARS} {_PRICE_FIELDS if self._with_prices else ''} "
+            f"media(first: {MEDIA_PER_PRODUCT}) {{ edges {{ node {{ {_MEDIA_FIELDS} }} }} }}"
+        )
+        self._products_query = (
+            "query Products($first: Int!, $after: String, $query: String) { "
+            "products(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) { "
+            f"pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {self._product_fields} }} }} }} }}"
+        )
+        self._product_query = f"query Product($id: ID!) {{ product(id: $id) {{ {self._product_fields} }} }}"
+        # Cost of one product in a page, learned from the server's requestedQueryCost once it answers.
+        self._per_product: float = 1 + 2 + MEDIA_PER_PRODUCT + (_PRICE_COST if self._with_prices else 0)
+        self._last_requested: float | None = None
+        # THROTTLED answers seen by this connector: pacing should keep this near zero.
+        self.throttled = 0
+
+    # -- the one GraphQL call -----------------------------------------------------------------------------------
+
+    def _graphql(self, query: str, variables: Mapping[str, Any] | None, *, cost: float) -> Mapping[str, Any]:
+        """POST one query, pacing by the bucket and retrying THROTTLED; return `data` or raise."""
+        throttled = 0
+        while True:
+            self.bucket.acquire(cost)
+            response = send(
+                self._client,
+                "POST",
+                self.endpoint,
+                what=self._what,
+                sleep=self._sleep,
+                ok_statuses=(429,),
+                json={"query": query, "variables": dict(variables or {})},
+                headers=self._headers(),
+            )
+            payload = self._json(response)
+            if not isinstance(payload, Mapping):
+                raise SourceError(f"{self._what}: GraphQL answered {response.status_code} with a non-object body")
+            extensions = payload.get("extensions")
+            cost_info = extensions.get("cost") if isinstance(extensions, Mapping) else None
+            requested: float | None = None
+            if isinstance(cost_info, Mapping):
+                self.bucket.update(cost_info.get("throttleStatus"))
+                if isinstance(cost_info.get("requestedQueryCost"), int | float):
+                    requested = float(cost_info["requestedQueryCost"])
+                    self._last_requested = requested
+            errors = payload.get("errors")
+            codes = _error_codes(errors)
+            if "THROTTLED" in codes or response.status_code == 429:
+                throttled += 1
+                self.throttled += 1
+                need = requested if requested is not None else cost
+                if need > self.bucket.maximum:
+                    # Waiting cannot help: the bucket never holds this much.
+                    raise _CostTooHigh(need)
+                if throttled > MAX_THROTTLED_RETRIES:
+                    raise SourceError(
+                        f"{self._what}: still THROTTLED after {MAX_THROTTLED_RETRIES} waits for the cost bucket"
+                    )
+                if not isinstance(cost_info, Mapping) or not isinstance(cost_info.get("throttleStatus"), Mapping):
+                    self.bucket.mark_empty()
+                cost = need
+                log.info("%s: THROTTLED; waiting for the bucket to restore %.0f points", self._what, need)
+                continue
+            if "MAX_COST_EXCEEDED" in codes:
+                raise _CostTooHigh(_reported_cost(errors) or requested)
+            if errors:
+                self._raise_errors(errors, codes)
+            data = payload.get("data")
+            if not isinstance(data, Mapping):
+                raise SourceError(f"{self._what}: GraphQL answer without data or errors")
+            return data
+
+    def _raise_errors(self, errors: Any, codes: set[str]) -> None:
+        messages = "; ".join(_error_messages(errors)) or "unknown error"
+        if "ACCESS_DENIED" in codes or "UNAUTHORIZED" in codes:
+            raise AuthError(
+                f"{self._what}: the shop refused access ({messages}); the token needs the read_products scope",
+                code="ACCESS_DENIED",
+            )
+        raise SourceError(f"{self._what}: GraphQL error: {messages}")
+
+    # -- paging ---------------------------------------------------------------------------------------------------
+
+    def page_size(self) -> int:
+        """Products per page: as many as fit the per-query cost cap and the bucket, within `page_size`."""
+        fixed = products_page_cost(0)
+        fit = math.floor((self.bucket.capacity - fixed) / self._per_product)
+        wanted = self.config.page_size or MAX_PAGE_SIZE
+        return max(1, min(wanted, MAX_PAGE_SIZE, fit))
+
+    def _page_cost(self, first: int) -> float:
+        return products_page_cost(0) + first * self._per_product
+
+    def _learn_cost(self, first: int, requested: float | None) -> None:
+        if requested is None or first <= 0:
+            return
+        per_product = (requested - products_page_cost(0)) / first
+        if per_product > 0:
+            self._per_product = per_product
+
+    def _products_page(self, first: int, after: str | None, search: str | None) -> tuple[Mapping[str, Any], int]:
+        """One products page, resized when the server says the query costs more than it can run."""
+        for _ in range(MAX_RESIZES):
+            self._last_requested = None
+            try:
+                data = self._graphql(
+                    self._products_query,
+                    {"first": first, "after": after, "query": search},
+                    cost=self._page_cost(first),
+                )
+            except _CostTooHigh as exc:
+                previous = first
+                self._learn_cost(first, exc.requested)
+                first = min(self.page_size(), previous // 2 if exc.requested is None else previous - 1)
+                if first < 1:
+                    break
+                log.info("%s: a page of %d costs too much; asking for %d", self._what, previous, first)
+                continue
+            self._learn_cost(first, self._last_requested)
+            return data, first
+        raise SourceError(f"{self._what}: even a one-product page costs more than the shop allows per query")
+
+    def _iter_pages(self, since: datetime | None) -> Iterator[SourceProduct | SkippedProduct]:
+        if not self.bucket.known:
+            # A one-point query first, so the first page is sized for the real bucket, not an assumed one.
+            self.product_count()
+        search = _updated_since(since)
+        paginator = CursorPaginator()
+        while not paginator.finished:
+            data, _ = self._products_page(self.page_size(), paginator.token, search)
+            connection = data.get("products")
+            if not isinstance(connection, Mapping):
+                raise SourceError(f"{self._what}: GraphQL answer without products")
+            for node in _connection_nodes(connection):
+                yield normalize_graphql_product(self.source, node)
+            info = connection.get("pageInfo")
+            page_info: Mapping[str, Any] = info if isinstance(info, Mapping) else {}
+            has_next = bool(page_info.get("hasNextPage"))
+            paginator.advance(page_info.get("endCursor") if has_next else None)
+            if has_next and paginator.finished:
+                raise SourceError(f"{self._what}: hasNextPage without an endCursor")
+
+    # -- bulk export ----------------------------------------------------------------------------------------------
+
+    def product_count(self) -> int:
+        """The shop's product count (`productsCount`; Shopify caps it at 10,000 unless given a higher limit)."""
+        threshold = self.config.bulk_threshold
+        argument = f"(limit: {threshold})" if threshold > 10_000 else ""
+        data = self._graphql(_COUNT_QUERY % argument, None, cost=COUNT_QUERY_COST)
+        counted = data.get("productsCount")
+        count = counted.get("count") if isinstance(counted, Mapping) else counted
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise SourceError(f"{self._what}: productsCount answered {counted!r}")
+        return count
+
+    def _use_bulk(self, since: datetime | None) -> bool:
+        if self.bulk is not None:
+            return self.bulk
+        if since is not None:
+            return False
+        count = self.product_count()
+        use = count >= self.config.bulk_threshold
+        log.info(
+            "%s: %d products, bulk threshold %d: %s",
+            self._what,
+            count,
+            self.config.bulk_threshold,
+            "bulk export" if use else "paged read",
+        )
+        return use
+
+    def _bulk_query(self, since: datetime | None) -> str:
+        search = _updated_since(since)
+        argument = f"(query: {json.dumps(search)})" if search else ""
+        # No `first` on connections: a bulk query reads them all.
+        fields = self._product_fields.replace(f"media(first: {MEDIA_PER_PRODUCT})", "media")
+        return f"{{ products{argument} {{ edges {{ node {{ {fields} }} }} }} }}"
+
+    def _start_bulk(self, since: datetime | None) -> str:
+        # From 2026-01 the JSONL is no longer grouped by parent unless asked; earlier versions group by default.
+        version = self.config.api_version
+        group = ", groupObjects: true" if version >= BULK_UNGROUPED_SINCE and version[:1].isdigit() else ""
+        mutation = _BULK_RUN % group
+        for attempt in range(1, BULK_BUSY_RETRIES + 1):
+            data = self._graphql(mutation, {"query": self._bulk_query(since)}, cost=BULK_RUN_COST)
+            result = data.get("bulkOperationRunQuery")
+            if not isinstance(result, Mapping):
+                raise SourceError(f"{self._what}: bulkOperationRunQuery answered without a result")
+            messages = [m for m in _error_messages(result.get("userErrors")) if m]
+            operation = result.get("bulkOperation")
+            operation_id = operation.get("id") if isinstance(operation, Mapping) else None
+            if not messages and isinstance(operation_id, str):
+                return operation_id
+            if any("in progress" in message.lower() for message in messages):
+                log.info("%s: another bulk query is running; waiting (%d/%d)", self._what, attempt, BULK_BUSY_RETRIES)
+                self._sleep(BULK_BUSY_WAIT)
+                continue
+            raise SourceError(f"{self._what}: bulk export refused: {'; '.join(messages) or 'no operation returned'}")
+        raise SourceError(
+            f"{self._what}: another bulk query kept running for {BULK_BUSY_RETRIES} tries; try again later"
+        )
+
+    def _await_bulk(self, operation_id: str) -> str | None:
+        """Poll until the operation completes; its result URL (None when it found nothing)."""
+        waited = 0.0
+        interval = BULK_POLL_FIRST
+        while True:
+            data = self._graphql(_BULK_POLL, {"id": operation_id}, cost=BULK_POLL_COST)
+            node = data.get("node")
+            if not isinstance(node, Mapping):
+                raise SourceError(f"{self._what}: bulk operation {operation_id} not found")
+            status = str(node.get("status") or "").upper()
+            if status == "COMPLETED":
+                url = node.get("url")
+                return url if isinstance(url, str) and url else None
+            if status in ("FAILED", "CANCELED", "CANCELLED", "EXPIRED", "CANCELING"):
+                code = node.get("errorCode") or "no error code"
+                raise SourceError(f"{self._what}: bulk operation {operation_id} ended {status} ({code})")
+            if waited >= BULK_POLL_MAX_TOTAL:
+                raise SourceError(
+                    f"{self._what}: bulk operation {operation_id} still {status or 'pending'} after {waited:.0f} s"
+                )
+            self._sleep(interval)
+            waited += interval
+            interval = min(BULK_POLL_CAP, interval * BULK_POLL_GROWTH)
+
+    def _stream_bulk(self, url: str) -> Iterator[SourceProduct | SkippedProduct]:
+        # The result lives on a storage host, not the shop: no access token goes with this request.
+        try:
+            with self._client.stream("GET", url) as response:
+                if response.status_code >= 300:
+                    raise SourceError(f"{self._what}: the bulk result download answered {response.status_code}")
+                for record, children in group_bulk_lines(response.iter_lines()):
+                    yield normalize_graphql_product(self.source, record, children)
+        except httpx.HTTPError as exc:
+            raise SourceError(f"{self._what}: the bulk result download failed: {type(exc).__name__}: {exc}") from None
+
+    def _iter_bulk(self, since: datetime | None) -> Iterator[SourceProduct | SkippedProduct]:
+        url = self._await_bulk(self._start_bulk(since))
+        if url is not None:
+            yield from self._stream_bulk(url)
+
+    # -- the connector surface -------------------------------------------------------------------------------
+
+    def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
+        if self._use_bulk(since):
+            yield from self._iter_bulk(since)
+        else:
+            yield from self._iter_pages(since)
+
+    def get_product(self, product_id: str) -> SourceProduct | None:
+        number = _require_id(product_id, self._what)
+        data = self._graphql(self._product_query, {"id": f"{_GID_PREFIX}Product/{number}"}, cost=self._per_product)
+        node = data.get("product")
+        if node is None:
+            return None
+        product = normalize_graphql_product(self.source, node)
+        if isinstance(product, SkippedProduct):
+            raise product
+        return product
+
+
+class ShopifyRest(_ShopifyBase):
+    """The legacy REST Admin API (`kind = "shopify-rest"`): Link-header paging and the call-limit header."""
+
+    kind = "shopify-rest"
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        *,
+        client: httpx.Client | None = None,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(config, client=client, sleep=sleep, clock=clock)
+        self.base = f"{self.shop_url}/admin/api/{config.api_version}"
+
+    def _get(self, url: str, *, params: Mapping[str, str] | None = None, ok: tuple[int, ...] = ()) -> httpx.Response:
+        response = send(
+            self._client,
+            "GET",
+            url,
+            what=self._what,
+            sleep=self._sleep,
+            ok_statuses=ok,
+            params=params,
+            headers=self._headers(),
+        )
+        self._pace(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
+        return response
+
+    def _pace(self, header: str | None) -> None:
+        """Sleep while the leaky bucket is nearly full, so the next call does not earn a 429."""
+        if not header or "/" not in header:
+            return
+        used_text, _, limit_text = header.partition("/")
+        try:
+            used, limit = int(used_text.strip()), int(limit_text.strip())
+        except ValueError:
+            return
+        over = used - (limit - REST_HEADROOM) + 1
+        if limit > 0 and over > 0:
+            self._sleep(over / REST_LEAK_RATE)
+
+    def _products(self, response: httpx.Response) -> list[Any]:
+        payload = self._json(response)
+        # Current API versions wrap the list; old ones (and some client fixtures) send the bare array.
+        products = payload.get("products") if isinstance(payload, Mapping) else payload
+        if not isinstance(products, list):
+            raise SourceError(f"{self._what}: products.json answered without a product list")
+        return products
+
+    def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
+        params = {"limit": str(self.config.page_size or MAX_PAGE_SIZE)}
+        if since is not None:
+            params["updated_at_min"] = _iso(since)
+        response = self._get(f"{self.base}/products.json", params=params)
+        paginator = CursorPaginator()
+        while True:
+            for raw in self._products(response):
+                yield normalize_rest_product(self.source, raw, shop_url=self.shop_url)
+            next_url = self._next_link(response)
+            paginator.advance(next_url)
+            if paginator.finished or next_url is None:
+                return
+            # Used exactly as given: page_info is opaque and carries the original filters.
+            response = self._get(next_url)
+
+    def _next_link(self, response: httpx.Response) -> str | None:
+        link = response.links.get("next")
+        url = link.get("url") if link else None
+        if not url:
+            return None
+        here, there = response.url, httpx.URL(url)
+        if (there.scheme, there.host, there.port) != (here.scheme, here.host, here.port):
+            # The token travels with every request; never to a host the merchant did not configure.
+            raise SourceError(f"{self._what}: the next-page link points to another host ({there.host})")
+        return url
+
+    def get_product(self, product_id: str) -> SourceProduct | None:
+        number = _require_id(product_id, self._what)
+        response = self._get(f"{self.base}/products/{number}.json", ok=(404,))
+        if response.status_code == 404:
+            return None
+        payload = self._json(response)
+        raw = payload.get("product") if isinstance(payload, Mapping) else None
+        product = normalize_rest_product(self.source, raw, shop_url=self.shop_url)
+        if isinstance(product, SkippedProduct):
+            raise product
+        return product
+
+
+class ShopifyStorefront(_ShopifyBase):
+    """The public storefront `/products.json` (`kind = "shopify-storefront"`): no credentials, published products.
+
+    Every product it lists is published, hence active. It has no updated-at filter, so `since` is applied here.
+    """
+
+    kind = "shopify-storefront"
+
+    def _page(self, page: int, limit: int) -> list[Any]:
+        response = send(
+            self._client,
+            "GET",
+            f"{self.shop_url}/products.json",
+            what=self._what,
+            sleep=self._sleep,
+            params={"limit": str(limit), "page": str(page)},
+        )
+        payload = self._json(response)
+        products = payload.get("products") if isinstance(payload, Mapping) else payload
+        if not isinstance(products, list):
+            raise SourceError(f"{self._what}: /products.json answered without a product list")
+        return products
+
+    def _iter_raw(self) -> Iterator[Any]:
+        limit = self.config.page_size or MAX_PAGE_SIZE
+        paginator = PageNumberPaginator()
+        while True:
+            products = self._page(paginator.page, limit)
+            yield from products
+            paginator.advance(items_on_page=len(products))
+            if paginator.finished:
+                return
+            if paginator.page * limit > STOREFRONT_MAX_OFFSET:
+                if len(products) < limit:
+                    # A short page right at the cap is the shop's last one: nothing was cut off.
+                    return
+                raise SourceError(
+                    f"{self._what}: this shop has more than {STOREFRONT_MAX_OFFSET:,} products; the storefront "
+                    f'endpoint cannot list them all; use kind = "shopify"'
+                )
+
+    def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
+        for raw in self._iter_raw():
+            product = normalize_rest_product(self.source, raw, shop_url=self.shop_url, storefront=True)
+            if since is not None and isinstance(product, SourceProduct) and product.updated_at < since:
+                continue
+            yield product
+
+    def get_product(self, product_id: str) -> SourceProduct | None:
+        """By handle (`/products/{handle}.json`), or by numeric id by reading the listing until it turns up."""
+        key = product_id.strip()
+        number = numeric_id(key)
+        if number is None:
+            if not key or "/" in key or "?" in key:
+                raise SourceError(f"{self._what}: {product_id!r} is neither a product id nor a handle")
+            response = send(
+                self._client,
+                "GET",
+                f"{self.shop_url}/products/{key}.json",
+                what=self._what,
+                sleep=self._sleep,
+                ok_statuses=(404,),
+            )
+            if response.status_code == 404:
+                return None
+            payload = self._json(response)
+            raw: Any = payload.get("product") if isinstance(payload, Mapping) else None
+        else:
+            raw = next(
+                (r for r in self._iter_raw() if isinstance(r, Mapping) and numeric_id(r.get("id")) == number), None
+            )
+            if raw is None:
+                return None
+        product = normalize_rest_product(self.source, raw, shop_url=self.shop_url, storefront=True)
+        if isinstance(product, SkippedProduct):
+            raise product
+        return product
+
+
+def connector_for(source: SourceConfig, client: httpx.Client | None = None, *, bulk: bool | None = None) -> Connector:
+    """The connector for a Shopify source, by its kind."""
+    if source.kind == "shopify":
+        return ShopifyGraphQL(source, client=client, bulk=bulk)
+    if source.kind == "shopify-rest":
+        return ShopifyRest(source, client=client)
+    if source.kind == "shopify-storefront":
+        return ShopifyStorefront(source, client=client)
+    raise SourceError(f"source {source.name!r}: kind {source.kind!r} is not a Shopify kind")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("since must be timezone-aware")
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _updated_since(since: datetime | None) -> str | None:
+    # Truncated to the second and compared with >=, so a product updated within that second is not missed.
+    return None if since is None else f"updated_at:>='{_iso(since)}'"
+
+
+def _require_id(product_id: str, what: str) -> str:
+    number = numeric_id(product_id)
+    if number is None:
+        raise SourceError(f"{what}: {product_id!r} is not a Shopify product id (digits or a Product GID)")
+    return number
+
+
+def _error_codes(errors: Any) -> set[str]:
+    codes: set[str] = set()
+    if isinstance(errors, list):
+        for error in errors:
+            extensions = error.get("extensions") if isinstance(error, Mapping) else None
+            if isinstance(extensions, Mapping) and isinstance(extensions.get("code"), str):
+                codes.add(extensions["code"])
+            if isinstance(error, Mapping) and str(error.get("message", "")).strip().lower() == "throttled":
+                codes.add("THROTTLED")
+    elif isinstance(errors, str) and errors.strip().lower() == "throttled":
+        codes.add("THROTTLED")
+    return codes
+
+
+def _error_messages(errors: Any) -> list[str]:
+    if isinstance(errors, str):
+        return [errors]
+    if not isinstance(errors, list):
+        return []
+    return [str(e.get("message", "")) if isinstance(e, Mapping) else str(e) for e in errors]
+
+
+def _reported_cost(errors: Any) -> float | None:
+    """The cost a MAX_COST_EXCEEDED error reports (`extensions.cost`), when it does."""
+    if not isinstance(errors, list):
+        return None
+    for error in errors:
+        extensions = error.get("extensions") if isinstance(error, Mapping) else None
+        if isinstance(extensions, Mapping) and isinstance(extensions.get("cost"), int | float):
+            return float(extensions["cost"])
+    return None
