@@ -1,8 +1,69 @@
-"""The catalog's global rate limit (to be completed: see the Limiter protocol)."""
+"""The catalog's global rate limit: one budget shared by every worker process on every host.
+
+Why not Celery's `rate_limit`: it is enforced per worker instance (each prefork child keeps its own token bucket),
+so N processes on M hosts send N x M times the configured rate. The catalog's limit is per API key, hence global.
+
+`RedisLimiter` keeps the budget in Redis as a GCRA (generic cell rate algorithm): a single "theoretical arrival
+time" (TAT) per key, advanced by one emission interval (1/rate) for every request allowed. A request is allowed
+when the TAT it would leave behind is at most `burst` intervals ahead of now; otherwise the answer is how long to
+wait, and nothing is consumed, so a caller that gives up costs the others nothing. The check, the shared 429
+cool-down and the update happen in ONE Lua script, which Redis runs atomically: one round trip tells the caller
+whether it may send, and no two processes can take the same slot.
+
+Why the Redis server's clock (`TIME` inside the script): every host reads the same clock, so workers whose own
+clocks are skewed by seconds still agree on the schedule; only one clock has to be right. A server clock stepped
+backwards (NTP) costs at most one interval, because the script never lets the stored TAT run further ahead of the
+server's now than a full burst.
+
+The cool-down (`<key>:cooldown`, the server-time epoch millisecond until which everyone pauses) is set when the
+catalog answers 429 with `Retry-After`; it only ever moves later, and expires on its own.
+
+`LocalLimiter` is the in-process twin (same algorithm and answers, a lock instead of Redis) for the embedded mode
+and tests. `build_limiter(settings)` picks one. We write this ourselves rather than add a dependency: the script is
+twenty lines, and the available libraries either count per process or lack a shared cool-down.
+
+Keys: for Redis Cluster, put the key in a hash tag (`"{catalog-sync}:ratelimit"`) so the budget and cool-down keys
+share a slot; the script touches both.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker.errors import ConfigError, RateLimited, RetryableError
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The budget key shared by every process that talks to the catalog with the same API key.
+DEFAULT_KEY = "catalog-sync:ratelimit:catalog"
+# Suffix of the shared 429 cool-down key.
+COOLDOWN_SUFFIX = ":cooldown"
+# A limiter round trip takes well under a millisecond; this much silence means Redis is gone and the caller reschedules.
+REDIS_SOCKET_TIMEOUT = 2.0
+# One immediate retry re-opens a pooled connection Redis closed (restart, idle timeout); more would stack on the
+# caller's own retry loop (one retry loop per layer).
+REDIS_RETRIES = 1
+# A Retry-After beyond an hour is more likely a broken header than a plan; a longer pause would idle every worker.
+MAX_COOL_DOWN = 3600.0
+# Float sums of many intervals drift by femtoseconds; a slot that late is on time (Redis works in whole µs instead).
+LOCAL_TOLERANCE = 1e-9
+# URL schemes of a Celery broker that is itself a Redis the limiter can share.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
 
 
 class Limiter(Protocol):
@@ -17,3 +78,265 @@ class Limiter(Protocol):
     def acquire(self, max_wait: float | None = None) -> None: ...
 
     def cool_down(self, seconds: float) -> None: ...
+
+
+# KEYS[1]: the TAT, server microseconds. KEYS[2]: the cool-down end, server epoch milliseconds.
+# ARGV[1]: emission interval (1/rate) in microseconds. ARGV[2]: burst.
+# Returns {0, 0} when allowed (one slot consumed), else {wait in microseconds, 1 if the wait is the cool-down}.
+_ACQUIRE_LUA = """
+-- Redis < 5 replicates scripts verbatim, which forbids writes after TIME; since 5 this is a no-op.
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cooldown = tonumber(redis.call('GET', KEYS[2]))
+if cooldown and cooldown * 1000 > now then
+  return {math.ceil(cooldown * 1000 - now), 1}
+end
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2]) * interval
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+-- A server clock stepped back, or a burst lowered since the TAT was written, must not stall everyone.
+if tat > now + window then tat = now + window end
+local new_tat = tat + interval
+local wait = new_tat - window - now
+if wait > 0 then
+  return {math.ceil(wait), 0}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {0, 0}
+"""
+
+# KEYS[1]: the cool-down key. ARGV[1]: the pause in milliseconds (>= 1).
+# Sets the end to max(existing, now + pause) with a TTL to match; returns the remaining pause in milliseconds.
+_COOL_DOWN_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now_ms = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2])) / 1000)
+local pause = tonumber(ARGV[1])
+local existing = tonumber(redis.call('GET', KEYS[1]))
+if existing and existing >= now_ms + pause then
+  return existing - now_ms
+end
+redis.call('SET', KEYS[1], string.format('%.0f', now_ms + pause), 'PX', pause)
+return pause
+"""
+
+# KEYS[1]: the cool-down key. Returns the remaining pause in microseconds of server time (0 when none).
+_COOLDOWN_REMAINING_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cooldown = tonumber(redis.call('GET', KEYS[1]))
+if cooldown and cooldown * 1000 > now then
+  return math.ceil(cooldown * 1000 - now)
+end
+return 0
+"""
+
+
+class RedisLimiter:
+    """The global limiter: a GCRA budget and a shared cool-down in Redis, checked by one atomic script.
+
+    `redis` should have socket timeouts (as `build_limiter` sets): a Redis that stops answering then surfaces as
+    `RetryableError` instead of a hung worker. Every Redis failure is raised as `RetryableError`.
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        *,
+        key: str = DEFAULT_KEY,
+        rate: float,
+        burst: int,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        _check_budget(rate, burst)
+        if not key:
+            raise ValueError("the rate limit key must be a non-empty string")
+        self.key = key
+        self.cooldown_key = key + COOLDOWN_SUFFIX
+        self.rate = float(rate)
+        self.burst = burst
+        self._redis = redis
+        self._sleep = sleep
+        self._interval_us = 1_000_000.0 / self.rate
+        self._acquire_script = redis.register_script(_ACQUIRE_LUA)
+        self._cool_down_script = redis.register_script(_COOL_DOWN_LUA)
+        self._remaining_script = redis.register_script(_COOLDOWN_REMAINING_LUA)
+
+    def __repr__(self) -> str:
+        return f"RedisLimiter(key={self.key!r}, rate={self.rate}, burst={self.burst}, redis={self._where()})"
+
+    def try_acquire(self) -> float:
+        """Take one slot if one is free now: 0.0 when allowed, else the seconds to wait (nothing is consumed)."""
+        return self._check()[0]
+
+    def acquire(self, max_wait: float | None = None) -> None:
+        _acquire(self._check, self._sleep, max_wait)
+
+    def cool_down(self, seconds: float) -> None:
+        """Pause every process on this key for `seconds` (never shortens a pause already set)."""
+        pause_ms = _cool_down_ms(seconds)
+        if pause_ms == 0:
+            return
+        remaining_ms = self._call(self._cool_down_script, [self.cooldown_key], [pause_ms], "set the cool-down")
+        log.warning("catalog cool-down on %s: every worker pauses %.3f s", self.key, int(remaining_ms) / 1000)
+
+    def cooldown_remaining(self) -> float:
+        """Seconds of shared cool-down left, by the Redis server's clock (0.0 when none)."""
+        remaining_us = self._call(self._remaining_script, [self.cooldown_key], [], "read the cool-down")
+        return int(remaining_us) / 1_000_000
+
+    def _check(self) -> tuple[float, bool]:
+        answer = self._call(
+            self._acquire_script,
+            [self.key, self.cooldown_key],
+            [repr(self._interval_us), self.burst],
+            "check the budget",
+        )
+        wait_us, cooling = answer
+        return int(wait_us) / 1_000_000, bool(cooling)
+
+    def _call(self, script: redis.commands.core.Script, keys: list[str], args: list[Any], what: str) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            # redis-py messages name host and port, never the password; ours does the same.
+            raise RetryableError(
+                f"rate limiter: cannot {what} in Redis at {self._where()}: {type(exc).__name__}: {exc}",
+                status=None,
+            ) from None
+
+    def _where(self) -> str:
+        kwargs = self._redis.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix:{kwargs['path']} db {kwargs.get('db', 0)}"
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')} db {kwargs.get('db', 0)}"
+
+
+class LocalLimiter:
+    """The in-process twin of `RedisLimiter`: the same GCRA and cool-down on a local clock, guarded by a lock.
+
+    Shared by the threads of one process only; for the embedded mode (one process) and tests (a fake clock).
+    """
+
+    def __init__(self, rate: float, burst: int, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> None:
+        _check_budget(rate, burst)
+        self.rate = float(rate)
+        self.burst = burst
+        self._clock = clock
+        self._sleep = sleep
+        self._interval = 1.0 / self.rate
+        self._window = self.burst * self._interval
+        self._tat = -math.inf
+        self._cooldown_until = -math.inf
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalLimiter(rate={self.rate}, burst={self.burst})"
+
+    def try_acquire(self) -> float:
+        """Take one slot if one is free now: 0.0 when allowed, else the seconds to wait (nothing is consumed)."""
+        return self._check()[0]
+
+    def acquire(self, max_wait: float | None = None) -> None:
+        _acquire(self._check, self._sleep, max_wait)
+
+    def cool_down(self, seconds: float) -> None:
+        """Pause every thread of this process for `seconds` (never shortens a pause already set)."""
+        pause_ms = _cool_down_ms(seconds)
+        if pause_ms == 0:
+            return
+        with self._lock:
+            now = self._clock()
+            self._cooldown_until = max(self._cooldown_until, now + pause_ms / 1000)
+            remaining = self._cooldown_until - now
+        log.warning("catalog cool-down: every worker thread pauses %.3f s", remaining)
+
+    def cooldown_remaining(self) -> float:
+        """Seconds of cool-down left (0.0 when none)."""
+        with self._lock:
+            return max(0.0, self._cooldown_until - self._clock())
+
+    def _check(self) -> tuple[float, bool]:
+        with self._lock:
+            now = self._clock()
+            if self._cooldown_until > now:
+                return self._cooldown_until - now, True
+            # Same arithmetic as the Lua script, including the clamp that keeps a lowered burst from stalling.
+            tat = min(max(self._tat, now), now + self._window)
+            new_tat = tat + self._interval
+            wait = new_tat - self._window - now
+            if wait > LOCAL_TOLERANCE:
+                return wait, False
+            self._tat = new_tat
+            return 0.0, False
+
+
+def build_limiter(settings: Settings, *, embedded: bool = False, key: str = DEFAULT_KEY) -> Limiter:
+    """The limiter for this process: `LocalLimiter` in the embedded mode, otherwise `RedisLimiter` on
+    `settings.redis_url`, or on the broker when the broker is Redis.
+
+    A non-Redis broker without `CATALOG_SYNC_REDIS_URL` is a `ConfigError`: a per-process budget would multiply the
+    catalog's limit by the number of workers.
+    """
+    rate, burst = settings.catalog_rate_limit, settings.catalog_burst
+    if embedded:
+        return LocalLimiter(rate, burst)
+    url = settings.redis_url
+    if not url and settings.broker_url.startswith(REDIS_SCHEMES):
+        url = settings.broker_url
+    if not url:
+        raise ConfigError(
+            "the global catalog rate limit needs Redis: set CATALOG_SYNC_REDIS_URL (e.g. redis://host:6379/0), "
+            "or use a redis:// CATALOG_SYNC_BROKER_URL, or run the embedded mode"
+        )
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+            retry=Retry(NoBackoff(), REDIS_RETRIES),
+        )
+    except ValueError as exc:
+        # The URL may carry a password: name the setting, not the value.
+        raise ConfigError(f"CATALOG_SYNC_REDIS_URL / CATALOG_SYNC_BROKER_URL is not a Redis URL: {exc}") from None
+    return RedisLimiter(client, key=key, rate=rate, burst=burst)
+
+
+def _acquire(check: Callable[[], tuple[float, bool]], sleep: Sleep, max_wait: float | None) -> None:
+    """The one waiting loop both limiters share: ask, and sleep the answer until allowed or past `max_wait`."""
+    if max_wait is not None and not max_wait >= 0:
+        raise ValueError(f"max_wait must be None or >= 0 seconds, got {max_wait!r}")
+    waited = 0.0
+    while True:
+        wait, cooling = check()
+        if wait <= 0:
+            return
+        if max_wait is not None and waited + wait > max_wait:
+            reason = "the catalog asked every worker to pause (429 cool-down)" if cooling else "the budget is spent"
+            # status=None: this is our own pacing, not a 429 from the API (so callers do not set a cool-down).
+            raise RateLimited(
+                f"catalog rate limit: {reason}; next slot in {wait:.3f} s, beyond max_wait {max_wait:g} s",
+                retry_after=wait,
+                status=None,
+            )
+        sleep(wait)
+        waited += wait
+
+
+def _check_budget(rate: float, burst: int) -> None:
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a positive number of requests per second, got {rate!r}")
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+
+
+def _cool_down_ms(seconds: float) -> int:
+    """A cool-down request as whole milliseconds, capped at MAX_COOL_DOWN; 0 means nothing to do."""
+    if not (isinstance(seconds, int | float) and not math.isnan(seconds)) or seconds < 0:
+        raise ValueError(f"cool-down must be a number of seconds >= 0, got {seconds!r}")
+    if seconds > MAX_COOL_DOWN:
+        log.warning("cool-down of %.0f s capped at %.0f s", seconds, MAX_COOL_DOWN)
+        seconds = MAX_COOL_DOWN
+    return math.ceil(seconds * 1000)
