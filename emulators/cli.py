@@ -2,8 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 emulate = typer.Typer(
     help="Run a local emulator of the catalog API or a shop (for tests, benchmarks, demos).", no_args_is_help=True
 )
+
+
+@emulate.command("catalog")
+def catalog(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8900,
+    api_key: Annotated[
+        list[str] | None, typer.Option("--api-key", help="An accepted API key (repeatable; default: test-key).")
+    ] = None,
+    rate_limit: Annotated[float | None, typer.Option(help="Requests per second before answering 429.")] = None,
+    burst: Annotated[int | None, typer.Option(help="Token bucket size for --rate-limit (default: the rate).")] = None,
+    latency_ms: Annotated[float, typer.Option(help="Delay added to every API response, in ms.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Probability (0-1) of answering 500 or 503.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="Probability (0-1) of dropping the connection.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for the random faults.")] = None,
+) -> None:
+    """The try-on catalog API (`/tryon/v1/products`), in memory, with optional faults. See emulators/catalog.py."""
+    from pydantic import ValidationError
+
+    from emulators.catalog import Faults, serve
+
+    try:
+        faults = Faults(
+            rate_limit=rate_limit,
+            burst=burst,
+            latency_ms=latency_ms,
+            error_rate=error_rate,
+            drop_rate=drop_rate,
+            seed=seed,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" for error in exc.errors())
+        raise typer.BadParameter(problems) from None
+    keys = api_key or ["test-key"]
+    typer.echo(f"Catalog emulator: http://{host}:{port}/tryon/v1")
+    typer.echo(f"API keys (header x-api-key): {', '.join(keys)}")
+    serve(host, port, keys, faults)
