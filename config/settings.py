@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between reconcile passes.")
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")
     lease_seconds: float = Field(300.0, gt=0, le=86_400, description="How long a push owns a row.")
+    requeue_after: float = Field(
+        900.0, gt=0, description="Seconds after which reconcile re-sends a push whose message never ran (lost)."
+    )
+    sync_lock_seconds: float = Field(
+        6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."
+    )
     webhook_max_body: int = Field(2 * 1024 * 1024, ge=1024, description="Largest webhook body accepted, bytes.")
     webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
     log_level: str = Field("INFO", description="Python log level.")

@@ -63,3 +63,44 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterator[str]:
+    """A fresh, migrated state database: a SQLite file, or a throwaway PostgreSQL schema."""
+    from worker import schema
+    from worker.state import make_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        engine = make_engine(url)
+        schema.upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    import sqlalchemy
+
+    base = request.getfixturevalue("postgres_url")
+    name = f"t_{unique}"
+    admin = sqlalchemy.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{name}"'))
+    url = f"{base}?options=-csearch_path%3D{name}"
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[object]:
+    from worker.state import Store
+
+    s = Store.from_url(database_url)
+    yield s
+    s.close()

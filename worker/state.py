@@ -34,6 +34,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    literal,
     or_,
     select,
     update,
@@ -129,13 +130,16 @@ class RunRow(Base):
 
 
 class SourceStateRow(Base):
-    """Per-source operational state: a pause after the catalog refused our credentials."""
+    """Per-source operational state: a pause after the catalog refused our credentials, and the lock that keeps
+    two syncs of one source from reading it at once."""
 
     __tablename__ = "source_state"
 
     source: Mapped[str] = mapped_column(String(64), primary_key=True)
     paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sync_lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    sync_lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class DeliveryRow(Base):
@@ -550,9 +554,13 @@ class Store:
                     # A desired state that changed meanwhile deserves a fresh start, not this failure.
                     status=case((ProductRow.desired_hash == claim.desired_hash, status), else_="pending"),
                     attempts=case((ProductRow.desired_hash == claim.desired_hash, attempts), else_=0),
-                    next_attempt_at=case(
-                        (ProductRow.desired_hash == claim.desired_hash, retry_at if status == "pending" else None),
-                        else_=None,
+                    next_attempt_at=(
+                        case(
+                            (ProductRow.desired_hash == claim.desired_hash, literal(retry_at, UTCDateTime())),
+                            else_=None,
+                        )
+                        if status == "pending"
+                        else None
                     ),
                     last_error_code=code[:64],
                     last_error_message=message[:2000],
@@ -629,17 +637,51 @@ class Store:
 
     # ---------------------------------------------------------------------------------------------- source pause
 
+    def _source_state(self, session: Session, source: str) -> SourceStateRow:
+        row = session.get(SourceStateRow, source)
+        if row is None:
+            row = SourceStateRow(source=source)
+            session.add(row)
+            session.flush()
+        return row
+
     def pause_source(self, source: str, *, until: datetime, reason: str) -> None:
         with self.session() as session:
-            row = session.get(SourceStateRow, source)
-            if row is None:
-                session.add(SourceStateRow(source=source, paused_until=until, paused_reason=reason))
-            else:
-                row.paused_until, row.paused_reason = until, reason
+            row = self._source_state(session, source)
+            row.paused_until, row.paused_reason = until, reason
 
     def resume_source(self, source: str) -> None:
         with self.session() as session:
-            session.execute(delete(SourceStateRow).where(SourceStateRow.source == source))
+            session.execute(
+                update(SourceStateRow)
+                .where(SourceStateRow.source == source)
+                .values(paused_until=None, paused_reason=None)
+            )
+
+    def acquire_sync_lock(self, source: str, *, seconds: float) -> str | None:
+        """Take the source's sync lock; a token to release it, or None when another sync holds it."""
+        now = utcnow()
+        token = uuid.uuid4().hex
+        with self.session() as session:
+            self._source_state(session, source)
+            result = session.execute(
+                update(SourceStateRow)
+                .where(
+                    SourceStateRow.source == source,
+                    or_(SourceStateRow.sync_lock_until.is_(None), SourceStateRow.sync_lock_until < now),
+                )
+                .values(sync_lock_until=now + timedelta(seconds=seconds), sync_lock_token=token)
+                .returning(SourceStateRow.source)
+            ).first()
+        return token if result is not None else None
+
+    def release_sync_lock(self, source: str, token: str) -> None:
+        with self.session() as session:
+            session.execute(
+                update(SourceStateRow)
+                .where(SourceStateRow.source == source, SourceStateRow.sync_lock_token == token)
+                .values(sync_lock_until=None, sync_lock_token=None)
+            )
 
     def source_pause(self, source: str, *, now: datetime | None = None) -> str | None:
         """The reason pushes of this source are paused, or None."""

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 00:10:21.019733
+Create Date: 2026-11-23 00:11:34.307271
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=64), nullable=False),
     sa.Column('paused_until', sa.DateTime(), nullable=True),
     sa.Column('paused_reason', sa.Text(), nullable=True),
+    sa.Column('sync_lock_until', sa.DateTime(), nullable=True),
+    sa.Column('sync_lock_token', sa.String(length=32), nullable=True),
     sa.PrimaryKeyConstraint('source')
     )
     op.create_table('webhook_deliveries',

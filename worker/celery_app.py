@@ -1,0 +1,114 @@
+"""The Celery app and its settings (DESIGN.md, "Queues and delivery").
+
+- JSON only; no result backend (the state database records outcomes).
+- `acks_late` + `task_reject_on_worker_lost` + prefetch 1: a message is acknowledged after its task ran, so a worker
+  killed mid-task has its message re-delivered; push is idempotent, so that is safe.
+- Queues `push.priority` (webhooks, admin single products, reconcile), `push` (bulk convergence) and `sync`
+  (paging a source), consumed priority-first (`queue_order_strategy: priority` keeps the `-Q` order).
+- Redis `visibility_timeout` longer than the longest task, so a slow sync is not delivered twice.
+- No countdown/ETA tasks anywhere (celery#5935, kombu#337): retries are scheduled in the database.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu.entity import Queue
+
+from config.settings import Settings, get_settings
+from config.sources import SourceConfig
+
+QUEUE_PRIORITY = "push.priority"
+QUEUE_PUSH = "push"
+QUEUE_SYNC = "sync"
+QUEUES = (QUEUE_PRIORITY, QUEUE_PUSH, QUEUE_SYNC)
+# Longer than the longest task (a full sync of a large shop), so Redis does not re-deliver a running task.
+VISIBILITY_TIMEOUT = 12 * 3600
+# The in-process broker polls its queues; a short interval keeps the embedded mode responsive.
+MEMORY_POLLING_INTERVAL = 0.01
+# Publishing to a broker that is down is retried briefly; after that the row's `enqueued_at` lets reconcile
+# deliver it later, so nobody waits long on a dead broker.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+# How long a `purge_deliveries` pass waits between runs.
+HOUSEKEEPING_INTERVAL = timedelta(hours=1)
+
+app = Celery("catalog_sync", include=["worker.tasks"])
+
+
+def configure(
+    celery: Celery, settings: Settings, sources: dict[str, SourceConfig] | None = None, *, embedded: bool = False
+) -> Celery:
+    """Apply the project's settings to a Celery app; `embedded` uses the in-process `memory://` broker."""
+    broker = "memory://" if embedded else settings.broker_url
+    transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT, "queue_order_strategy": "priority"}
+    if embedded:
+        transport_options = {"polling_interval": MEMORY_POLLING_INTERVAL}
+    celery.conf.update(
+        broker_url=broker,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=QUEUE_PUSH,
+        task_routes={
+            "catalog_sync.sync_source": {"queue": QUEUE_SYNC},
+            "catalog_sync.sync_product": {"queue": QUEUE_PRIORITY},
+            "catalog_sync.reconcile": {"queue": QUEUE_PRIORITY},
+            "catalog_sync.housekeeping": {"queue": QUEUE_PRIORITY},
+            "catalog_sync.push": {"queue": QUEUE_PUSH},
+        },
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        worker_hijack_root_logger=False,
+        beat_schedule=beat_schedule(settings, sources or {}),
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return celery
+
+
+def beat_schedule(settings: Settings, sources: dict[str, SourceConfig]) -> dict[str, dict[str, Any]]:
+    schedule: dict[str, dict[str, Any]] = {
+        "reconcile": {"task": "catalog_sync.reconcile", "schedule": settings.reconcile_interval},
+        "housekeeping": {"task": "catalog_sync.housekeeping", "schedule": HOUSEKEEPING_INTERVAL.total_seconds()},
+    }
+    for source in sources.values():
+        if not source.enabled:
+            continue
+        schedule[f"sync:{source.name}:incremental"] = {
+            "task": "catalog_sync.sync_source",
+            "schedule": source.incremental_interval,
+            "args": (source.name, "incremental"),
+        }
+        schedule[f"sync:{source.name}:full"] = {
+            "task": "catalog_sync.sync_source",
+            "schedule": source.full_interval,
+            "args": (source.name, "full"),
+        }
+    return schedule
+
+
+@app.on_configure.connect
+def _configure_from_settings(sender: Celery, **_: Any) -> None:
+    # `celery -A worker.celery_app …` and task modules imported without the CLI get the environment's settings.
+    from config.sources import load_sources
+
+    settings = get_settings()
+    configure(sender, settings, load_sources(settings.config))
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A prefork child must not reuse the parent's database connections or HTTP sockets.
+    from worker.runtime import reset_runtime
+
+    reset_runtime()

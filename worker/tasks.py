@@ -1,0 +1,82 @@
+"""Thin Celery tasks: each takes ids, rebuilds nothing but what the runtime caches, and calls a plain function."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from worker import operations
+from worker.celery_app import PUBLISH_RETRY_POLICY, QUEUE_PRIORITY, QUEUE_PUSH, app
+from worker.push import Outcome, push
+from worker.runtime import get_runtime
+from worker.state import RunMode
+
+log = logging.getLogger(__name__)
+
+
+class CeleryDispatcher:
+    """Publishes push tasks: one producer connection for a whole batch of ids.
+
+    A broker that is down is logged, not raised: the rows are committed with `enqueued_at`, so reconcile
+    delivers them once the broker is back.
+    """
+
+    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> None:
+        queue = QUEUE_PRIORITY if priority else QUEUE_PUSH
+        try:
+            with app.producer_or_acquire() as producer:
+                for product_id in product_ids:
+                    push_task.apply_async(
+                        (source, product_id),
+                        {"force": force} if force else None,
+                        queue=queue,
+                        producer=producer,
+                        retry_policy=PUBLISH_RETRY_POLICY,
+                    )
+        except Exception as exc:  # kombu raises several unrelated types for a dead broker
+            log.warning(
+                "could not enqueue %d push(es) for %s (%s: %s); reconcile will deliver them",
+                len(product_ids),
+                source,
+                type(exc).__name__,
+                exc,
+            )
+
+
+dispatcher = CeleryDispatcher()
+
+
+@app.task(name="catalog_sync.push")
+def push_task(source: str, product_id: str, force: bool = False) -> str:
+    runtime = get_runtime()
+    outcome = push(runtime.store, runtime.catalog(), source, product_id, settings=runtime.push_settings, force=force)
+    if outcome is Outcome.SUPERSEDED:
+        # The row changed while we pushed: converge the newer state right away instead of waiting for reconcile.
+        dispatcher.push(source, [product_id], priority=True)
+    return outcome.value
+
+
+@app.task(name="catalog_sync.sync_source")
+def sync_source_task(source: str, mode: RunMode = "incremental", allow_mass_delete: bool = False) -> dict[str, Any]:
+    try:
+        report = operations.run_sync(get_runtime(), source, mode, dispatcher, allow_mass_delete=allow_mass_delete)
+    except operations.SyncInProgress as exc:
+        log.info("%s", exc)
+        return {"outcome": "skipped", "reason": str(exc)}
+    return {"run_id": report.run_id, "outcome": report.outcome, "counts": dict(report.counts)}
+
+
+@app.task(name="catalog_sync.sync_product")
+def sync_product_task(source: str, product_id: str, force: bool = False) -> bool:
+    return operations.sync_product(get_runtime(), source, product_id, dispatcher, force=force)
+
+
+@app.task(name="catalog_sync.reconcile")
+def reconcile_task() -> int:
+    return operations.reconcile(get_runtime(), dispatcher)
+
+
+@app.task(name="catalog_sync.housekeeping")
+def housekeeping_task() -> int:
+    return get_runtime().store.purge_deliveries()
