@@ -233,6 +233,9 @@ def normalize_rest_product(
     status = "active" if storefront else _map_status(raw.get("status"))
     if status is None:
         return SkippedProduct(product_id, "unknown_status", f"status {raw.get('status')!r}")
+    title = _text(raw.get("title"))
+    if title is None:
+        return SkippedProduct(product_id, "missing_title", "the product has no title")
     handle = _text(raw.get("handle"))
     url = None
     if shop_url and handle and (storefront or (status == "active" and raw.get("published_at"))):
@@ -250,7 +253,7 @@ def normalize_rest_product(
         product_id=product_id,
         updated_at=updated_at,
         status=status,
-        title=_text(raw.get("title")) or "",
+        title=title,
         description=html_to_text(raw.get("body_html") if isinstance(raw.get("body_html"), str) else None),
         images=_rest_images(raw),
         url=url,
@@ -310,6 +313,9 @@ def normalize_graphql_product(
     status = _map_status(node.get("status"))
     if status is None:
         return SkippedProduct(product_id, "unknown_status", f"status {node.get('status')!r}")
+    title = _text(node.get("title"))
+    if title is None:
+        return SkippedProduct(product_id, "missing_title", "the product has no title")
     attributes: dict[str, str] = {}
     price_range = node.get("priceRangeV2")
     minimum = price_range.get("minVariantPrice") if isinstance(price_range, Mapping) else None
@@ -327,7 +333,7 @@ def normalize_graphql_product(
         product_id=product_id,
         updated_at=updated_at,
         status=status,
-        title=_text(node.get("title")) or "",
+        title=title,
         description=html_to_text(description if isinstance(description, str) else None),
         images=_media_images(media if media is not None else _connection_nodes(node.get("media"))),
         url=_text(node.get("onlineStoreUrl")),
@@ -396,6 +402,9 @@ def check_webhook_signature(headers: Mapping[str, str], body: bytes, secrets: Se
         raise InvalidSignature(_SIGNATURE_MESSAGE) from None
     matched = False
     for secret in secrets:
+        if not secret.get_secret_value():
+            # An empty key signs nothing: anyone can compute that HMAC.
+            continue
         digest = hmac.new(secret.get_secret_value().encode("utf-8"), body, hashlib.sha256).digest()
         # Every secret is compared, match or not, so timing does not tell which one matched.
         matched |= hmac.compare_digest(base64.b64encode(digest), given_bytes)
@@ -861,10 +870,8 @@ class ShopifyGraphQL(_ShopifyBase):
     # -- the connector surface -------------------------------------------------------------------------------
 
     def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
-        if self._use_bulk(since):
-            yield from self._iter_bulk(since)
-        else:
-            yield from self._iter_pages(since)
+        items = self._iter_bulk(since) if self._use_bulk(since) else self._iter_pages(since)
+        yield from _at_or_after(items, since)
 
     def get_product(self, product_id: str) -> SourceProduct | None:
         number = _require_id(product_id, self._what)
@@ -930,6 +937,9 @@ class ShopifyRest(_ShopifyBase):
         return products
 
     def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
+        return _at_or_after(self._iter_pages(since), since)
+
+    def _iter_pages(self, since: datetime | None) -> Iterator[SourceProduct | SkippedProduct]:
         params = {"limit": str(self.config.page_size or MAX_PAGE_SIZE)}
         if since is not None:
             params["updated_at_min"] = _iso(since)
@@ -1011,11 +1021,10 @@ class ShopifyStorefront(_ShopifyBase):
                 )
 
     def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
-        for raw in self._iter_raw():
-            product = normalize_rest_product(self.source, raw, shop_url=self.shop_url, storefront=True)
-            if since is not None and isinstance(product, SourceProduct) and product.updated_at < since:
-                continue
-            yield product
+        products = (
+            normalize_rest_product(self.source, r, shop_url=self.shop_url, storefront=True) for r in self._iter_raw()
+        )
+        return _at_or_after(products, since)
 
     def get_product(self, product_id: str) -> SourceProduct | None:
         """By handle (`/products/{handle}.json`), or by numeric id by reading the listing until it turns up."""
@@ -1067,6 +1076,17 @@ def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("since must be timezone-aware")
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _at_or_after(
+    items: Iterator[SourceProduct | SkippedProduct], since: datetime | None
+) -> Iterator[SourceProduct | SkippedProduct]:
+    """Drop products older than `since`: server filters work to the second (or not at all, on the storefront)."""
+    if since is not None and since.tzinfo is None:
+        raise ValueError("since must be timezone-aware")
+    for item in items:
+        if since is None or not isinstance(item, SourceProduct) or item.updated_at >= since:
+            yield item
 
 
 def _updated_since(since: datetime | None) -> str | None:
