@@ -1,0 +1,774 @@
+"""Product feeds: Google Merchant XML (RSS 2.0 or Atom), the same feed as CSV or TSV, and a JSON list; read from a
+local path, a `file://` URL or an `http(s)` URL.
+
+Formats (the source's `format`, else guessed from the file name, then the HTTP `Content-Type`, then the first bytes):
+
+- `google-merchant` (`.xml`, `.rss`, `.atom`): `<rss><channel><item>` or `<feed><entry>` with
+  `xmlns:g="http://base.google.com/ns/1.0"`. `g:title`, `g:description`, `g:link` win over the plain RSS/Atom
+  `title`, `description` (Atom `summary`/`content`) and `link` (Atom `<link href=…>`).
+- `csv` (`.csv`) and `tsv` (`.tsv`, `.txt`): a header row of attribute names, with or without the `g:` prefix;
+  `additional_image_link` holds comma-separated URLs. Text is UTF-8 (a BOM is fine) unless HTTP names a charset.
+- `json` (`.json`): a list, or `{"products": [...]}`, of objects
+  `{id, title, description, link, image_link, additional_image_links: [...], item_group_id?, brand?, product_type?,
+  status?, updated_at?, tags?}` (Google attribute names work too). A JSON list cannot be streamed without another
+  dependency, so JSON feeds are read whole and refused above `MAX_JSON_BYTES`; XML, CSV and TSV stream, so a
+  100 MB feed never sits in memory. Gzip-compressed documents of any format are recognised by their first bytes.
+
+Mapping: `g:image_link` then the `g:additional_image_link`s become the images (at most `MAX_IMAGES`; URLs that are
+not absolute http(s) are dropped); `g:brand` is the vendor; `g:product_type`, else `g:google_product_category`, the
+product type; `tags` (comma-separated) the tags; availability, prices and a few stable descriptors go to
+`attributes`. Stock is not status: an out-of-stock item stays active. A feed has no publish status, so every item
+is `active` unless it carries `g:status` (or a `status` column) saying `draft` or `archived`. `updated_at` is the
+item's `g:updated` / `updated` / `updated_at` / `pubDate` when present, else the document's own time (HTTP
+`Last-Modified`, a file's mtime) so an unchanged feed yields unchanged products; a URL without `Last-Modified` gets
+the fetch time, so an incremental read of such a feed returns every product (the plan's hashes make that cheap).
+
+Variants: items sharing `g:item_group_id` become ONE product whose id is the group id, whose title, description and
+link come from the first item that has them, whose images are all the items' images in order (de-duplicated, first
+`MAX_IMAGES` kept), attributes from the first item, `updated_at` the newest item's, and which is active while any item
+is. Groups need not be adjacent: a group's state is kept until the document ends, so memory grows with the number of
+groups (one compact product each: first title and description, at most ten image URLs), never with the document or
+its items. Ungrouped items are yielded as they are read.
+
+Bad data: a record that cannot be a product is yielded as `SkippedProduct(product_id, reason, detail)` and the rest go
+on. Reasons: `missing_id` (neither id nor item_group_id), `missing_title`, `invalid_link` (a link that is not an
+absolute http(s) URL), `invalid_status`, `duplicate_id` (the id was listed before; the first one is kept, and the
+skip carries no product id so the kept product is untouched), `invalid_record` (a JSON element that is not an
+object). A product without a usable image is still yielded, with no images: the sync core records it skipped as
+`no_images`. A broken document (malformed XML, an unreadable file, an HTTP 404, an empty CSV) raises `SourceError`,
+which fails the run before anything is deleted. Feeds send no webhooks.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import time
+import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import httpx
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, iterparse
+
+from config.sources import FeedFormat, SourceConfig
+from connectors.base import (
+    MAX_IMAGES,
+    ImageRef,
+    ProductStatus,
+    SourceProduct,
+    WebhookEvent,
+    html_to_text,
+    normalize_images,
+    parse_datetime,
+    split_tags,
+)
+from connectors.http import MAX_ATTEMPTS, MAX_RETRY_AFTER, Sleep, backoff_delay, make_client, retry_after_seconds
+from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
+
+    from _typeshed import WriteableBuffer
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "FeedConnector",
+    "FeedRecord",
+    "build_products",
+    "guess_format",
+    "read_delimited_records",
+    "read_json_records",
+    "read_xml_records",
+]
+
+GOOGLE_NS: Final = "http://base.google.com/ns/1.0"
+# JSON is parsed whole (the standard library has no streaming JSON parser): refuse documents past this size.
+MAX_JSON_BYTES = 200 * 1024 * 1024
+# Bytes pulled from an HTTP body per read: large enough to keep the parser busy, small enough to stay bounded.
+CHUNK_SIZE = 64 * 1024
+# Bytes of a sniffed prefix when neither the name nor the Content-Type tells the format.
+SNIFF_BYTES = 2048
+# Characters of an HTTP error body quoted in the error message.
+ERROR_EXCERPT = 300
+
+FORMAT_BY_SUFFIX: Final[Mapping[str, FeedFormat]] = {
+    ".xml": "google-merchant",
+    ".rss": "google-merchant",
+    ".atom": "google-merchant",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",  # Google Merchant Center's own name for a TSV upload
+    ".json": "json",
+}
+FORMAT_BY_CONTENT_TYPE: Final[tuple[tuple[str, FeedFormat], ...]] = (
+    ("tab-separated-values", "tsv"),
+    ("csv", "csv"),
+    ("json", "json"),
+    ("xml", "google-merchant"),
+    ("rss", "google-merchant"),
+    ("atom", "google-merchant"),
+)
+STATUSES: Final[Mapping[str, ProductStatus]] = {"active": "active", "draft": "draft", "archived": "archived"}
+# Feed attributes copied into `SourceProduct.attributes`, which a source's `metadata_fields` may send to the catalog.
+ATTRIBUTE_FIELDS: Final = (
+    "availability",
+    "price",
+    "sale_price",
+    "condition",
+    "color",
+    "size",
+    "gender",
+    "age_group",
+    "material",
+    "pattern",
+    "gtin",
+    "mpn",
+    "google_product_category",
+)
+# Other names a feed uses for the attributes above (keys are already lower case without the `g:` prefix).
+FIELD_ALIASES: Final[Mapping[str, str]] = {
+    "additional_image_links": "additional_image_link",
+    "updated_at": "updated",
+    "pubdate": "updated",
+    "last_updated": "updated",
+}
+DATE_FIELDS: Final = ("updated",)
+# Fields whose single text value may hold a comma-separated list (in CSV/TSV cells and JSON strings).
+LIST_FIELDS: Final = frozenset({"additional_image_link"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRecord:
+    """One feed item as read, before it becomes a product.
+
+    `fields` maps an attribute name (lower case, no `g:` prefix, aliases resolved) to its non-blank values in document
+    order. `problem` is a `(reason, detail)` when the reader already knows the record is unusable.
+    """
+
+    ref: str
+    fields: Mapping[str, tuple[str, ...]]
+    problem: tuple[str, str] | None = None
+
+    def first(self, *names: str) -> str:
+        """The first value of the first of `names` the record has, or ""."""
+        for name in names:
+            values = self.fields.get(name)
+            if values:
+                return values[0]
+        return ""
+
+    def values(self, name: str) -> tuple[str, ...]:
+        return self.fields.get(name, ())
+
+
+def normalize_field_name(name: str) -> str:
+    """`g:Image Link` and `image_link` name the same attribute."""
+    key = name.strip().lstrip("\ufeff").lower().replace(" ", "_")
+    key = key.removeprefix("g:")
+    return FIELD_ALIASES.get(key, key)
+
+
+class _Fields:
+    """Builds a record's field map: values in order, blanks dropped, comma lists split where the format allows."""
+
+    def __init__(self, *, split_lists: bool) -> None:
+        self._split = split_lists
+        self.values: dict[str, list[str]] = {}
+
+    def add(self, name: str, value: str) -> None:
+        if not name:
+            return
+        parts = value.split(",") if self._split and name in LIST_FIELDS else (value,)
+        for part in parts:
+            text = part.strip()
+            if text:
+                self.values.setdefault(name, []).append(text)
+
+    def frozen(self) -> dict[str, tuple[str, ...]]:
+        return {name: tuple(values) for name, values in self.values.items()}
+
+
+# ---- readers: a document's bytes -> FeedRecords ------------------------------------------------------------------
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    if tag.startswith("{"):
+        namespace, _, local = tag[1:].partition("}")
+        return namespace, local
+    return "", tag
+
+
+def _is_item(element: Element) -> bool:
+    namespace, local = _split_tag(element.tag)
+    return namespace != GOOGLE_NS and local in ("item", "entry")
+
+
+def _xml_record(element: Element, ref: str) -> FeedRecord:
+    google = _Fields(split_lists=False)
+    plain = _Fields(split_lists=False)
+    for child in element:
+        namespace, local = _split_tag(child.tag)
+        name = normalize_field_name(local)
+        if namespace != GOOGLE_NS and name == "link" and child.get("href") is not None:
+            # Atom links are attributes; only the page itself (no rel, or rel="alternate") is the product's link.
+            if child.get("rel", "alternate") == "alternate":
+                plain.add(name, child.get("href", ""))
+            continue
+        text = "".join(child.itertext())
+        (google if namespace == GOOGLE_NS else plain).add(name, text)
+    # The g: attribute wins over the plain RSS/Atom element of the same name.
+    return FeedRecord(ref, {**plain.frozen(), **google.frozen()})
+
+
+def read_xml_records(stream: IO[bytes]) -> Iterator[FeedRecord]:
+    """Stream the items of an RSS 2.0 or Atom feed; each item's elements are freed once it is read."""
+    open_elements: list[Element] = []
+    count = 0
+    try:
+        for event, element in iterparse(stream, events=("start", "end")):
+            if event == "start":
+                if not open_elements:
+                    _, root = _split_tag(element.tag)
+                    if root not in ("rss", "feed"):
+                        raise SourceError(f"not an RSS or Atom feed: the document's root element is <{root}>")
+                open_elements.append(element)
+                continue
+            open_elements.pop()
+            if _is_item(element) and not any(_is_item(parent) for parent in open_elements):
+                count += 1
+                yield _xml_record(element, f"item {count}")
+                # Drop the item from the tree so a long feed costs one item of memory, not the whole document.
+                element.clear()
+                if open_elements:
+                    open_elements[-1].remove(element)
+    except ParseError as exc:
+        line, column = getattr(exc, "position", (0, 0))
+        raise SourceError(f"broken XML at line {line}, column {column}: {exc}") from None
+    except DefusedXmlException as exc:
+        raise SourceError(f"the XML declares entities or external references, refused for safety: {exc}") from None
+
+
+def read_delimited_records(stream: IO[bytes], *, delimiter: str, encoding: str = "utf-8-sig") -> Iterator[FeedRecord]:
+    """Stream the rows of a CSV or TSV feed whose first row names the attributes."""
+    text = io.TextIOWrapper(stream, encoding=encoding, newline="")
+    reader = csv.reader(text, delimiter=delimiter)
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    try:
+        header = next(reader, None)
+        while header is not None and not any(cell.strip() for cell in header):
+            header = next(reader, None)
+        if header is None:
+            raise SourceError(f"the {kind} feed is empty: the first line must name the columns (id, title, ...)")
+        names = [normalize_field_name(cell) for cell in header]
+        if "id" not in names and "item_group_id" not in names:
+            shown = ", ".join(repr(cell) for cell in header[:6])
+            raise SourceError(
+                f"the {kind} header has no 'id' column (found {shown}); check the column names and that the "
+                f"format is right: csv separates columns with commas, tsv with tabs"
+            )
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            fields = _Fields(split_lists=True)
+            for name, cell in zip(names, row, strict=False):
+                fields.add(name, cell)
+            yield FeedRecord(f"line {reader.line_num}", fields.frozen())
+    except csv.Error as exc:
+        raise SourceError(f"unreadable {kind} at line {reader.line_num}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        charset = "UTF-8" if encoding.startswith("utf-8") else encoding
+        raise SourceError(
+            f"the {kind} feed is not valid {charset} text ({exc.reason}); save it as UTF-8 or serve it with its charset"
+        ) from None
+    finally:
+        # Leave the binary stream to its owner (closing the wrapper would close it under the caller).
+        text.detach()
+
+
+def read_json_records(stream: IO[bytes], *, max_bytes: int = MAX_JSON_BYTES) -> Iterator[FeedRecord]:
+    """The products of a JSON feed: a list of objects, or `{"products": [...]}`. Read whole, up to `max_bytes`."""
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SourceError(
+            f"the JSON feed is larger than {max_bytes // (1024 * 1024)} MB; JSON feeds are read whole, so split it "
+            f"or publish the feed as XML, CSV or TSV, which are streamed"
+        )
+    if not data.strip():
+        raise SourceError("the JSON feed is empty; expected a list of products")
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise SourceError(f"not valid JSON: {exc}") from None
+    if isinstance(document, dict) and isinstance(document.get("products"), list):
+        document = document["products"]
+    if not isinstance(document, list):
+        raise SourceError('a JSON feed must be a list of products or an object {"products": [...]}')
+    for index, entry in enumerate(document, start=1):
+        ref = f"element {index}"
+        if not isinstance(entry, dict):
+            problem = ("invalid_record", f"{ref} is a JSON {type(entry).__name__}, not an object")
+            yield FeedRecord(ref, {}, problem)
+            continue
+        fields = _Fields(split_lists=True)
+        for key, value in entry.items():
+            name = normalize_field_name(str(key))
+            for scalar in value if isinstance(value, list) else (value,):
+                text = _json_text(scalar)
+                if text is not None:
+                    fields.add(name, text)
+        yield FeedRecord(ref, fields.frozen())
+
+
+def _json_text(value: object) -> str | None:
+    """A JSON scalar as feed text; objects, nested lists, null and booleans carry no attribute value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+# ---- records -> products -----------------------------------------------------------------------------------------
+
+
+def _web_url(value: str) -> str | None:
+    """An absolute http(s) URL (inner spaces encoded), or None when the value is not one."""
+    url = value.strip().replace(" ", "%20")
+    if not url or any(char.isspace() or ord(char) < 32 for char in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return None
+    return url
+
+
+def _moment(value: str) -> datetime | None:
+    """ISO 8601 (Atom, JSON) or RFC 822 (RSS `pubDate`), as aware UTC; None when unreadable."""
+    try:
+        moment = parse_datetime(value)
+        if moment is None:
+            moment = parse_datetime(parsedate_to_datetime(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return moment
+
+
+@dataclass(slots=True)
+class _Draft:
+    """A product being assembled from one item, or from every item of a group."""
+
+    product_id: str
+    ref: str
+    items: int = 0
+    title: str = ""
+    description: str = ""
+    link: str = ""
+    vendor: str = ""
+    product_type: str = ""
+    tags: tuple[str, ...] = ()
+    statuses: list[str] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
+    image_urls: list[str] = field(default_factory=list)
+    updated_at: datetime | None = None
+
+    def absorb(self, record: FeedRecord) -> None:
+        self.items += 1
+        if not self.title:
+            self.title = html_to_text(record.first("title"))
+        if not self.description:
+            self.description = html_to_text(record.first("description", "summary", "content"))
+        if not self.link:
+            self.link = record.first("link")
+        if not self.vendor:
+            self.vendor = html_to_text(record.first("brand"))
+        if not self.product_type:
+            self.product_type = html_to_text(record.first("product_type", "google_product_category"))
+        if not self.tags:
+            self.tags = split_tags(",".join(record.values("tags")))
+        status = record.first("status")
+        if status:
+            self.statuses.append(status)
+        if self.items == 1:
+            for name in ATTRIBUTE_FIELDS:
+                value = record.first(name)
+                if value:
+                    self.attributes[name] = value
+        for raw in (*record.values("image_link"), *record.values("additional_image_link")):
+            if len(self.image_urls) >= MAX_IMAGES:
+                break
+            url = _web_url(raw)
+            if url is not None and url not in self.image_urls:
+                self.image_urls.append(url)
+        for name in DATE_FIELDS:
+            moment = _moment(record.first(name))
+            if moment is not None and (self.updated_at is None or moment > self.updated_at):
+                self.updated_at = moment
+
+    def finish(self, source: str, document_time: datetime) -> tuple[SourceProduct | SkippedProduct, datetime]:
+        """The product, or why it cannot be one; with the time an incremental read compares to `since`."""
+        updated_at = self.updated_at or document_time
+        where = self.ref if self.items == 1 else f"{self.ref}, group of {self.items} items"
+        if not self.title:
+            return SkippedProduct(self.product_id, "missing_title", f"{where} has no title"), updated_at
+        url = _web_url(self.link) if self.link else None
+        if self.link and url is None:
+            detail = f"{where}: link {self.link[:200]!r} is not an absolute http(s) URL"
+            return SkippedProduct(self.product_id, "invalid_link", detail), updated_at
+        status = self._status()
+        if status is None:
+            bad = next(s for s in self.statuses if s.strip().lower() not in STATUSES)
+            detail = f"{where}: status {bad[:50]!r}; use active, draft or archived"
+            return SkippedProduct(self.product_id, "invalid_status", detail), updated_at
+        product = SourceProduct(
+            source=source,
+            product_id=self.product_id,
+            updated_at=updated_at,
+            status=status,
+            title=self.title,
+            description=self.description,
+            images=normalize_images(ImageRef(url) for url in self.image_urls),
+            url=url,
+            vendor=self.vendor or None,
+            product_type=self.product_type or None,
+            tags=self.tags,
+            attributes=dict(self.attributes),
+            raw_ref=where,
+        )
+        return product, updated_at
+
+    def _status(self) -> ProductStatus | None:
+        """Active unless told otherwise; a group is listed while any of its items is active."""
+        if not self.statuses:
+            return "active"
+        found: list[ProductStatus] = []
+        for value in self.statuses:
+            status = STATUSES.get(value.strip().lower())
+            if status is None:
+                return None
+            found.append(status)
+        if len(found) < self.items or "active" in found:
+            return "active"
+        return "draft" if "draft" in found else "archived"
+
+
+def build_products(
+    records: Iterable[FeedRecord], *, source: str, document_time: datetime, since: datetime | None = None
+) -> Iterator[SourceProduct | SkippedProduct]:
+    """Turn feed records into products: group variants, skip what cannot be a product, keep what changed since."""
+    seen_ids: set[str] = set()
+    groups: dict[str, _Draft] = {}
+
+    def wanted(moment: datetime) -> bool:
+        return since is None or moment >= since
+
+    for record in records:
+        if record.problem is not None:
+            if wanted(document_time):
+                yield SkippedProduct(None, record.problem[0], record.problem[1])
+            continue
+        group_id = record.first("item_group_id")
+        if group_id:
+            draft = groups.get(group_id)
+            if draft is None:
+                draft = groups[group_id] = _Draft(group_id, record.ref)
+            draft.absorb(record)
+            continue
+        item_id = record.first("id")
+        draft = _Draft(item_id, record.ref)
+        draft.absorb(record)
+        if not item_id:
+            if wanted(draft.updated_at or document_time):
+                title = f" ({draft.title[:80]!r})" if draft.title else ""
+                yield SkippedProduct(None, "missing_id", f"{record.ref}{title} has neither id nor item_group_id")
+            continue
+        if item_id in seen_ids:
+            if wanted(draft.updated_at or document_time):
+                yield SkippedProduct(None, "duplicate_id", f"{record.ref}: id {item_id[:80]!r} was listed before")
+            continue
+        seen_ids.add(item_id)
+        item, moment = draft.finish(source, document_time)
+        if wanted(moment):
+            yield item
+
+    for group_id, draft in groups.items():
+        item, moment = draft.finish(source, document_time)
+        if group_id in seen_ids:
+            detail = f"{draft.ref}: item_group_id {group_id[:80]!r} is also the id of an ungrouped item"
+            item = SkippedProduct(None, "duplicate_id", detail)
+        if wanted(moment):
+            yield item
+
+
+# ---- where the document comes from -------------------------------------------------------------------------------
+
+
+def guess_format(name: str, content_type: str | None = None, head: bytes = b"") -> FeedFormat:
+    """The feed format from a file name, else a Content-Type, else the document's first bytes."""
+    suffixes = [suffix.lower() for suffix in Path(name).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    if suffixes and suffixes[-1] in FORMAT_BY_SUFFIX:
+        return FORMAT_BY_SUFFIX[suffixes[-1]]
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    for marker, fmt in FORMAT_BY_CONTENT_TYPE:
+        if media and marker in media:
+            return fmt
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if start.startswith(b"<"):
+        return "google-merchant"
+    if start.startswith((b"[", b"{")):
+        return "json"
+    first_line = start.split(b"\n", 1)[0]
+    return "tsv" if b"\t" in first_line else "csv"
+
+
+class _ResponseStream(io.RawIOBase):
+    """An HTTP response body as a binary file, so the XML and CSV parsers pull it chunk by chunk."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._chunks = response.iter_bytes(CHUNK_SIZE)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+            except httpx.HTTPError as exc:
+                raise SourceError(f"the connection broke while reading the feed: {type(exc).__name__}: {exc}") from None
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), len(self._pending))
+        view[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+@dataclass(frozen=True, slots=True)
+class _Document:
+    stream: io.BufferedReader[Any]
+    name: str
+    modified: datetime
+    content_type: str | None = None
+    charset: str | None = None
+
+
+def _display(location: str) -> str:
+    """A URL fit for messages: no credentials, no query string (feed URLs often carry an access key)."""
+    parts = urlsplit(location)
+    if parts.scheme.lower() not in ("http", "https"):
+        return location
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _excerpt(response: httpx.Response) -> str:
+    body = b""
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= ERROR_EXCERPT:
+                break
+    except httpx.HTTPError:
+        pass
+    return body[:ERROR_EXCERPT].decode("utf-8", "replace").replace("\n", " ").strip() or "(empty body)"
+
+
+class FeedConnector:
+    """A product feed (see the module docstring). Every read fetches and parses the whole document again."""
+
+    kind = "feed"
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        client: httpx.Client | None = None,
+        *,
+        sleep: Sleep = time.sleep,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        if source.kind != "feed":
+            raise ConfigError(f"source {source.name!r}: FeedConnector reads kind 'feed', not {source.kind!r}")
+        self.source = source.name
+        self._config = source
+        self._client = client
+        self._owns_client = client is None
+        self._sleep = sleep
+        self._clock = clock
+        location = source.url.strip()
+        parts = urlsplit(location)
+        scheme = parts.scheme.lower()
+        self._url: str | None = None
+        self._path: Path | None = None
+        if scheme in ("http", "https"):
+            if not parts.hostname:
+                raise ConfigError(f"source {source.name!r}: field 'url': {_display(location)!r} names no host")
+            self._url = location
+        elif scheme == "file":
+            self._path = Path(url2pathname(parts.path))
+        elif scheme and len(scheme) > 1:
+            raise ConfigError(
+                f"source {source.name!r}: field 'url': unsupported scheme {scheme!r}; use a local path, a file:// "
+                f"URL or an http(s):// URL"
+            )
+        else:
+            self._path = Path(location).expanduser()
+        self._what = f"feed source {self.source!r} ({_display(location)})"
+
+    def __repr__(self) -> str:
+        return f"FeedConnector(source={self.source!r})"
+
+    def iter_products(self, since: datetime | None = None) -> Generator[SourceProduct | SkippedProduct, None, None]:
+        """Stream the feed's products (those updated at or after `since` when given); see the module docstring."""
+        since_utc = parse_datetime(since) if since is not None else None
+        with self._open() as document:
+            try:
+                records = self._records(document)
+                yield from build_products(records, source=self.source, document_time=document.modified, since=since_utc)
+            except SourceError as exc:
+                raise SourceError(f"{self._what}: {exc}") from None
+            except (OSError, EOFError, zlib.error) as exc:
+                raise SourceError(f"{self._what}: cannot read the document: {exc}") from None
+
+    def get_product(self, product_id: str) -> SourceProduct | None:
+        """Scan the feed for one product. None when the feed does not list it; raises `SkippedProduct` when it
+        lists it but the record is unusable."""
+        wanted = product_id.strip()
+        stream = self.iter_products(None)
+        try:
+            for item in stream:
+                if item.product_id != wanted:
+                    continue
+                if isinstance(item, SkippedProduct):
+                    raise item
+                return item
+        finally:
+            stream.close()
+        return None
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        raise InvalidSignature(
+            f"feeds do not send webhooks: source {self.source!r} is a feed, it is read on its sync schedule"
+        )
+
+    def close(self) -> None:
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ---- reading -------------------------------------------------------------------------------------------------
+
+    def _records(self, document: _Document) -> Iterator[FeedRecord]:
+        fmt = self._config.format
+        if fmt is None:
+            fmt = guess_format(document.name, document.content_type, document.stream.peek(SNIFF_BYTES))
+        if fmt == "google-merchant":
+            return read_xml_records(document.stream)
+        if fmt == "json":
+            return read_json_records(document.stream)
+        encoding = document.charset if document.charset and document.charset.lower() not in ("utf-8", "utf8") else None
+        return read_delimited_records(
+            document.stream, delimiter="\t" if fmt == "tsv" else ",", encoding=encoding or "utf-8-sig"
+        )
+
+    @contextmanager
+    def _open(self) -> Iterator[_Document]:
+        with ExitStack() as stack:
+            if self._url is not None:
+                response = self._get()
+                stack.callback(response.close)
+                raw = io.BufferedReader(_ResponseStream(response), CHUNK_SIZE)
+                modified = parse_datetime(_http_date(response.headers.get("Last-Modified"))) or self._clock()
+                name = urlsplit(str(response.url)).path
+                content_type = response.headers.get("Content-Type")
+                charset = response.charset_encoding
+            else:
+                assert self._path is not None
+                try:
+                    handle = stack.enter_context(open(self._path, "rb"))
+                    modified = datetime.fromtimestamp(os.fstat(handle.fileno()).st_mtime, UTC)
+                except OSError as exc:
+                    raise SourceError(f"{self._what}: cannot read the feed file: {exc.strerror or exc}") from None
+                raw = io.BufferedReader(handle, CHUNK_SIZE)  # type: ignore[arg-type]
+                name, content_type, charset = self._path.name, None, None
+            try:
+                compressed = raw.peek(2)[:2] == b"\x1f\x8b"
+            except (OSError, SourceError) as exc:
+                raise SourceError(f"{self._what}: cannot read the document: {exc}") from None
+            if compressed:
+                raw = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), CHUNK_SIZE)  # type: ignore[arg-type]
+            yield _Document(raw, name, modified, content_type, charset)
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = make_client(self._config.timeout)
+        return self._client
+
+    def _get(self) -> httpx.Response:
+        """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (as `connectors.http.send`)."""
+        assert self._url is not None
+        client = self._http()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = client.send(client.build_request("GET", self._url), stream=True)
+            except httpx.TransportError as exc:
+                if attempt >= MAX_ATTEMPTS:
+                    raise SourceError(f"{self._what}: cannot reach the feed: {type(exc).__name__}: {exc}") from None
+                self._sleep(backoff_delay(attempt))
+                continue
+            except httpx.HTTPError as exc:
+                raise SourceError(f"{self._what}: {type(exc).__name__}: {exc}") from None
+            status = response.status_code
+            if status < 300:
+                return response
+            excerpt = _excerpt(response)
+            response.close()
+            if status in (401, 403):
+                raise AuthError(
+                    f"{self._what}: the server refused access ({status}); check the feed URL", status=status
+                )
+            if status == 429 or status >= 500:
+                wait = retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
+                if attempt >= MAX_ATTEMPTS or (wait is not None and wait > MAX_RETRY_AFTER):
+                    message = f"{self._what}: answered {status} {attempt} time(s); giving up for this run"
+                    if status == 429:
+                        raise RateLimited(message, retry_after=wait)
+                    raise SourceError(message)
+                self._sleep(wait if wait is not None else backoff_delay(attempt))
+                continue
+            raise SourceError(f"{self._what}: answered {status}: {excerpt}")
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
