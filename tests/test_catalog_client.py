@@ -586,6 +586,7 @@ INVALID_UPSERTS: list[tuple[str, dict[str, Any], str]] = [
     ("blank-external-id", {"externalId": "   "}, "externalId"),
     ("missing-external-id", {"title": "Red tee"}, "externalId"),
     ("reserved-prefix", {"externalId": "_anon_123"}, "externalId"),
+    ("no-images", {"externalId": "a", "images": []}, "images"),
     ("eleven-images", {"externalId": "a", "images": [{"source": {"url": "https://c.test/1.jpg"}}] * 11}, "images"),
     (
         "url-and-file-key",
@@ -668,7 +669,7 @@ optional_fields = st.fixed_dictionaries(
     optional={
         "title": st.text(max_size=60),
         "description": st.text(max_size=200),
-        "images": st.lists(images, max_size=10),
+        "images": st.lists(images, min_size=1, max_size=10),
         "metadata": st.none() | st.dictionaries(st.text(max_size=10), json_value, max_size=4),
         "autoDetectImageRoles": st.booleans(),
         "validForDays": st.none() | st.integers(1, 365),

@@ -217,7 +217,8 @@ class ProductUpsert(_WireModel):
     external_id: str
     title: str | None = None
     description: str | None = None
-    images: Annotated[list[ImageInput], Field(max_length=MAX_IMAGES)] | None = None
+    # Never empty: the API refuses `images: []` (400 PRODUCT_IMAGES_REQUIRED); omit the field to keep the images.
+    images: Annotated[list[ImageInput], Field(min_length=1, max_length=MAX_IMAGES)] | None = None
     metadata: dict[str, JsonValue] | None = None
     auto_detect_image_roles: bool | None = None
     valid_for_days: Annotated[int, Strict(), Field(ge=MIN_VALID_DAYS, le=MAX_VALID_DAYS)] | None = None
