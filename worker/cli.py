@@ -1,14 +1,453 @@
-"""The admin command `catalog-sync`."""
+"""The admin command `catalog-sync`.
+
+Exit status: 0 when nothing failed, 1 when some products failed (or a run failed), 2 for usage or configuration
+errors. `--json` prints one object on stdout; human output goes to the terminal through rich.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from emulators.cli import emulate
+from worker.errors import ConfigError, SourceError, SyncError
+from worker.state import RunMode, utcnow
 
-app = typer.Typer(help="Keep the try-on catalog in step with your shops.", no_args_is_help=True)
+app = typer.Typer(
+    help="Keep the try-on catalog in step with your shops.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+db_app = typer.Typer(help="The state database.", no_args_is_help=True)
 app.add_typer(emulate, name="emulate")
+app.add_typer(db_app, name="db")
+
+console = Console(stderr=True)
+out = Console()
+
+# How often `--wait` looks at the state database.
+WAIT_POLL_SECONDS = 0.5
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
 def main() -> None:
-    app()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_USAGE)
+
+
+def _runtime(*, embedded: bool = False) -> Any:
+    from worker.runtime import Runtime
+
+    return Runtime.build(embedded=embedded)
+
+
+# ------------------------------------------------------------------------------------------------------ resync
+
+
+@app.command()
+def resync(
+    source: Annotated[str, typer.Argument(help="The source's name in the sources file.")],
+    full: Annotated[bool, typer.Option("--full", help="Read every product and delete what is gone.")] = False,
+    product: Annotated[list[str] | None, typer.Option("--product", help="Re-sync only this product id.")] = None,
+    inline: Annotated[bool, typer.Option("--inline", help="Do all the work in this process, no broker.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the work until every product converged.")] = False,
+    as_json: JsonOption = False,
+    allow_mass_delete: Annotated[
+        bool, typer.Option("--allow-mass-delete", help="Confirm a full run that deletes many products.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Longest --wait/--inline wait for retries, seconds.")] = 3600.0,
+) -> None:
+    """Re-sync a source (incremental unless --full), or single products with --product."""
+    runtime = _runtime()
+    runtime.source(source)
+    started = utcnow()
+    mode: RunMode = "product" if product else ("full" if full else "incremental")
+    run_id: int | None = None
+    if inline:
+        from worker.inline import InlineDispatcher
+
+        dispatcher = InlineDispatcher(runtime)
+        try:
+            if product:
+                for product_id in product:
+                    _sync_one(runtime, source, product_id, dispatcher)
+            else:
+                from worker.operations import run_sync
+
+                run_id = run_sync(runtime, source, mode, dispatcher, allow_mass_delete=allow_mass_delete).run_id
+        except SourceError as exc:
+            _fail_run(runtime, source, started, as_json, str(exc))
+        dispatcher.drain(source, timeout=timeout)
+    else:
+        from worker.celery_app import app as celery
+        from worker.celery_app import configure
+
+        configure(celery, runtime.settings, runtime.sources)
+        from worker.tasks import sync_product_task, sync_source_task
+
+        try:
+            if product:
+                for product_id in product:
+                    sync_product_task.apply_async((source, product_id), {"force": True})
+            else:
+                sync_source_task.apply_async((source, mode), {"allow_mass_delete": allow_mass_delete})
+        except Exception as exc:  # kombu's connection errors have no common base worth naming
+            console.print(f"[red]cannot reach the broker[/red] ({type(exc).__name__}: {exc}); try --inline")
+            raise typer.Exit(EXIT_USAGE) from None
+        if not wait:
+            if as_json:
+                out.print_json(json.dumps({"source": source, "mode": mode, "enqueued": True}))
+            else:
+                console.print(f"enqueued a {mode} sync of {source}; follow it with `catalog-sync status {source}`")
+            return
+        run_id = _wait(runtime, source, started, product or None, mode, timeout=timeout, quiet=as_json)
+    _report(runtime, source, started, run_id, product or None, as_json)
+
+
+def _sync_one(runtime: Any, source: str, product_id: str, dispatcher: Any) -> None:
+    from worker.operations import sync_product
+
+    sync_product(runtime, source, product_id, dispatcher, force=True)
+
+
+def _fail_run(runtime: Any, source: str, started: datetime, as_json: bool, message: str) -> None:
+    if as_json:
+        out.print_json(json.dumps({"source": source, "outcome": "failed", "error": message}))
+    else:
+        console.print(f"[red]the run failed:[/red] {message} (nothing was deleted)", highlight=False)
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _wait(
+    runtime: Any,
+    source: str,
+    started: datetime,
+    products: Sequence[str] | None,
+    mode: RunMode,
+    *,
+    timeout: float,
+    quiet: bool,
+) -> int | None:
+    """Follow enqueued work in the state database until the run finished and every touched row converged."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    store = runtime.store
+    deadline = time.monotonic() + timeout
+    run_id: int | None = None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
+        task = progress.add_task(f"{mode} sync of {source}", total=None)
+        while time.monotonic() < deadline:
+            finished = True
+            if products is None:
+                run = store.latest_run(source, started_after=started)
+                finished = run is not None and run.outcome != "running"
+                run_id = run.id if run is not None else None
+            counts = store.outcome_counts(source, since=started, product_ids=products)
+            total = sum(counts.values())
+            pending = store.unconverged_count(source, since=started, product_ids=products)
+            progress.update(task, total=total or None, completed=total - pending)
+            if finished and pending == 0 and (products is None or total >= len(products)):
+                break
+            time.sleep(WAIT_POLL_SECONDS)
+        else:
+            console.print(f"[yellow]stopped waiting after {timeout:.0f}s; work goes on in the workers[/yellow]")
+    return run_id
+
+
+def _report(
+    runtime: Any, source: str, started: datetime, run_id: int | None, products: Sequence[str] | None, as_json: bool
+) -> None:
+    store = runtime.store
+    counts = store.outcome_counts(source, since=started, product_ids=products)
+    run = store.get_run(run_id) if run_id is not None else None
+    run_counts = dict(run.counts) if run is not None else {}
+    summary: dict[str, Any] = {
+        "source": source,
+        "run_id": run_id,
+        "outcome": run.outcome if run is not None else "completed",
+        "synced": counts.get("synced", 0),
+        "unchanged": run_counts.get("unchanged", 0),
+        "deleted": counts.get("deleted", 0),
+        "skipped": counts.get("skipped", 0) + _unrecorded_skips(run_counts),
+        "failed": counts.get("failed", 0),
+        "pending": store.unconverged_count(source, since=started, product_ids=products),
+    }
+    if run is not None and run.error:
+        summary["error"] = run.error
+    if run is not None and run.outcome == "deletion_blocked":
+        summary["deletion_blocked"] = run_counts.get("deletion_blocked", 0)
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        _print_summary(summary)
+        rows = store.rows_changed_since(source, started, limit=50)
+        problems = [r for r in rows if r.status in ("failed", "skipped")]
+        if problems:
+            out.print(_product_table(problems, title="Skipped and failed"))
+    failed = summary["failed"] > 0 or summary["outcome"] == "failed"
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _unrecorded_skips(run_counts: dict[str, int]) -> int:
+    # Records without a product id cannot have a row; the run counted them under `skipped:<reason>` only.
+    return int(run_counts.get("skipped_without_id", 0))
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"{summary['source']}: {summary['outcome']}", show_header=False)
+    for key in ("synced", "unchanged", "deleted", "skipped", "failed", "pending"):
+        table.add_row(key, str(summary[key]))
+    out.print(table)
+    if summary.get("deletion_blocked"):
+        out.print(
+            f"[yellow]{summary['deletion_blocked']} product(s) would have been deleted; nothing was. Confirm with "
+            f"`catalog-sync resync {summary['source']} --full --allow-mass-delete`.[/yellow]"
+        )
+    if summary.get("error"):
+        out.print(f"[red]error:[/red] {summary['error']}", highlight=False)
+
+
+def _product_table(rows: Sequence[Any], *, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("source", "product", "status", "reason", "attempts"):
+        table.add_column(column)
+    for row in rows:
+        reason = row.last_error_code or ""
+        if row.last_error_message:
+            reason = f"{reason}: {row.last_error_message}" if reason else row.last_error_message
+        table.add_row(row.source, row.product_id, row.status, reason[:120], str(row.attempts))
+    return table
+
+
+# ------------------------------------------------------------------------------------------ status, failures, retry
+
+
+@app.command()
+def status(
+    source: Annotated[str | None, typer.Argument(help="Only this source.")] = None, as_json: JsonOption = False
+) -> None:
+    """Products by status, the last runs, and any pause, per source."""
+    runtime = _runtime()
+    store = runtime.store
+    names = [source] if source else sorted(set(runtime.sources) | set(store.status_counts()))
+    report: dict[str, Any] = {}
+    for name in names:
+        runs = store.recent_runs(name, limit=3)
+        report[name] = {
+            "products": store.status_counts(name).get(name, {}),
+            "paused": store.source_pause(name),
+            "runs": [
+                {
+                    "id": r.id,
+                    "mode": r.mode,
+                    "outcome": r.outcome,
+                    "started_at": r.started_at.isoformat(),
+                    "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                    "counts": r.counts,
+                    "error": r.error,
+                }
+                for r in runs
+            ],
+        }
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    for name, item in report.items():
+        table = Table(title=name)
+        for column in ("pending", "synced", "skipped", "deleted", "failed"):
+            table.add_column(column)
+        table.add_row(*(str(item["products"].get(c, 0)) for c in ("pending", "synced", "skipped", "deleted", "failed")))
+        out.print(table)
+        if item["paused"]:
+            out.print(f"[red]pushes paused:[/red] {item['paused']}")
+        for r in item["runs"]:
+            out.print(f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}")
+
+
+@app.command()
+def failures(
+    source: Annotated[str | None, typer.Argument(help="Only this source.")] = None, as_json: JsonOption = False
+) -> None:
+    """Products that failed: the API's code, message and attempts."""
+    rows = _runtime().store.failures(source)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [
+                    {
+                        "source": r.source,
+                        "product": r.product_id,
+                        "code": r.last_error_code,
+                        "message": r.last_error_message,
+                        "attempts": r.attempts,
+                    }
+                    for r in rows
+                ]
+            )
+        )
+        return
+    if not rows:
+        out.print("no failures")
+        return
+    out.print(_product_table(rows, title="Failures"))
+
+
+@app.command()
+def retry(
+    source: Annotated[str | None, typer.Argument(help="Only this source.")] = None,
+    product: Annotated[list[str] | None, typer.Option("--product", help="Only this product id.")] = None,
+    inline: Annotated[bool, typer.Option("--inline", help="Push in this process, no broker.")] = False,
+) -> None:
+    """Put failed products back in line (and resume a paused source)."""
+    runtime = _runtime()
+    store = runtime.store
+    rows = [r for r in store.failures(source) if not product or r.product_id in product]
+    count = store.retry_failed(source, product)
+    for name in {r.source for r in rows} | ({source} if source else set()):
+        store.resume_source(name)
+    dispatcher = _dispatcher(runtime, inline)
+    for name in {r.source for r in rows}:
+        dispatcher.push(name, [r.product_id for r in rows if r.source == name], priority=True)
+    if inline:
+        for name in {r.source for r in rows}:
+            dispatcher.drain(name, timeout=600)
+    console.print(f"{count} product(s) back in line")
+
+
+def _dispatcher(runtime: Any, inline: bool) -> Any:
+    if inline:
+        from worker.inline import InlineDispatcher
+
+        return InlineDispatcher(runtime)
+    from worker.celery_app import app as celery
+    from worker.celery_app import configure
+
+    configure(celery, runtime.settings, runtime.sources)
+    from worker.tasks import dispatcher
+
+    return dispatcher
+
+
+# ------------------------------------------------------------------------------------------------------ sources
+
+
+@app.command()
+def sources() -> None:
+    """List the configured sources and check that each can be read."""
+    from connectors import build_connector
+
+    runtime = _runtime()
+    if not runtime.sources:
+        console.print(f"no sources in {runtime.settings.config}")
+        raise typer.Exit(EXIT_USAGE)
+    table = Table(title=f"sources ({runtime.settings.config})")
+    for column in ("name", "kind", "url", "check"):
+        table.add_column(column)
+    bad = False
+    for source in runtime.sources.values():
+        try:
+            connector = build_connector(source)
+            try:
+                first = next(iter(connector.iter_products(None)), None)
+                check = "[green]ok[/green]" + ("" if first is not None else " (no products)")
+                warnings = getattr(connector, "warnings", lambda: [])()
+                if warnings:
+                    check += "".join(f"\n[yellow]warning:[/yellow] {w}" for w in warnings)
+            finally:
+                connector.close()
+        except SyncError as exc:
+            bad = True
+            check = f"[red]{type(exc).__name__}:[/red] {exc}"
+        table.add_row(source.name, source.kind, source.url.split("?", 1)[0], check)
+    out.print(table)
+    raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    queues: Annotated[str, typer.Option(help="Queues, highest priority first.")] = "push.priority,push,sync",
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """A Celery worker (run as many as you like, on any hosts)."""
+    from worker.celery_app import app as celery
+    from worker.celery_app import configure
+
+    runtime = _runtime()  # refuses an out-of-date schema before any task runs
+    configure(celery, runtime.settings, runtime.sources)
+    runtime.close()
+    celery.worker_main(["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}"])
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO") -> None:
+    """The scheduler (run exactly one): syncs on each source's intervals and reconciles every few seconds."""
+    from worker.celery_app import app as celery
+    from worker.celery_app import configure
+
+    runtime = _runtime()
+    configure(celery, runtime.settings, runtime.sources)
+    runtime.close()
+    celery.start(["beat", f"--loglevel={loglevel}"])
+
+
+@app.command()
+def run(
+    embedded: Annotated[bool, typer.Option("--embedded", help="Worker and beat in this process, no broker.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 4,
+) -> None:
+    """Run everything in one process on the in-process broker (the embedded default)."""
+    if not embedded:
+        console.print("use `catalog-sync worker` and `catalog-sync beat` with a broker, or pass --embedded")
+        raise typer.Exit(EXIT_USAGE)
+    from worker.embedded import embedded_worker
+
+    runtime = _runtime(embedded=True)
+    logging.getLogger().setLevel(logging.INFO)
+    console.print(f"catalog-sync embedded: {len(runtime.sources)} source(s), state in {runtime.settings.database_url}")
+    with embedded_worker(runtime, concurrency=concurrency, beat=True):
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            console.print("stopping")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the demo's state directory.")] = False,
+) -> None:
+    """A full sync of a sample feed into a local catalog emulator, then a no-op re-sync."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(run_demo(out, keep=keep))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the state database's tables."""
+    from config.settings import get_settings
+    from worker import schema
+    from worker.state import make_engine
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    schema.upgrade(engine)
+    console.print(f"{engine.url.render_as_string(hide_password=True)} is at revision {schema.head_revision()}")

@@ -191,6 +191,8 @@ def _rows(
             counts[f"skipped:{item.reason}"] += 1
             log.info("%s: %s", source.name, item)
             row = skipped_row(item, source, None)
+            if row is None:
+                counts["skipped_without_id"] += 1
         else:
             try:
                 row = desired_row(item, source)

@@ -584,7 +584,9 @@ class Store:
                 .values(lease_until=None, lease_token=None, enqueued_at=None, next_attempt_at=retry_at)
             )
 
-    def take_due(self, *, limit: int, requeue_after: float, now: datetime | None = None) -> list[tuple[str, str]]:
+    def take_due(
+        self, *, limit: int, requeue_after: float, now: datetime | None = None, source: str | None = None
+    ) -> list[tuple[str, str]]:
         """The reconcile batch: unconverged rows that are due, not leased, not already on their way through the
         queue (or sent longer than `requeue_after` seconds ago, so the message was lost), whose source is not
         paused. They are stamped as enqueued in the same transaction."""
@@ -603,6 +605,7 @@ class Store:
                         ProductRow.enqueued_at < now - timedelta(seconds=requeue_after),
                     ),
                     ProductRow.source.not_in(paused),
+                    *self._scope(source, None, None),
                 )
                 .order_by(ProductRow.changed_at)
                 .limit(limit)
@@ -756,18 +759,58 @@ class Store:
                 out.setdefault(src, {})[status] = count
         return out
 
-    def unconverged_count(self, source: str | None = None, product_ids: Sequence[str] | None = None) -> int:
-        """Rows still on their way to the catalog (pending and not failed)."""
+    def unconverged_count(
+        self, source: str | None = None, *, since: datetime | None = None, product_ids: Sequence[str] | None = None
+    ) -> int:
+        """Rows still on their way to the catalog (not converged and not failed), optionally only those whose
+        desired state changed at or after `since`."""
         conditions = [
-            ProductRow.status.in_(("pending", "skipped", "deleted", "synced")),
+            ProductRow.status != "failed",
             or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
         ]
-        if source is not None:
-            conditions.append(ProductRow.source == source)
-        if product_ids:
-            conditions.append(ProductRow.product_id.in_(list(product_ids)))
+        conditions += self._scope(source, since, product_ids)
         with self.session() as session:
             return session.scalar(select(func.count()).select_from(ProductRow).where(*conditions)) or 0
+
+    def outcome_counts(
+        self, source: str, *, since: datetime | None = None, product_ids: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """{status: count} of the rows whose desired state changed at or after `since`."""
+        query = (
+            select(ProductRow.status, func.count())
+            .where(*self._scope(source, since, product_ids))
+            .group_by(ProductRow.status)
+        )
+        with self.session() as session:
+            return {row[0]: row[1] for row in session.execute(query)}
+
+    @staticmethod
+    def _scope(source: str | None, since: datetime | None, product_ids: Sequence[str] | None) -> list[Any]:
+        conditions: list[Any] = []
+        if source is not None:
+            conditions.append(ProductRow.source == source)
+        if since is not None:
+            conditions.append(ProductRow.changed_at >= since)
+        if product_ids:
+            conditions.append(ProductRow.product_id.in_(list(product_ids)))
+        return conditions
+
+    def rows_changed_since(self, source: str, since: datetime, *, limit: int = 1000) -> list[ProductRow]:
+        query = (
+            select(ProductRow)
+            .where(ProductRow.source == source, ProductRow.changed_at >= since)
+            .order_by(ProductRow.status, ProductRow.product_id)
+            .limit(limit)
+        )
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    def latest_run(self, source: str, *, started_after: datetime | None = None) -> RunRow | None:
+        query = select(RunRow).where(RunRow.source == source).order_by(RunRow.id.desc()).limit(1)
+        if started_after is not None:
+            query = query.where(RunRow.started_at >= started_after)
+        with self.session() as session:
+            return session.scalars(query).first()
 
     def failures(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
         query = select(ProductRow).where(ProductRow.status == "failed").order_by(ProductRow.source).limit(limit)
