@@ -53,8 +53,8 @@ from connectors.base import (
     parse_datetime,
     split_tags,
 )
-from connectors.http import make_client, send
-from worker.errors import AuthError, ConfigError, InvalidSignature, SkippedProduct, SourceError
+from connectors.http import MAX_RETRY_AFTER, make_client, retry_after_seconds, send
+from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 __all__ = [
     "CostBucket",
@@ -659,20 +659,24 @@ class ShopifyGraphQL(_ShopifyBase):
                 json={"query": query, "variables": dict(variables or {})},
                 headers=self._headers(),
             )
-            payload = self._json(response)
+            throttled_status = response.status_code == 429
+            # A 429 may come from a proxy in front of the API with a plain-text body: still a throttle.
+            payload = self._json(response) if not throttled_status or _is_json(response) else {}
             if not isinstance(payload, Mapping):
                 raise SourceError(f"{self._what}: GraphQL answered {response.status_code} with a non-object body")
             extensions = payload.get("extensions")
             cost_info = extensions.get("cost") if isinstance(extensions, Mapping) else None
             requested: float | None = None
+            reported = False
             if isinstance(cost_info, Mapping):
+                reported = isinstance(cost_info.get("throttleStatus"), Mapping)
                 self.bucket.update(cost_info.get("throttleStatus"))
                 if isinstance(cost_info.get("requestedQueryCost"), int | float):
                     requested = float(cost_info["requestedQueryCost"])
                     self._last_requested = requested
             errors = payload.get("errors")
             codes = _error_codes(errors)
-            if "THROTTLED" in codes or response.status_code == 429:
+            if "THROTTLED" in codes or throttled_status:
                 throttled += 1
                 self.throttled += 1
                 need = requested if requested is not None else cost
@@ -683,10 +687,10 @@ class ShopifyGraphQL(_ShopifyBase):
                     raise SourceError(
                         f"{self._what}: still THROTTLED after {MAX_THROTTLED_RETRIES} waits for the cost bucket"
                     )
-                if not isinstance(cost_info, Mapping) or not isinstance(cost_info.get("throttleStatus"), Mapping):
-                    self.bucket.mark_empty()
-                cost = need
                 log.info("%s: THROTTLED; waiting for the bucket to restore %.0f points", self._what, need)
+                if not reported:
+                    self._wait_unreported(response, need)
+                cost = need
                 continue
             if "MAX_COST_EXCEEDED" in codes:
                 raise _CostTooHigh(_reported_cost(errors) or requested)
@@ -696,6 +700,18 @@ class ShopifyGraphQL(_ShopifyBase):
             if not isinstance(data, Mapping):
                 raise SourceError(f"{self._what}: GraphQL answer without data or errors")
             return data
+
+    def _wait_unreported(self, response: httpx.Response, need: float) -> None:
+        """A throttle that did not say how full the bucket is: honour Retry-After, else assume it empty."""
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        if retry_after is None:
+            self.bucket.mark_empty()
+            return
+        if retry_after > MAX_RETRY_AFTER:
+            raise RateLimited(
+                f"{self._what}: throttled for {retry_after:.0f} s; giving up for this run", retry_after=retry_after
+            )
+        self._sleep(retry_after)
 
     def _raise_errors(self, errors: Any, codes: set[str]) -> None:
         messages = "; ".join(_error_messages(errors)) or "unknown error"
@@ -1099,6 +1115,10 @@ def _require_id(product_id: str, what: str) -> str:
     if number is None:
         raise SourceError(f"{what}: {product_id!r} is not a Shopify product id (digits or a Product GID)")
     return number
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("Content-Type", "")
 
 
 def _error_codes(errors: Any) -> set[str]:

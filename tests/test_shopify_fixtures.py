@@ -46,7 +46,7 @@ def product(item: SourceProduct | SkippedProduct) -> SourceProduct:
 
 
 def source(kind: str = "shopify-rest", **extra: Any) -> SourceConfig:
-    return SourceConfig(name="acme", kind=kind, url=SHOP, access_token=SecretStr("shpat_test"), **extra)  # type: ignore[arg-type]
+    return SourceConfig(name="acme", kind=kind, url=SHOP, access_token=SecretStr("shpat_test"), **extra)
 
 
 def serving(body: bytes, content_type: str = "application/json") -> httpx.Client:
@@ -267,7 +267,7 @@ def vectors(*platforms: str) -> list[dict[str, Any]]:
 
 
 def vector_body(vector: dict[str, Any]) -> bytes:
-    return (HMAC / vector["body_file"]).read_bytes()
+    return (HMAC / str(vector["body_file"])).read_bytes()
 
 
 SHOPIFY_VECTORS = vectors("shopify", "generic")
