@@ -451,3 +451,14 @@ def db_upgrade() -> None:
     engine = make_engine(settings.database_url)
     schema.upgrade(engine)
     console.print(f"{engine.url.render_as_string(hide_password=True)} is at revision {schema.head_revision()}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """The webhook server: POST /webhooks/{source}, GET /healthz, GET /metrics."""
+    from worker.webhooks import serve as serve_webhooks
+
+    serve_webhooks(host=host, port=port)
