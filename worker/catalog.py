@@ -103,8 +103,8 @@ _BACKOFF: Final = wait_random_exponential(multiplier=BACKOFF_BASE, max=BACKOFF_C
 DEFAULT_COOL_DOWN: Final = 1.0
 # How much of an error body is quoted in a message when it is not the documented JSON.
 BODY_EXCERPT: Final = 200
-# The body code when the API explains nothing. Only this code on a 404 means "no such product"; any other 404
-# (a wrong base URL answering its own 404) must not pass for an absent product, or deletes would "succeed".
+# Only this body code on a 404 means "no such product"; any other 404 (a wrong base URL answering its own 404)
+# must not pass for an absent product, or every delete would "succeed".
 NOT_FOUND_CODE: Final = "PRODUCT_NOT_FOUND"
 
 Sleep = Callable[[float], None]
