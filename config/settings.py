@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")
     lease_seconds: float = Field(300.0, gt=0, le=86_400, description="How long a push owns a row.")
     requeue_after: float = Field(
-        900.0, gt=0, description="Seconds after which reconcile re-sends a push whose message never ran (lost)."
+        900.0, ge=0, description="Seconds after which reconcile re-sends a push whose message never ran (lost)."
     )
     sync_lock_seconds: float = Field(
         6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."

@@ -1,0 +1,115 @@
+"""Building blocks for sync-core tests: a JSON feed on disk, a runtime over a temp database and the catalog
+emulator, and a look at what the emulator holds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from config.settings import Settings
+from emulators import catalog as catalog_emulator
+from emulators.server import BackgroundServer, running
+from worker import schema
+from worker.runtime import Runtime
+from worker.state import make_engine
+
+API_KEY = "test-key"
+SOURCE = "feed"
+
+
+def feed_item(
+    pid: str, *, title: str | None = None, images: int = 2, status: str = "active", **extra: Any
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": pid,
+        "title": title if title is not None else f"Product {pid}",
+        "description": f"<p>About {pid} &amp; more</p>",
+        "link": f"https://shop.example/p/{pid}",
+        "status": status,
+    }
+    if images:
+        item["image_link"] = f"https://cdn.example/{pid}/0.jpg"
+        item["additional_image_links"] = [f"https://cdn.example/{pid}/{n}.jpg" for n in range(1, images)]
+    item.update(extra)
+    return item
+
+
+def write_feed(path: Path, items: Sequence[dict[str, Any]]) -> None:
+    path.write_text(json.dumps(list(items)), encoding="utf-8")
+
+
+@dataclass
+class SyncWorld:
+    runtime: Runtime
+    catalog: BackgroundServer
+    feed: Path
+    admin: httpx.Client
+
+    def stats(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.admin.get("/_emulator/stats").json()
+        return body
+
+    def reset_stats(self) -> None:
+        self.admin.post("/_emulator/reset", json={"stats_only": True})
+
+    def faults(self, **faults: Any) -> None:
+        self.admin.post("/_emulator/config", json=faults).raise_for_status()
+
+    def catalog_products(self) -> dict[str, dict[str, Any]]:
+        products: dict[str, dict[str, Any]] = {}
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 200}
+            if cursor:
+                params["cursor"] = cursor
+            page = self.admin.get("/tryon/v1/products", params=params, headers={"x-api-key": API_KEY}).json()
+            for item in page["items"]:
+                products[item["externalId"]] = item
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return products
+
+
+def sources_toml(feed: Path, *, name: str = SOURCE, extra: str = "") -> str:
+    return f'[[sources]]\nname = "{name}"\nkind = "feed"\nurl = "{feed}"\nformat = "json"\n{extra}\n'
+
+
+def make_settings(tmp_path: Path, catalog_url: str, *, database_url: str | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "config": tmp_path / "catalog-sync.toml",
+        "database_url": database_url or f"sqlite:///{tmp_path / 'state.db'}",
+        "catalog_url": f"{catalog_url}/tryon/v1",
+        "catalog_api_key": SecretStr(API_KEY),
+        "catalog_rate_limit": 1000.0,
+        "catalog_burst": 100,
+        "catalog_max_attempts": 1,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextmanager
+def sync_world(
+    tmp_path: Path, *, toml_extra: str = "", database_url: str | None = None, **overrides: Any
+) -> Iterator[SyncWorld]:
+    feed = tmp_path / "feed.json"
+    write_feed(feed, [])
+    with running(catalog_emulator.create_app([API_KEY])) as catalog:
+        settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
+        Path(settings.config).write_text(sources_toml(feed, extra=toml_extra), encoding="utf-8")
+        engine = make_engine(settings.database_url)
+        schema.upgrade(engine)
+        engine.dispose()
+        runtime = Runtime.build(settings, embedded=True)
+        with httpx.Client(base_url=catalog.url) as admin:
+            try:
+                yield SyncWorld(runtime, catalog, feed, admin)
+            finally:
+                runtime.close()
