@@ -46,3 +46,21 @@ def catalog(
     typer.echo(f"Catalog emulator: http://{host}:{port}/tryon/v1")
     typer.echo(f"API keys (header x-api-key): {', '.join(keys)}")
     serve(host, port, keys, faults)
+
+
+@emulate.command("woocommerce")
+def woocommerce(
+    products: Annotated[int, typer.Option(min=0, help="How many products the generated store holds.")] = 100,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8902,
+    seed: Annotated[int, typer.Option(help="Seed of the generated store (same seed, same products).")] = 0,
+    consumer_key: Annotated[str, typer.Option(help="The REST key's consumer key.")] = "ck_test",
+    consumer_secret: Annotated[str, typer.Option(help="The REST key's consumer secret.")] = "cs_test",  # noqa: S107
+) -> None:
+    """A WooCommerce store: REST API v3 (`/wp-json/wc/v3/products`) and a control API. See emulators/woocommerce.py."""
+    from emulators.woocommerce import serve
+
+    typer.echo(f"WooCommerce emulator: http://{host}:{port}/wp-json/wc/v3 ({products} products, seed {seed})")
+    typer.echo(f"Consumer key: {consumer_key} (plain HTTP: sign with OAuth 1.0a, as WooCommerce requires)")
+    typer.echo(f"Control API: http://{host}:{port}/_emulator/ (products, webhooks, stats, reset)")
+    serve(host, port, products=products, seed=seed, consumer_key=consumer_key, consumer_secret=consumer_secret)
