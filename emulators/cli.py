@@ -64,3 +64,32 @@ def woocommerce(
     typer.echo(f"Consumer key: {consumer_key} (plain HTTP: sign with OAuth 1.0a, as WooCommerce requires)")
     typer.echo(f"Control API: http://{host}:{port}/_emulator/ (products, webhooks, stats, reset)")
     serve(host, port, products=products, seed=seed, consumer_key=consumer_key, consumer_secret=consumer_secret)
+
+
+@emulate.command("shopify")
+def shopify(
+    products: Annotated[int, typer.Option(min=0, help="How many products the generated shop holds.")] = 1_000,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8901,
+    seed: Annotated[int, typer.Option(help="Seed of the generated shop (same seed, same products).")] = 1,
+    access_token: Annotated[str, typer.Option(help="The Admin API token the shop accepts.")] = "shpat_test",  # noqa: S107
+    restore_rate: Annotated[float, typer.Option(min=0, help="GraphQL cost points restored per second.")] = 50.0,
+    bucket_size: Annotated[float, typer.Option(min=1, help="GraphQL cost bucket size (maximumAvailable).")] = 1_000.0,
+) -> None:
+    """A Shopify shop: Admin GraphQL (cost throttling, bulk export), legacy REST, storefront products.json and a
+    control API. See emulators/shopify.py."""
+    from emulators.shopify import DEFAULT_API_VERSION, serve
+
+    typer.echo(f"Shopify emulator: http://{host}:{port} ({products} products, seed {seed})")
+    typer.echo(f"Admin GraphQL: http://{host}:{port}/admin/api/{DEFAULT_API_VERSION}/graphql.json")
+    typer.echo(f"Access token (header X-Shopify-Access-Token): {access_token}")
+    typer.echo(f"Control API: http://{host}:{port}/_emulator/ (products, webhooks, stats, config, reset)")
+    serve(
+        products=products,
+        host=host,
+        port=port,
+        seed=seed,
+        access_token=access_token,
+        restore_rate=restore_rate,
+        bucket_size=bucket_size,
+    )
