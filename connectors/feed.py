@@ -46,6 +46,7 @@ import gzip
 import io
 import json
 import os
+import re
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -53,6 +54,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -100,7 +102,7 @@ MAX_JSON_BYTES = 200 * 1024 * 1024
 CHUNK_SIZE = 64 * 1024
 # Bytes of a sniffed prefix when neither the name nor the Content-Type tells the format.
 SNIFF_BYTES = 2048
-# Characters of an HTTP error body quoted in the error message.
+# Bytes of an HTTP error body quoted in the error message.
 ERROR_EXCERPT = 300
 
 FORMAT_BY_SUFFIX: Final[Mapping[str, FeedFormat]] = {
@@ -147,6 +149,8 @@ FIELD_ALIASES: Final[Mapping[str, str]] = {
 DATE_FIELDS: Final = ("updated",)
 # Fields whose single text value may hold a comma-separated list (in CSV/TSV cells and JSON strings).
 LIST_FIELDS: Final = frozenset({"additional_image_link"})
+# Characters no usable URL holds once inner spaces are encoded (Google rejects them too).
+_UNSAFE_URL_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 def _now() -> datetime:
@@ -177,6 +181,7 @@ class FeedRecord:
         return self.fields.get(name, ())
 
 
+@lru_cache(maxsize=4096)
 def normalize_field_name(name: str) -> str:
     """`g:Image Link` and `image_link` name the same attribute."""
     key = name.strip().lstrip("\ufeff").lower().replace(" ", "_")
@@ -236,9 +241,10 @@ def _xml_record(element: Element, ref: str) -> FeedRecord:
     return FeedRecord(ref, {**plain.frozen(), **google.frozen()})
 
 
-def read_xml_records(stream: IO[bytes]) -> Iterator[FeedRecord]:
+def read_xml_records(stream: IO[bytes]) -> Generator[FeedRecord, None, None]:
     """Stream the items of an RSS 2.0 or Atom feed; each item's elements are freed once it is read."""
     open_elements: list[Element] = []
+    item_depth: int | None = None  # depth of the item being read: elements named "item" inside it are its fields
     count = 0
     try:
         for event, element in iterparse(stream, events=("start", "end")):
@@ -247,16 +253,20 @@ def read_xml_records(stream: IO[bytes]) -> Iterator[FeedRecord]:
                     _, root = _split_tag(element.tag)
                     if root not in ("rss", "feed"):
                         raise SourceError(f"not an RSS or Atom feed: the document's root element is <{root}>")
+                if item_depth is None and _is_item(element):
+                    item_depth = len(open_elements)
                 open_elements.append(element)
                 continue
             open_elements.pop()
-            if _is_item(element) and not any(_is_item(parent) for parent in open_elements):
-                count += 1
-                yield _xml_record(element, f"item {count}")
-                # Drop the item from the tree so a long feed costs one item of memory, not the whole document.
-                element.clear()
-                if open_elements:
-                    open_elements[-1].remove(element)
+            if len(open_elements) != item_depth:
+                continue
+            item_depth = None
+            count += 1
+            yield _xml_record(element, f"item {count}")
+            # Drop the item from the tree so a long feed costs one item of memory, not the whole document.
+            element.clear()
+            if open_elements:
+                open_elements[-1].remove(element)
     except ParseError as exc:
         line, column = getattr(exc, "position", (0, 0))
         raise SourceError(f"broken XML at line {line}, column {column}: {exc}") from None
@@ -264,7 +274,9 @@ def read_xml_records(stream: IO[bytes]) -> Iterator[FeedRecord]:
         raise SourceError(f"the XML declares entities or external references, refused for safety: {exc}") from None
 
 
-def read_delimited_records(stream: IO[bytes], *, delimiter: str, encoding: str = "utf-8-sig") -> Iterator[FeedRecord]:
+def read_delimited_records(
+    stream: IO[bytes], *, delimiter: str, encoding: str = "utf-8-sig"
+) -> Generator[FeedRecord, None, None]:
     """Stream the rows of a CSV or TSV feed whose first row names the attributes."""
     text = io.TextIOWrapper(stream, encoding=encoding, newline="")
     reader = csv.reader(text, delimiter=delimiter)
@@ -301,7 +313,7 @@ def read_delimited_records(stream: IO[bytes], *, delimiter: str, encoding: str =
         text.detach()
 
 
-def read_json_records(stream: IO[bytes], *, max_bytes: int = MAX_JSON_BYTES) -> Iterator[FeedRecord]:
+def read_json_records(stream: IO[bytes], *, max_bytes: int = MAX_JSON_BYTES) -> Generator[FeedRecord, None, None]:
     """The products of a JSON feed: a list of objects, or `{"products": [...]}`. Read whole, up to `max_bytes`."""
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -350,7 +362,7 @@ def _json_text(value: object) -> str | None:
 def _web_url(value: str) -> str | None:
     """An absolute http(s) URL (inner spaces encoded), or None when the value is not one."""
     url = value.strip().replace(" ", "%20")
-    if not url or any(char.isspace() or ord(char) < 32 for char in url):
+    if not url or _UNSAFE_URL_CHAR.search(url):
         return None
     try:
         parts = urlsplit(url)
@@ -473,7 +485,7 @@ class _Draft:
 
 def build_products(
     records: Iterable[FeedRecord], *, source: str, document_time: datetime, since: datetime | None = None
-) -> Iterator[SourceProduct | SkippedProduct]:
+) -> Generator[SourceProduct | SkippedProduct, None, None]:
     """Turn feed records into products: group variants, skip what cannot be a product, keep what changed since."""
     seen_ids: set[str] = set()
     groups: dict[str, _Draft] = {}
@@ -648,7 +660,13 @@ class FeedConnector:
         with self._open() as document:
             try:
                 records = self._records(document)
-                yield from build_products(records, source=self.source, document_time=document.modified, since=since_utc)
+                products = build_products(records, source=self.source, document_time=document.modified, since=since_utc)
+                try:
+                    yield from products
+                finally:
+                    # Close the parsers while the document is still open (an abandoned read), not at garbage collection.
+                    products.close()
+                    records.close()
             except SourceError as exc:
                 raise SourceError(f"{self._what}: {exc}") from None
             except (OSError, EOFError, zlib.error) as exc:
@@ -682,7 +700,7 @@ class FeedConnector:
 
     # ---- reading -------------------------------------------------------------------------------------------------
 
-    def _records(self, document: _Document) -> Iterator[FeedRecord]:
+    def _records(self, document: _Document) -> Generator[FeedRecord, None, None]:
         fmt = self._config.format
         if fmt is None:
             fmt = guess_format(document.name, document.content_type, document.stream.peek(SNIFF_BYTES))

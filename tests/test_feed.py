@@ -5,6 +5,7 @@ property tests that odd input never crashes the parsers."""
 from __future__ import annotations
 
 import csv
+import gc
 import gzip
 import io
 import json
@@ -51,10 +52,23 @@ DOCUMENT_TIME = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 LAST_MODIFIED = "Wed, 05 Mar 2025 08:00:00 GMT"
 
 
+_opened: list[FeedConnector] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connectors() -> Iterator[None]:
+    """Every connector a test builds releases its HTTP connections when the test ends."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def feed_connector(url: str | Path, *, name: str = "shop-feed", **options: object) -> FeedConnector:
     fmt = options.pop("format", None)
     source = SourceConfig.model_validate({"name": name, "kind": "feed", "url": str(url), "format": fmt})
-    return FeedConnector(source, **options)  # type: ignore[arg-type]
+    connector = FeedConnector(source, **options)  # type: ignore[arg-type]
+    _opened.append(connector)
+    return connector
 
 
 def by_id(
@@ -820,6 +834,28 @@ def test_the_first_product_arrives_before_the_document_is_read(
 
     assert isinstance(first, SourceProduct)
     assert raw.consumed < len(document) / 10
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("feed.csv", "id,title\n1,A\n2,B\n"),
+        ("feed.tsv", "id\ttitle\n1\tA\n2\tB\n"),
+        ("feed.json", '[{"id": 1, "title": "A"}, {"id": 2, "title": "B"}]'),
+        ("feed.xml", rss(g_item("1"), g_item("2"))),
+        ("feed.xml.gz", gzip.compress(rss(g_item("1"), g_item("2")).encode())),
+    ],
+    ids=["csv", "tsv", "json", "xml", "gzip"],
+)
+def test_an_abandoned_read_closes_its_parser_and_file_cleanly(tmp_path: Path, name: str, content: str | bytes) -> None:
+    stream = feed_connector(write(tmp_path, name, content)).iter_products()
+
+    first = next(stream)
+    stream.close()
+    gc.collect()
+
+    assert first.product_id == "1"
 
 
 def test_a_long_xml_feed_does_not_sit_in_memory() -> None:
