@@ -25,10 +25,11 @@ the fetch time, so an incremental read of such a feed returns every product (the
 
 Variants: items sharing `g:item_group_id` become ONE product whose id is the group id, whose title, description and
 link come from the first item that has them, whose images are all the items' images in order (de-duplicated, first
-`MAX_IMAGES` kept), attributes from the first item, `updated_at` the newest item's, and which is active while any item
-is. Groups need not be adjacent: a group's state is kept until the document ends, so memory grows with the number of
-groups (one compact product each: first title and description, at most ten image URLs), never with the document or
-its items. Ungrouped items are yielded as they are read.
+`MAX_IMAGES` kept), attributes from the first item (availability `in stock` when any item is), `updated_at` the newest
+item's, and which is active while any item is. Groups need not be adjacent: a group's state is kept until the
+document ends, so memory grows with the number of groups (one compact product each: first title and description, at
+most ten image URLs), never with the document or its items. Ungrouped items are yielded as they are read; their ids
+are remembered (strings only) so a repeated id is caught.
 
 Bad data: a record that cannot be a product is yielded as `SkippedProduct(product_id, reason, detail)` and the rest go
 on. Reasons: `missing_id` (neither id nor item_group_id), `missing_title`, `invalid_link` (a link that is not an
@@ -139,6 +140,8 @@ ATTRIBUTE_FIELDS: Final = (
     "mpn",
     "google_product_category",
 )
+# Google's availability value for an item that can be bought now.
+IN_STOCK: Final = "in stock"
 # Other names a feed uses for the attributes above (keys are already lower case without the `g:` prefix).
 FIELD_ALIASES: Final[Mapping[str, str]] = {
     "additional_image_links": "additional_image_link",
@@ -425,6 +428,9 @@ class _Draft:
                 value = record.first(name)
                 if value:
                     self.attributes[name] = value
+        elif record.first("availability").lower() == IN_STOCK:
+            # A product is in stock while any of its variants is; the other attributes are the first item's.
+            self.attributes["availability"] = IN_STOCK
         for raw in (*record.values("image_link"), *record.values("additional_image_link")):
             if len(self.image_urls) >= MAX_IMAGES:
                 break

@@ -314,8 +314,9 @@ def test_a_real_merchant_feed_parses_with_its_group_and_romanian_text_intact() -
     assert carrier.url is not None
     assert carrier.url.startswith("https://www.marsupiu.ro/")
     assert {"price", "sale_price", "availability"} <= set(carrier.attributes)
-    # Item 6 of the harness group is out of stock: stock is not status, so every product stays active.
+    # Item 6 of the harness group is out of stock: stock is not status, and its in-stock siblings make the group so.
     assert all(product.status == "active" for product in products.values())
+    assert harness.attributes["availability"] == "in stock"
 
 
 # ---- XML: RSS and Atom details -----------------------------------------------------------------------------------
@@ -458,15 +459,29 @@ def test_a_record_that_cannot_be_a_product_is_skipped_with_a_stable_reason(
 
 
 def test_grouped_items_need_no_id_of_their_own_and_take_text_from_the_first_item_that_has_it() -> None:
-    first = record("item 1", item_group_id="G", image_link="https://cdn.example.com/1.jpg", price="10 EUR")
-    second = record("item 2", item_group_id="G", title="Tee", description="<p>Soft</p>", link="https://s.example.com/g")
+    first = record(
+        "item 1",
+        item_group_id="G",
+        image_link="https://cdn.example.com/1.jpg",
+        price="10 EUR",
+        availability="out of stock",
+    )
+    second = record(
+        "item 2",
+        item_group_id="G",
+        title="Tee",
+        description="<p>Soft</p>",
+        link="https://s.example.com/g",
+        price="12 EUR",
+    )
+    third = record("item 3", item_group_id="G", availability="In Stock")
 
-    [product] = build(first, second)
+    [product] = build(first, second, third)
 
     assert isinstance(product, SourceProduct)
     assert (product.product_id, product.title, product.description) == ("G", "Tee", "Soft")
     assert product.url == "https://s.example.com/g"
-    assert product.attributes == {"price": "10 EUR"}
+    assert product.attributes == {"price": "10 EUR", "availability": "in stock"}
 
 
 def test_a_repeated_id_keeps_the_first_and_skips_the_rest_without_touching_the_kept_product() -> None:
