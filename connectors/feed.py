@@ -37,7 +37,11 @@ absolute http(s) URL), `invalid_status`, `duplicate_id` (the id was listed befor
 skip carries no product id so the kept product is untouched), `invalid_record` (a JSON element that is not an
 object). A product without a usable image is still yielded, with no images: the sync core records it skipped as
 `no_images`. A broken document (malformed XML, an unreadable file, an HTTP 404, an empty CSV) raises `SourceError`,
-which fails the run before anything is deleted. Feeds send no webhooks.
+which fails the run before anything is deleted. Feeds send no webhooks; `get_product` scans the document.
+
+HTTP: `connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
+budget, backoff and `Retry-After` cap) before the body starts; a body that breaks midway fails the read instead of
+restarting, since products already yielded cannot be taken back.
 """
 
 from __future__ import annotations
