@@ -16,9 +16,9 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
-from config.settings import Settings, get_settings
+from config.settings import Settings
 from config.sources import SourceConfig
 
 QUEUE_PRIORITY = "push.priority"
@@ -35,6 +35,8 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step"
 # How long a `purge_deliveries` pass waits between runs.
 HOUSEKEEPING_INTERVAL = timedelta(hours=1)
 
+# Configured explicitly by `configure()` (the CLI, the embedded mode, tests) rather than from a signal: the
+# settings must be read after the process's environment is final, and `catalog-sync worker` is the entry point.
 app = Celery("catalog_sync", include=["worker.tasks"])
 
 
@@ -42,6 +44,7 @@ def configure(
     celery: Celery, settings: Settings, sources: dict[str, SourceConfig] | None = None, *, embedded: bool = False
 ) -> Celery:
     """Apply the project's settings to a Celery app; `embedded` uses the in-process `memory://` broker."""
+    _drop_connections(celery)
     broker = "memory://" if embedded else settings.broker_url
     transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT, "queue_order_strategy": "priority"}
     if embedded:
@@ -58,7 +61,8 @@ def configure(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(name) for name in QUEUES],
+        # One direct exchange per queue: queues sharing the default exchange and key would each get every message.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue=QUEUE_PUSH,
         task_routes={
             "catalog_sync.sync_source": {"queue": QUEUE_SYNC},
@@ -74,6 +78,14 @@ def configure(
         enable_utc=True,
     )
     return celery
+
+
+def _drop_connections(celery: Celery) -> None:
+    # Pools are built on first use for the broker configured then; a reconfigured app must not publish to the old one.
+    celery._pool = None
+    amqp = celery.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 def beat_schedule(settings: Settings, sources: dict[str, SourceConfig]) -> dict[str, dict[str, Any]]:
@@ -95,15 +107,6 @@ def beat_schedule(settings: Settings, sources: dict[str, SourceConfig]) -> dict[
             "args": (source.name, "full"),
         }
     return schedule
-
-
-@app.on_configure.connect
-def _configure_from_settings(sender: Celery, **_: Any) -> None:
-    # `celery -A worker.celery_app …` and task modules imported without the CLI get the environment's settings.
-    from config.sources import load_sources
-
-    settings = get_settings()
-    configure(sender, settings, load_sources(settings.config))
 
 
 @worker_process_init.connect

@@ -71,6 +71,13 @@ def sync_product(
     connector = runtime.connector(source_name)
     try:
         product = connector.get_product(product_id)
+    except SkippedProduct as skip:
+        # The source lists it but the record is unusable: recorded, and kept out of the catalog.
+        row = skipped_row(skip, source, utcnow())
+        changed = row is not None and runtime.store.write_desired([row], force=force).changed > 0
+        if changed:
+            dispatcher.push(source_name, [product_id], priority=True, force=force)
+        return changed
     finally:
         connector.close()
     if product is None:
