@@ -68,6 +68,7 @@ __all__ = [
     "normalize_rest_product",
     "numeric_id",
     "parse_webhook",
+    "product_node_cost",
     "products_page_cost",
 ]
 
@@ -457,13 +458,22 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, *, shop_
 # GraphQL cost accounting
 
 
-def products_page_cost(first: int, *, media: int = MEDIA_PER_PRODUCT, per_product_extra: int = 0) -> int:
-    """Requested cost of one products page by Shopify's rule.
+def product_node_cost(*, media: int = MEDIA_PER_PRODUCT, extra_objects: int = 0) -> int:
+    """Requested cost of one product node as we query it, by Shopify's rule.
 
-    `products(first: N)` is a connection (2 + N); `pageInfo` is an object (1); inside each product the
-    `media(first: M)` connection (2 + M) and any extra objects are multiplied by N.
+    The node itself is 1; `media(first: M)` is a connection, 2 + M × (1 + its node's cost), and each media node
+    selects one object (`image`); `extra_objects` are objects selected on the product (the price range).
     """
-    return 2 + first + 1 + first * (2 + media + per_product_extra)
+    return 1 + (2 + media * (1 + 1)) + extra_objects
+
+
+def products_page_cost(first: int, *, media: int = MEDIA_PER_PRODUCT, extra_objects: int = 0) -> int:
+    """Requested cost of one products page: the connection's 2, `pageInfo` (an object, 1), N product nodes.
+
+    Counting every object errs high: a server that counts fewer tells us so in `requestedQueryCost`, and the next
+    page grows; erring low would cost a refused query first.
+    """
+    return 2 + 1 + first * product_node_cost(media=media, extra_objects=extra_objects)
 
 
 class CostBucket:
@@ -637,7 +647,7 @@ class ShopifyGraphQL(_ShopifyBase):
         )
         self._product_query = f"query Product($id: ID!) {{ product(id: $id) {{ {self._product_fields} }} }}"
         # Cost of one product in a page, learned from the server's requestedQueryCost once it answers.
-        self._per_product: float = 1 + 2 + MEDIA_PER_PRODUCT + (_PRICE_COST if self._with_prices else 0)
+        self._per_product: float = product_node_cost(extra_objects=_PRICE_COST if self._with_prices else 0)
         self._last_requested: float | None = None
         # THROTTLED answers seen by this connector: pacing should keep this near zero.
         self.throttled = 0

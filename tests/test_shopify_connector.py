@@ -108,7 +108,7 @@ class FakeAdminShop:
     maximum: float = 1000.0
     rate: float = 50.0
     # Points per product in a page, as this server counts them (a real server may count differently from us).
-    per_product: float = 13.0
+    per_product: float = 23.0
     available: float = 1000.0
     at: float = 0.0
     throttled: int = 0
@@ -181,13 +181,15 @@ def shop_products(count: int) -> list[dict[str, Any]]:
 
 
 def test_a_page_costs_by_the_shopify_rule_and_250_with_media_cannot_run() -> None:
-    assert products_page_cost(1) == 2 + 1 + 1 + 12
+    # products: 2 + pageInfo 1 + N × (node 1 + media connection 2 + 10 × (media node 1 + its image object 1))
+    assert products_page_cost(1) == 2 + 1 + (1 + 2 + 10 * 2)
     assert products_page_cost(250) > MAX_QUERY_COST
+    assert products_page_cost(43) <= MAX_QUERY_COST < products_page_cost(44)
 
 
 @pytest.mark.parametrize(
     ("bucket_max", "page_size", "expected"),
-    [(1000.0, None, 76), (2000.0, None, 76), (200.0, None, 15), (1000.0, 50, 50)],
+    [(1000.0, None, 43), (2000.0, None, 43), (200.0, None, 8), (1000.0, 20, 20)],
     ids=["standard-bucket", "plus-bucket-still-capped-at-1000", "small-bucket", "configured-page-size"],
 )
 def test_the_page_size_fits_the_bucket_and_the_per_query_cap(
@@ -279,15 +281,16 @@ def test_an_incremental_read_asks_shopify_for_updated_at_since_sorted_by_update(
 
 def test_a_server_counting_more_per_product_costs_one_resize_not_a_failure() -> None:
     clock = FakeClock()
-    shop = FakeAdminShop(clock, shop_products(150), per_product=23.0)  # e.g. also counting each image object
+    shop = FakeAdminShop(clock, shop_products(150), per_product=30.0)  # counting more than we expect
     connector = ShopifyGraphQL(config(), client=mock(shop), sleep=clock.sleep, clock=clock)
 
     products = list(connector.iter_products(datetime(2024, 1, 1, tzinfo=UTC)))
 
     assert len(products) == 150
     firsts = [r["variables"]["first"] for r in shop.requests if "products(" in r["query"]]
-    assert firsts[0] == 76
-    assert all(3 + first * 23 <= MAX_QUERY_COST for first in firsts[1:])
+    assert firsts[0] == 43
+    assert firsts[1] == 33  # floor((1000 - 3) / 30)
+    assert all(3 + first * 30 <= MAX_QUERY_COST for first in firsts[1:])
     assert shop.throttled == 0
 
 
@@ -299,7 +302,7 @@ def test_a_server_counting_less_per_product_gets_bigger_pages() -> None:
     list(connector.iter_products(datetime(2024, 1, 1, tzinfo=UTC)))
 
     firsts = [r["variables"]["first"] for r in shop.requests if "products(" in r["query"]]
-    assert firsts[0] == 76
+    assert firsts[0] == 43
     assert firsts[1] == 249  # floor((1000 - 3) / 4), under Shopify's 250
 
 
