@@ -364,7 +364,7 @@ def sources() -> None:
             try:
                 first = next(iter(connector.iter_products(None)), None)
                 check = "[green]ok[/green]" + ("" if first is not None else " (no products)")
-                warnings = getattr(connector, "warnings", lambda: [])()
+                warnings: list[str] = getattr(connector, "warnings", list)()
                 if warnings:
                     check += "".join(f"\n[yellow]warning:[/yellow] {w}" for w in warnings)
             finally:

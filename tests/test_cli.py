@@ -1,0 +1,134 @@
+"""The admin command as an operator runs it: a real process, real exit codes, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, feed_item, sync_world, write_feed
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[SyncWorld]:
+    with sync_world(tmp_path) as w:
+        yield w
+
+
+def cli(world: SyncWorld, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    settings = world.runtime.settings
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
+        "CATALOG_SYNC_CONFIG": str(settings.config),
+        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
+        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
+        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "500",
+        "CATALOG_SYNC_CATALOG_MAX_ATTEMPTS": "1",
+        "COLUMNS": "200",
+        **(extra_env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", "from worker.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)
+
+
+def test_an_inline_full_resync_reports_what_happened_as_json(world: SyncWorld) -> None:
+    write_feed(world.feed, [feed_item("1"), feed_item("2"), feed_item("bare", images=0), feed_item("3", title="")])
+
+    result = cli(world, "resync", SOURCE, "--full", "--inline", "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = as_json(result)
+    assert summary["outcome"] == "completed"
+    assert (summary["synced"], summary["skipped"], summary["failed"], summary["pending"]) == (2, 2, 0, 0)
+
+    again = as_json(cli(world, "resync", SOURCE, "--full", "--inline", "--json"))
+    assert (again["synced"], again["unchanged"]) == (0, 4)
+
+
+def test_failed_products_give_exit_status_1_and_are_listed(world: SyncWorld) -> None:
+    write_feed(world.feed, [feed_item("1")])
+    world.faults(fail_next=1000)
+
+    result = cli(
+        world, "resync", SOURCE, "--full", "--inline", "--json", extra_env={"CATALOG_SYNC_PUSH_MAX_ATTEMPTS": "1"}
+    )
+
+    assert result.returncode == 1
+    assert as_json(result)["failed"] == 1
+    failures = as_json(cli(world, "failures", "--json"))
+    assert failures[0]["product"] == "1"
+    assert failures[0]["code"] == "HTTP_503"
+
+    world.faults(fail_next=0)
+    retried = cli(world, "retry", SOURCE, "--inline")
+    assert retried.returncode == 0, retried.stderr
+    assert "1" in world.catalog_products()
+
+
+def test_a_configuration_error_names_the_field_and_exits_2(world: SyncWorld, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[sources]]\nname = "x"\nkind = "feed"\nurl = "f.json"\nexternal_id = "{sku}"\n', encoding="utf-8")
+
+    result = cli(world, "status", extra_env={"CATALOG_SYNC_CONFIG": str(bad)})
+
+    assert result.returncode == 2
+    assert "external_id" in result.stderr
+    assert "{sku}" in result.stderr or "sku" in result.stderr
+
+
+def test_an_unknown_source_exits_2(world: SyncWorld) -> None:
+    result = cli(world, "resync", "nope", "--inline")
+
+    assert result.returncode == 2
+    assert "unknown source 'nope'" in result.stderr
+
+
+def test_status_shows_products_by_status_and_runs(world: SyncWorld) -> None:
+    write_feed(world.feed, [feed_item("1"), feed_item("2", status="draft")])
+    cli(world, "resync", SOURCE, "--full", "--inline")
+
+    report = as_json(cli(world, "status", SOURCE, "--json"))
+
+    assert report[SOURCE]["products"]["synced"] == 1
+    assert report[SOURCE]["runs"][0]["outcome"] == "completed"
+
+
+def test_a_mass_deletion_is_held_and_then_confirmed(world: SyncWorld) -> None:
+    write_feed(world.feed, [feed_item(str(n)) for n in range(5)])
+    cli(world, "resync", SOURCE, "--full", "--inline")
+    write_feed(world.feed, [feed_item("0")])
+
+    held = as_json(cli(world, "resync", SOURCE, "--full", "--inline", "--json"))
+    assert held["outcome"] == "deletion_blocked"
+    assert held["deletion_blocked"] == 4
+    assert len(world.catalog_products()) == 5
+
+    confirmed = as_json(cli(world, "resync", SOURCE, "--full", "--inline", "--json", "--allow-mass-delete"))
+    assert confirmed["deleted"] == 4
+    assert sorted(world.catalog_products()) == ["0"]
+
+
+def test_a_broken_feed_fails_the_run_with_exit_status_1(world: SyncWorld) -> None:
+    world.feed.write_text("{not json", encoding="utf-8")
+
+    result = cli(world, "resync", SOURCE, "--full", "--inline", "--json")
+
+    assert result.returncode == 1
+    assert as_json(result)["outcome"] == "failed"
