@@ -45,8 +45,9 @@ Control API (under `/_emulator`, no credentials; JSON bodies):
     DELETE /webhooks                  remove them all
     POST   /webhooks/ping             send each webhook's creation ping (unsigned form body `webhook_id=N`)
     POST   /webhooks/drain            wait until every queued delivery has been attempted
-    GET    /stats                     API requests by endpoint and status, auth failures by code, products by
-                                      status, deliveries (sent, failed, by topic, the last 100)
+    GET    /stats                     API requests by endpoint and status, accepted credentials by scheme (basic,
+                                      query, oauth), auth failures by code, products by status, deliveries (sent,
+                                      failed, by topic, the last 100)
     POST   /reset                     regenerate the store from its seed; clear webhooks, stats and nonces
 
 Every change stamps `date_modified` with `clock()` (whole seconds) and queues a delivery to each webhook of its
@@ -304,6 +305,7 @@ class Webhook:
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     auth_failures: Counter[str] = field(default_factory=Counter)
+    auth_methods: Counter[str] = field(default_factory=Counter)
     deliveries_sent: int = 0
     deliveries_failed: int = 0
     deliveries_by_topic: Counter[str] = field(default_factory=Counter)
@@ -498,6 +500,7 @@ class WooStore:
         return {
             "requests": dict(self.stats.requests),
             "auth_failures": dict(self.stats.auth_failures),
+            "auth_methods": dict(self.stats.auth_methods),
             "products": dict(Counter(product.status for product in self.products.values())),
             "webhooks": [{"id": w.id, "topic": w.topic, "url": w.url} for w in self.webhooks],
             "deliveries": {
@@ -554,13 +557,13 @@ class _Authenticator:
             forwarded = request.headers.get("x-forwarded-proto", "").lower()
             secure = request.url.scheme == "https" or forwarded == "https"
         authorization = "" if store.strip_authorization else request.headers.get("authorization", "")
-        authenticated = False
+        method = None
         basic_failed = False
         try:
-            if secure:
-                authenticated = self._basic(request, authorization)
-            if not authenticated:
-                authenticated = self._oauth(request, authorization, secure)
+            if secure and self._basic(request, authorization):
+                method = "query" if "consumer_key" in request.query_params else "basic"
+            elif self._oauth(request, authorization, secure):
+                method = "oauth"
         except EmulatorError as error:
             basic_failed = error.data.pop("basic", False)
             store.stats.auth_failures[error.code] += 1
@@ -573,7 +576,7 @@ class _Authenticator:
                 else None
             )
             raise _Answer(error.response(headers)) from None
-        if not authenticated:
+        if method is None:
             store.stats.auth_failures["woocommerce_rest_cannot_view"] += 1
             message = "Sorry, you cannot list resources." if listing else "Sorry, you cannot view this resource."
             raise _Answer(EmulatorError(401, "woocommerce_rest_cannot_view", message).response())
@@ -584,6 +587,7 @@ class _Authenticator:
             store.stats.auth_failures["woocommerce_rest_cannot_view"] += 1
             message = "Sorry, you cannot list resources." if listing else "Sorry, you cannot view this resource."
             raise _Answer(EmulatorError(403, "woocommerce_rest_cannot_view", message).response())
+        store.stats.auth_methods[method] += 1
 
     def _basic(self, request: Request, authorization: str) -> bool:
         key = request.query_params.get("consumer_key", "")
