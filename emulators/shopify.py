@@ -1492,6 +1492,9 @@ class Webhooks:
         self.client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_id = 1
+        # Deliveries scheduled but not finished; a Condition so other threads (tests, the CLI) can wait on it.
+        self._pending = 0
+        self._idle = threading.Condition()
 
     def subscribe(self, url: str, secret: str, topics: Iterable[str] | None) -> Subscription:
         chosen = frozenset(topics) if topics is not None else frozenset(WEBHOOK_TOPICS)
@@ -1548,6 +1551,8 @@ class Webhooks:
         self._schedule(delivery)
 
     def _schedule(self, delivery: Delivery) -> None:
+        with self._idle:
+            self._pending += 1
         task = asyncio.get_running_loop().create_task(self._send(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -1557,6 +1562,7 @@ class Webhooks:
         own_client = client is None
         if client is None:
             client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT)
+        outcome = "not sent"
         try:
             response = await client.post(delivery.url, content=delivery.body, headers=delivery.headers)
             delivery.status, delivery.error = response.status_code, None
@@ -1567,9 +1573,17 @@ class Webhooks:
         finally:
             if own_client:
                 await client.aclose()
-        with self._lock:
-            delivery.attempts += 1
-            self.results[outcome] += 1
+            with self._lock:
+                delivery.attempts += 1
+                self.results[outcome] += 1
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block (from another thread) until every scheduled delivery has its result; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     async def drain(self) -> None:
         if self._tasks:
@@ -1582,7 +1596,7 @@ class Webhooks:
                     {"id": s.id, "url": s.url, "topics": sorted(s.topics)} for s in self.subscriptions.values()
                 ],
                 "sent": sum(d.attempts for d in self.deliveries),
-                "pending": len(self._tasks),
+                "pending": self._pending,
                 "results": dict(self.results),
                 "recent": [d.public() for d in list(self.deliveries)[-50:]],
             }
@@ -1713,7 +1727,7 @@ class Shop:
 
     def reset(self, *, products: int | None = None, seed: int | None = None) -> None:
         self.store = ProductStore(
-            len(self.store) if products is None else products, self.store.seed if seed is None else seed
+            self.store.count if products is None else products, self.store.seed if seed is None else seed
         )
         self.cost_bucket.fill()
         self.rest_bucket.empty()

@@ -926,6 +926,9 @@ def _rest_variants(product: Product) -> list[dict[str, Any]]:
             "inventory_item_id": variant.id + 1,
             "inventory_quantity": variant.inventory_quantity,
             "old_inventory_quantity": variant.inventory_quantity,
+            "presentment_prices": [
+                {"price": {"amount": variant.price, "currency_code": "USD"}, "compare_at_price": None}
+            ],
             "requires_shipping": True,
             "admin_graphql_api_id": gid("ProductVariant", variant.id),
         }
