@@ -11,8 +11,11 @@ if TYPE_CHECKING:
     from connectors.base import Connector
 
 
-def build_connector(source: SourceConfig, *, client: httpx.Client | None = None) -> Connector:
-    """The connector for a source. Modules are imported on demand so a feed-only install stays light."""
+def build_connector(source: SourceConfig, *, client: httpx.Client | None = None, bulk: bool | None = None) -> Connector:
+    """The connector for a source. Modules are imported on demand so a feed-only install stays light.
+
+    `bulk` forces (True) or forbids (False) Shopify's bulk export; None lets the source's threshold decide.
+    """
     if source.kind == "feed":
         from connectors.feed import FeedConnector
 
@@ -23,4 +26,4 @@ def build_connector(source: SourceConfig, *, client: httpx.Client | None = None)
         return WooCommerceConnector(source, client=client)
     from connectors.shopify import connector_for
 
-    return connector_for(source, client=client)
+    return connector_for(source, client=client, bulk=bulk)

@@ -69,6 +69,9 @@ def resync(
         bool, typer.Option("--allow-mass-delete", help="Confirm a full run that deletes many products.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Longest --wait/--inline wait for retries, seconds.")] = 3600.0,
+    bulk: Annotated[
+        bool | None, typer.Option("--bulk/--no-bulk", help="Shopify: force or forbid a bulk export.")
+    ] = None,
 ) -> None:
     """Re-sync a source (incremental unless --full), or single products with --product."""
     runtime = _runtime()
@@ -87,7 +90,8 @@ def resync(
             else:
                 from worker.operations import run_sync
 
-                run_id = run_sync(runtime, source, mode, dispatcher, allow_mass_delete=allow_mass_delete).run_id
+                report = run_sync(runtime, source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk)
+                run_id = report.run_id
         except SourceError as exc:
             _fail_run(runtime, source, started, as_json, str(exc))
         dispatcher.drain(source, timeout=timeout)
@@ -103,7 +107,7 @@ def resync(
                 for product_id in product:
                     sync_product_task.apply_async((source, product_id), {"force": True})
             else:
-                sync_source_task.apply_async((source, mode), {"allow_mass_delete": allow_mass_delete})
+                sync_source_task.apply_async((source, mode), {"allow_mass_delete": allow_mass_delete, "bulk": bulk})
         except Exception as exc:  # kombu's connection errors have no common base worth naming
             console.print(f"[red]cannot reach the broker[/red] ({type(exc).__name__}: {exc}); try --inline")
             raise typer.Exit(EXIT_USAGE) from None

@@ -40,12 +40,18 @@ def _sync_lock(runtime: Runtime, source: str) -> Iterator[None]:
 
 
 def run_sync(
-    runtime: Runtime, source_name: str, mode: RunMode, dispatcher: Dispatcher, *, allow_mass_delete: bool = False
+    runtime: Runtime,
+    source_name: str,
+    mode: RunMode,
+    dispatcher: Dispatcher,
+    *,
+    allow_mass_delete: bool = False,
+    bulk: bool | None = None,
 ) -> RunReport:
     """Read a source, record its desired state, dispatch pushes for what changed."""
     source = runtime.source(source_name)
     with _sync_lock(runtime, source_name):
-        connector = runtime.connector(source_name)
+        connector = runtime.connector(source_name, bulk=bulk)
         try:
             return plan_source(
                 runtime.store,

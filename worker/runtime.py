@@ -52,8 +52,8 @@ class Runtime:
                 f"unknown source {name!r} (configured: {known}); sources are read from {self.settings.config}"
             ) from None
 
-    def connector(self, name: str) -> Connector:
-        return build_connector(self.source(name))
+    def connector(self, name: str, *, bulk: bool | None = None) -> Connector:
+        return build_connector(self.source(name), bulk=bulk)
 
     def catalog(self) -> CatalogClient:
         with self._lock:

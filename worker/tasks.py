@@ -58,9 +58,13 @@ def push_task(source: str, product_id: str, force: bool = False) -> str:
 
 
 @app.task(name="catalog_sync.sync_source")
-def sync_source_task(source: str, mode: RunMode = "incremental", allow_mass_delete: bool = False) -> dict[str, Any]:
+def sync_source_task(
+    source: str, mode: RunMode = "incremental", allow_mass_delete: bool = False, bulk: bool | None = None
+) -> dict[str, Any]:
     try:
-        report = operations.run_sync(get_runtime(), source, mode, dispatcher, allow_mass_delete=allow_mass_delete)
+        report = operations.run_sync(
+            get_runtime(), source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk
+        )
     except operations.SyncInProgress as exc:
         log.info("%s", exc)
         return {"outcome": "skipped", "reason": str(exc)}
