@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 # The desired/synced hash of "not in the catalog".
@@ -188,18 +189,17 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def _dispose_after_fork(engine: Engine) -> None:
-    pid = os.getpid()
+    """SQLAlchemy's recipe for pools and os.fork(): a connection made by another process is discarded on checkout."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_conn: Any, record: Any) -> None:
+        record.info["pid"] = os.getpid()
 
     @event.listens_for(engine, "checkout")
     def _on_checkout(_dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        nonlocal pid
-        if os.getpid() != pid:
-            # Connections inherited through fork() must not be shared with the parent.
-            pid = os.getpid()
-            engine.dispose(close=False)
-            from sqlalchemy.exc import DisconnectionError
-
-            raise DisconnectionError("connection inherited from the parent process")
+        if record.info.get("pid") != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise DisconnectionError(f"connection made by process {record.info.get('pid')}, not {os.getpid()}")
 
 
 def create_schema(engine: Engine) -> None:
