@@ -217,6 +217,22 @@ def test_a_woocommerce_deletion_is_dated_on_arrival_so_an_older_update_cannot_un
     assert env.row(env.woo, "794").desired_hash == DELETED
 
 
+def test_a_woocommerce_deletion_follows_an_update_stamped_by_a_shop_clock_ahead_of_ours(env: Env) -> None:
+    product = json.loads(fixture_bytes("woocommerce", "wp-api-v3_products__03_retrieve_a_product.json"))
+    ahead = datetime.now(UTC) + timedelta(minutes=10)
+    product["date_modified_gmt"] = ahead.strftime("%Y-%m-%dT%H:%M:%S")
+    updated = body_of(product)
+    env.post(env.woo, updated, woo_headers(updated, delivery_id="d-1"))
+    deleted = b'{"id":794}'
+
+    response = env.post(env.woo, deleted, woo_headers(deleted, topic="product.deleted", delivery_id="d-2"))
+
+    assert response.json() == {"outcome": "deleted"}
+    row = env.row(env.woo, "794")
+    assert row.desired_hash == DELETED
+    assert row.source_updated_at > ahead.replace(microsecond=0)
+
+
 def test_a_deletion_triggered_before_the_stored_update_is_dropped(env: Env) -> None:
     env.shopify(body_of(shopify_product(7, title="Scarf", updated_at="2024-05-03T10:00:00Z")), event_id="e-1")
 

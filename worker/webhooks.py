@@ -14,9 +14,10 @@ One delivery, in order (STYLE.md item 10: nothing is parsed before it is verifie
    topic is acknowledged (200 `ignored`): retrying it cannot help, and a shop that keeps getting errors disables
    the webhook. The WooCommerce creation ping is 200.
 5. A delivery id seen before (and not expired) → 200 `replay`, no work. An update older than the stored desired
-   row (by the product's `updated_at`, or the shop's trigger time) → 200 `stale`. A deletion marks the row deleted;
-   a complete product becomes the desired row; a partial one (WooCommerce variable products and variations) is
-   handed to the `sync_product` task, which fetches it.
+   row (by the product's `updated_at`, or the shop's trigger time) → 200 `stale`. A deletion marks the row deleted,
+   dated by Shopify's trigger time, or on arrival for WooCommerce (which sends no time) but never before the state
+   we hold; a complete product becomes the desired row; a partial one (WooCommerce variable products and
+   variations) is handed to the `sync_product` task, which fetches it.
 6. The delivery id is remembered only *after* the row is committed. If the database fails midway the answer is
    503 and nothing was remembered, so the shop's retry is processed rather than dropped as a replay; processing a
    delivery twice is harmless (an unchanged hash writes nothing, the store refuses older rows).
@@ -71,6 +72,8 @@ WEBHOOK_KINDS = frozenset({"shopify", "shopify-rest", "shopify-storefront", "woo
 SIGNATURE_HEADERS = ("x-shopify-hmac-sha256", "x-wc-webhook-signature")
 # The key of the padding HMAC: any value works, it only has to cost what a real verification costs.
 _PADDING_KEY = b"catalog-sync timing padding"
+# An undated deletion of a row stamped later than our clock is placed just after that row's state.
+DELETION_AFTER_STORED = timedelta(microseconds=1)
 # How long `/healthz` waits for the broker: a load balancer's probe must not hang on a dead one.
 HEALTH_BROKER_TIMEOUT = 2.0
 # Request latency buckets (seconds): deliveries answer in milliseconds; the tail shows a slow database or broker.
@@ -292,9 +295,7 @@ class Intake:
         if _older_than_stored(event, stored_at):
             outcome = Outcome.STALE
         elif event.topic == "delete":
-            # Shopify's trigger time orders a deletion against updates; WooCommerce sends none, so the deletion is
-            # dated on arrival and a late update written before it is recognized as stale.
-            deleted_at = event.triggered_at or self._clock()
+            deleted_at = event.triggered_at or self._undated_deletion(stored_at)
             changed = store.mark_deleted(
                 source.name, product_id, updated_at=deleted_at, external_id=_external_id(product_id, source)
             )
@@ -313,6 +314,19 @@ class Intake:
         if outcome in _PUSHED:
             self.dispatcher.push(source.name, [product_id], priority=True)
         return outcome
+
+    def _undated_deletion(self, stored_at: datetime | None) -> datetime:
+        """When a deletion that carries no time of its own (WooCommerce's `{"id"}`) happened, for ordering.
+
+        Shopify's trigger time orders a deletion against updates; WooCommerce sends none. The deletion is dated on
+        arrival, so an update written before it that arrives late is stale; but never before the state we hold,
+        which is dated by the shop's clock: a shop clock running ahead of ours must not make a deletion look older
+        than the edit it follows.
+        """
+        now = self._clock()
+        if stored_at is None or stored_at < now:
+            return now
+        return stored_at + DELETION_AFTER_STORED
 
     def _look_up(self, source: str, product_id: str, event_id: str | None) -> tuple[bool, datetime | None]:
         """(was this delivery processed already, the stored row's `source_updated_at`) in one short read."""
