@@ -459,6 +459,46 @@ def _nodes(client: httpx.Client, query: str, selection: str) -> list[dict[str, A
         after = body["data"]["products"]["pageInfo"]["endCursor"]
 
 
+def test_bulk_lines_hold_exactly_what_graphql_returns_for_the_same_selection() -> None:
+    node_fields = """__typename id name: title status tags onlineStoreUrl updatedAt descriptionHtml
+        featuredImage { url altText }
+        media(first: 16) { edges { node { __typename id alt mediaContentType
+            ... on MediaImage { image { url width } } ... on Video { preview { image { url } } } } } }"""
+    clock = FakeClock()
+    with emulator(products=60, seed=21, clock=clock, bulk_duration=1) as (client, shop):
+        _run_bulk(client, f"{{ products(sortKey: UPDATED_AT) {{ edges {{ node {{ {node_fields} }} }} }} }}")
+        assert shop.bulk.operations[-1].counted.wait(10)
+        clock.advance(1)
+        url = gql(client, CURRENT)["data"]["currentBulkOperation"]["url"]
+        lines = [json.loads(line) for line in client.get(url).text.splitlines()]
+        paged = _nodes_sorted(client, node_fields, clock)
+
+    expected: list[dict[str, Any]] = []
+    for node in paged:
+        expected.append({key: value for key, value in node.items() if key != "media"})
+        expected.extend({**edge["node"], "__parentId": node["id"]} for edge in node["media"]["edges"])
+    assert lines == expected
+    assert {line["__typename"] for line in lines} == {"Product", "MediaImage", "Video"}
+
+
+def _nodes_sorted(client: httpx.Client, selection: str, clock: FakeClock) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = None
+    while True:
+        clock.advance(20)  # a full bucket again: each page requests 2 + 10 × 52 points
+        body = gql(
+            client,
+            f"query($after: String) {{ products(first: 10, after: $after, sortKey: UPDATED_AT) "
+            f"{{ nodes {{ {selection} }} pageInfo {{ hasNextPage endCursor }} }} }}",
+            {"after": after},
+        )
+        assert "errors" not in body, body
+        out.extend(body["data"]["products"]["nodes"])
+        if not body["data"]["products"]["pageInfo"]["hasNextPage"]:
+            return out
+        after = body["data"]["products"]["pageInfo"]["endCursor"]
+
+
 def test_bulk_export_is_a_snapshot_taken_when_the_operation_starts() -> None:
     clock = FakeClock()
     with emulator(products=10, seed=12, clock=clock, bulk_duration=5) as (client, shop):
