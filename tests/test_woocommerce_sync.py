@@ -28,6 +28,14 @@ from worker.errors import AuthError, InvalidSignature, SkippedProduct
 
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 WEBHOOK_SECRET = "whsec-shop"
+# One client for the control API: building one per request (and its TLS context) costs more than the request.
+HTTP = httpx.Client(timeout=10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_http() -> Iterator[None]:
+    yield
+    HTTP.close()
 
 
 class FakeClock:
@@ -80,20 +88,34 @@ def woo_source(url: str, *, secret: str | None = None, page_size: int | None = 7
     )
 
 
-@pytest.fixture
-def clock() -> FakeClock:
+@pytest.fixture(scope="module")
+def module_clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def store_app(clock: FakeClock) -> Starlette:
-    return create_app(products=60, seed=7, clock=clock)
+@pytest.fixture(scope="module")
+def store_app(module_clock: FakeClock) -> Starlette:
+    return create_app(products=60, seed=7, clock=module_clock)
 
 
-@pytest.fixture
-def shop(store_app: Starlette) -> Iterator[BackgroundServer]:
+@pytest.fixture(scope="module")
+def module_shop(store_app: Starlette) -> Iterator[BackgroundServer]:
+    # One server for the module (starting and stopping uvicorn costs more than most tests); reset before each test.
     with running(store_app) as server:
         yield server
+
+
+@pytest.fixture
+def clock(module_clock: FakeClock) -> FakeClock:
+    module_clock.now = START
+    return module_clock
+
+
+@pytest.fixture
+def shop(module_shop: BackgroundServer, clock: FakeClock) -> BackgroundServer:
+    HTTP.post(f"{module_shop.url}/_emulator/webhooks/drain")
+    HTTP.post(f"{module_shop.url}/_emulator/reset").raise_for_status()
+    return module_shop
 
 
 @pytest.fixture
@@ -103,7 +125,7 @@ def woo(shop: BackgroundServer) -> Iterator[WooCommerceConnector]:
 
 
 def control(shop: BackgroundServer, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    response = httpx.request(method, f"{shop.url}/_emulator{path}", json=body, timeout=10)
+    response = HTTP.request(method, f"{shop.url}/_emulator{path}", json=body)
     response.raise_for_status()
     return response.json() if response.content else None
 
@@ -125,7 +147,7 @@ class TestWooCommerceContract(ConnectorContract):
         return woo
 
     @pytest.fixture
-    def expected_count(self, store_app: Starlette) -> int:
+    def expected_count(self, shop: BackgroundServer, store_app: Starlette) -> int:
         # Every product, trashed ones included (they come out archived).
         return len(store_app.state.store.products)
 
