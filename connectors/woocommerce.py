@@ -48,6 +48,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NoReturn
 from urllib.parse import quote, urljoin, urlsplit
@@ -515,7 +516,7 @@ class WooCommerceConnector:
             raise SourceError(f"{self._what}: product {product_id} answered with a body that is not a JSON object")
         if raw.get("type") == "variation":
             return None
-        return normalize_product(self.source, raw, self._variation_images(raw))
+        return self._with_variations(normalize_product(self.source, raw), raw)
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify `X-WC-Webhook-Signature` over the raw bytes (or recognize the unsigned creation ping), then parse."""
@@ -590,9 +591,16 @@ class WooCommerceConnector:
         if not isinstance(raw, Mapping):
             return SkippedProduct(None, "malformed_record", f"a list entry is {type(raw).__name__}, not an object")
         try:
-            return normalize_product(self.source, raw, self._variation_images(raw))
+            product = normalize_product(self.source, raw)
         except SkippedProduct as skipped:
             return skipped
+        return self._with_variations(product, raw)
+
+    def _with_variations(self, product: SourceProduct, raw: Mapping[str, Any]) -> SourceProduct:
+        """A variable product with its variations' images after its own (checked first: a skipped record costs no
+        request)."""
+        extra = self._variation_images(product, raw)
+        return replace(product, images=normalize_images((*product.images, *extra))) if extra else product
 
     def _list_page(self, status: str, page: int, modified_floor: datetime | None) -> tuple[list[Any], int | None]:
         params: dict[str, str | int] = {
@@ -609,15 +617,13 @@ class WooCommerceConnector:
         response = self._request("/products", params)
         return self._page_of(response), _int_header(response, "X-WP-TotalPages")
 
-    def _variation_images(self, raw: Mapping[str, Any]) -> list[ImageRef]:
+    def _variation_images(self, product: SourceProduct, raw: Mapping[str, Any]) -> list[ImageRef]:
         """A variable product's variation images, fetched only when it has variations and room for more images."""
-        if raw.get("type") != "variable" or not _list(raw.get("variations")):
+        if raw.get("type") != "variable" or not _list(raw.get("variations")) or len(product.images) >= MAX_IMAGES:
             return []
         base = _text(raw.get("permalink"))
-        own = {image.url for entry in _list(raw.get("images")) if (image := _image_ref(entry, base)) is not None}
-        if len(own) >= MAX_IMAGES:
-            return []
-        product_id = _product_id(raw)
+        own = {image.url for image in product.images}
+        product_id = product.product_id
         images: list[ImageRef] = []
         pager = PageNumberPaginator()
         while not pager.finished:

@@ -185,6 +185,18 @@ def test_a_variable_product_without_variations_costs_no_extra_request() -> None:
     assert len(product.images) == 4
 
 
+def test_an_unusable_variable_product_is_skipped_before_its_variations_are_fetched() -> None:
+    raw = {**simple(6, "2024-05-01T10:00:00", name=""), "type": "variable", "variations": [61, 62]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"unexpected request {request.url}")
+
+    item = connector_over(handler)._item(raw)
+
+    assert isinstance(item, SkippedProduct)
+    assert item.reason == "no_title"
+
+
 def test_disabled_variations_lend_no_image_and_the_total_stops_at_ten() -> None:
     raw = simple(5, "2024-05-01T10:00:00")
     raw.update(type="variable", variations=list(range(100, 112)))
