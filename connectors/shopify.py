@@ -81,8 +81,10 @@ Clock = Callable[[], float]
 MAX_QUERY_COST: Final = 1000
 # Shopify's own ceiling for `first` on a connection and for REST/storefront `limit`.
 MAX_PAGE_SIZE: Final = 250
-# Media per product asked for in GraphQL: the catalog keeps at most this many images anyway.
-MEDIA_PER_PRODUCT: Final = MAX_IMAGES
+# Media asked per product in GraphQL: the catalog keeps the first 10 images, and videos or 3D models may sit among
+# them; 5 spare slots keep GraphQL, bulk, REST and webhooks (whose `images` hold images only) on the same 10 images,
+# so a product does not flap between them on every sync.
+MEDIA_PER_PRODUCT: Final = MAX_IMAGES + 5
 # Standard-plan bucket, assumed until the first response tells the real one.
 DEFAULT_BUCKET_SIZE: Final = 1000.0
 DEFAULT_RESTORE_RATE: Final = 50.0

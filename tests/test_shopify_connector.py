@@ -9,6 +9,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,9 +17,13 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from config.sources import SourceConfig
-from connectors.base import SourceProduct
+from connectors.base import Connector, SourceProduct
 from connectors.shopify import (
     MAX_QUERY_COST,
     RESTORE_MARGIN_SECONDS,
@@ -29,6 +34,10 @@ from connectors.shopify import (
     connector_for,
     products_page_cost,
 )
+from emulators.server import running
+from emulators.shopify import Shop, create_app, sign_webhook
+from emulators.shopify_data import ProductFilter
+from tests.connector_contract import ConnectorContract
 from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 SHOP = "https://acme.myshopify.com"
@@ -108,7 +117,7 @@ class FakeAdminShop:
     maximum: float = 1000.0
     rate: float = 50.0
     # Points per product in a page, as this server counts them (a real server may count differently from us).
-    per_product: float = 23.0
+    per_product: float = 33.0
     available: float = 1000.0
     at: float = 0.0
     throttled: int = 0
@@ -181,15 +190,15 @@ def shop_products(count: int) -> list[dict[str, Any]]:
 
 
 def test_a_page_costs_by_the_shopify_rule_and_250_with_media_cannot_run() -> None:
-    # products: 2 + pageInfo 1 + N × (node 1 + media connection 2 + 10 × (media node 1 + its image object 1))
-    assert products_page_cost(1) == 2 + 1 + (1 + 2 + 10 * 2)
+    # products: 2 + pageInfo 1 + N × (node 1 + media connection 2 + 15 × (media node 1 + its image object 1))
+    assert products_page_cost(1) == 2 + 1 + (1 + 2 + 15 * 2)
     assert products_page_cost(250) > MAX_QUERY_COST
-    assert products_page_cost(43) <= MAX_QUERY_COST < products_page_cost(44)
+    assert products_page_cost(30) <= MAX_QUERY_COST < products_page_cost(31)
 
 
 @pytest.mark.parametrize(
     ("bucket_max", "page_size", "expected"),
-    [(1000.0, None, 43), (2000.0, None, 43), (200.0, None, 8), (1000.0, 20, 20)],
+    [(1000.0, None, 30), (2000.0, None, 30), (200.0, None, 5), (1000.0, 20, 20)],
     ids=["standard-bucket", "plus-bucket-still-capped-at-1000", "small-bucket", "configured-page-size"],
 )
 def test_the_page_size_fits_the_bucket_and_the_per_query_cap(
@@ -281,16 +290,16 @@ def test_an_incremental_read_asks_shopify_for_updated_at_since_sorted_by_update(
 
 def test_a_server_counting_more_per_product_costs_one_resize_not_a_failure() -> None:
     clock = FakeClock()
-    shop = FakeAdminShop(clock, shop_products(150), per_product=30.0)  # counting more than we expect
+    shop = FakeAdminShop(clock, shop_products(150), per_product=40.0)  # counting more than we expect
     connector = ShopifyGraphQL(config(), client=mock(shop), sleep=clock.sleep, clock=clock)
 
     products = list(connector.iter_products(datetime(2024, 1, 1, tzinfo=UTC)))
 
     assert len(products) == 150
     firsts = [r["variables"]["first"] for r in shop.requests if "products(" in r["query"]]
-    assert firsts[0] == 43
-    assert firsts[1] == 33  # floor((1000 - 3) / 30)
-    assert all(3 + first * 30 <= MAX_QUERY_COST for first in firsts[1:])
+    assert firsts[0] == 30
+    assert firsts[1] == 24  # floor((1000 - 3) / 40)
+    assert all(3 + first * 40 <= MAX_QUERY_COST for first in firsts[1:])
     assert shop.throttled == 0
 
 
@@ -302,7 +311,7 @@ def test_a_server_counting_less_per_product_gets_bigger_pages() -> None:
     list(connector.iter_products(datetime(2024, 1, 1, tzinfo=UTC)))
 
     firsts = [r["variables"]["first"] for r in shop.requests if "products(" in r["query"]]
-    assert firsts[0] == 43
+    assert firsts[0] == 30
     assert firsts[1] == 249  # floor((1000 - 3) / 4), under Shopify's 250
 
 
@@ -916,3 +925,301 @@ def test_a_naive_since_is_refused() -> None:
 
     with pytest.raises(ValueError, match="timezone-aware"):
         list(connector.iter_products(datetime(2025, 1, 1)))
+
+
+# -- against the Shopify emulator, over real sockets -------------------------------------------------------------
+#
+# The emulator's clock is injectable and drives its buckets and bulk timeline; the connectors' sleep advances that
+# same clock, so pacing and polling are exercised for real without any test waiting for wall time.
+
+EMULATOR_TOKEN = "shpat_test"
+EMULATOR_SECRET = "whsec_emulator"
+# Emulated products are updated up to mid-2025; edits are stamped with the (frozen) emulator clock.
+EMULATOR_START = datetime(2025, 7, 1, tzinfo=UTC).timestamp()
+
+
+class EpochClock:
+    """Epoch seconds that only move when a connector sleeps: the emulator's clock and the connector's."""
+
+    def __init__(self) -> None:
+        self.now = EMULATOR_START
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += seconds
+
+
+@dataclass
+class Emulator:
+    url: str
+    shop: Shop
+    clock: EpochClock
+
+    def source(self, kind: str, **extra: Any) -> SourceConfig:
+        values: dict[str, Any] = {"name": "emulated", "kind": kind, "url": self.url, **extra}
+        if kind != "shopify-storefront":
+            values.setdefault("access_token", SecretStr(EMULATOR_TOKEN))
+        return SourceConfig(**values)
+
+    def connector(self, kind: str, *, bulk: bool | None = None, **extra: Any) -> Any:
+        source = self.source(kind, **extra)
+        clock = self.clock
+        if kind == "shopify":
+            return ShopifyGraphQL(source, bulk=bulk, sleep=clock.sleep, clock=clock)
+        if kind == "shopify-rest":
+            return ShopifyRest(source, sleep=clock.sleep, clock=clock)
+        return ShopifyStorefront(source, sleep=clock.sleep, clock=clock)
+
+    def stats(self) -> dict[str, Any]:
+        answer = httpx.get(f"{self.url}/_emulator/stats")
+        answer.raise_for_status()
+        stats: dict[str, Any] = answer.json()
+        return stats
+
+    def control(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        answer = httpx.request(method, f"{self.url}/_emulator/{path}", json=body)
+        assert answer.status_code < 300, answer.text
+        return answer
+
+    def active_count(self) -> int:
+        return int(self.shop.store.count_matching(ProductFilter.parse("status:active")))
+
+
+@contextmanager
+def emulator(**options: Any) -> Iterator[Emulator]:
+    clock = EpochClock()
+    app = create_app(clock=clock, access_token=EMULATOR_TOKEN, **options)
+    with running(app) as server:
+        yield Emulator(server.url, app.state.shop, clock)
+
+
+@pytest.fixture(scope="module")
+def shared_shop() -> Iterator[Emulator]:
+    """One read-only emulated shop for the contract suites."""
+    with emulator(products=200, seed=11) as shop:
+        yield shop
+
+
+@pytest.fixture(scope="module")
+def shop_with_bad_records() -> Iterator[Emulator]:
+    """A shop where two (active) products lost their title: unusable records among good ones."""
+    with emulator(products=60, seed=12) as shop:
+        for product_id in shop.shop.store.matching_ids("ID", reverse=False, product_filter=ProductFilter.parse(""))[
+            3:5
+        ]:
+            shop.control("PATCH", f"products/{product_id}", {"title": "   ", "status": "active"})
+        yield shop
+
+
+class _EmulatedContract(ConnectorContract):
+    kind = ""
+    bulk: bool | None = None
+
+    @pytest.fixture
+    def connector(self, shared_shop: Emulator) -> Iterator[Connector]:
+        connector = shared_shop.connector(self.kind, bulk=self.bulk)
+        yield connector
+        connector.close()
+
+    @pytest.fixture
+    def connector_with_bad_records(self, shop_with_bad_records: Emulator) -> Iterator[Connector]:
+        connector = shop_with_bad_records.connector(self.kind, bulk=self.bulk)
+        yield connector
+        connector.close()
+
+    @pytest.fixture
+    def expected_count(self, shared_shop: Emulator) -> int | None:
+        return shared_shop.active_count() if self.kind == "shopify-storefront" else len(shared_shop.shop.store)
+
+
+class TestShopifyGraphQLContract(_EmulatedContract):
+    kind = "shopify"
+
+
+class TestShopifyBulkExportContract(_EmulatedContract):
+    kind = "shopify"
+    bulk = True
+
+
+class TestShopifyRestContract(_EmulatedContract):
+    kind = "shopify-rest"
+
+
+class TestShopifyStorefrontContract(_EmulatedContract):
+    kind = "shopify-storefront"
+
+
+def test_the_three_flavours_and_bulk_agree_on_every_shared_product(shared_shop: Emulator) -> None:
+    def by_id(connector: Any) -> dict[str, SourceProduct]:
+        with connector:
+            return {p.product_id: p for p in connector.iter_products(None) if isinstance(p, SourceProduct)}
+
+    graphql = by_id(shared_shop.connector("shopify", bulk=False))
+    bulk = by_id(shared_shop.connector("shopify", bulk=True))
+    rest = by_id(shared_shop.connector("shopify-rest"))
+    storefront = by_id(shared_shop.connector("shopify-storefront"))
+
+    assert bulk == graphql
+    assert rest.keys() == graphql.keys()
+    assert storefront.keys() == {pid for pid, p in graphql.items() if p.status == "active"}
+    for pid, product in rest.items():
+        expected = graphql[pid]
+        assert (product.title, product.status, product.updated_at) == (
+            expected.title,
+            expected.status,
+            expected.updated_at,
+        )
+        assert [i.url for i in product.images] == [i.url for i in expected.images], pid
+        assert product.tags == expected.tags and product.handle == expected.handle
+
+
+def test_a_small_bucket_is_paced_so_the_read_finishes_without_tripping_throttled() -> None:
+    with emulator(products=200, seed=5, bucket_size=100, restore_rate=10) as shop:
+        connector = shop.connector("shopify", bulk=False)
+
+        products = [p for p in connector.iter_products(None) if isinstance(p, SourceProduct)]
+
+        stats = shop.stats()
+    assert len(products) == 200
+    assert stats["throttled"] <= 2, stats
+    assert stats["max_cost_exceeded"] == 0
+    assert shop.clock.slept > 0, "a bucket of 100 restoring 10 points/s cannot serve 200 products without waiting"
+
+
+def test_an_unpaced_client_on_the_same_bucket_does_trip_throttled() -> None:
+    # The control for the test above: the same bucket, asked for the same pages without waiting.
+    with emulator(products=200, seed=5, bucket_size=100, restore_rate=10) as shop:
+        query = (
+            "query($after: String) { products(first: 2, after: $after) { pageInfo { hasNextPage endCursor } edges "
+            "{ node { id media(first: 15) { edges { node { ... on MediaImage { image { url altText } } } } } } } } }"
+        )
+        after = None
+        headers = {"X-Shopify-Access-Token": EMULATOR_TOKEN}
+        for _ in range(5):
+            answer = httpx.post(
+                f"{shop.url}/admin/api/2025-07/graphql.json",
+                json={"query": query, "variables": {"after": after}},
+                headers=headers,
+            ).json()
+            if "data" in answer:
+                after = answer["data"]["products"]["pageInfo"]["endCursor"]
+
+        assert shop.stats()["throttled"] >= 1
+
+
+def test_rest_honours_429_and_retry_after_from_the_emulator() -> None:
+    with emulator(products=30, seed=6, rest_bucket=3, rest_leak=2) as shop:
+        headers = {"X-Shopify-Access-Token": EMULATOR_TOKEN}
+        for _ in range(3):  # another client fills the bucket; the emulator's clock is frozen, so it stays full
+            httpx.get(f"{shop.url}/admin/api/2025-07/products.json?limit=1", headers=headers).raise_for_status()
+        connector = shop.connector("shopify-rest", page_size=10)
+
+        products = [p for p in connector.iter_products(None) if isinstance(p, SourceProduct)]
+
+        stats = shop.stats()
+    assert len(products) == 30
+    assert stats["rest_429"] == 1, stats
+    assert shop.clock.slept >= 2.0  # the emulator's Retry-After: 2.0
+
+
+def test_rest_paced_by_the_call_limit_header_never_earns_a_429() -> None:
+    with emulator(products=120, seed=6, rest_bucket=4, rest_leak=2) as shop:
+        connector = shop.connector("shopify-rest", page_size=5)
+
+        products = [p for p in connector.iter_products(None) if isinstance(p, SourceProduct)]
+
+        assert len(products) == 120
+        assert shop.stats()["rest_429"] == 0
+
+
+def test_a_wrong_token_is_an_auth_error_naming_the_source_not_the_token() -> None:
+    with emulator(products=5) as shop:
+        for kind in ("shopify", "shopify-rest"):
+            connector = shop.connector(kind, access_token=SecretStr("shpat_wrong_and_secret"))
+
+            with pytest.raises(AuthError) as caught:
+                list(connector.iter_products(None))
+
+            assert "'emulated'" in str(caught.value)
+            assert "shpat_wrong_and_secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [("FAILED", "INTERNAL_SERVER_ERROR"), ("CANCELED", None), ("EXPIRED", None)]
+)
+def test_a_bulk_fault_fails_the_read_naming_the_status_and_code(status: str, code: str | None) -> None:
+    with emulator(products=20) as shop:
+        shop.control("POST", "config", {"bulk_fault": {"status": status, "error_code": code}})
+        connector = shop.connector("shopify", bulk=True)
+
+        with pytest.raises(SourceError, match=status) as caught:
+            list(connector.iter_products(None))
+
+    assert (code or "no error code") in str(caught.value)
+
+
+def test_a_bulk_export_waits_for_another_running_operation_then_runs_its_own() -> None:
+    with emulator(products=40, bulk_duration=60.0) as shop:
+        mutation = (
+            'mutation { bulkOperationRunQuery(query: "{ products { edges { node { id } } } }") '
+            "{ bulkOperation { id } userErrors { message } } }"
+        )
+        first = httpx.post(
+            f"{shop.url}/admin/api/2025-07/graphql.json",
+            json={"query": mutation},
+            headers={"X-Shopify-Access-Token": EMULATOR_TOKEN},
+        ).json()
+        assert first["data"]["bulkOperationRunQuery"]["userErrors"] == []
+        connector = shop.connector("shopify", bulk=True)
+
+        products = [p for p in connector.iter_products(None) if isinstance(p, SourceProduct)]
+
+        operations = shop.stats()["bulk_operations"]
+    assert len(products) == 40
+    assert [op["status"] for op in operations] == ["COMPLETED", "COMPLETED"]
+
+
+def test_an_incremental_bulk_export_reads_only_what_changed() -> None:
+    with emulator(products=50, seed=8) as shop:
+        ids = shop.shop.store.matching_ids("ID", reverse=False, product_filter=ProductFilter.parse(""))[:3]
+        shop.clock.now += 3600
+        since = datetime.fromtimestamp(shop.clock.now, tz=UTC)
+        for product_id in ids:
+            shop.control("PATCH", f"products/{product_id}", {"title": f"Edited {product_id}"})
+        connector = shop.connector("shopify", bulk=True)
+
+        changed = [p for p in connector.iter_products(since) if isinstance(p, SourceProduct)]
+
+    assert sorted(p.product_id for p in changed) == sorted(str(i) for i in ids)
+    assert all(p.title.startswith("Edited") for p in changed)
+
+
+def test_emulated_webhooks_verify_and_match_what_get_product_reads() -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def receiver(request: Request) -> Response:
+        received.append((dict(request.headers), await request.body()))
+        return Response(status_code=200)
+
+    hooks = Starlette(routes=[Route("/hooks", receiver, methods=["POST"])])
+    with running(hooks) as hook_server, emulator(products=10, seed=9) as shop:
+        shop.control("POST", "webhooks", {"url": f"{hook_server.url}/hooks", "secret": EMULATOR_SECRET})
+        product_id = shop.shop.store.matching_ids("ID", reverse=False, product_filter=ProductFilter.parse(""))[0]
+        shop.control("PATCH", f"products/{product_id}", {"title": "Renamed", "status": "active"})
+        shop.control("DELETE", f"products/{product_id}")
+        assert shop.shop.webhooks.wait_idle(10.0), "the emulator did not finish its deliveries"
+        connector = shop.connector("shopify-rest", webhook_secret=SecretStr(EMULATOR_SECRET))
+
+        update, delete = (connector.verify_webhook(headers, body) for headers, body in received)
+
+    assert (update.topic, update.product_id, update.platform_topic) == ("upsert", str(product_id), "products/update")
+    assert update.product is not None and update.product.title == "Renamed"
+    assert update.event_id and update.triggered_at is not None
+    assert (delete.topic, delete.product_id) == ("delete", str(product_id))
+    forged = {**received[0][0], "x-shopify-hmac-sha256": sign_webhook(received[0][1], "not-the-secret")}
+    with pytest.raises(InvalidSignature):
+        connector.verify_webhook(forged, received[0][1])
