@@ -97,13 +97,21 @@ def make_settings(tmp_path: Path, catalog_url: str, *, database_url: str | None 
 
 @contextmanager
 def sync_world(
-    tmp_path: Path, *, toml_extra: str = "", database_url: str | None = None, **overrides: Any
+    tmp_path: Path,
+    *,
+    toml_extra: str = "",
+    sources: str | None = None,
+    database_url: str | None = None,
+    **overrides: Any,
 ) -> Iterator[SyncWorld]:
+    """The catalog emulator, a migrated state database and a runtime; the sources file holds one JSON feed source
+    (`feed.json`, empty) unless `sources` gives the file's text."""
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
     with running(catalog_emulator.create_app([API_KEY])) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
-        Path(settings.config).write_text(sources_toml(feed, extra=toml_extra), encoding="utf-8")
+        text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
+        Path(settings.config).write_text(text, encoding="utf-8")
         engine = make_engine(settings.database_url)
         schema.upgrade(engine)
         engine.dispose()

@@ -1,0 +1,85 @@
+"""Real `catalog-sync worker` processes for end-to-end tests, on a Redis database of their own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.sync_helpers import API_KEY, SyncWorld
+
+# Redis database for end-to-end tests: flushed freely, so no other test's messages are consumed or lost.
+BROKER_DB = 12
+# Generous: a guard against a hung worker, not a performance assertion.
+CONVERGE_TIMEOUT = 120.0
+
+
+def broker_url_for(redis_url: str) -> str:
+    return redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+
+
+def flush_broker(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+def start_worker(world: SyncWorld, tmp_path: Path, *, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    settings = world.runtime.settings
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
+        "CATALOG_SYNC_CONFIG": str(settings.config),
+        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
+        "CATALOG_SYNC_BROKER_URL": settings.broker_url,
+        "CATALOG_SYNC_REDIS_URL": settings.redis_url or settings.broker_url,
+        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
+        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
+        "CATALOG_SYNC_CATALOG_BURST": "50",
+    }
+    log = (tmp_path / "worker.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-c", "from worker.cli import main; main()", "worker", "--concurrency", str(concurrency)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def worker_running(world: SyncWorld, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_worker(world, tmp_path)
+    try:
+        yield process
+    finally:
+        stop_worker(process)
+
+
+def wait_for_run_and_convergence(world: SyncWorld, source: str, *, after_run: int = 0) -> int:
+    """Wait until a run of `source` newer than `after_run` finished and every row converged; returns the run id."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    store = world.runtime.store
+    while time.monotonic() < deadline:
+        run = store.latest_run(source)
+        finished = run is not None and run.id > after_run and run.outcome != "running"
+        if run is not None and finished and store.unconverged_count(source) == 0:
+            return run.id
+        time.sleep(0.2)
+    pytest.fail(f"{source} did not converge within {CONVERGE_TIMEOUT}s: {store.status_counts(source)}")
