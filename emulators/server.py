@@ -27,6 +27,7 @@ class BackgroundServer:
     """A uvicorn server on its own thread. `url` is its base URL once started."""
 
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int | None = None, **options: Any) -> None:
+        self.app = app
         self.host = host
         self.port = port or free_port(host)
         config = uvicorn.Config(
