@@ -7,8 +7,9 @@ One class per API flavour; each owns one paging loop:
   bucket Shopify reports in `extensions.cost.throttleStatus` (`CostBucket`). Page size comes from the query-cost rule
   (an object costs 1, a connection 2 + its `first`, a nested connection is multiplied by its parent's `first`, at most
   1,000 per query), then is corrected from the `requestedQueryCost` the server reports, so a server that counts a
-  little differently costs one answer, not a failed sync. A full sync of a large shop runs a bulk operation instead
-  and streams its JSONL result line by line, holding one product (and its media lines) at a time.
+  little differently costs one answer, not a failed sync. Media are asked 15 deep so the first 10 images are the
+  same ones REST and webhooks list even when a video sits among them. A full sync of a large shop runs a bulk
+  operation instead and streams its JSONL result line by line, holding one product (and its media lines) at a time.
 - `ShopifyRest`: `Link: <…>; rel="next"` paging with the URL used exactly as given, paced by
   `X-Shopify-Shop-Api-Call-Limit`; 429 + Retry-After is `connectors.http.send`'s job.
 - `ShopifyStorefront`: page numbers, no credentials, and a clear error instead of silently stopping at the endpoint's
@@ -753,7 +754,7 @@ class ShopifyGraphQL(_ShopifyBase):
         if per_product > 0:
             self._per_product = per_product
 
-    def _products_page(self, first: int, after: str | None, search: str | None) -> tuple[Mapping[str, Any], int]:
+    def _products_page(self, first: int, after: str | None, search: str | None) -> Mapping[str, Any]:
         """One products page, resized when the server says the query costs more than it can run."""
         for _ in range(MAX_RESIZES):
             self._last_requested = None
@@ -772,8 +773,8 @@ class ShopifyGraphQL(_ShopifyBase):
                 log.info("%s: a page of %d costs too much; asking for %d", self._what, previous, first)
                 continue
             self._learn_cost(first, self._last_requested)
-            return data, first
-        raise SourceError(f"{self._what}: even a one-product page costs more than the shop allows per query")
+            return data
+        raise SourceError(f"{self._what}: no products page fits the shop's per-query cost limit")
 
     def _iter_pages(self, since: datetime | None) -> Iterator[SourceProduct | SkippedProduct]:
         if not self.bucket.known:
@@ -782,7 +783,7 @@ class ShopifyGraphQL(_ShopifyBase):
         search = _updated_since(since)
         paginator = CursorPaginator()
         while not paginator.finished:
-            data, _ = self._products_page(self.page_size(), paginator.token, search)
+            data = self._products_page(self.page_size(), paginator.token, search)
             connection = data.get("products")
             if not isinstance(connection, Mapping):
                 raise SourceError(f"{self._what}: GraphQL answer without products")

@@ -357,6 +357,20 @@ def test_a_429_without_a_body_waits_and_retries() -> None:
     assert len(clock.sleeps) == 1 and clock.sleeps[0] > 0
 
 
+def test_a_429_with_retry_after_waits_that_long_instead_of_guessing() -> None:
+    clock = FakeClock()
+    answers = iter(
+        [
+            httpx.Response(429, text="slow down", headers={"Retry-After": "3"}),
+            httpx.Response(200, json={"data": {"product": None}, "extensions": cost_extension(13, 987)}),
+        ]
+    )
+    connector = ShopifyGraphQL(config(), client=mock(lambda r: next(answers)), sleep=clock.sleep, clock=clock)
+
+    assert connector.get_product("42") is None
+    assert clock.sleeps == [3.0]
+
+
 @pytest.mark.parametrize(
     ("answer", "error", "message"),
     [
@@ -576,6 +590,28 @@ def test_other_bulk_user_errors_fail_with_their_message() -> None:
 
     with pytest.raises(SourceError, match="Invalid bulk query: nope"):
         list(connector.iter_products(None))
+
+
+@pytest.mark.parametrize(("version", "grouped"), [("2025-07", False), ("2026-01", True), ("2026-04", True)])
+def test_bulk_asks_for_output_grouped_by_parent_where_it_is_no_longer_the_default(version: str, grouped: bool) -> None:
+    clock = FakeClock()
+    handler, _ = bulk_shop(count=0, polls=[COMPLETED], jsonl=bulk_jsonl(1))
+    mutations: list[str] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        if request.url.host != "storage.example":
+            query = json.loads(request.content)["query"]
+            if query.startswith("mutation"):
+                mutations.append(query)
+        return handler(request)
+
+    connector = ShopifyGraphQL(
+        config(api_version=version), client=mock(recording), bulk=True, sleep=clock.sleep, clock=clock
+    )
+
+    list(connector.iter_products(None))
+
+    assert ("groupObjects: true" in mutations[0]) is grouped
 
 
 def test_a_completed_bulk_operation_without_a_file_yields_nothing() -> None:
