@@ -123,6 +123,7 @@ _STATUSES: Final[Mapping[str, ProductStatus]] = {
     # Sold and reachable by URL, just not listed in collections or search: the try-on still applies.
     "unlisted": "active",
 }
+_REDIRECTS = (301, 302, 303, 307, 308)
 _UPSERT_TOPICS = frozenset({"products/create", "products/update"})
 _DELETE_TOPIC = "products/delete"
 _SIGNATURE_MESSAGE = "webhook signature missing or invalid"
@@ -588,6 +589,32 @@ class _ShopifyBase:
         token = self.config.access_token
         return {"X-Shopify-Access-Token": token.get_secret_value()} if token is not None else {}
 
+    def _send_admin(self, method: str, url: str, *, ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
+        """A request carrying the access token, which never follows a redirect.
+
+        httpx drops only `Authorization` when a redirect leaves the origin; our token header would travel on to
+        wherever the shop's address points, so a redirect is reported instead, with the fix.
+        """
+        response = send(
+            self._client,
+            method,
+            url,
+            what=self._what,
+            sleep=self._sleep,
+            ok_statuses=ok + _REDIRECTS,
+            headers=self._headers(),
+            follow_redirects=False,
+            **kwargs,
+        )
+        if response.status_code in _REDIRECTS and response.status_code not in ok:
+            target = response.headers.get("Location", "?").split("?", 1)[0]
+            raise SourceError(
+                f"{self._what}: {url.split('?', 1)[0]} redirects ({response.status_code}) to {target}; set the "
+                f"source's url to the shop's admin address (https://<shop>.myshopify.com): the access token is "
+                f"never sent on after a redirect"
+            )
+        return response
+
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify `X-Shopify-Hmac-Sha256` over the raw bytes, then parse the product topic."""
         check_webhook_signature(headers, body, self.config.webhook_secrets)
@@ -662,15 +689,8 @@ class ShopifyGraphQL(_ShopifyBase):
         throttled = 0
         while True:
             self.bucket.acquire(cost)
-            response = send(
-                self._client,
-                "POST",
-                self.endpoint,
-                what=self._what,
-                sleep=self._sleep,
-                ok_statuses=(429,),
-                json={"query": query, "variables": dict(variables or {})},
-                headers=self._headers(),
+            response = self._send_admin(
+                "POST", self.endpoint, ok=(429,), json={"query": query, "variables": dict(variables or {})}
             )
             throttled_status = response.status_code == 429
             # A 429 may come from a proxy in front of the API with a plain-text body: still a throttle.
@@ -931,16 +951,7 @@ class ShopifyRest(_ShopifyBase):
         self.base = f"{self.shop_url}/admin/api/{config.api_version}"
 
     def _get(self, url: str, *, params: Mapping[str, str] | None = None, ok: tuple[int, ...] = ()) -> httpx.Response:
-        response = send(
-            self._client,
-            "GET",
-            url,
-            what=self._what,
-            sleep=self._sleep,
-            ok_statuses=ok,
-            params=params,
-            headers=self._headers(),
-        )
+        response = self._send_admin("GET", url, ok=ok, params=params)
         self._pace(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
         return response
 

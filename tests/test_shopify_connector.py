@@ -679,6 +679,23 @@ def test_rest_follows_the_link_header_url_exactly_as_given() -> None:
     assert str(requests[1].url) == next_url
 
 
+@pytest.mark.parametrize("kind", ["shopify", "shopify-rest"])
+def test_a_redirect_is_reported_and_the_token_never_follows_it(kind: str) -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(301, headers={"Location": "https://acme.example/admin/api/2025-07/x.json?sig=1"})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), follow_redirects=True)
+    connector = connector_for(config(kind), client)
+
+    with pytest.raises(SourceError, match=r"redirects \(301\) to https://acme.example/admin/api/2025-07/x.json;"):
+        list(connector.iter_products(None))
+
+    assert [r.url.host for r in requests] == ["acme.myshopify.com"]
+
+
 def test_rest_refuses_a_next_link_to_another_host() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
