@@ -1,0 +1,92 @@
+"""A Shopify shop end to end: the emulated shop (Admin GraphQL) → a real worker on Redis → the catalog emulator.
+Then 20 edits and 3 archivals reach the catalog on an incremental run, and 5 deletions on the next full run (Shopify
+lists no deleted products: they arrive by webhook or are found missing by a full sync), with the catalog calls
+counted: exactly those changes, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from emulators import shopify as shopify_emulator
+from emulators.server import BackgroundServer, running
+from tests.sync_helpers import SyncWorld, sync_world
+from tests.worker_helpers import broker_url_for, flush_broker, wait_for_run_and_convergence, worker_running
+from worker.celery_app import app as celery
+from worker.celery_app import configure
+
+SOURCE = "shop"
+PRODUCTS = 2_000
+
+
+@pytest.fixture
+def shop() -> Iterator[BackgroundServer]:
+    # A fast-restoring cost bucket: pacing is tested elsewhere; here it would only make the test slow.
+    with running(shopify_emulator.create_app(products=PRODUCTS, seed=11, restore_rate=5_000)) as server:
+        yield server
+
+
+@pytest.fixture
+def world(tmp_path: Path, shop: BackgroundServer, redis_url: str) -> Iterator[SyncWorld]:
+    broker = broker_url_for(redis_url)
+    flush_broker(broker)
+    sources = (
+        f'[[sources]]\nname = "{SOURCE}"\nkind = "shopify"\nurl = "{shop.url}"\n'
+        f'access_token = "{shopify_emulator.DEFAULT_ACCESS_TOKEN}"\nexternal_id = "shopify-{{id}}"\n'
+    )
+    with sync_world(tmp_path, sources=sources, broker_url=broker, redis_url=broker) as w:
+        configure(celery, w.runtime.settings, w.runtime.sources)
+        yield w
+    flush_broker(broker)
+
+
+def sync(world: SyncWorld, mode: str, after_run: int = 0) -> int:
+    celery.send_task("catalog_sync.sync_source", (SOURCE, mode), queue="sync")
+    return wait_for_run_and_convergence(world, SOURCE, after_run=after_run)
+
+
+def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
+    world: SyncWorld, shop: BackgroundServer, tmp_path: Path
+) -> None:
+    store = shop.app.state.shop.store  # type: ignore[attr-defined]
+    listed = [
+        p for p in store.iter_products("ID", reverse=False, product_filter=None) if p.status == "ACTIVE" and p.images
+    ]
+    admin = httpx.Client(base_url=shop.url)
+    with worker_running(world, tmp_path):
+        first = sync(world, "full")
+
+        catalog = world.catalog_products()
+        assert set(catalog) == {f"shopify-{p.id}" for p in listed}
+        sample = listed[0]
+        assert catalog[f"shopify-{sample.id}"]["title"] == sample.title
+        assert [i["sourceUrl"] for i in catalog[f"shopify-{sample.id}"]["images"]][:1] == [sample.images[0].url]
+
+        ids = [p.id for p in listed]
+        edited, archived, deleted = ids[:20], ids[20:23], ids[23:28]
+        for product_id in edited:
+            admin.patch(f"/_emulator/products/{product_id}", json={"title": f"Edited {product_id}"}).raise_for_status()
+        for product_id in archived:
+            admin.patch(f"/_emulator/products/{product_id}", json={"status": "ARCHIVED"}).raise_for_status()
+        for product_id in deleted:
+            admin.delete(f"/_emulator/products/{product_id}").raise_for_status()
+        world.reset_stats()
+
+        second = sync(world, "incremental", after_run=first)
+
+        stats = world.stats()
+        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (20, 3, 23)
+        catalog = world.catalog_products()
+        assert catalog[f"shopify-{edited[0]}"]["title"] == f"Edited {edited[0]}"
+        assert not {f"shopify-{i}" for i in archived} & set(catalog)
+
+        world.reset_stats()
+        sync(world, "full", after_run=second)
+
+        stats = world.stats()
+        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (0, 5, 5)
+        assert len(world.catalog_products()) == len(listed) - 8
+    admin.close()
