@@ -150,7 +150,7 @@ class PageNumberPaginator:
 
 
 _TAG = re.compile(r"<[^>]*>")
-_BLOCK = re.compile(r"<\s*(br|/p|/div|/li|/h[1-6]|p|li|tr)\b[^>]*>", re.IGNORECASE)
+_BLOCK = re.compile(r"<\s*(br|/p|/div|/li|/h[1-6]|p|li|tr|/td|/th)\b[^>]*>", re.IGNORECASE)
 _SCRIPT = re.compile(r"<\s*(script|style)\b[^>]*>.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
 

@@ -753,7 +753,8 @@ class FeedConnector:
 
     def _http(self) -> httpx.Client:
         if self._client is None:
-            self._client = make_client(self._config.timeout)
+            # Feed URLs carry no credential headers, and CDNs redirect: follow them.
+            self._client = make_client(self._config.timeout, follow_redirects=True)
         return self._client
 
     def _get(self) -> httpx.Response:

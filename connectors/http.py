@@ -33,9 +33,17 @@ MAX_RETRY_AFTER = 60.0
 Sleep = Callable[[float], None]
 
 
-def make_client(timeout: float = 30.0, *, headers: Mapping[str, str] | None = None, **kwargs: Any) -> httpx.Client:
+def make_client(
+    timeout: float = 30.0,
+    *,
+    headers: Mapping[str, str] | None = None,
+    follow_redirects: bool = False,
+    **kwargs: Any,
+) -> httpx.Client:
+    """A pooled client. Redirects are not followed unless asked: httpx strips only `Authorization` on a redirect to
+    another host, so custom credential headers and query-string keys would travel along."""
     merged = {"User-Agent": USER_AGENT, **(headers or {})}
-    return httpx.Client(timeout=timeout, headers=merged, follow_redirects=True, **kwargs)
+    return httpx.Client(timeout=timeout, headers=merged, follow_redirects=follow_redirects, **kwargs)
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
