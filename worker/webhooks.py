@@ -25,19 +25,25 @@ One delivery, in order (STYLE.md item 10: nothing is parsed before it is verifie
    still 200 (the row is committed and `reconcile` delivers it). A partial product has no row to fall back on, so
    a broker that cannot take its `sync_product` task makes the answer 503 and the shop retries.
 
-Database work and publishing are blocking: each delivery runs on a worker thread, never on the event loop, and the
+Database work and publishing are blocking, so they never run on the event loop: verified events go to one committer
+thread, which applies whatever has queued up as one batch per source (one read, one upsert, one insert of delivery
+ids, one publish on a shared producer), then answers each request. Alone, a delivery is a batch of one; under load
+a commit serves many, which is what lets one process take hundreds of deliveries a second on a small machine. The
 answer comes after the commit and the publish, in milliseconds, with no call to the shop or the catalog.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import logging
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -47,6 +53,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -74,6 +81,13 @@ SIGNATURE_HEADERS = ("x-shopify-hmac-sha256", "x-wc-webhook-signature")
 _PADDING_KEY = b"catalog-sync timing padding"
 # An undated deletion of a row stamped later than our clock is placed just after that row's state.
 DELETION_AFTER_STORED = timedelta(microseconds=1)
+# Deliveries applied together at most: bounded so one statement stays well under SQLite's variable limit.
+MAX_BATCH = 200
+# How long closing the app waits for the committer to finish what is queued.
+COMMITTER_STOP_TIMEOUT = 30.0
+# Bodies up to this size are verified on the event loop (an HMAC and a JSON parse of a few KB take microseconds);
+# larger ones on a worker thread, so a 2 MB body cannot stall other requests.
+INLINE_VERIFY_MAX = 64 * 1024
 # How long `/healthz` waits for the broker: a load balancer's probe must not hang on a dead one.
 HEALTH_BROKER_TIMEOUT = 2.0
 # Request latency buckets (seconds): deliveries answer in milliseconds; the tail shows a slow database or broker.
@@ -143,15 +157,24 @@ _UNAUTHORIZED = Result(Outcome.UNAUTHORIZED, detail="webhook signature missing o
 _NOT_FOUND = Result(Outcome.NOT_FOUND, detail="no webhook endpoint for this source")
 
 
-class BrokerUnavailable(Exception):
-    """The `sync_product` task for a partial payload could not be published."""
-
-
 # ------------------------------------------------------------------------------------------------- the intake
 
 
+_DATABASE_DOWN = "state database unavailable"
+_QUEUE_DOWN = "queue unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    source: SourceConfig
+    event: WebhookEvent
+    # A thread waits on `future` (`submit`), a coroutine on `waiter` (`submit_async`).
+    future: Future[Result] | None = None
+    waiter: asyncio.Future[Result] | None = None
+
+
 class Intake:
-    """The synchronous part of a delivery, run on a worker thread: verify, de-duplicate, write, dispatch.
+    """Verification (on the request's side) and the committer thread that applies verified events.
 
     `runtime` None means the process's runtime (`get_runtime()`), resolved on first use; `dispatcher` None means
     the Celery dispatcher; `fetch` None publishes `sync_product` on Celery.
@@ -171,6 +194,8 @@ class Intake:
         self._clock = clock
         self._connectors: dict[str, Connector] = {}
         self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._committer: threading.Thread | None = None
 
     # ---- wiring ----------------------------------------------------------------------------------------------
 
@@ -216,6 +241,12 @@ class Intake:
                 )
 
     def close(self) -> None:
+        """Finish what is queued, stop the committer, close the connectors."""
+        with self._lock:
+            committer, self._committer = self._committer, None
+        if committer is not None:
+            self._queue.put(None)
+            committer.join(COMMITTER_STOP_TIMEOUT)
         with self._lock:
             connectors, self._connectors = list(self._connectors.values()), {}
         for connector in connectors:
@@ -234,10 +265,18 @@ class Intake:
                     self._connectors[source.name] = connector
         return connector
 
-    # ---- one delivery ----------------------------------------------------------------------------------------
+    # ---- the request's side ----------------------------------------------------------------------------------
 
     def handle(self, source: SourceConfig, headers: Mapping[str, str], body: bytes) -> Result:
-        """Verify and apply one delivery whose body is already bounded. `headers` have lower-case names."""
+        """Verify and apply one delivery whose body is already bounded, waiting for its commit (blocking)."""
+        verdict = self.verify(source, headers, body)
+        if isinstance(verdict, Result):
+            return verdict
+        return self.submit(source, verdict).result()
+
+    def verify(self, source: SourceConfig, headers: Mapping[str, str], body: bytes) -> Result | WebhookEvent:
+        """Check the signature, then parse: the final answer for anything that needs no state, else the event to
+        apply. `headers` have lower-case names. CPU only (an HMAC and a JSON parse), no I/O."""
         try:
             event = self._connector(source).verify_webhook(headers, body)
         except InvalidSignature:
@@ -245,7 +284,7 @@ class Intake:
                 _pad_timing(body, len(_usable_secrets(source)))
             return _UNAUTHORIZED
         except SkippedProduct as skip:
-            return self._unusable(source, skip, headers)
+            return self._unusable(source, skip)
         if event.topic == "ping":
             return Result(Outcome.PING, "ping")
         if event.product_id is None:
@@ -253,20 +292,9 @@ class Intake:
                 "webhook %s rejected: malformed_payload (%s event without a product id)", source.name, event.topic
             )
             return Result(Outcome.MALFORMED, event.topic, "malformed_payload")
-        try:
-            return Result(self._apply(source, event), event.topic)
-        except SQLAlchemyError as exc:
-            log.error(
-                "webhook %s: state database unavailable (%s); answered 503 so the shop retries",
-                source.name,
-                type(exc).__name__,
-            )
-            return Result(Outcome.UNAVAILABLE, event.topic, "state database unavailable")
-        except BrokerUnavailable as exc:
-            log.error("webhook %s: %s; answered 503 so the shop retries", source.name, exc)
-            return Result(Outcome.UNAVAILABLE, event.topic, "queue unavailable")
+        return event
 
-    def _unusable(self, source: SourceConfig, skip: SkippedProduct, headers: Mapping[str, str]) -> Result:
+    def _unusable(self, source: SourceConfig, skip: SkippedProduct) -> Result | WebhookEvent:
         """A verified delivery the connector could not turn into an event."""
         if skip.reason == "unknown_topic":
             log.info("webhook %s ignored: %s", source.name, skip)
@@ -277,43 +305,140 @@ class Intake:
         # The product exists in the shop but this payload cannot be used as is (no title, an odd status, a
         # variation): the shop's own read is authoritative, and the planner records the skip with its date.
         log.info("webhook %s: %s; fetching the product instead", source.name, skip)
-        try:
-            self._dispatch_fetch(source.name, skip.product_id)
-        except BrokerUnavailable as exc:
-            log.error("webhook %s: %s; answered 503 so the shop retries", source.name, exc)
-            return Result(Outcome.UNAVAILABLE, "upsert", "queue unavailable")
-        return Result(Outcome.FETCH, "upsert")
+        return WebhookEvent(source=source.name, topic="upsert", product_id=skip.product_id)
 
-    def _apply(self, source: SourceConfig, event: WebhookEvent) -> Outcome:
-        assert event.product_id is not None
-        product_id = event.product_id
+    def submit(self, source: SourceConfig, event: WebhookEvent) -> Future[Result]:
+        """Queue a verified event for the committer; the future holds its answer once it is committed."""
+        future: Future[Result] = Future()
+        self._enqueue(_Pending(source, event, future=future))
+        return future
+
+    async def submit_async(self, source: SourceConfig, event: WebhookEvent) -> Result:
+        """`submit` for a coroutine: the committer wakes the event loop once per batch, not once per delivery."""
+        waiter: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Pending(source, event, waiter=waiter))
+        return await waiter
+
+    def _enqueue(self, pending: _Pending) -> None:
+        with self._lock:
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="webhook-committer", daemon=True)
+                self._committer.start()
+        self._queue.put(pending)
+
+    # ---- the committer ---------------------------------------------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        """Apply whatever queued up while the previous batch was being written.
+
+        Under load one read, one write, one remember and one publish serve many deliveries (a commit, not the
+        rows, is what costs); a delivery that arrives alone waits for nobody.
+        """
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            by_source: dict[str, list[_Pending]] = {}
+            for pending in batch:
+                by_source.setdefault(pending.source.name, []).append(pending)
+            answers: list[tuple[_Pending, Result]] = []
+            for group in by_source.values():
+                answers += zip(group, self._commit_group(group), strict=True)
+            _answer(answers)
+            if stopping:
+                return
+
+    def _commit_group(self, group: list[_Pending]) -> list[Result]:
+        source = group[0].source
+        events = [pending.event for pending in group]
+        try:
+            results = self._apply(source, events)
+        except SQLAlchemyError as exc:
+            log.error(
+                "webhook %s: state database unavailable (%s); answered 503 to %d deliveries so the shop retries",
+                source.name,
+                type(exc).__name__,
+                len(group),
+            )
+            results = [Result(Outcome.UNAVAILABLE, event.topic, _DATABASE_DOWN) for event in events]
+        except Exception:  # a bug must not leave requests hanging: answer 503, keep the committer alive
+            log.exception("webhook %s: unexpected error applying %d deliveries", source.name, len(group))
+            results = [Result(Outcome.UNAVAILABLE, event.topic) for event in events]
+        return results
+
+    def _apply(self, source: SourceConfig, events: Sequence[WebhookEvent]) -> list[Result]:
+        """The answer to each event of one source, in order.
+
+        Rows are committed before the deliveries are remembered (module docstring, point 6) and pushes published
+        after both. A product listed twice is written in two rounds, in arrival order, so the store's ordering
+        guard judges each against the other.
+        """
         store = self.runtime.store
-        seen, stored_at = self._look_up(source.name, product_id, event.event_id)
-        if seen:
-            log.debug("webhook %s: delivery %s already processed", source.name, event.event_id)
-            return Outcome.REPLAY
-        if _older_than_stored(event, stored_at):
-            outcome = Outcome.STALE
-        elif event.topic == "delete":
-            deleted_at = event.triggered_at or self._undated_deletion(stored_at)
-            changed = store.mark_deleted(
-                source.name, product_id, updated_at=deleted_at, external_id=_external_id(product_id, source)
-            )
-            outcome = Outcome.DELETED if changed else Outcome.STALE
-        elif event.product is None:
-            self._dispatch_fetch(source.name, product_id)
-            outcome = Outcome.FETCH
-        else:
-            result = store.write_desired([_row(event, source)])
-            outcome = Outcome.UPDATED if result.changed else Outcome.STALE if result.stale else Outcome.UNCHANGED
-        # Remembered only now that the row is committed: see the module docstring, point 6.
-        if event.event_id:
-            store.remember_delivery(
-                source.name, event.event_id, keep=timedelta(days=self.runtime.settings.webhook_dedupe_days)
-            )
-        if outcome in _PUSHED:
-            self.dispatcher.push(source.name, [product_id], priority=True)
-        return outcome
+        seen, stored = self._look_up(source.name, events)
+        results: list[Result | None] = [None] * len(events)
+        upserts: list[tuple[int, DesiredRow]] = []
+        this_batch: set[str] = set()
+        for index, event in enumerate(events):
+            assert event.product_id is not None
+            if event.event_id is not None and (event.event_id in seen or event.event_id in this_batch):
+                log.debug("webhook %s: delivery %s already processed", source.name, event.event_id)
+                results[index] = Result(Outcome.REPLAY, event.topic)
+                continue
+            if event.event_id is not None:
+                this_batch.add(event.event_id)
+            stored_at, _ = stored.get(event.product_id, (None, None))
+            if _older_than_stored(event, stored_at):
+                results[index] = Result(Outcome.STALE, event.topic)
+            elif event.topic == "delete":
+                changed = store.mark_deleted(
+                    source.name,
+                    event.product_id,
+                    updated_at=event.triggered_at or self._undated_deletion(stored_at),
+                    external_id=_external_id(event.product_id, source),
+                )
+                results[index] = Result(Outcome.DELETED if changed else Outcome.STALE, event.topic)
+            elif event.product is None:
+                results[index] = self._fetch_one(source.name, event.product_id, event.topic)
+            else:
+                upserts.append((index, _row(event, source)))
+        for round_ in _rounds(upserts):
+            changed_ids = set(store.write_desired([row for _, row in round_]).changed_ids)
+            for index, row in round_:
+                if row.product_id in changed_ids:
+                    outcome = Outcome.UPDATED
+                elif stored.get(row.product_id, (None, None))[1] == row.content_hash:
+                    outcome = Outcome.UNCHANGED
+                else:
+                    # Older than the stored row, or than a concurrent writer's (the store's guard refused it).
+                    outcome = Outcome.STALE
+                results[index] = Result(outcome, events[index].topic)
+        final = [result or Result(Outcome.UNAVAILABLE) for result in results]
+        processed = [
+            event.event_id
+            for event, result in zip(events, final, strict=True)
+            if event.event_id is not None and result.outcome not in (Outcome.REPLAY, Outcome.UNAVAILABLE)
+        ]
+        if processed:
+            self._remember(source.name, processed)
+        pushed = [
+            event.product_id
+            for event, result in zip(events, final, strict=True)
+            if result.outcome in _PUSHED and event.product_id is not None
+        ]
+        if pushed:
+            self.dispatcher.push(source.name, list(dict.fromkeys(pushed)), priority=True)
+        return final
 
     def _undated_deletion(self, stored_at: datetime | None) -> datetime:
         """When a deletion that carries no time of its own (WooCommerce's `{"id"}`) happened, for ordering.
@@ -328,41 +453,100 @@ class Intake:
             return now
         return stored_at + DELETION_AFTER_STORED
 
-    def _look_up(self, source: str, product_id: str, event_id: str | None) -> tuple[bool, datetime | None]:
-        """(was this delivery processed already, the stored row's `source_updated_at`) in one short read."""
+    def _look_up(
+        self, source: str, events: Sequence[WebhookEvent]
+    ) -> tuple[set[str], dict[str, tuple[datetime | None, str]]]:
+        """(the delivery ids already processed, {product id: (stored `source_updated_at`, desired hash)}) in one
+        short read."""
+        event_ids = list({event.event_id for event in events if event.event_id is not None})
+        product_ids = list({event.product_id for event in events if event.product_id is not None})
         now = self._clock()
         with self.runtime.store.session() as session:
-            seen = event_id is not None and (
-                session.scalar(
-                    select(DeliveryRow.event_id).where(
-                        DeliveryRow.source == source,
-                        DeliveryRow.event_id == event_id,
-                        DeliveryRow.expires_at > now,
+            seen: set[str] = set()
+            if event_ids:
+                seen = set(
+                    session.scalars(
+                        select(DeliveryRow.event_id).where(
+                            DeliveryRow.source == source,
+                            DeliveryRow.event_id.in_(event_ids),
+                            DeliveryRow.expires_at > now,
+                        )
                     )
                 )
-                is not None
-            )
-            stored_at = session.scalar(
-                select(ProductRow.source_updated_at).where(
-                    ProductRow.source == source, ProductRow.product_id == product_id
+            rows = session.execute(
+                select(ProductRow.product_id, ProductRow.source_updated_at, ProductRow.desired_hash).where(
+                    ProductRow.source == source, ProductRow.product_id.in_(product_ids)
                 )
             )
-        return seen, stored_at
+            stored = {product_id: (updated_at, digest) for product_id, updated_at, digest in rows}
+        return seen, stored
 
-    def _dispatch_fetch(self, source: str, product_id: str) -> None:
+    def _remember(self, source: str, event_ids: Sequence[str]) -> None:
+        """Record processed delivery ids in one statement (an id already there, expired or not, stays as is)."""
+        now = self._clock()
+        expires = now + timedelta(days=self.runtime.settings.webhook_dedupe_days)
+        store = self.runtime.store
+        insert_fn = postgresql.insert if store.engine.dialect.name == "postgresql" else sqlite.insert
+        values = [
+            {"source": source, "event_id": event_id, "received_at": now, "expires_at": expires}
+            for event_id in dict.fromkeys(event_ids)
+        ]
+        with store.session() as session:
+            session.execute(
+                insert_fn(DeliveryRow).values(values).on_conflict_do_nothing(index_elements=["source", "event_id"])
+            )
+
+    def _fetch_one(self, source: str, product_id: str, topic: str) -> Result:
         fetch = self._fetch or _celery_fetch
         try:
             fetch(source, product_id)
         except Exception as exc:  # kombu raises several unrelated types for a dead broker
-            raise BrokerUnavailable(
-                f"could not enqueue sync_product for {source}/{product_id} ({type(exc).__name__})"
-            ) from exc
+            log.error(
+                "webhook %s: could not enqueue sync_product for %s (%s); answered 503 so the shop retries",
+                source,
+                product_id,
+                type(exc).__name__,
+            )
+            return Result(Outcome.UNAVAILABLE, topic, _QUEUE_DOWN)
+        return Result(Outcome.FETCH, topic)
 
     # ---- health ----------------------------------------------------------------------------------------------
 
     def check_database(self) -> None:
         with self.runtime.store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+
+def _answer(answers: list[tuple[_Pending, Result]]) -> None:
+    """Resolve the futures of a batch: one wake-up per event loop (a cross-thread call is a system call)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Result], Result]]] = {}
+    for pending, result in answers:
+        if pending.waiter is not None:
+            by_loop.setdefault(pending.waiter.get_loop(), []).append((pending.waiter, result))
+        elif pending.future is not None:
+            pending.future.set_result(result)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for these answers
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+def _resolve(items: list[tuple[asyncio.Future[Result], Result]]) -> None:
+    for future, result in items:
+        if not future.done():  # the client went away and its request was cancelled
+            future.set_result(result)
+
+
+def _rounds(upserts: list[tuple[int, DesiredRow]]) -> list[list[tuple[int, DesiredRow]]]:
+    """Split upserts so a product appears at most once per round, keeping arrival order."""
+    rounds: list[list[tuple[int, DesiredRow]]] = []
+    depth: dict[str, int] = {}
+    for item in upserts:
+        level = depth.get(item[1].product_id, 0)
+        depth[item[1].product_id] = level + 1
+        if level == len(rounds):
+            rounds.append([])
+        rounds[level].append(item)
+    return rounds
 
 
 def _usable_secrets(source: SourceConfig) -> list[str]:
@@ -548,7 +732,7 @@ def create_app(
 
 
 async def _receive(request: Request, source: SourceConfig, intake: Intake) -> Result:
-    """Read the body within the limit, then hand the delivery to a worker thread."""
+    """Read the body within the limit, verify it, then wait for the committer to apply it."""
     limit = intake.max_body
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -565,7 +749,14 @@ async def _receive(request: Request, source: SourceConfig, intake: Intake) -> Re
             return Result(Outcome.TOO_LARGE, detail=f"body larger than {limit} bytes")
         chunks.append(chunk)
     headers = {key.lower(): value for key, value in request.headers.items()}
-    return await run_in_threadpool(intake.handle, source, headers, b"".join(chunks))
+    body = b"".join(chunks)
+    if len(body) <= INLINE_VERIFY_MAX:
+        verdict = intake.verify(source, headers, body)
+    else:
+        verdict = await run_in_threadpool(intake.verify, source, headers, body)
+    if isinstance(verdict, Result):
+        return verdict
+    return await intake.submit_async(source, verdict)
 
 
 def _probe(what: str, check: Callable[[], None]) -> str:
@@ -604,7 +795,6 @@ def serve(host: str, port: int) -> None:
 __all__ = [
     "SIGNATURE_HEADERS",
     "WEBHOOK_KINDS",
-    "BrokerUnavailable",
     "Intake",
     "Outcome",
     "Result",
