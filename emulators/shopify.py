@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -136,6 +137,8 @@ BULK_STATUSES_FINAL = {"COMPLETED", "FAILED", "CANCELED", "EXPIRED"}
 BULK_FAULT_STATUSES = {"FAILED", "CANCELED", "EXPIRED"}
 BULK_ERROR_CODES = {"ACCESS_DENIED", "INTERNAL_SERVER_ERROR", "TIMEOUT"}
 WEBHOOK_TOPICS = ("products/create", "products/update", "products/delete")
+# From this Admin API version a bulk query's JSONL is not grouped by parent unless `groupObjects: true`.
+BULK_UNGROUPED_SINCE = "2026-01"
 # The emulator's well-known token, printed by the CLI; never a real credential.
 DEFAULT_ACCESS_TOKEN = "shpat_test"  # noqa: S105
 
@@ -147,6 +150,7 @@ scalar URL
 scalar HTML
 scalar Money
 scalar UnsignedInt64
+scalar Decimal
 
 enum ProductStatus { ACTIVE ARCHIVED DRAFT }
 enum ProductSortKeys { CREATED_AT ID INVENTORY_TOTAL PRODUCT_TYPE PUBLISHED_AT RELEVANCE TITLE UPDATED_AT VENDOR }
@@ -156,6 +160,7 @@ enum MediaPreviewImageStatus { FAILED PROCESSING READY UPLOADED }
 enum CropRegion { BOTTOM CENTER LEFT REGION RIGHT TOP }
 enum ImageContentType { JPG PNG WEBP }
 enum CountPrecision { AT_LEAST EXACT }
+enum CurrencyCode { CAD EUR GBP JPY USD }
 enum BulkOperationStatus { CANCELED CANCELING COMPLETED CREATED EXPIRED FAILED RUNNING }
 enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
 enum BulkOperationType { MUTATION QUERY }
@@ -245,6 +250,8 @@ type ProductVariantEdge { cursor: String! node: ProductVariant! }
 type ProductVariantConnection { edges: [ProductVariantEdge!]! nodes: [ProductVariant!]! pageInfo: PageInfo! }
 
 type Count { count: Int! precision: CountPrecision! }
+type MoneyV2 { amount: Decimal! currencyCode: CurrencyCode! }
+type ProductPriceRangeV2 { minVariantPrice: MoneyV2! maxVariantPrice: MoneyV2! }
 
 type Product implements Node {
   id: ID!
@@ -262,6 +269,7 @@ type Product implements Node {
   updatedAt: DateTime!
   publishedAt: DateTime
   totalInventory: Int!
+  priceRangeV2: ProductPriceRangeV2!
   featuredImage: Image
   featuredMedia: Media
   mediaCount: Count
@@ -316,7 +324,7 @@ type QueryRoot {
 }
 
 type Mutation {
-  bulkOperationRunQuery(query: String!, groupObjects: Boolean = true): BulkOperationRunQueryPayload
+  bulkOperationRunQuery(query: String!, groupObjects: Boolean): BulkOperationRunQueryPayload
   bulkOperationCancel(id: ID!): BulkOperationCancelPayload
 }
 """
@@ -877,6 +885,14 @@ class ProductView:
         return sum(variant.inventory_quantity for variant in self.product.variants)
 
     @property
+    def priceRangeV2(self) -> dict[str, Any]:
+        prices = sorted(Decimal(variant.price) for variant in self.product.variants) or [Decimal("0.00")]
+        return {
+            "minVariantPrice": {"amount": str(prices[0]), "currencyCode": "USD"},
+            "maxVariantPrice": {"amount": str(prices[-1]), "currencyCode": "USD"},
+        }
+
+    @property
     def featuredImage(self) -> ImageView | None:
         images = self.product.images
         return ImageView(images[0]) if images else None
@@ -921,6 +937,8 @@ class BulkOperation:
     refs: list[int | Product]
     created_at: float
     url_base: str
+    # Children directly after their parent (`groupObjects: true`), or not.
+    grouped: bool = True
     status: str = "CREATED"
     error_code: str | None = None
     completed_at: float | None = None
@@ -1042,7 +1060,9 @@ class BulkOperations:
                 op.status = "COMPLETED"
             op.completed_at = now
 
-    def start(self, query: str, url_base: str) -> tuple[BulkOperation | None, list[dict[str, Any]]]:
+    def start(
+        self, query: str, url_base: str, *, grouped: bool = True
+    ) -> tuple[BulkOperation | None, list[dict[str, Any]]]:
         running = self.current()
         if running is not None and running.running:
             message = f"A bulk query operation for this app and shop is already in progress: {running.gid}."
@@ -1070,6 +1090,7 @@ class BulkOperations:
                 refs=store.snapshot(ids),
                 created_at=self._shop.clock(),
                 url_base=url_base,
+                grouped=grouped,
             )
             self.operations.append(op)
         threading.Thread(target=self._count, args=(op,), name=f"bulk-count-{op.id}", daemon=True).start()
@@ -1156,8 +1177,12 @@ class BulkOperations:
             views = [ProductView(p, domain, bulk=True) for p in products]
             page = Connection(views, [(p.id, p.id) for p in products], False, False)
             out: list[str] = []
+            # Ungrouped output puts a chunk's children before their parents: the worst order a reader must take.
+            children: list[str] = out if op.grouped else []
             for node in _connection_nodes(_project(page, projection)):
-                _flatten(node, plan, None, out)
+                _flatten(node, plan, None, out, children)
+            if not op.grouped:
+                out = children + out
             if out:
                 yield ("\n".join(out) + "\n").encode()
 
@@ -1278,14 +1303,15 @@ def _connection_nodes(value: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return list(value.get("nodes") or [])
 
 
-def _flatten(node: Mapping[str, Any], plan: _Plan, parent_id: str | None, out: list[str]) -> None:
+def _flatten(node: Mapping[str, Any], plan: _Plan, parent_id: str | None, out: list[str], children: list[str]) -> None:
+    """One JSONL line for `node` into `out`, then its nested connections' nodes into `children`."""
     line = {key: value for key, value in node.items() if key not in plan.connections}
     if parent_id is not None:
         line["__parentId"] = parent_id
     out.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
     for key, child_plan in plan.connections.items():
         for child in _connection_nodes(node.get(key)):
-            _flatten(child, child_plan, node.get("id"), out)
+            _flatten(child, child_plan, node.get("id"), children, children)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1296,6 +1322,7 @@ def _flatten(node: Mapping[str, Any], plan: _Plan, parent_id: str | None, out: l
 class ExecutionContext:
     shop: Shop
     url_base: str
+    api_version: str = DEFAULT_API_VERSION
     actual_cost: int = 0
     search: list[dict[str, Any]] = field(default_factory=list)
 
@@ -1388,10 +1415,13 @@ class Root:
         }
 
     def bulkOperationRunQuery(
-        self, info: GraphQLResolveInfo[ExecutionContext], query: str, groupObjects: bool = True
+        self, info: GraphQLResolveInfo[ExecutionContext], query: str, groupObjects: bool | None = None
     ) -> dict[str, Any]:
         context: ExecutionContext = info.context
-        op, errors = context.shop.bulk.start(query, context.url_base)
+        if groupObjects is None:  # the default changed in 2026-01 (`unstable` follows the newest)
+            version = context.api_version
+            groupObjects = version[:1].isdigit() and version < BULK_UNGROUPED_SINCE
+        op, errors = context.shop.bulk.start(query, context.url_base, grouped=groupObjects)
         return {"bulkOperation": BulkOperationView(op) if op is not None else None, "userErrors": errors}
 
     def bulkOperationCancel(self, info: GraphQLResolveInfo[ExecutionContext], id: str) -> dict[str, Any]:
@@ -1433,7 +1463,12 @@ class GraphQLEndpoint:
         self.shop = shop
 
     def run(
-        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, url_base: str
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None,
+        operation_name: str | None,
+        url_base: str,
+        api_version: str = DEFAULT_API_VERSION,
     ) -> dict[str, Any]:
         shop = self.shop
         try:
@@ -1468,7 +1503,7 @@ class GraphQLEndpoint:
             shop.stats.bump("throttled")
             error = _error("Throttled", "THROTTLED", documentation=RATE_LIMIT_DOCS)
             return {"errors": [error], "extensions": {"cost": self._cost(requested, None)}}
-        context = ExecutionContext(shop, url_base=url_base)
+        context = ExecutionContext(shop, url_base=url_base, api_version=api_version)
         result = execute(
             SCHEMA,
             document,
@@ -1896,7 +1931,7 @@ async def graphql_endpoint(request: Request) -> Response:
         return _json({"errors": {"query": "Required parameter missing or invalid"}}, 400)
     if variables is not None and not isinstance(variables, dict):
         return _json({"errors": [{"message": "Variables must be a JSON object"}]}, 200)
-    body = await run_in_threadpool(shop.graphql.run, query, variables, operation_name, _url_base(request))
+    body = await run_in_threadpool(shop.graphql.run, query, variables, operation_name, _url_base(request), version)
     return _json(body, 200, _api_headers(shop, version))
 
 

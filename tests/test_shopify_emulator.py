@@ -17,6 +17,7 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -318,13 +319,23 @@ def test_requested_cost_is_computed_before_running_and_the_unused_part_is_refund
             2 + 5 * (1 + 2 + 4 * (1 + 2)),
         ),
         ('query { productsCount(query: "status:active") { count } }', 1),
+        ("{ products(first: 2) { nodes { priceRangeV2 { minVariantPrice { amount currencyCode } } } } }", 2 + 2 * 3),
         (
             'mutation { bulkOperationRunQuery(query: "{ products { edges { node { id } } } }") '
             "{ userErrors { message } } }",
             10,
         ),
     ],
-    ids=["object", "connection", "nested-objects", "interface-fragment", "dearest-possible-type", "count", "mutation"],
+    ids=[
+        "object",
+        "connection",
+        "nested-objects",
+        "interface-fragment",
+        "dearest-possible-type",
+        "count",
+        "price-range",
+        "mutation",
+    ],
 )
 def test_query_cost_rules(query: str, expected: int) -> None:
     with emulator(products=3) as (client, _):
@@ -497,6 +508,43 @@ def _nodes_sorted(client: httpx.Client, selection: str, clock: FakeClock) -> lis
         if not body["data"]["products"]["pageInfo"]["hasNextPage"]:
             return out
         after = body["data"]["products"]["pageInfo"]["endCursor"]
+
+
+@pytest.mark.parametrize(
+    ("version", "group_objects", "grouped"),
+    [("2025-07", None, True), ("2025-10", False, False), ("2026-01", None, False), ("2026-01", True, True)],
+    ids=["2025-07-default", "2025-10-false", "2026-01-default", "2026-01-true"],
+)
+def test_bulk_output_grouping_follows_group_objects_and_its_default_per_api_version(
+    version: str, group_objects: bool | None, grouped: bool
+) -> None:
+    argument = "" if group_objects is None else f", groupObjects: {str(group_objects).lower()}"
+    mutation = (
+        f"mutation($q: String!) {{ bulkOperationRunQuery(query: $q{argument}) {{ bulkOperation {{ id }} "
+        "userErrors { message } } }"
+    )
+    query = "{ products { edges { node { id media { edges { node { id } } } } } } }"
+    clock = FakeClock()
+    with emulator(products=30, seed=22, clock=clock, bulk_duration=1) as (client, shop):
+        answer = client.post(
+            f"/admin/api/{version}/graphql.json", json={"query": mutation, "variables": {"q": query}}, headers=_auth()
+        ).json()
+        assert answer["data"]["bulkOperationRunQuery"]["userErrors"] == []
+        assert shop.bulk.operations[-1].counted.wait(10)
+        clock.advance(1)
+        url = gql(client, CURRENT)["data"]["currentBulkOperation"]["url"]
+        lines = [json.loads(line) for line in client.get(url).text.splitlines()]
+
+    parents_seen: list[str] = []
+    follows_parent = True
+    for line in lines:
+        if "__parentId" in line:
+            follows_parent = follows_parent and bool(parents_seen) and line["__parentId"] == parents_seen[-1]
+        else:
+            parents_seen.append(line["id"])
+    assert len(parents_seen) == 30
+    assert {line["__parentId"] for line in lines if "__parentId" in line} <= set(parents_seen)
+    assert follows_parent is grouped
 
 
 def test_bulk_export_is_a_snapshot_taken_when_the_operation_starts() -> None:
@@ -680,6 +728,20 @@ def test_rest_filters_fields_single_product_and_errors() -> None:
     assert unauthorized.status_code == 401
     assert bad_limit.status_code == 400
     assert bad_date.status_code == 400
+
+
+def test_price_range_matches_the_variant_prices() -> None:
+    query = """{ products(first: 30) { nodes { legacyResourceId
+        priceRangeV2 { minVariantPrice { amount currencyCode } maxVariantPrice { amount } } } } }"""
+    with emulator(products=30, seed=23) as (client, _):
+        nodes = gql(client, query)["data"]["products"]["nodes"]
+        variants = {p["id"]: [Decimal(v["price"]) for v in p["variants"]] for p in _rest_all(client)}
+
+    for node in nodes:
+        prices = variants[int(node["legacyResourceId"])]
+        assert Decimal(node["priceRangeV2"]["minVariantPrice"]["amount"]) == min(prices)
+        assert Decimal(node["priceRangeV2"]["maxVariantPrice"]["amount"]) == max(prices)
+        assert node["priceRangeV2"]["minVariantPrice"]["currencyCode"] == "USD"
 
 
 def test_rest_product_has_the_fields_of_the_real_2024_04_shape() -> None:
