@@ -65,7 +65,7 @@ from config.sources import SourceConfig
 from connectors.base import Connector, WebhookEvent
 from worker.errors import InvalidSignature, SkippedProduct
 from worker.plan import desired_row, external_id_for, skipped_row
-from worker.state import DeliveryRow, DesiredRow, ProductRow, utcnow
+from worker.state import DELETED, DeliveryRow, DesiredRow, ProductRow, utcnow
 
 if TYPE_CHECKING:
     from worker.operations import Dispatcher
@@ -363,7 +363,7 @@ class Intake:
         source = group[0].source
         events = [pending.event for pending in group]
         try:
-            results = self._apply(source, events)
+            results = self.apply(source, events)
         except SQLAlchemyError as exc:
             log.error(
                 "webhook %s: state database unavailable (%s); answered 503 to %d deliveries so the shop retries",
@@ -377,18 +377,35 @@ class Intake:
             results = [Result(Outcome.UNAVAILABLE, event.topic) for event in events]
         return results
 
-    def _apply(self, source: SourceConfig, events: Sequence[WebhookEvent]) -> list[Result]:
-        """The answer to each event of one source, in order.
+    def apply(self, source: SourceConfig, events: Sequence[WebhookEvent]) -> list[Result]:
+        """The answer to each event of one source, in order, as if each had come alone.
 
-        Rows are committed before the deliveries are remembered (module docstring, point 6) and pushes published
-        after both. A product listed twice is written in two rounds, in arrival order, so the store's ordering
-        guard judges each against the other.
+        Upserts are written together; a product listed twice is written in two rounds, in arrival order, so the
+        store's ordering guard judges each against the other, and upserts that arrived before a deletion are
+        written before it. Rows are committed before the deliveries are remembered (module docstring, point 6)
+        and pushes published after both.
         """
         store = self.runtime.store
-        seen, stored = self._look_up(source.name, events)
+        seen, state = self._look_up(source.name, events)
         results: list[Result | None] = [None] * len(events)
         upserts: list[tuple[int, DesiredRow]] = []
         this_batch: set[str] = set()
+
+        def write_upserts() -> None:
+            for round_ in _rounds(upserts):
+                changed_ids = set(store.write_desired([row for _, row in round_]).changed_ids)
+                for index, row in round_:
+                    if row.product_id in changed_ids:
+                        outcome = Outcome.UPDATED
+                        state[row.product_id] = (row.updated_at, row.content_hash)
+                    elif state.get(row.product_id, (None, None))[1] == row.content_hash:
+                        outcome = Outcome.UNCHANGED
+                    else:
+                        # Older than the stored row, or than a concurrent writer's (the store's guard refused it).
+                        outcome = Outcome.STALE
+                    results[index] = Result(outcome, events[index].topic)
+            upserts.clear()
+
         for index, event in enumerate(events):
             assert event.product_id is not None
             if event.event_id is not None and (event.event_id in seen or event.event_id in this_batch):
@@ -397,32 +414,27 @@ class Intake:
                 continue
             if event.event_id is not None:
                 this_batch.add(event.event_id)
-            stored_at, _ = stored.get(event.product_id, (None, None))
+            if event.topic == "delete":
+                write_upserts()
+            stored_at = state.get(event.product_id, (None, None))[0]
             if _older_than_stored(event, stored_at):
                 results[index] = Result(Outcome.STALE, event.topic)
             elif event.topic == "delete":
+                deleted_at = event.triggered_at or self._undated_deletion(stored_at)
                 changed = store.mark_deleted(
                     source.name,
                     event.product_id,
-                    updated_at=event.triggered_at or self._undated_deletion(stored_at),
+                    updated_at=deleted_at,
                     external_id=_external_id(event.product_id, source),
                 )
+                if changed:
+                    state[event.product_id] = (deleted_at, DELETED)
                 results[index] = Result(Outcome.DELETED if changed else Outcome.STALE, event.topic)
             elif event.product is None:
                 results[index] = self._fetch_one(source.name, event.product_id, event.topic)
             else:
                 upserts.append((index, _row(event, source)))
-        for round_ in _rounds(upserts):
-            changed_ids = set(store.write_desired([row for _, row in round_]).changed_ids)
-            for index, row in round_:
-                if row.product_id in changed_ids:
-                    outcome = Outcome.UPDATED
-                elif stored.get(row.product_id, (None, None))[1] == row.content_hash:
-                    outcome = Outcome.UNCHANGED
-                else:
-                    # Older than the stored row, or than a concurrent writer's (the store's guard refused it).
-                    outcome = Outcome.STALE
-                results[index] = Result(outcome, events[index].topic)
+        write_upserts()
         final = [result or Result(Outcome.UNAVAILABLE) for result in results]
         processed = [
             event.event_id
