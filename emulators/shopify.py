@@ -9,9 +9,12 @@ Surfaces (all on one Starlette app; `create_app()`, state at `app.state.shop`):
   its most expensive possible type; a mutation 10), over 1,000 is refused with `MAX_COST_EXCEEDED`, the requested
   cost must fit in a leaky bucket (`THROTTLED` otherwise, HTTP 200 as Shopify does), and the unused part is refunded
   after execution (`actualQueryCost` counts what was returned).
-- Bulk operations: the JSONL result is generated on the fly from a snapshot of product references and streamed
-  (`GET /_emulator/bulk/{id}.jsonl`, the operation's `url`); each nested connection's nodes are separate lines with
-  `__parentId`, after their parent.
+- Bulk operations (CREATED → RUNNING → COMPLETED on the clock, or a configured FAILED/CANCELED/EXPIRED): the JSONL
+  result is generated on the fly from a snapshot of product references and streamed (`GET /_emulator/bulk/{id}.jsonl`,
+  the operation's `url`); each nested connection's nodes are separate lines with `__parentId`, right after their
+  parent when grouped (`groupObjects`, whose default is true before API version 2026-01 and false from it). The
+  validated bulk query is compiled once and projected onto the same views the GraphQL endpoint resolves, because
+  graphql-core's executor would take minutes for a 20,000-product shop.
 - Legacy REST `GET /admin/api/{version}/products.json` (Link `page_info` paging, `X-Shopify-Shop-Api-Call-Limit`,
   429 + `Retry-After: 2.0`), `products/{id}.json`, `products/count.json`.
 - Storefront `GET /products.json?limit=&page=` (active products only; silently empty past page×limit 25,000).
@@ -335,10 +338,9 @@ SCHEMA: GraphQLSchema = build_schema(SCHEMA_SDL)
 class QueryRejected(Exception):
     """A query refused before execution (bad paging arguments); becomes a top-level GraphQL error."""
 
-    def __init__(self, message: str, nodes: Sequence[FieldNode] = (), code: str | None = None) -> None:
+    def __init__(self, message: str, nodes: Sequence[FieldNode] = ()) -> None:
         super().__init__(message)
         self.nodes = list(nodes)
-        self.code = code
 
 
 # ----------------------------------------------------------------------------------------------------------------

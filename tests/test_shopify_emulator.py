@@ -249,6 +249,9 @@ def test_bad_queries_get_clear_graphql_errors() -> None:
         no_token = client.post(GRAPHQL, json={"query": "{ shop { name } }"})
         wrong_token = client.post(GRAPHQL, json={"query": "{ shop { name } }"}, headers={"X-Shopify-Access-Token": "x"})
         not_json = client.post(GRAPHQL, content=b"{", headers={**_auth(), "Content-Type": "application/json"})
+        raw_graphql = client.post(
+            GRAPHQL, content=b"{ shop { name } }", headers={**_auth(), "Content-Type": "application/graphql"}
+        )
 
     assert no_size["errors"][0]["message"] == "you must provide one of first or last"
     assert "between 0 and 250" in too_big["errors"][0]["message"]
@@ -264,6 +267,8 @@ def test_bad_queries_get_clear_graphql_errors() -> None:
             "errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"
         }
     assert not_json.status_code == 400
+    assert raw_graphql.json()["data"] == {"shop": {"name": "catalog-sync demo shop"}}
+    assert raw_graphql.headers["x-shopify-api-version"] == VERSION
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -913,8 +918,9 @@ def test_edits_send_signed_webhooks_that_can_be_replayed() -> None:
 
     assert registered.status_code == 201
     assert replay.status_code == 202
-    topics = [headers["x-shopify-topic"] for headers, _ in first_three]
-    assert topics == ["products/update", "products/create", "products/delete"]
+    # Deliveries travel concurrently, as Shopify's do: match them by topic, not by arrival order.
+    by_topic = {headers["x-shopify-topic"]: (headers, body) for headers, body in first_three}
+    assert set(by_topic) == {"products/update", "products/create", "products/delete"}
     for headers, body in received:
         assert headers["x-shopify-hmac-sha256"] == _expected_hmac("s3cret", body)
         assert headers["content-type"] == "application/json"
@@ -922,11 +928,12 @@ def test_edits_send_signed_webhooks_that_can_be_replayed() -> None:
         assert headers["x-shopify-api-version"] == shop.api_version
         assert headers["x-shopify-webhook-id"] and headers["x-shopify-event-id"]
         assert datetime.fromisoformat(headers["x-shopify-triggered-at"].replace("Z", "+00:00"))
-    update = json.loads(first_three[0][1])
+    update = json.loads(by_topic["products/update"][1])
     assert (update["id"], update["title"]) == (product_id, "Webhook me")
-    assert json.loads(first_three[2][1]) == {"id": created}
+    assert json.loads(by_topic["products/create"][1])["id"] == created
+    assert json.loads(by_topic["products/delete"][1]) == {"id": created}
     replayed_headers, replayed_body = received[3]
-    original_headers, original_body = first_three[0]
+    original_headers, original_body = by_topic["products/update"]
     assert replayed_body == original_body
     for name in ("x-shopify-webhook-id", "x-shopify-event-id", "x-shopify-hmac-sha256"):
         assert replayed_headers[name] == original_headers[name]
@@ -979,7 +986,9 @@ def test_signature_matches_shopifys_own_test_vector() -> None:
 def test_config_changes_buckets_and_reset_restores_the_generated_shop() -> None:
     with emulator(products=6, clock=FakeClock()) as (client, shop):
         victim = shop.store.matching_ids("ID", reverse=False, product_filter=None)[0]
-        configured = client.post("/_emulator/config", json={"bucket_size": 60, "restore_rate": 5, "rest_bucket": 10})
+        configured = client.post(
+            "/_emulator/config", json={"bucket_size": 60, "restore_rate": 5, "rest_bucket": 10, "latency": 0}
+        )
         status = gql(client, "{ shop { name } }")["extensions"]["cost"]["throttleStatus"]
         rejected = [
             client.post("/_emulator/config", json=body)
@@ -991,7 +1000,15 @@ def test_config_changes_buckets_and_reset_restores_the_generated_shop() -> None:
         stats = client.get("/_emulator/stats").json()
         resized = client.post("/_emulator/reset", json={"products": 9})
 
-    assert configured.json()["bucket_size"] == 60
+    assert configured.json() == {
+        "bucket_size": 60.0,
+        "restore_rate": 5.0,
+        "rest_bucket": 10,
+        "rest_leak": 2.0,
+        "latency": 0.0,
+        "bulk_duration": 2.0,
+        "bulk_fault": None,
+    }
     assert status == {"maximumAvailable": 60.0, "currentlyAvailable": 59, "restoreRate": 5.0}
     assert all(r.status_code == 400 for r in rejected)
     assert reset.json() == {"products": 6}
