@@ -9,25 +9,20 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
-from tests.worker_helpers import broker_url_for, flush_broker, wait_for_run_and_convergence, worker_running
-from worker.celery_app import app as celery
-from worker.celery_app import configure
+from tests.sync_helpers import SOURCE, SyncWorld, feed_item, write_feed
+from tests.worker_helpers import (
+    broker_world,
+    flush_broker,
+    sync_through_worker,
+    wait_for_run_and_convergence,
+    worker_running,
+)
 from worker.operations import reconcile, run_sync
 
 
 @pytest.fixture
-def broker_url(redis_url: str) -> Iterator[str]:
-    url = broker_url_for(redis_url)
-    flush_broker(url)
-    yield url
-    flush_broker(url)
-
-
-@pytest.fixture
-def world(tmp_path: Path, broker_url: str) -> Iterator[SyncWorld]:
-    with sync_world(tmp_path, broker_url=broker_url, redis_url=broker_url, requeue_after=0.0) as w:
-        configure(celery, w.runtime.settings, w.runtime.sources)
+def world(tmp_path: Path, redis_url: str) -> Iterator[SyncWorld]:
+    with broker_world(tmp_path, redis_url, requeue_after=0.0) as w:
         yield w
 
 
@@ -35,8 +30,7 @@ def test_a_feed_reaches_the_catalog_through_a_real_worker(world: SyncWorld, tmp_
     items = [feed_item(str(n), images=(n % 4) + 1) for n in range(60)] + [feed_item("d", status="draft")]
     write_feed(world.feed, items)
     with worker_running(world, tmp_path):
-        celery.send_task("catalog_sync.sync_source", (SOURCE, "full"), queue="sync")
-        wait_for_run_and_convergence(world, SOURCE)
+        sync_through_worker(world, SOURCE, "full")
 
     catalog = world.catalog_products()
     assert sorted(catalog) == sorted(str(n) for n in range(60))
@@ -45,15 +39,14 @@ def test_a_feed_reaches_the_catalog_through_a_real_worker(world: SyncWorld, tmp_
     assert world.stats()["upserts"] == 60
 
 
-def test_messages_lost_with_redis_still_converge_through_reconcile(
-    world: SyncWorld, tmp_path: Path, broker_url: str
-) -> None:
+def test_messages_lost_with_redis_still_converge_through_reconcile(world: SyncWorld, tmp_path: Path) -> None:
     from worker.tasks import dispatcher
 
     write_feed(world.feed, [feed_item(str(n)) for n in range(25)])
     run_sync(world.runtime, SOURCE, "full", dispatcher)  # 25 push messages now wait in Redis
-    assert redis.Redis.from_url(broker_url).llen("push") == 25
-    redis.Redis.from_url(broker_url).flushdb()  # ... and are lost
+    broker = world.runtime.settings.broker_url
+    assert redis.Redis.from_url(broker).llen("push") == 25
+    flush_broker(broker)  # ... and are lost
 
     with worker_running(world, tmp_path):
         assert reconcile(world.runtime, dispatcher) == 25

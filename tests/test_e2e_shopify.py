@@ -13,10 +13,8 @@ import pytest
 
 from emulators import shopify as shopify_emulator
 from emulators.server import BackgroundServer, running
-from tests.sync_helpers import SyncWorld, sync_world
-from tests.worker_helpers import broker_url_for, flush_broker, wait_for_run_and_convergence, worker_running
-from worker.celery_app import app as celery
-from worker.celery_app import configure
+from tests.sync_helpers import SyncWorld
+from tests.worker_helpers import broker_world, sync_through_worker, worker_running
 
 SOURCE = "shop"
 PRODUCTS = 2_000
@@ -31,21 +29,12 @@ def shop() -> Iterator[BackgroundServer]:
 
 @pytest.fixture
 def world(tmp_path: Path, shop: BackgroundServer, redis_url: str) -> Iterator[SyncWorld]:
-    broker = broker_url_for(redis_url)
-    flush_broker(broker)
     sources = (
         f'[[sources]]\nname = "{SOURCE}"\nkind = "shopify"\nurl = "{shop.url}"\n'
         f'access_token = "{shopify_emulator.DEFAULT_ACCESS_TOKEN}"\nexternal_id = "shopify-{{id}}"\n'
     )
-    with sync_world(tmp_path, sources=sources, broker_url=broker, redis_url=broker) as w:
-        configure(celery, w.runtime.settings, w.runtime.sources)
+    with broker_world(tmp_path, redis_url, sources=sources) as w:
         yield w
-    flush_broker(broker)
-
-
-def sync(world: SyncWorld, mode: str, after_run: int = 0) -> int:
-    celery.send_task("catalog_sync.sync_source", (SOURCE, mode), queue="sync")
-    return wait_for_run_and_convergence(world, SOURCE, after_run=after_run)
 
 
 def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
@@ -57,7 +46,7 @@ def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
     ]
     admin = httpx.Client(base_url=shop.url)
     with worker_running(world, tmp_path):
-        first = sync(world, "full")
+        first = sync_through_worker(world, SOURCE, "full")
 
         catalog = world.catalog_products()
         assert set(catalog) == {f"shopify-{p.id}" for p in listed}
@@ -75,7 +64,7 @@ def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
             admin.delete(f"/_emulator/products/{product_id}").raise_for_status()
         world.reset_stats()
 
-        second = sync(world, "incremental", after_run=first)
+        second = sync_through_worker(world, SOURCE, "incremental", after_run=first)
 
         stats = world.stats()
         assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (20, 3, 23)
@@ -84,7 +73,7 @@ def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
         assert not {f"shopify-{i}" for i in archived} & set(catalog)
 
         world.reset_stats()
-        sync(world, "full", after_run=second)
+        sync_through_worker(world, SOURCE, "full", after_run=second)
 
         stats = world.stats()
         assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (0, 5, 5)

@@ -11,10 +11,8 @@ import pytest
 
 from emulators import woocommerce as woo_emulator
 from emulators.server import BackgroundServer, running
-from tests.sync_helpers import SyncWorld, sync_world
-from tests.worker_helpers import broker_url_for, flush_broker, wait_for_run_and_convergence, worker_running
-from worker.celery_app import app as celery
-from worker.celery_app import configure
+from tests.sync_helpers import SyncWorld
+from tests.worker_helpers import broker_world, sync_through_worker, worker_running
 
 SOURCE = "woo"
 PRODUCTS = 1_000
@@ -28,22 +26,13 @@ def store() -> Iterator[BackgroundServer]:
 
 @pytest.fixture
 def world(tmp_path: Path, store: BackgroundServer, redis_url: str) -> Iterator[SyncWorld]:
-    broker = broker_url_for(redis_url)
-    flush_broker(broker)
     key, secret = woo_emulator.DEFAULT_CONSUMER_KEY, woo_emulator.DEFAULT_CONSUMER_SECRET
     sources = (
         f'[[sources]]\nname = "{SOURCE}"\nkind = "woocommerce"\nurl = "{store.url}"\n'
         f'consumer_key = "{key}"\nconsumer_secret = "{secret}"\n'
     )
-    with sync_world(tmp_path, sources=sources, broker_url=broker, redis_url=broker) as w:
-        configure(celery, w.runtime.settings, w.runtime.sources)
+    with broker_world(tmp_path, redis_url, sources=sources) as w:
         yield w
-    flush_broker(broker)
-
-
-def sync(world: SyncWorld, mode: str, after_run: int = 0) -> int:
-    celery.send_task("catalog_sync.sync_source", (SOURCE, mode), queue="sync")
-    return wait_for_run_and_convergence(world, SOURCE, after_run=after_run)
 
 
 def test_a_store_syncs_and_its_edits_trashes_and_restores_reach_the_catalog(
@@ -55,7 +44,7 @@ def test_a_store_syncs_and_its_edits_trashes_and_restores_reach_the_catalog(
     ]
     admin = httpx.Client(base_url=store.url)
     with worker_running(world, tmp_path):
-        first = sync(world, "full")
+        first = sync_through_worker(world, SOURCE, "full")
 
         synced = {r.external_id for r in world.runtime.store.products(SOURCE, statuses=["synced"])}
         assert len(synced) == len(listed)
@@ -69,7 +58,7 @@ def test_a_store_syncs_and_its_edits_trashes_and_restores_reach_the_catalog(
             admin.post(f"/_emulator/products/{product_id}/trash").raise_for_status()
         world.reset_stats()
 
-        second = sync(world, "incremental", after_run=first)
+        second = sync_through_worker(world, SOURCE, "incremental", after_run=first)
 
         stats = world.stats()
         assert (stats["upserts"], stats["deletes"]) == (20, 3)
@@ -79,7 +68,7 @@ def test_a_store_syncs_and_its_edits_trashes_and_restores_reach_the_catalog(
 
         admin.post(f"/_emulator/products/{trashed[0]}/restore").raise_for_status()
         world.reset_stats()
-        sync(world, "incremental", after_run=second)
+        sync_through_worker(world, SOURCE, "incremental", after_run=second)
 
         assert (world.stats()["upserts"], world.stats()["deletes"]) == (1, 0)
         assert str(trashed[0]) in world.catalog_products()

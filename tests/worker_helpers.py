@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.sync_helpers import API_KEY, SyncWorld
+from tests.sync_helpers import API_KEY, SyncWorld, sync_world
+from worker.celery_app import app as celery
+from worker.celery_app import configure
 
 # Redis database for end-to-end tests: flushed freely, so no other test's messages are consumed or lost.
 BROKER_DB = 12
@@ -83,3 +85,22 @@ def wait_for_run_and_convergence(world: SyncWorld, source: str, *, after_run: in
             return run.id
         time.sleep(0.2)
     pytest.fail(f"{source} did not converge within {CONVERGE_TIMEOUT}s: {store.status_counts(source)}")
+
+
+@contextmanager
+def broker_world(tmp_path: Path, redis_url: str, **kwargs: object) -> Iterator[SyncWorld]:
+    """`sync_world` on the end-to-end Redis database, with this process's Celery app publishing there."""
+    broker = broker_url_for(redis_url)
+    flush_broker(broker)
+    try:
+        with sync_world(tmp_path, broker_url=broker, redis_url=broker, **kwargs) as world:  # type: ignore[arg-type]
+            configure(celery, world.runtime.settings, world.runtime.sources)
+            yield world
+    finally:
+        flush_broker(broker)
+
+
+def sync_through_worker(world: SyncWorld, source: str, mode: str, *, after_run: int = 0) -> int:
+    """Enqueue a sync of `source` for the running worker and wait for it; returns the run id."""
+    celery.send_task("catalog_sync.sync_source", (source, mode), queue="sync")
+    return wait_for_run_and_convergence(world, source, after_run=after_run)
