@@ -118,10 +118,13 @@ def test_a_full_run_marks_unseen_products_for_deletion(store: Store) -> None:
     second = store.start_run("shop", "full")
     store.write_desired([row("1"), row("2")], run_id=second)
 
-    assert store.count_missing("shop", second) == (1, 3)
-    assert store.mark_missing_for_deletion("shop", second) == ["3"]
+    started = utcnow()
+    store.write_desired([row("4")])  # created by a webhook while the run was reading
+
+    assert store.count_missing("shop", second, started) == (1, 4)
+    assert store.mark_missing_for_deletion("shop", second, started) == ["3"]
     assert store.get("shop", "3").desired_hash == DELETED  # type: ignore[union-attr]
-    assert store.count_missing("shop", second) == (0, 2)
+    assert store.count_missing("shop", second, started) == (0, 3)
 
 
 def test_a_deletion_of_an_unknown_product_leaves_a_tombstone_that_stops_a_late_update(store: Store) -> None:

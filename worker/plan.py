@@ -220,7 +220,7 @@ def _delete_missing(
     default_share: float,
     allow_mass_delete: bool,
 ) -> None:
-    missing, total = store.count_missing(source.name, report.run_id)
+    missing, total = store.count_missing(source.name, report.run_id, report.started_at)
     if missing == 0:
         return
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
@@ -238,7 +238,7 @@ def _delete_missing(
             source.name,
         )
         return
-    ids = store.mark_missing_for_deletion(source.name, report.run_id)
+    ids = store.mark_missing_for_deletion(source.name, report.run_id, report.started_at)
     report.counts["removed"] += len(ids)
     if ids:
         on_changed(source.name, ids)

@@ -69,9 +69,11 @@ def push(
 ) -> Outcome:
     """Converge one row. `force` ignores a scheduled retry time and a `failed` status (admin re-sync)."""
     if store.source_pause(source) is not None and not force:
+        store.mark_dequeued(source, product_id)
         return Outcome.PAUSED
     claim = store.claim(source, product_id, lease_seconds=settings.lease_seconds, force=force)
     if claim is None:
+        store.mark_dequeued(source, product_id)
         return Outcome.NOOP
     try:
         outcome = _converge(catalog, claim)

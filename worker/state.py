@@ -387,16 +387,23 @@ class Store:
         result = session.execute(stmt.returning(ProductRow.product_id))
         return [r[0] for r in result]
 
-    def mark_missing_for_deletion(self, source: str, run_id: int) -> list[str]:
+    @staticmethod
+    def _unseen(source: str, run_id: int, started_at: datetime) -> list[Any]:
+        # Not listed by the run, and not written since it started: a product a webhook created while the run was
+        # reading is new, not gone.
+        return [
+            ProductRow.source == source,
+            ProductRow.desired_hash != DELETED,
+            or_(ProductRow.seen_run_id.is_(None), ProductRow.seen_run_id != run_id),
+            ProductRow.changed_at < started_at,
+        ]
+
+    def mark_missing_for_deletion(self, source: str, run_id: int, started_at: datetime) -> list[str]:
         """After a complete full run: products the source no longer lists become deletions. Returns their ids."""
         with self.session() as session:
             result = session.execute(
                 update(ProductRow)
-                .where(
-                    ProductRow.source == source,
-                    or_(ProductRow.seen_run_id.is_(None), ProductRow.seen_run_id != run_id),
-                    ProductRow.desired_hash != DELETED,
-                )
+                .where(*self._unseen(source, run_id, started_at))
                 .values(
                     desired_payload=None,
                     desired_hash=DELETED,
@@ -413,20 +420,26 @@ class Store:
             )
             return [r[0] for r in result]
 
-    def count_missing(self, source: str, run_id: int) -> tuple[int, int]:
+    def count_missing(self, source: str, run_id: int, started_at: datetime) -> tuple[int, int]:
         """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
         with self.session() as session:
             live = and_(ProductRow.source == source, ProductRow.desired_hash != DELETED)
             total = session.scalar(select(func.count()).select_from(ProductRow).where(live)) or 0
-            missing = (
-                session.scalar(
-                    select(func.count())
-                    .select_from(ProductRow)
-                    .where(live, or_(ProductRow.seen_run_id.is_(None), ProductRow.seen_run_id != run_id))
-                )
-                or 0
-            )
+            unseen = self._unseen(source, run_id, started_at)
+            missing = session.scalar(select(func.count()).select_from(ProductRow).where(*unseen)) or 0
         return missing, total
+
+    def mark_dequeued(self, source: str, product_id: str) -> None:
+        """A push message was consumed without a lease (paused source, not yet due): reconcile may send another
+        when the row is due, instead of waiting `requeue_after` for a message that is gone."""
+        with self.session() as session:
+            session.execute(
+                update(ProductRow)
+                .where(
+                    ProductRow.source == source, ProductRow.product_id == product_id, ProductRow.lease_until.is_(None)
+                )
+                .values(enqueued_at=None)
+            )
 
     def mark_deleted(
         self, source: str, product_id: str, *, updated_at: datetime | None, external_id: str | None = None
