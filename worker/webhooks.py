@@ -18,9 +18,10 @@ One delivery, in order (STYLE.md item 10: nothing is parsed before it is verifie
    dated by Shopify's trigger time, or on arrival for WooCommerce (which sends no time) but never before the state
    we hold; a complete product becomes the desired row; a partial one (WooCommerce variable products and
    variations) is handed to the `sync_product` task, which fetches it.
-6. The delivery id is remembered only *after* the row is committed. If the database fails midway the answer is
-   503 and nothing was remembered, so the shop's retry is processed rather than dropped as a replay; processing a
-   delivery twice is harmless (an unchanged hash writes nothing, the store refuses older rows).
+6. The delivery id is remembered only *after* the row is committed (and after the answer, to spare it a commit).
+   If the database fails midway the answer is 503 and nothing was remembered, so the shop's retry is processed
+   rather than dropped as a replay; processing a delivery twice is harmless (an unchanged hash writes nothing, the
+   store refuses older rows), so neither is a re-delivery racing the remembering.
 7. A push is published on `push.priority`; a broker that is down is logged by the dispatcher and the answer is
    still 200 (the row is committed and `reconcile` delivers it). A partial product has no row to fall back on, so
    a broker that cannot take its `sync_product` task makes the answer 503 and the shop retries.
@@ -352,10 +353,12 @@ class Intake:
             by_source: dict[str, list[_Pending]] = {}
             for pending in batch:
                 by_source.setdefault(pending.source.name, []).append(pending)
-            answers: list[tuple[_Pending, Result]] = []
-            for group in by_source.values():
-                answers += zip(group, self._commit_group(group), strict=True)
-            _answer(answers)
+            done = [(group, self._commit_group(group)) for group in by_source.values()]
+            _answer([answer for group, results in done for answer in zip(group, results, strict=True)])
+            # Remembered after answering: the rows are committed, so a re-delivery racing this write is applied
+            # again, harmlessly, and the answer does not wait for one more commit.
+            for group, results in done:
+                self._remember_group(group, results)
             if stopping:
                 return
 
@@ -363,7 +366,7 @@ class Intake:
         source = group[0].source
         events = [pending.event for pending in group]
         try:
-            results = self.apply(source, events)
+            results = self.apply(source, events, remember=False)
         except SQLAlchemyError as exc:
             log.error(
                 "webhook %s: state database unavailable (%s); answered 503 to %d deliveries so the shop retries",
@@ -377,13 +380,25 @@ class Intake:
             results = [Result(Outcome.UNAVAILABLE, event.topic) for event in events]
         return results
 
-    def apply(self, source: SourceConfig, events: Sequence[WebhookEvent]) -> list[Result]:
+    def _remember_group(self, group: list[_Pending], results: list[Result]) -> None:
+        source = group[0].source.name
+        try:
+            self._remember(source, _processed([pending.event for pending in group], results))
+        except SQLAlchemyError as exc:
+            log.warning(
+                "webhook %s: could not record %d delivery ids (%s); a re-delivery will be applied again",
+                source,
+                len(group),
+                type(exc).__name__,
+            )
+
+    def apply(self, source: SourceConfig, events: Sequence[WebhookEvent], *, remember: bool = True) -> list[Result]:
         """The answer to each event of one source, in order, as if each had come alone.
 
         Upserts are written together; a product listed twice is written in two rounds, in arrival order, so the
         store's ordering guard judges each against the other, and upserts that arrived before a deletion are
-        written before it. Rows are committed before the deliveries are remembered (module docstring, point 6)
-        and pushes published after both.
+        written before it. Rows are committed before the deliveries are remembered (module docstring, point 6;
+        the committer passes `remember=False` and remembers after answering) and pushes published after the rows.
         """
         store = self.runtime.store
         seen, state = self._look_up(source.name, events)
@@ -436,13 +451,8 @@ class Intake:
                 upserts.append((index, _row(event, source)))
         write_upserts()
         final = [result or Result(Outcome.UNAVAILABLE) for result in results]
-        processed = [
-            event.event_id
-            for event, result in zip(events, final, strict=True)
-            if event.event_id is not None and result.outcome not in (Outcome.REPLAY, Outcome.UNAVAILABLE)
-        ]
-        if processed:
-            self._remember(source.name, processed)
+        if remember:
+            self._remember(source.name, _processed(events, final))
         pushed = [
             event.product_id
             for event, result in zip(events, final, strict=True)
@@ -495,6 +505,8 @@ class Intake:
 
     def _remember(self, source: str, event_ids: Sequence[str]) -> None:
         """Record processed delivery ids in one statement (an id already there, expired or not, stays as is)."""
+        if not event_ids:
+            return
         now = self._clock()
         expires = now + timedelta(days=self.runtime.settings.webhook_dedupe_days)
         store = self.runtime.store
@@ -503,10 +515,11 @@ class Intake:
             {"source": source, "event_id": event_id, "received_at": now, "expires_at": expires}
             for event_id in dict.fromkeys(event_ids)
         ]
+        # Parameters as a list (executemany) rather than `.values(rows)`: the statement is then compiled once and
+        # cached, whatever the batch size.
+        statement = insert_fn(DeliveryRow).on_conflict_do_nothing(index_elements=["source", "event_id"])
         with store.session() as session:
-            session.execute(
-                insert_fn(DeliveryRow).values(values).on_conflict_do_nothing(index_elements=["source", "event_id"])
-            )
+            session.execute(statement, values)
 
     def _fetch_one(self, source: str, product_id: str, topic: str) -> Result:
         fetch = self._fetch or _celery_fetch
@@ -527,6 +540,15 @@ class Intake:
     def check_database(self) -> None:
         with self.runtime.store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+
+def _processed(events: Sequence[WebhookEvent], results: Sequence[Result]) -> list[str]:
+    """The delivery ids to remember: every delivery applied, whatever its outcome, but no replay or failure."""
+    return [
+        event.event_id
+        for event, result in zip(events, results, strict=True)
+        if event.event_id is not None and result.outcome not in (Outcome.REPLAY, Outcome.UNAVAILABLE)
+    ]
 
 
 def _answer(answers: list[tuple[_Pending, Result]]) -> None:
