@@ -9,8 +9,9 @@ small asyncio HTTP/1.1 client over keep-alive connections, in two phases of the 
 - intake: signed `products/update` deliveries, each a different product with its own event id, so every one is
   verified, looked up, written, remembered and published as a push on `push.priority` (nothing is a replay).
 
-Prints both rates, intake ÷ baseline, the deliveries' p50/p99 answer time, and whether every delivery answered 200
-`updated` (a delivery that did not is a failure of the run, not a slower figure). The target is ≥ 500/s.
+Prints both rates, intake ÷ baseline, the server's CPU time per request in each phase (read from `/proc`: steadier
+than a rate when other work shares the machine), the deliveries' p50/p99 answer time, and whether every delivery
+answered 200 `updated` (a delivery that did not is a failure of the run, not a slower figure). Target: ≥ 500/s.
 
     .venv/bin/python bench/bench_webhook_intake.py --database postgres --requests 5000 --connections 32
     .venv/bin/python bench/bench_webhook_intake.py --database sqlite
@@ -209,6 +210,12 @@ def remove_messages(broker_url: str, sources: set[str]) -> int:
     return removed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (Linux `/proc`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -297,10 +304,14 @@ def run(args: argparse.Namespace, database: str) -> dict[str, float]:
                 wait_healthy(f"http://127.0.0.1:{port}", server, log)
                 unknown = deliveries(f"nobody-{token}", args.requests + WARMUP_REQUESTS, 1)
                 drive(port, unknown[:WARMUP_REQUESTS], args.connections)
+                cpu = cpu_seconds(server.pid)
                 base_elapsed, _, base_answers = drive(port, unknown[WARMUP_REQUESTS:], args.connections)
+                base_cpu = cpu_seconds(server.pid) - cpu
                 signed = deliveries(source, args.requests + WARMUP_REQUESTS, 1)
                 drive(port, signed[:WARMUP_REQUESTS], args.connections)
+                cpu = cpu_seconds(server.pid)
                 elapsed, latencies, answers = drive(port, signed[WARMUP_REQUESTS:], args.connections)
+                intake_cpu = cpu_seconds(server.pid) - cpu
         finally:
             removed = remove_messages(broker_url, {source})
     accepted = sum(1 for status, body in answers if status == 200 and b'"updated"' in body)
@@ -314,6 +325,8 @@ def run(args: argparse.Namespace, database: str) -> dict[str, float]:
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
         "removed": removed,
+        "baseline_cpu_ms": base_cpu / args.requests * 1000,
+        "cpu_ms": intake_cpu / args.requests * 1000,
     }
 
 
@@ -338,6 +351,8 @@ def main() -> None:
             f"[{database}] verified deliveries:        {result['rate']:8.0f} /s   "
             f"= {result['rate'] / result['baseline_rate']:.2f} x baseline   target >= 500/s: "
             f"{'met' if result['rate'] >= 500 else 'NOT met'}\n"
+            f"[{database}] server CPU per request: baseline {result['baseline_cpu_ms']:.2f} ms, "
+            f"delivery {result['cpu_ms']:.2f} ms (one free core would allow {1000 / result['cpu_ms']:.0f}/s)\n"
             f"[{database}] answer time p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms "
             f"(mean {result['mean_ms']:.1f} ms at {args.connections} in flight)\n"
             f"[{database}] answered 200 updated: {result['accepted']:.0f}/{args.requests}"

@@ -26,11 +26,13 @@ One delivery, in order (STYLE.md item 10: nothing is parsed before it is verifie
    still 200 (the row is committed and `reconcile` delivers it). A partial product has no row to fall back on, so
    a broker that cannot take its `sync_product` task makes the answer 503 and the shop retries.
 
-Database work and publishing are blocking, so they never run on the event loop: verified events go to one committer
-thread, which applies whatever has queued up as one batch per source (one read, one upsert, one insert of delivery
-ids, one publish on a shared producer), then answers each request. Alone, a delivery is a batch of one; under load
-a commit serves many, which is what lets one process take hundreds of deliveries a second on a small machine. The
-answer comes after the commit and the publish, in milliseconds, with no call to the shop or the catalog.
+Database work and publishing are blocking, so they never run on the event loop: verified events go to a committer
+thread, which applies whatever has queued up as one batch per source (one read, one upsert), then to a publisher
+thread, which publishes the batch's pushes on one producer, answers its requests and records its delivery ids (one
+insert). Alone, a delivery is a batch of one; under load a statement and a commit serve many, and one batch's
+database round trips overlap the previous one's publishing, which is what lets one process take hundreds of
+deliveries a second on a small machine. The answer comes after the commit and the publish, in milliseconds, with
+no call to the shop or the catalog.
 """
 
 from __future__ import annotations
@@ -166,6 +168,17 @@ _QUEUE_DOWN = "queue unavailable"
 
 
 @dataclass(frozen=True, slots=True)
+class _Applied:
+    """A group whose rows are committed, on its way to the publisher: pushes to send, answers to give, delivery
+    ids to remember."""
+
+    group: list[_Pending]
+    results: list[Result]
+    pushes: list[str]
+    processed: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class _Pending:
     source: SourceConfig
     event: WebhookEvent
@@ -175,7 +188,7 @@ class _Pending:
 
 
 class Intake:
-    """Verification (on the request's side) and the committer thread that applies verified events.
+    """Verification (on the request's side), and the committer and publisher threads that apply verified events.
 
     `runtime` None means the process's runtime (`get_runtime()`), resolved on first use; `dispatcher` None means
     the Celery dispatcher; `fetch` None publishes `sync_product` on Celery.
@@ -196,7 +209,10 @@ class Intake:
         self._connectors: dict[str, Connector] = {}
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._committer: threading.Thread | None = None
+        self._applied: queue.SimpleQueue[_Applied | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        # Delivery ids applied but not yet remembered in the database: a re-delivery meanwhile is still a replay.
+        self._unremembered: set[tuple[str, str]] = set()
 
     # ---- wiring ----------------------------------------------------------------------------------------------
 
@@ -231,6 +247,12 @@ class Intake:
 
     def warm(self) -> None:
         """Resolve the runtime and build every webhook source's connector (at startup, off the event loop)."""
+        if not any(self.endpoint_source(name) for name in self.runtime.sources):
+            log.warning(
+                "no source has a webhook endpoint: every POST /webhooks/... answers 404 (sources are read from %s; "
+                "a shop source needs webhook_secret)",
+                self.runtime.settings.config,
+            )
         for name, source in self.runtime.sources.items():
             if self.endpoint_source(name) is not None:
                 self._connector(source)
@@ -242,12 +264,13 @@ class Intake:
                 )
 
     def close(self) -> None:
-        """Finish what is queued, stop the committer, close the connectors."""
+        """Finish what is queued, stop the committer and the publisher, close the connectors."""
         with self._lock:
-            committer, self._committer = self._committer, None
-        if committer is not None:
+            threads, self._threads = self._threads, []
+        if threads:
             self._queue.put(None)
-            committer.join(COMMITTER_STOP_TIMEOUT)
+            for thread in threads:
+                thread.join(COMMITTER_STOP_TIMEOUT)
         with self._lock:
             connectors, self._connectors = list(self._connectors.values()), {}
         for connector in connectors:
@@ -322,22 +345,28 @@ class Intake:
 
     def _enqueue(self, pending: _Pending) -> None:
         with self._lock:
-            if self._committer is None:
-                self._committer = threading.Thread(target=self._commit_loop, name="webhook-committer", daemon=True)
-                self._committer.start()
+            if not self._threads:
+                self._threads = [
+                    threading.Thread(target=self._commit_loop, name="webhook-committer", daemon=True),
+                    threading.Thread(target=self._publish_loop, name="webhook-publisher", daemon=True),
+                ]
+                for thread in self._threads:
+                    thread.start()
         self._queue.put(pending)
 
-    # ---- the committer ---------------------------------------------------------------------------------------
+    # ---- the committer and the publisher ---------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
-        """Apply whatever queued up while the previous batch was being written.
+        """Apply whatever queued up while the previous batch was being written, then hand it to the publisher.
 
-        Under load one read, one write, one remember and one publish serve many deliveries (a commit, not the
-        rows, is what costs); a delivery that arrives alone waits for nobody.
+        Under load one read, one write and one remember serve many deliveries (a statement and a commit, not the
+        rows, are what cost); a delivery that arrives alone waits for nobody. Publishing runs on its own thread,
+        so the next batch's database round trips overlap this batch's publishing.
         """
         while True:
             first = self._queue.get()
             if first is None:
+                self._applied.put(None)
                 return
             batch = [first]
             stopping = False
@@ -353,20 +382,17 @@ class Intake:
             by_source: dict[str, list[_Pending]] = {}
             for pending in batch:
                 by_source.setdefault(pending.source.name, []).append(pending)
-            done = [(group, self._commit_group(group)) for group in by_source.values()]
-            _answer([answer for group, results in done for answer in zip(group, results, strict=True)])
-            # Remembered after answering: the rows are committed, so a re-delivery racing this write is applied
-            # again, harmlessly, and the answer does not wait for one more commit.
-            for group, results in done:
-                self._remember_group(group, results)
+            for group in by_source.values():
+                self._applied.put(self._commit_group(group))
             if stopping:
+                self._applied.put(None)
                 return
 
-    def _commit_group(self, group: list[_Pending]) -> list[Result]:
+    def _commit_group(self, group: list[_Pending]) -> _Applied:
         source = group[0].source
         events = [pending.event for pending in group]
         try:
-            results = self.apply(source, events, remember=False)
+            results, pushes = self._write(source, events)
         except SQLAlchemyError as exc:
             log.error(
                 "webhook %s: state database unavailable (%s); answered 503 to %d deliveries so the shop retries",
@@ -374,31 +400,59 @@ class Intake:
                 type(exc).__name__,
                 len(group),
             )
-            results = [Result(Outcome.UNAVAILABLE, event.topic, _DATABASE_DOWN) for event in events]
+            return _Applied(group, [Result(Outcome.UNAVAILABLE, e.topic, _DATABASE_DOWN) for e in events], [], [])
         except Exception:  # a bug must not leave requests hanging: answer 503, keep the committer alive
             log.exception("webhook %s: unexpected error applying %d deliveries", source.name, len(group))
-            results = [Result(Outcome.UNAVAILABLE, event.topic) for event in events]
+            return _Applied(group, [Result(Outcome.UNAVAILABLE, e.topic) for e in events], [], [])
+        processed = _processed(events, results)
+        with self._lock:
+            self._unremembered.update((source.name, event_id) for event_id in processed)
+        return _Applied(group, results, pushes, processed)
+
+    def _publish_loop(self) -> None:
+        """Publish each committed group's pushes, answer its requests, then remember its delivery ids.
+
+        Remembered after answering: the rows are committed, so nothing is lost if this fails, and a re-delivery
+        in between is still recognized (`_unremembered`), so the answer does not wait for one more commit.
+        """
+        while True:
+            applied = self._applied.get()
+            if applied is None:
+                return
+            source = applied.group[0].source.name
+            if applied.pushes:
+                try:
+                    self.dispatcher.push(source, applied.pushes, priority=True)
+                except Exception:  # the dispatcher logs a dead broker itself; this is anything else
+                    log.exception("webhook %s: publishing %d push(es) failed", source, len(applied.pushes))
+            _answer(list(zip(applied.group, applied.results, strict=True)))
+            try:
+                self._remember(source, applied.processed)
+            except SQLAlchemyError as exc:
+                log.warning(
+                    "webhook %s: could not record %d delivery ids (%s); a re-delivery will be applied again",
+                    source,
+                    len(applied.processed),
+                    type(exc).__name__,
+                )
+            finally:
+                with self._lock:
+                    self._unremembered.difference_update((source, event_id) for event_id in applied.processed)
+
+    def apply(self, source: SourceConfig, events: Sequence[WebhookEvent]) -> list[Result]:
+        """Apply events of one source in this thread (write, remember, publish); their answers, in order."""
+        results, pushes = self._write(source, events)
+        self._remember(source.name, _processed(events, results))
+        if pushes:
+            self.dispatcher.push(source.name, pushes, priority=True)
         return results
 
-    def _remember_group(self, group: list[_Pending], results: list[Result]) -> None:
-        source = group[0].source.name
-        try:
-            self._remember(source, _processed([pending.event for pending in group], results))
-        except SQLAlchemyError as exc:
-            log.warning(
-                "webhook %s: could not record %d delivery ids (%s); a re-delivery will be applied again",
-                source,
-                len(group),
-                type(exc).__name__,
-            )
-
-    def apply(self, source: SourceConfig, events: Sequence[WebhookEvent], *, remember: bool = True) -> list[Result]:
-        """The answer to each event of one source, in order, as if each had come alone.
+    def _write(self, source: SourceConfig, events: Sequence[WebhookEvent]) -> tuple[list[Result], list[str]]:
+        """The answer to each event of one source, in order, as if each had come alone, and the products to push.
 
         Upserts are written together; a product listed twice is written in two rounds, in arrival order, so the
         store's ordering guard judges each against the other, and upserts that arrived before a deletion are
-        written before it. Rows are committed before the deliveries are remembered (module docstring, point 6;
-        the committer passes `remember=False` and remembers after answering) and pushes published after the rows.
+        written before it. Nothing is remembered or published here: both come after the rows are committed.
         """
         store = self.runtime.store
         seen, state = self._look_up(source.name, events)
@@ -451,16 +505,12 @@ class Intake:
                 upserts.append((index, _row(event, source)))
         write_upserts()
         final = [result or Result(Outcome.UNAVAILABLE) for result in results]
-        if remember:
-            self._remember(source.name, _processed(events, final))
-        pushed = [
+        pushes = [
             event.product_id
             for event, result in zip(events, final, strict=True)
             if result.outcome in _PUSHED and event.product_id is not None
         ]
-        if pushed:
-            self.dispatcher.push(source.name, list(dict.fromkeys(pushed)), priority=True)
-        return final
+        return final, list(dict.fromkeys(pushes))
 
     def _undated_deletion(self, stored_at: datetime | None) -> datetime:
         """When a deletion that carries no time of its own (WooCommerce's `{"id"}`) happened, for ordering.
@@ -501,6 +551,8 @@ class Intake:
                 )
             )
             stored = {product_id: (updated_at, digest) for product_id, updated_at, digest in rows}
+        with self._lock:
+            seen.update(event_id for event_id in event_ids if (source, event_id) in self._unremembered)
         return seen, stored
 
     def _remember(self, source: str, event_ids: Sequence[str]) -> None:
