@@ -355,6 +355,7 @@ def main() -> None:
             f"delivery {result['cpu_ms']:.2f} ms (one free core would allow {1000 / result['cpu_ms']:.0f}/s)\n"
             f"[{database}] answer time p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms "
             f"(mean {result['mean_ms']:.1f} ms at {args.connections} in flight)\n"
+            f"[{database}] 1-minute load average after the run: {os.getloadavg()[0]:.2f}\n"
             f"[{database}] answered 200 updated: {result['accepted']:.0f}/{args.requests}"
             f"{'' if ok else '  <-- FAILED'}; push messages cleaned from the broker: {result['removed']:.0f}"
         )

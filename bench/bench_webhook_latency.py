@@ -251,7 +251,8 @@ def main() -> None:
         )
         print(
             f"  targets under load: p50 <= 100 ms {'met' if p50 <= 0.1 else 'NOT met'} ({p50 * 1000:.0f} ms), "
-            f"p99 <= 1 s {'met' if p99 <= 1.0 else 'NOT met'} ({p99 * 1000:.0f} ms)"
+            f"p99 <= 1 s {'met' if p99 <= 1.0 else 'NOT met'} ({p99 * 1000:.0f} ms); "
+            f"1-minute load average {os.getloadavg()[0]:.2f}"
         )
 
 
