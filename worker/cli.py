@@ -419,17 +419,29 @@ def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO") -> 
 def run(
     embedded: Annotated[bool, typer.Option("--embedded", help="Worker and beat in this process, no broker.")] = False,
     concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 4,
+    host: Annotated[str, typer.Option(help="Webhook server interface.")] = "127.0.0.1",
+    webhook_port: Annotated[int, typer.Option(help="Webhook server port (0: no webhook server).")] = 8080,
 ) -> None:
-    """Run everything in one process on the in-process broker (the embedded default)."""
+    """Run everything in one process on the in-process broker: worker, beat and the webhook server."""
     if not embedded:
-        console.print("use `catalog-sync worker` and `catalog-sync beat` with a broker, or pass --embedded")
+        console.print("use `catalog-sync worker`, `beat` and `serve` with a broker, or pass --embedded")
         raise typer.Exit(EXIT_USAGE)
+    from contextlib import ExitStack
+
+    from emulators.server import BackgroundServer
     from worker.embedded import embedded_worker
 
     runtime = _runtime(embedded=True)
     logging.getLogger().setLevel(logging.INFO)
     console.print(f"catalog-sync embedded: {len(runtime.sources)} source(s), state in {runtime.settings.database_url}")
-    with embedded_worker(runtime, concurrency=concurrency, beat=True):
+    with ExitStack() as stack:
+        stack.enter_context(embedded_worker(runtime, concurrency=concurrency, beat=True))
+        if webhook_port:
+            from worker.webhooks import create_app
+
+            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port).start()
+            stack.callback(server.stop)
+            console.print(f"webhooks: POST {server.url}/webhooks/<source>; health: {server.url}/healthz")
         try:
             while True:
                 time.sleep(1)
