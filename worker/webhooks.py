@@ -802,7 +802,7 @@ def create_app(
         try:
             yield
         finally:
-            intake.close()
+            await run_in_threadpool(intake.close)
 
     app = Starlette(
         routes=[
