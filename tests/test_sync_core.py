@@ -284,7 +284,7 @@ def test_a_single_product_resync_fetches_and_pushes_it(world: SyncWorld) -> None
 
 
 class _NullDispatcher:
-    """A broker that loses every message."""
+    """A broker that takes every message and loses it."""
 
-    def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> None:
-        return None
+    def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> bool:
+        return True

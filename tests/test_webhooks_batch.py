@@ -25,8 +25,9 @@ class RecordingDispatcher:
     def __init__(self) -> None:
         self.pushed: list[tuple[str, list[str], bool]] = []
 
-    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> None:
+    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> bool:
         self.pushed.append((source, list(product_ids), priority))
+        return True
 
 
 class Fetches:

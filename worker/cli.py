@@ -323,12 +323,14 @@ def retry(
     runtime = _runtime()
     store = runtime.store
     rows = [r for r in store.failures(source) if not product or r.product_id in product]
+    from worker.operations import dispatch
+
     count = store.retry_failed(source, product)
     for name in {r.source for r in rows} | ({source} if source else set()):
         store.resume_source(name)
     dispatcher = _dispatcher(runtime, inline)
     for name in {r.source for r in rows}:
-        dispatcher.push(name, [r.product_id for r in rows if r.source == name], priority=True)
+        dispatch(runtime, dispatcher, name, [r.product_id for r in rows if r.source == name], priority=True)
     if inline:
         for name in {r.source for r in rows}:
             dispatcher.drain(name, timeout=600)

@@ -24,7 +24,7 @@ class InlineDispatcher:
         self._sleep = sleep
         self.outcomes: dict[Outcome, int] = {}
 
-    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> None:
+    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> bool:
         runtime = self.runtime
         for product_id in product_ids:
             outcome = Outcome.SUPERSEDED
@@ -33,6 +33,7 @@ class InlineDispatcher:
                     runtime.store, runtime.catalog(), source, product_id, settings=runtime.push_settings, force=force
                 )
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        return True
 
     def drain(self, source: str, *, timeout: float) -> int:
         """Push what is due until the source has converged or `timeout` passes; returns rows still pending."""

@@ -19,9 +19,25 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
-    """Sends push work on its way: onto a queue, or straight into this process."""
+    """Sends push work on its way: onto a queue, or straight into this process. Returns False when the work could
+    not be handed over (a broker that is down): the caller clears the rows' enqueued stamps so reconcile sends them
+    as soon as it can."""
 
-    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> None: ...
+    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> bool: ...
+
+
+def dispatch(
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    source: str,
+    product_ids: Sequence[str],
+    *,
+    priority: bool = False,
+    force: bool = False,
+) -> None:
+    """Hand pushes to the dispatcher; when it cannot take them, let the next reconcile pass resend them."""
+    if product_ids and not dispatcher.push(source, product_ids, priority=priority, force=force):
+        runtime.store.clear_enqueued(source, product_ids)
 
 
 class SyncInProgress(SyncError):
@@ -58,7 +74,7 @@ def run_sync(
                 connector,
                 source,
                 mode=mode,
-                on_changed=lambda name, ids: dispatcher.push(name, ids),
+                on_changed=lambda name, ids: dispatch(runtime, dispatcher, name, ids),
                 mass_delete_share=runtime.settings.mass_delete_share,
                 allow_mass_delete=allow_mass_delete,
             )
@@ -82,7 +98,7 @@ def sync_product(
         row = skipped_row(skip, source, utcnow())
         changed = row is not None and runtime.store.write_desired([row], force=force).changed > 0
         if changed:
-            dispatcher.push(source_name, [product_id], priority=True, force=force)
+            dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
         return changed
     finally:
         connector.close()
@@ -98,7 +114,7 @@ def sync_product(
             row = skipped
         changed = runtime.store.write_desired([row], force=force).changed > 0
     if changed or force:
-        dispatcher.push(source_name, [product_id], priority=True, force=force)
+        dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
     return changed
 
 
@@ -109,7 +125,7 @@ def reconcile(runtime: Runtime, dispatcher: Dispatcher) -> int:
     for source, product_id in due:
         by_source.setdefault(source, []).append(product_id)
     for source, ids in by_source.items():
-        dispatcher.push(source, ids)
+        dispatch(runtime, dispatcher, source, ids)
     if due:
         log.info("reconcile dispatched %d push(es)", len(due))
     return len(due)

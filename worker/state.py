@@ -354,7 +354,9 @@ class Store:
     def _upsert_rows(self, session: Session, values: list[dict[str, Any]], *, force: bool) -> list[str]:
         dialect = session.get_bind().dialect.name
         insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert_fn(ProductRow).values(values)
+        # The rows go as executemany parameters, not `.values(rows)`: the statement is then compiled once per dialect
+        # and `force`, and cached, instead of once per call (SQLAlchemy's insertmanyvalues still sends one INSERT).
+        stmt = insert_fn(ProductRow)
         excluded = stmt.excluded
         table = ProductRow.__table__.c
         converged_status = case(
@@ -384,7 +386,7 @@ class Store:
                 excluded.source_updated_at >= table.source_updated_at,
             )
         stmt = stmt.on_conflict_do_update(index_elements=["source", "product_id"], set_=set_, where=where)
-        result = session.execute(stmt.returning(ProductRow.product_id))
+        result = session.execute(stmt.returning(ProductRow.product_id), values)
         return [r[0] for r in result]
 
     @staticmethod
@@ -428,6 +430,15 @@ class Store:
             unseen = self._unseen(source, run_id, started_at)
             missing = session.scalar(select(func.count()).select_from(ProductRow).where(*unseen)) or 0
         return missing, total
+
+    def clear_enqueued(self, source: str, product_ids: Sequence[str]) -> None:
+        """The push messages for these rows never reached the broker: reconcile may send them at once."""
+        with self.session() as session:
+            session.execute(
+                update(ProductRow)
+                .where(ProductRow.source == source, ProductRow.product_id.in_(list(product_ids)))
+                .values(enqueued_at=None)
+            )
 
     def mark_dequeued(self, source: str, product_id: str) -> None:
         """A push message was consumed without a lease (paused source, not yet due): reconcile may send another
@@ -854,6 +865,47 @@ class Store:
         )
         with self.session() as session:
             return session.execute(stmt).first() is not None
+
+    def remember_deliveries(self, source: str, event_ids: Sequence[str], *, now: datetime, keep: timedelta) -> None:
+        """Record processed delivery ids in one statement (an id already there, expired or not, stays as is)."""
+        if not event_ids:
+            return
+        values = [
+            {"source": source, "event_id": event_id, "received_at": now, "expires_at": now + keep}
+            for event_id in dict.fromkeys(event_ids)
+        ]
+        insert_fn = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        # Parameters as a list (executemany) rather than `.values(rows)`: the statement is compiled once and cached.
+        statement = insert_fn(DeliveryRow).on_conflict_do_nothing(index_elements=["source", "event_id"])
+        with self.session() as session:
+            session.execute(statement, values)
+
+    def delivery_context(
+        self, source: str, event_ids: Sequence[str], product_ids: Sequence[str], *, now: datetime
+    ) -> tuple[set[str], dict[str, tuple[datetime | None, str]]]:
+        """For a batch of webhook deliveries, in one short read: the delivery ids already processed (and not
+        expired), and each known product's stored `source_updated_at` and desired hash."""
+        with self.session() as session:
+            seen: set[str] = set()
+            if event_ids:
+                seen = set(
+                    session.scalars(
+                        select(DeliveryRow.event_id).where(
+                            DeliveryRow.source == source,
+                            DeliveryRow.event_id.in_(list(event_ids)),
+                            DeliveryRow.expires_at > now,
+                        )
+                    )
+                )
+            stored: dict[str, tuple[datetime | None, str]] = {}
+            if product_ids:
+                rows = session.execute(
+                    select(ProductRow.product_id, ProductRow.source_updated_at, ProductRow.desired_hash).where(
+                        ProductRow.source == source, ProductRow.product_id.in_(list(product_ids))
+                    )
+                )
+                stored = {product_id: (updated_at, digest) for product_id, updated_at, digest in rows}
+        return seen, stored
 
     def forget_delivery(self, source: str, event_id: str) -> None:
         """Undo `remember_delivery` when processing failed, so the shop's retry is not dropped as a replay."""

@@ -22,7 +22,7 @@ class CeleryDispatcher:
     delivers them once the broker is back.
     """
 
-    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> None:
+    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> bool:
         queue = QUEUE_PRIORITY if priority else QUEUE_PUSH
         try:
             with app.producer_or_acquire() as producer:
@@ -42,6 +42,8 @@ class CeleryDispatcher:
                 type(exc).__name__,
                 exc,
             )
+            return False
+        return True
 
 
 dispatcher = CeleryDispatcher()

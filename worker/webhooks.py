@@ -55,8 +55,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -68,7 +67,7 @@ from config.sources import SourceConfig
 from connectors.base import Connector, WebhookEvent
 from worker.errors import InvalidSignature, SkippedProduct
 from worker.plan import desired_row, external_id_for, skipped_row
-from worker.state import DELETED, DeliveryRow, DesiredRow, ProductRow, utcnow
+from worker.state import DELETED, DesiredRow, utcnow
 
 if TYPE_CHECKING:
     from worker.operations import Dispatcher
@@ -422,7 +421,8 @@ class Intake:
             source = applied.group[0].source.name
             if applied.pushes:
                 try:
-                    self.dispatcher.push(source, applied.pushes, priority=True)
+                    if not self.dispatcher.push(source, applied.pushes, priority=True):
+                        self.runtime.store.clear_enqueued(source, applied.pushes)
                 except Exception:  # the dispatcher logs a dead broker itself; this is anything else
                     log.exception("webhook %s: publishing %d push(es) failed", source, len(applied.pushes))
             _answer(list(zip(applied.group, applied.results, strict=True)))
@@ -443,8 +443,8 @@ class Intake:
         """Apply events of one source in this thread (write, remember, publish); their answers, in order."""
         results, pushes = self._write(source, events)
         self._remember(source.name, _processed(events, results))
-        if pushes:
-            self.dispatcher.push(source.name, pushes, priority=True)
+        if pushes and not self.dispatcher.push(source.name, pushes, priority=True):
+            self.runtime.store.clear_enqueued(source.name, pushes)
         return results
 
     def _write(self, source: SourceConfig, events: Sequence[WebhookEvent]) -> tuple[list[Result], list[str]]:
@@ -532,46 +532,15 @@ class Intake:
         short read."""
         event_ids = list({event.event_id for event in events if event.event_id is not None})
         product_ids = list({event.product_id for event in events if event.product_id is not None})
-        now = self._clock()
-        with self.runtime.store.session() as session:
-            seen: set[str] = set()
-            if event_ids:
-                seen = set(
-                    session.scalars(
-                        select(DeliveryRow.event_id).where(
-                            DeliveryRow.source == source,
-                            DeliveryRow.event_id.in_(event_ids),
-                            DeliveryRow.expires_at > now,
-                        )
-                    )
-                )
-            rows = session.execute(
-                select(ProductRow.product_id, ProductRow.source_updated_at, ProductRow.desired_hash).where(
-                    ProductRow.source == source, ProductRow.product_id.in_(product_ids)
-                )
-            )
-            stored = {product_id: (updated_at, digest) for product_id, updated_at, digest in rows}
+        seen, stored = self.runtime.store.delivery_context(source, event_ids, product_ids, now=self._clock())
         with self._lock:
             seen.update(event_id for event_id in event_ids if (source, event_id) in self._unremembered)
         return seen, stored
 
     def _remember(self, source: str, event_ids: Sequence[str]) -> None:
         """Record processed delivery ids in one statement (an id already there, expired or not, stays as is)."""
-        if not event_ids:
-            return
-        now = self._clock()
-        expires = now + timedelta(days=self.runtime.settings.webhook_dedupe_days)
-        store = self.runtime.store
-        insert_fn = postgresql.insert if store.engine.dialect.name == "postgresql" else sqlite.insert
-        values = [
-            {"source": source, "event_id": event_id, "received_at": now, "expires_at": expires}
-            for event_id in dict.fromkeys(event_ids)
-        ]
-        # Parameters as a list (executemany) rather than `.values(rows)`: the statement is then compiled once and
-        # cached, whatever the batch size.
-        statement = insert_fn(DeliveryRow).on_conflict_do_nothing(index_elements=["source", "event_id"])
-        with store.session() as session:
-            session.execute(statement, values)
+        keep = timedelta(days=self.runtime.settings.webhook_dedupe_days)
+        self.runtime.store.remember_deliveries(source, event_ids, now=self._clock(), keep=keep)
 
     def _fetch_one(self, source: str, product_id: str, topic: str) -> Result:
         fetch = self._fetch or _celery_fetch
