@@ -270,6 +270,15 @@ def test_lost_messages_are_redelivered_by_reconcile(tmp_path: Path) -> None:
         assert sorted(world.catalog_products()) == [str(n) for n in range(5)]
 
 
+def test_pushes_a_dead_broker_refused_are_resent_by_the_next_reconcile(world: SyncWorld) -> None:
+    write_feed(world.feed, [feed_item(str(n)) for n in range(3)])
+    run_sync(world.runtime, SOURCE, "full", _DeadBroker())
+
+    due = world.runtime.store.take_due(limit=10, requeue_after=world.runtime.settings.requeue_after)
+
+    assert sorted(product_id for _, product_id in due) == ["0", "1", "2"]
+
+
 def test_a_single_product_resync_fetches_and_pushes_it(world: SyncWorld) -> None:
     write_feed(world.feed, [feed_item("1"), feed_item("2")])
     dispatcher = InlineDispatcher(world.runtime)
@@ -288,3 +297,10 @@ class _NullDispatcher:
 
     def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> bool:
         return True
+
+
+class _DeadBroker:
+    """A broker that refuses every message."""
+
+    def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> bool:
+        return False
