@@ -61,7 +61,7 @@ class Env:
         return self.runtime.store.get(source, product_id)
 
     def pushed(self) -> list[tuple[str, str]]:
-        return [(m.args[0], m.args[1]) for m in self.queues.messages() if m.task == "catalog_sync.push"]
+        return self.queues.pushed()
 
 
 def serve_env(database_url: str, tmp_path: Path, unique: str) -> Iterator[Env]:

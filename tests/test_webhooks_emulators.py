@@ -64,7 +64,7 @@ class Setup:
         return self.runtime.store.get(source, str(product_id))
 
     def pushes(self, source: str) -> list[str]:
-        return [m.args[1] for m in self.queues.messages() if m.task == "catalog_sync.push" and m.args[0] == source]
+        return [product_id for name, product_id in self.queues.pushed() if name == source]
 
 
 @pytest.fixture

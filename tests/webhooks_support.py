@@ -176,6 +176,16 @@ class Queues:
         # LPUSH puts the newest first.
         return found[::-1]
 
+    def pushed(self, queue: str = "push.priority") -> list[tuple[str, str]]:
+        """(source, product id) of every push waiting in `queue`, whether sent alone or in a `push_many` chunk."""
+        found: list[tuple[str, str]] = []
+        for message in self.messages(queue):
+            if message.task == "catalog_sync.push":
+                found.append((message.args[0], message.args[1]))
+            elif message.task == "catalog_sync.push_many":
+                found.extend((message.args[0], product_id) for product_id in message.args[1])
+        return found
+
     def clear(self) -> None:
         for queue in ("push.priority", "push", "sync"):
             for raw in self.client.lrange(queue, 0, -1):

@@ -70,6 +70,7 @@ def configure(
             "catalog_sync.reconcile": {"queue": QUEUE_PRIORITY},
             "catalog_sync.housekeeping": {"queue": QUEUE_PRIORITY},
             "catalog_sync.push": {"queue": QUEUE_PUSH},
+            "catalog_sync.push_many": {"queue": QUEUE_PUSH},
         },
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_hijack_root_logger=False,
