@@ -132,3 +132,46 @@ def test_a_broken_feed_fails_the_run_with_exit_status_1(world: SyncWorld) -> Non
 
     assert result.returncode == 1
     assert as_json(result)["outcome"] == "failed"
+
+
+def test_sources_checks_that_each_source_can_be_read(world: SyncWorld, tmp_path: Path) -> None:
+    write_feed(world.feed, [feed_item("1")])
+    config = Path(world.runtime.settings.config)
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + f'\n[[sources]]\nname = "gone"\nkind = "feed"\nurl = "{tmp_path / "missing.json"}"\n',
+        encoding="utf-8",
+    )
+
+    result = cli(world, "sources")
+
+    assert result.returncode == 1
+    assert SOURCE in result.stdout
+    assert "ok" in result.stdout
+    assert "SourceError" in result.stdout
+
+
+def test_an_unmigrated_postgresql_database_is_refused_until_db_upgrade(
+    world: SyncWorld, postgres_url: str, unique: str
+) -> None:
+    import sqlalchemy
+
+    schema_name = f"cli_{unique}"
+    admin = sqlalchemy.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema_name}"'))
+    env = {"CATALOG_SYNC_DATABASE_URL": f"{postgres_url}?options=-csearch_path%3D{schema_name}"}
+    try:
+        refused = cli(world, "status", extra_env=env)
+        upgraded = cli(world, "db", "upgrade", extra_env=env)
+        accepted = cli(world, "status", "--json", extra_env=env)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema_name}" CASCADE'))
+        admin.dispose()
+
+    assert refused.returncode == 2
+    assert "run `catalog-sync db upgrade`" in refused.stderr
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert accepted.returncode == 0, accepted.stderr
+    assert as_json(accepted)[SOURCE]["products"] == {}

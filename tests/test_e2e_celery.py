@@ -3,6 +3,7 @@ emulator over sockets. Uses its own Redis database so no other test's messages a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import redis
 from tests.sync_helpers import SOURCE, SyncWorld, feed_item, write_feed
 from tests.worker_helpers import (
     broker_world,
+    catalog_sync,
     flush_broker,
     sync_through_worker,
     wait_for_run_and_convergence,
@@ -53,3 +55,14 @@ def test_messages_lost_with_redis_still_converge_through_reconcile(world: SyncWo
         wait_for_run_and_convergence(world, SOURCE)
 
     assert len(world.catalog_products()) == 25
+
+
+def test_resync_wait_follows_the_workers_and_reports_what_they_did(world: SyncWorld, tmp_path: Path) -> None:
+    write_feed(world.feed, [feed_item(str(n)) for n in range(30)] + [feed_item("bare", images=0)])
+    with worker_running(world, tmp_path):
+        result = catalog_sync(world, "resync", SOURCE, "--full", "--wait", "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["outcome"], summary["synced"], summary["skipped"], summary["pending"]) == ("completed", 30, 1, 0)
+    assert len(world.catalog_products()) == 30

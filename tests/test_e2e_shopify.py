@@ -79,3 +79,22 @@ def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
         assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (0, 5, 5)
         assert len(world.catalog_products()) == len(listed) - 8
     admin.close()
+
+
+@pytest.mark.parametrize("kind", ["shopify-rest", "shopify-storefront"])
+def test_the_legacy_rest_and_storefront_kinds_sync_a_shop_through_a_worker(
+    kind: str, tmp_path: Path, redis_url: str
+) -> None:
+    with running(shopify_emulator.create_app(products=300, seed=5)) as small:
+        store = small.app.state.shop.store  # type: ignore[attr-defined]
+        everything = store.iter_products("ID", reverse=False, product_filter=None)
+        expected = {f"{kind}-{p.id}" for p in everything if p.status == "ACTIVE" and p.images}
+        token = "" if kind == "shopify-storefront" else f'access_token = "{shopify_emulator.DEFAULT_ACCESS_TOKEN}"\n'
+        sources = (
+            f'[[sources]]\nname = "{kind}"\nkind = "{kind}"\nurl = "{small.url}"\n{token}'
+            f'external_id = "{{source}}-{{id}}"\n'
+        )
+        with broker_world(tmp_path, redis_url, sources=sources) as world, worker_running(world, tmp_path):
+            sync_through_worker(world, kind, "full")
+
+            assert set(world.catalog_products()) == expected

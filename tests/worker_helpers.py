@@ -33,9 +33,10 @@ def flush_broker(url: str) -> None:
     client.close()
 
 
-def start_worker(world: SyncWorld, tmp_path: Path, *, concurrency: int = 2) -> subprocess.Popen[bytes]:
+def worker_env(world: SyncWorld) -> dict[str, str]:
+    """The environment a `catalog-sync` process needs to share this world's state, broker and catalog."""
     settings = world.runtime.settings
-    env = {
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
         "CATALOG_SYNC_CONFIG": str(settings.config),
         "CATALOG_SYNC_DATABASE_URL": settings.database_url,
@@ -46,10 +47,25 @@ def start_worker(world: SyncWorld, tmp_path: Path, *, concurrency: int = 2) -> s
         "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
         "CATALOG_SYNC_CATALOG_BURST": "50",
     }
+
+
+def catalog_sync(world: SyncWorld, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the admin command against this world, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-c", "from worker.cli import main; main()", *args],
+        env=worker_env(world),
+        capture_output=True,
+        text=True,
+        timeout=CONVERGE_TIMEOUT,
+        check=False,
+    )
+
+
+def start_worker(world: SyncWorld, tmp_path: Path, *, concurrency: int = 2) -> subprocess.Popen[bytes]:
     log = (tmp_path / "worker.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-c", "from worker.cli import main; main()", "worker", "--concurrency", str(concurrency)],
-        env=env,
+        env=worker_env(world),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,

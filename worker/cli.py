@@ -47,7 +47,7 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+        console.print(f"[red]configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
 
 
