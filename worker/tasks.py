@@ -14,15 +14,15 @@ from worker.state import RunMode
 
 log = logging.getLogger(__name__)
 
-# Products per push message. Publishing through Celery costs about half a millisecond of CPU per message, which
-# bounds webhook intake and slows the paging of a large source; a few ids per message cut that cost several-fold,
-# while a message stays short enough that one slow product delays few others and workers still share a big run.
+# Products per priority push message. Publishing through Celery costs about half a millisecond of CPU per message,
+# which bounds webhook intake; a few ids per message cut that several-fold. Bulk pushes stay one per message: a
+# worker busy with a chunk of rate-limited bulk pushes would hold a webhook's push behind all of them.
 PUSH_CHUNK = 8
 
 
 class CeleryDispatcher:
-    """Publishes push tasks over one producer connection: a single product as `push`, more in chunks as
-    `push_many`.
+    """Publishes push tasks over one producer connection: bulk work one product per `push` message, priority work
+    in chunks of `push_many`.
 
     A broker that is down is logged, not raised (the caller clears the rows' enqueued stamps so reconcile sends
     them once the broker is back).
@@ -33,22 +33,21 @@ class CeleryDispatcher:
         kwargs = {"force": force} if force else None
         try:
             with app.producer_or_acquire() as producer:
-                if len(product_ids) == 1:
-                    push_task.apply_async(
-                        (source, product_ids[0]),
-                        kwargs,
-                        queue=queue,
-                        producer=producer,
-                        retry_policy=PUBLISH_RETRY_POLICY,
-                    )
-                for start in range(0, len(product_ids) if len(product_ids) > 1 else 0, PUSH_CHUNK):
-                    push_many_task.apply_async(
-                        (source, list(product_ids[start : start + PUSH_CHUNK])),
-                        kwargs,
-                        queue=queue,
-                        producer=producer,
-                        retry_policy=PUBLISH_RETRY_POLICY,
-                    )
+                if priority and len(product_ids) > 1:
+                    for start in range(0, len(product_ids), PUSH_CHUNK):
+                        chunk = list(product_ids[start : start + PUSH_CHUNK])
+                        push_many_task.apply_async(
+                            (source, chunk), kwargs, queue=queue, producer=producer, retry_policy=PUBLISH_RETRY_POLICY
+                        )
+                else:
+                    for product_id in product_ids:
+                        push_task.apply_async(
+                            (source, product_id),
+                            kwargs,
+                            queue=queue,
+                            producer=producer,
+                            retry_policy=PUBLISH_RETRY_POLICY,
+                        )
         except Exception as exc:  # kombu raises several unrelated types for a dead broker
             log.warning(
                 "could not enqueue %d push(es) for %s (%s: %s); reconcile will deliver them",

@@ -532,10 +532,12 @@ class Intake:
         short read."""
         event_ids = list({event.event_id for event in events if event.event_id is not None})
         product_ids = list({event.product_id for event in events if event.product_id is not None})
-        seen, stored = self.runtime.store.delivery_context(source, event_ids, product_ids, now=self._clock())
+        # Ids applied but not yet recorded are read first: the publisher records an id, then forgets it here, so one
+        # of the two reads sees it whenever the other does not.
         with self._lock:
-            seen.update(event_id for event_id in event_ids if (source, event_id) in self._unremembered)
-        return seen, stored
+            pending = {event_id for event_id in event_ids if (source, event_id) in self._unremembered}
+        seen, stored = self.runtime.store.delivery_context(source, event_ids, product_ids, now=self._clock())
+        return seen | pending, stored
 
     def _remember(self, source: str, event_ids: Sequence[str]) -> None:
         """Record processed delivery ids in one statement (an id already there, expired or not, stays as is)."""
