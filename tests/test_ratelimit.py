@@ -161,8 +161,11 @@ def test_local_cool_down_pauses_acquisitions_and_only_ever_lengthens(clock: Fake
     limiter.acquire()
     assert clock.sleeps == pytest.approx([5.0])
     assert limiter.cooldown_remaining() == 0.0
-    # The pause spent no budget: the rest of the burst is there.
-    assert [limiter.try_acquire() for _ in range(4)] == [0.0] * 4
+    # After the pause requests resume at the steady rate, not as a burst banked while paused (which would empty
+    # the API's bucket at once and earn the next 429); refused tries spend nothing.
+    assert [limiter.try_acquire() for _ in range(3)] == pytest.approx([0.1] * 3)
+    clock.sleep(0.1)
+    assert limiter.try_acquire() == 0.0
 
 
 def test_local_cool_down_is_capped(clock: FakeClock) -> None:
@@ -287,6 +290,7 @@ def test_redis_cool_down_from_one_limiter_pauses_another(redis_url: str, client:
         assert second.cooldown_remaining() == 0.0
 
         first.cool_down(30)
+        resume_tat = client.get(key)
         second.cool_down(5)  # cannot shorten the pause another process set
 
         assert 29 < second.cooldown_remaining() <= 30
@@ -295,7 +299,11 @@ def test_redis_cool_down_from_one_limiter_pauses_another(redis_url: str, client:
             second.acquire(max_wait=5)
         assert 29 < (caught.value.retry_after or 0) <= 30
         assert 0 < client.pttl(key + COOLDOWN_SUFFIX) <= 30_000
-        assert client.exists(key) == 0, "a paused caller must not spend budget"
+        assert client.get(key) == resume_tat, "a paused caller must not spend budget"
+        # When the pause ends, requests resume one interval apart (burst 5 at 10/s: the TAT sits 4 intervals on).
+        assert resume_tat is not None
+        end_us = int(client.get(key + COOLDOWN_SUFFIX) or 0) * 1000
+        assert int(resume_tat) - end_us == 4 * 100_000
 
         second.cool_down(60)
         assert 59 < first.cooldown_remaining() <= 60

@@ -107,8 +107,11 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return {0, 0}
 """
 
-# KEYS[1]: the cool-down key. ARGV[1]: the pause in milliseconds (>= 1).
+# KEYS[1]: the cool-down key, KEYS[2]: the budget (TAT) key. ARGV[1]: the pause in milliseconds (>= 1), ARGV[2]:
+# the emission interval in microseconds, ARGV[3]: the burst.
 # Sets the end to max(existing, now + pause) with a TTL to match; returns the remaining pause in milliseconds.
+# It also moves the budget's TAT so that, when the pause ends, requests resume one interval apart instead of as a
+# burst banked during the pause: that burst would find the API's bucket empty and earn the next 429 at once.
 _COOL_DOWN_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -118,7 +121,15 @@ local existing = tonumber(redis.call('GET', KEYS[1]))
 if existing and existing >= now_ms + pause then
   return existing - now_ms
 end
-redis.call('SET', KEYS[1], string.format('%.0f', now_ms + pause), 'PX', pause)
+local end_ms = now_ms + pause
+redis.call('SET', KEYS[1], string.format('%.0f', end_ms), 'PX', pause)
+local interval = tonumber(ARGV[2])
+local resume_tat = end_ms * 1000 + (tonumber(ARGV[3]) - 1) * interval
+local tat = tonumber(redis.call('GET', KEYS[2]))
+if not tat or tat < resume_tat then
+  local ttl = pause + math.ceil(tonumber(ARGV[3]) * interval / 1000)
+  redis.call('SET', KEYS[2], string.format('%.0f', resume_tat), 'PX', ttl)
+end
 return pause
 """
 
@@ -179,7 +190,12 @@ class RedisLimiter:
         pause_ms = _cool_down_ms(seconds)
         if pause_ms == 0:
             return
-        remaining_ms = self._call(self._cool_down_script, [self.cooldown_key], [pause_ms], "set the cool-down")
+        remaining_ms = self._call(
+            self._cool_down_script,
+            [self.cooldown_key, self.key],
+            [pause_ms, repr(self._interval_us), self.burst],
+            "set the cool-down",
+        )
         log.warning("catalog cool-down on %s: every worker pauses %.3f s", self.key, int(remaining_ms) / 1000)
 
     def cooldown_remaining(self) -> float:
@@ -250,6 +266,8 @@ class LocalLimiter:
         with self._lock:
             now = self._clock()
             self._cooldown_until = max(self._cooldown_until, now + pause_ms / 1000)
+            # Resume one interval apart when the pause ends, not with a burst banked during it (see _COOL_DOWN_LUA).
+            self._tat = max(self._tat, self._cooldown_until + self._window - self._interval)
             remaining = self._cooldown_until - now
         log.warning("catalog cool-down: every worker thread pauses %.3f s", remaining)
 
