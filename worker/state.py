@@ -202,11 +202,6 @@ def _dispose_after_fork(engine: Engine) -> None:
             raise DisconnectionError(f"connection made by process {record.info.get('pid')}, not {os.getpid()}")
 
 
-def create_schema(engine: Engine) -> None:
-    """Create every table (tests and the embedded default use migrations; this is for throwaway databases)."""
-    Base.metadata.create_all(engine)
-
-
 # ------------------------------------------------------------------------------------------------- the store
 
 
@@ -907,11 +902,6 @@ class Store:
                 stored = {product_id: (updated_at, digest) for product_id, updated_at, digest in rows}
         return seen, stored
 
-    def forget_delivery(self, source: str, event_id: str) -> None:
-        """Undo `remember_delivery` when processing failed, so the shop's retry is not dropped as a replay."""
-        with self.session() as session:
-            session.execute(delete(DeliveryRow).where(DeliveryRow.source == source, DeliveryRow.event_id == event_id))
-
     def purge_deliveries(self, *, now: datetime | None = None) -> int:
         with self.session() as session:
             result = session.execute(
@@ -947,7 +937,6 @@ __all__ = [
     "SourceStateRow",
     "Store",
     "WriteResult",
-    "create_schema",
     "make_engine",
     "utcnow",
 ]
