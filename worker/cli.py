@@ -394,6 +394,9 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     queues: Annotated[str, typer.Option(help="Queues, highest priority first.")] = "push.priority,push,sync",
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    hostname: Annotated[
+        str | None, typer.Option(help="Node name, e.g. push1@%h: give each worker on one host its own.")
+    ] = None,
 ) -> None:
     """A Celery worker (run as many as you like, on any hosts)."""
     from worker.celery_app import app as celery
@@ -402,7 +405,10 @@ def worker(
     runtime = _runtime()  # refuses an out-of-date schema before any task runs
     configure(celery, runtime.settings, runtime.sources)
     runtime.close()
-    celery.worker_main(["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}"])
+    argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    celery.worker_main(argv)
 
 
 @app.command()
