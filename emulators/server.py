@@ -29,12 +29,20 @@ class BackgroundServer:
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int | None = None, **options: Any) -> None:
         self.app = app
         self.host = host
-        self.port = port or free_port(host)
+        # Bind here and hand the socket to uvicorn: picking a free port and binding it later races other processes.
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it every
+        # small response waits ~40 ms for a delayed ACK.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port or 0))
+        self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
             app, host=host, port=self.port, log_level="warning", lifespan="auto", access_log=False, **options
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name=f"uvicorn:{self.port}", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -52,6 +60,7 @@ class BackgroundServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=STARTUP_TIMEOUT)
+        self._socket.close()
 
 
 @contextmanager
