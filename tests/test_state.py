@@ -172,3 +172,28 @@ def test_an_unmigrated_database_is_refused_with_the_command_to_run(tmp_path: pyt
 
     with pytest.raises(ConfigError, match="catalog-sync db upgrade"):
         schema.check_current(engine)
+
+
+def test_on_sqlite_a_reader_does_not_wait_for_a_writer(tmp_path: pytest.TempPathFactory) -> None:
+    import threading
+
+    from sqlalchemy import update
+
+    from worker.state import ProductRow
+
+    engine = make_engine(f"sqlite:///{tmp_path}/state.db")
+    schema.upgrade(engine)
+    store = Store(engine)
+    store.write_desired([row("1")])
+    seen: list[int] = []
+    with store.session() as writer:  # holds SQLite's write lock until the block ends
+        writer.execute(update(ProductRow).values(attempts=7))
+        reader = threading.Thread(target=lambda: seen.append(store.get("shop", "1").attempts))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout=10)  # a reader queued behind the writer would still be waiting here
+        finished_while_locked = not reader.is_alive()
+    reader.join()
+    store.close()
+
+    assert finished_while_locked
+    assert seen == [0]  # the snapshot before the writer's commit

@@ -48,6 +48,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 DELETED = "deleted"
 # SQLite waits this long for a competing writer before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option marking a connection whose transactions only read (SQLite begins them deferred).
+READ_ONLY_OPTION = "catalog_sync_read_only"
 # Rows per statement in batched writes: large enough to amortize round trips, small enough for SQLite's
 # variable limit (32,766) with ~12 columns a row.
 BATCH_SIZE = 500
@@ -183,9 +185,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Take the write lock up front: a deferred transaction that later upgrades can fail with SQLITE_BUSY
-        # without waiting for the busy timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that later upgrades can fail with SQLITE_BUSY
+        # without waiting for the busy timeout. Readers (`Store.read_session`) begin deferred: in WAL mode they read
+        # a snapshot and never wait for a writer.
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _dispose_after_fork(engine: Engine) -> None:
@@ -263,6 +269,14 @@ class Store:
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction that only reads: on SQLite it does not queue behind writers for the write lock."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY_OPTION: True})
+            with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                yield session
 
     def close(self) -> None:
         self.engine.dispose()
@@ -419,7 +433,7 @@ class Store:
 
     def count_missing(self, source: str, run_id: int, started_at: datetime) -> tuple[int, int]:
         """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
-        with self.session() as session:
+        with self.read_session() as session:
             live = and_(ProductRow.source == source, ProductRow.desired_hash != DELETED)
             total = session.scalar(select(func.count()).select_from(ProductRow).where(live)) or 0
             unseen = self._unseen(source, run_id, started_at)
@@ -708,7 +722,7 @@ class Store:
     def source_pause(self, source: str, *, now: datetime | None = None) -> str | None:
         """The reason pushes of this source are paused, or None."""
         now = now or utcnow()
-        with self.session() as session:
+        with self.read_session() as session:
             row = session.get(SourceStateRow, source)
         if row is None or row.paused_until is None or row.paused_until <= now:
             return None
@@ -741,7 +755,7 @@ class Store:
 
     def last_watermark(self, source: str) -> datetime | None:
         """Where the next incremental run starts: the newest watermark of a completed run of this source."""
-        with self.session() as session:
+        with self.read_session() as session:
             return session.scalar(
                 select(func.max(RunRow.watermark)).where(
                     RunRow.source == source, RunRow.outcome == "completed", RunRow.mode.in_(("full", "incremental"))
@@ -749,20 +763,20 @@ class Store:
             )
 
     def get_run(self, run_id: int) -> RunRow | None:
-        with self.session() as session:
+        with self.read_session() as session:
             return session.get(RunRow, run_id)
 
     def recent_runs(self, source: str | None = None, limit: int = 10) -> list[RunRow]:
         query = select(RunRow).order_by(RunRow.id.desc()).limit(limit)
         if source is not None:
             query = query.where(RunRow.source == source)
-        with self.session() as session:
+        with self.read_session() as session:
             return list(session.scalars(query))
 
     # -------------------------------------------------------------------------------------------------- reading
 
     def get(self, source: str, product_id: str) -> ProductRow | None:
-        with self.session() as session:
+        with self.read_session() as session:
             return session.get(ProductRow, (source, product_id))
 
     def status_counts(self, source: str | None = None) -> dict[str, dict[str, int]]:
@@ -773,7 +787,7 @@ class Store:
         if source is not None:
             query = query.where(ProductRow.source == source)
         out: dict[str, dict[str, int]] = {}
-        with self.session() as session:
+        with self.read_session() as session:
             for src, status, count in session.execute(query):
                 out.setdefault(src, {})[status] = count
         return out
@@ -788,7 +802,7 @@ class Store:
             or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
         ]
         conditions += self._scope(source, since, product_ids)
-        with self.session() as session:
+        with self.read_session() as session:
             return session.scalar(select(func.count()).select_from(ProductRow).where(*conditions)) or 0
 
     def outcome_counts(
@@ -800,7 +814,7 @@ class Store:
             .where(*self._scope(source, since, product_ids))
             .group_by(ProductRow.status)
         )
-        with self.session() as session:
+        with self.read_session() as session:
             return {row[0]: row[1] for row in session.execute(query)}
 
     @staticmethod
@@ -821,28 +835,28 @@ class Store:
             .order_by(ProductRow.status, ProductRow.product_id)
             .limit(limit)
         )
-        with self.session() as session:
+        with self.read_session() as session:
             return list(session.scalars(query))
 
     def latest_run(self, source: str, *, started_after: datetime | None = None) -> RunRow | None:
         query = select(RunRow).where(RunRow.source == source).order_by(RunRow.id.desc()).limit(1)
         if started_after is not None:
             query = query.where(RunRow.started_at >= started_after)
-        with self.session() as session:
+        with self.read_session() as session:
             return session.scalars(query).first()
 
     def failures(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
         query = select(ProductRow).where(ProductRow.status == "failed").order_by(ProductRow.source).limit(limit)
         if source is not None:
             query = query.where(ProductRow.source == source)
-        with self.session() as session:
+        with self.read_session() as session:
             return list(session.scalars(query))
 
     def products(self, source: str, *, statuses: Sequence[str] | None = None) -> list[ProductRow]:
         query = select(ProductRow).where(ProductRow.source == source).order_by(ProductRow.product_id)
         if statuses:
             query = query.where(ProductRow.status.in_(list(statuses)))
-        with self.session() as session:
+        with self.read_session() as session:
             return list(session.scalars(query))
 
     # ------------------------------------------------------------------------------------------------ webhooks
@@ -880,7 +894,7 @@ class Store:
     ) -> tuple[set[str], dict[str, tuple[datetime | None, str]]]:
         """For a batch of webhook deliveries, in one short read: the delivery ids already processed (and not
         expired), and each known product's stored `source_updated_at` and desired hash."""
-        with self.session() as session:
+        with self.read_session() as session:
             seen: set[str] = set()
             if event_ids:
                 seen = set(
