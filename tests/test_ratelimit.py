@@ -19,6 +19,7 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from emulators.server import free_port
+from tests.fakes import FakeClock
 from worker.errors import ConfigError, RateLimited, RetryableError
 from worker.ratelimit import (
     COOLDOWN_SUFFIX,
@@ -34,21 +35,6 @@ from worker.ratelimit import (
 HAMMER_CALLS = 2500
 # Seconds a child process may take to start or finish before the test fails instead of hanging.
 PROCESS_TIMEOUT = 60
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the code under test sleeps (or the test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class RecordingSleep:

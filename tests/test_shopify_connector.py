@@ -38,6 +38,7 @@ from emulators.server import running
 from emulators.shopify import Shop, create_app, sign_webhook
 from emulators.shopify_data import ProductFilter
 from tests.connector_contract import ConnectorContract
+from tests.fakes import FakeClock
 from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 SHOP = "https://acme.myshopify.com"
@@ -55,21 +56,6 @@ def config(kind: str = "shopify", **extra: Any) -> SourceConfig:
 
 def mock(handler: Handler) -> httpx.Client:
     return httpx.Client(transport=httpx.MockTransport(handler))
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def gql_product(number: int, *, updated: datetime, status: str = "ACTIVE", media: int = 2) -> dict[str, Any]:
