@@ -20,14 +20,12 @@ import redis
 
 from config.settings import Settings
 from config.sources import SourceConfig
+from tests.redis_dbs import db_for
 from worker.ratelimit import build_limiter
 from worker.runtime import Runtime
 from worker.state import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
-# A Redis database of its own for these tests' broker, so the queues never meet anyone's db 0. Messages are
-# also told apart by source name (unique per test), in case another suite picks the same number.
-BROKER_DB = 14
 SHOPIFY_SECRET = "shpss_current_secret"
 SHOPIFY_PREVIOUS_SECRET = "shpss_previous_secret"
 WOO_SECRET = "wc_webhook_secret"
@@ -149,7 +147,8 @@ def make_runtime(
 
 
 def broker_url(port: int = 6379) -> str:
-    return f"redis://127.0.0.1:{port}/{BROKER_DB}"
+    """A Redis database of this run's own for these tests' broker; messages are also told apart by source name."""
+    return f"redis://127.0.0.1:{port}/{db_for('webhooks')}"
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.redis_dbs import db_for
 from tests.sync_helpers import API_KEY, SyncWorld, sync_world
 from worker.celery_app import app as celery
 from worker.celery_app import configure
 
-# Redis database for end-to-end tests: flushed freely, so no other test's messages are consumed or lost.
-BROKER_DB = 12
 # Generous: a guard against a hung worker, not a performance assertion.
 CONVERGE_TIMEOUT = 120.0
 
 
 def broker_url_for(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    """The end-to-end Redis database of this run: flushed freely, so no other run's messages are consumed or lost."""
+    return redis_url.rsplit("/", 1)[0] + f"/{db_for('e2e')}"
 
 
 def flush_broker(url: str) -> None:
