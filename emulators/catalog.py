@@ -3,8 +3,8 @@
 It is a real HTTP server (a Starlette app under uvicorn) that answers like the vendor's pages in `shared/seeds/`
 describe, keeps products in memory per API key (accounts are isolated) and can inject faults on demand.
 
-API (header `x-api-key`, one of the keys the emulator was started with; a missing or unknown key is 401
-`UNAUTHORIZED`):
+API (header `x-api-key`, one of the keys the emulator was started with; a missing key is 401 `MISSING_API_KEY`,
+an unknown one 401 `INVALID_API_KEY`):
 
     POST   /tryon/v1/products                 upsert on `externalId`; 201 when created, 200 when updated
     GET    /tryon/v1/products?limit=&cursor=  `{items, nextCursor, hasMore, count}`; limit 1-200, default 50
@@ -20,24 +20,27 @@ field per `fileKey`. All three image shapes are accepted: the current `{"source"
 come back as `upload://<first 32 hex digits of their SHA-256>`, the same reference for the same bytes. Timestamps
 are ISO-8601 UTC with milliseconds and `Z`. `lastUsedAt` is always null: no try-on generations happen here.
 
-Every error has the body `{"code", "message", "status"}`:
+Every error has the body `{"code", "message", "status"}`, plus `details: [{path, message}]` for
+`VALIDATION_FAILED`; the codes are exactly those of the vendor's Errors page:
 
+    400 VALIDATION_FAILED        a field of the wrong type or out of range (validForDays, more than 10 images, a bad
+                                 image URL, role or classifications, both url and fileKey), a body that is not JSON
+                                 or not a readable multipart form, a bad limit or cursor; `details` names each path
+    400 EXTERNAL_ID_REQUIRED     missing or empty externalId
     400 PRODUCT_IMAGES_REQUIRED  create without images, or `images: []`
-    400 TOO_MANY_IMAGES          more than 10 images
-    400 INVALID_IMAGE            an image with both or neither of url/fileKey, a bad URL, role or classifications
-    400 MISSING_FILE             a fileKey with no file field of that name (always so for a JSON body)
-    400 INVALID_VALID_FOR_DAYS   not an integer 1-365 or null
-    400 INVALID_LIMIT            limit not an integer 1-200
-    400 INVALID_CURSOR           a cursor this emulator did not issue (or for another account)
-    400 INVALID_JSON             a body (or `data` field) that is not JSON
-    400 INVALID_MULTIPART        a multipart body that cannot be parsed, or without its `data` field
-    400 VALIDATION_ERROR         missing or empty externalId, a field of the wrong type
-    401 UNAUTHORIZED             missing or unknown `x-api-key`
+    400 MULTIPART_FILE_NOT_FOUND a fileKey with no file field of that name (always so for a JSON body)
+    400 INVALID_IMAGE_INPUT      an image with neither url nor fileKey
+    400 INVALID_IMAGE            uploaded bytes that are not an image (empty, or no known image signature)
+    401 MISSING_API_KEY          no `x-api-key`
+    401 INVALID_API_KEY          an `x-api-key` the emulator does not know
+    402 INSUFFICIENT_CREDITS     upserts while the `credits_exhausted` fault is on
+    403 FORBIDDEN                every API request while the `forbidden` fault is on
     404 PRODUCT_NOT_FOUND        no such product in this account
     409 RESERVED_EXTERNAL_ID     externalId starting with `_anon_`
-    413 IMAGE_TOO_LARGE          an uploaded file over 10 MB
-    413 PAYLOAD_TOO_LARGE        a JSON body over 2 MB or a request larger than any valid upload
-    415 UNSUPPORTED_MEDIA_TYPE   neither JSON nor multipart
+    429 RATE_LIMITED             over the `rate_limit` fault's budget
+
+HTTP-level answers that no valid client request meets: 413 `PAYLOAD_TOO_LARGE` (a body over the transport limits),
+404/405 for routes that do not exist, and the injected 500 `INTERNAL_ERROR` / 503 `SERVICE_UNAVAILABLE` faults.
 
 Paging: every product gets a sequence number from one counter when it is created (kept on update). A cursor is an
 opaque base64 encoding of "sequence > N" plus a checksum, so products deleted after they were seen and products
@@ -54,6 +57,8 @@ Faults apply to the API routes only, set by `create_app(faults=Faults(...))`, th
                         (whole seconds, at least 1). While a limit is on, every API response carries
                         `X-RateLimit-Limit` (the bucket size), `X-RateLimit-Remaining` and `X-RateLimit-Reset`
                         (seconds until the bucket is full again)
+    forbidden    bool   every API request answers 403 `FORBIDDEN` (a key without access to the account's catalog)
+    credits_exhausted bool  upserts answer 402 `INSUFFICIENT_CREDITS` (reads and deletes still pass)
     drop_rate    float  probability of losing the connection without any response
     error_rate   float  probability of a 500 `INTERNAL_ERROR` or 503 `SERVICE_UNAVAILABLE` (even odds)
     latency_ms   float  added before every API response (an `await`, so other requests go on meanwhile)
@@ -173,6 +178,8 @@ class Faults(BaseModel):
     fail_next: int = Field(default=0, ge=0, description="The next N API requests answer 503.")
     drop_next: int = Field(default=0, ge=0, description="The next N API requests lose their connection.")
     seed: int | None = Field(default=None, description="Seed for drop_rate and error_rate.")
+    forbidden: bool = Field(default=False, description="Every API request answers 403 FORBIDDEN.")
+    credits_exhausted: bool = Field(default=False, description="Upserts answer 402 INSUFFICIENT_CREDITS.")
 
     @property
     def bucket_size(self) -> int:
@@ -182,17 +189,27 @@ class Faults(BaseModel):
 
 
 class CatalogError(Exception):
-    """An API error answered as `{"code", "message", "status"}`."""
+    """An API error answered as `{"code", "message", "status"}` (and `details` for a validation failure)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details
 
 
-def _error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message, "status": status}, status_code=status, headers=headers)
+def _error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: list[dict[str, str]] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class _Omitted(enum.Enum):
@@ -478,9 +495,13 @@ class CatalogEmulator:
 
     def authenticate(self, request: Request) -> Account:
         key = request.headers.get("x-api-key")
-        account = self.accounts.get(key) if key else None
+        if not key:
+            raise CatalogError(401, "MISSING_API_KEY", "The x-api-key header is required.")
+        account = self.accounts.get(key)
         if account is None:
-            raise CatalogError(401, "UNAUTHORIZED", "Missing or unknown API key (header x-api-key).")
+            raise CatalogError(401, "INVALID_API_KEY", "The API key is not valid.")
+        if self.faults.forbidden:
+            raise CatalogError(403, "FORBIDDEN", "This API key may not access this resource.")
         return account
 
     def now(self) -> datetime:
@@ -564,7 +585,7 @@ class CatalogEmulator:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     def _decode_cursor(self, account: Account, cursor: str) -> int:
-        invalid = CatalogError(400, "INVALID_CURSOR", "Unknown cursor: pass the nextCursor of a previous page.")
+        invalid = _invalid("cursor", "unknown cursor: pass the nextCursor of a previous page.")
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
             body = json.loads(raw)
@@ -587,8 +608,11 @@ def _not_found(external_id: str) -> CatalogError:
 # ---- request parsing ---------------------------------------------------------------------------------------------
 
 
-def _invalid(message: str) -> CatalogError:
-    return CatalogError(400, "VALIDATION_ERROR", message)
+def _invalid(path: str, message: str) -> CatalogError:
+    """400 VALIDATION_FAILED with one `details` entry: the field's path and what is wrong with it."""
+    return CatalogError(
+        400, "VALIDATION_FAILED", f"Validation failed: {path}: {message}", [{"path": path, "message": message}]
+    )
 
 
 def _optional_str(payload: Mapping[str, Any], name: str) -> str | _Omitted:
@@ -596,7 +620,7 @@ def _optional_str(payload: Mapping[str, Any], name: str) -> str | _Omitted:
         return OMITTED
     value = payload[name]
     if not isinstance(value, str):
-        raise _invalid(f"{name} must be a string.")
+        raise _invalid(name, "must be a string.")
     return value
 
 
@@ -607,48 +631,49 @@ def _parse_valid_for_days(payload: Mapping[str, Any]) -> int | _Omitted | None:
     if value is None:
         return None
     if type(value) is not int or not MIN_VALID_FOR_DAYS <= value <= MAX_VALID_FOR_DAYS:
-        raise CatalogError(
-            400,
-            "INVALID_VALID_FOR_DAYS",
-            f"validForDays must be an integer from {MIN_VALID_FOR_DAYS} to {MAX_VALID_FOR_DAYS}, or null for "
-            f"kept forever; got {json.dumps(value)}.",
+        raise _invalid(
+            "validForDays",
+            f"must be an integer from {MIN_VALID_FOR_DAYS} to {MAX_VALID_FOR_DAYS}, or null for kept forever; "
+            f"got {json.dumps(value)}.",
         )
     return value
 
 
 def _check_url(url: Any, where: str) -> str:
     if not isinstance(url, str) or not url.strip():
-        raise CatalogError(400, "INVALID_IMAGE", f"{where}: url must be a non-empty string.")
+        raise _invalid(f"{where}.url", "must be a non-empty string.")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CatalogError(400, "INVALID_IMAGE", f"{where}: url must be an absolute http(s) URL.")
+        raise _invalid(f"{where}.url", "must be an absolute http(s) URL.")
     return url
 
 
 def _parse_image(entry: Any, index: int) -> _ImageSpec:
     where = f"images[{index}]"
     if not isinstance(entry, dict):
-        raise CatalogError(400, "INVALID_IMAGE", f"{where} must be an object.")
+        raise _invalid(where, "must be an object.")
     if "source" in entry:
         if "url" in entry or "fileKey" in entry:
-            raise CatalogError(400, "INVALID_IMAGE", f"{where}: put url or fileKey inside source, not beside it.")
+            raise _invalid(where, "put url or fileKey inside source, not beside it.")
         source = entry["source"]
         if not isinstance(source, dict):
-            raise CatalogError(400, "INVALID_IMAGE", f"{where}.source must be an object.")
+            raise _invalid(f"{where}.source", "must be an object.")
         where = f"{where}.source"
     else:
         source = entry  # the deprecated flat shape
     url, file_key = source.get("url"), source.get("fileKey")
-    if (url is None) == (file_key is None):
-        raise CatalogError(400, "INVALID_IMAGE", f"{where} must hold exactly one of url or fileKey.")
+    if url is None and file_key is None:
+        raise CatalogError(400, "INVALID_IMAGE_INPUT", f"{where} has neither url nor fileKey; give one of them.")
+    if url is not None and file_key is not None:
+        raise _invalid(where, "must hold exactly one of url or fileKey, not both.")
     if file_key is not None and (not isinstance(file_key, str) or not file_key):
-        raise CatalogError(400, "INVALID_IMAGE", f"{where}: fileKey must be a non-empty string.")
+        raise _invalid(f"{where}.fileKey", "must be a non-empty string.")
     role = entry.get("role")
     if role is not None and role not in ROLES:
-        raise CatalogError(400, "INVALID_IMAGE", f"images[{index}]: role must be top-front, top-back or null.")
+        raise _invalid(f"images[{index}].role", "must be top-front, top-back or null.")
     classifications = entry.get("classifications")
     if classifications is not None and not isinstance(classifications, dict):
-        raise CatalogError(400, "INVALID_IMAGE", f"images[{index}]: classifications must be an object.")
+        raise _invalid(f"images[{index}].classifications", "must be an object.")
     return _ImageSpec(
         url=_check_url(url, where) if url is not None else None,
         file_key=file_key,
@@ -659,34 +684,34 @@ def _parse_image(entry: Any, index: int) -> _ImageSpec:
 
 def _parse_images(payload: Mapping[str, Any]) -> list[_ImageSpec] | _Omitted:
     if "images" in payload and "imageUrls" in payload:
-        raise _invalid("Send images or the deprecated imageUrls, not both.")
+        raise _invalid("imageUrls", "send images or the deprecated imageUrls, not both.")
     if "imageUrls" in payload:
         urls = payload["imageUrls"]
         if not isinstance(urls, list):
-            raise _invalid("imageUrls must be an array of URLs.")
+            raise _invalid("imageUrls", "must be an array of URLs.")
         entries: list[Any] = [{"url": url} for url in urls]
     elif "images" in payload:
         entries = payload["images"]
         if not isinstance(entries, list):
-            raise _invalid("images must be an array.")
+            raise _invalid("images", "must be an array.")
     else:
         return OMITTED
     if not entries:
         raise CatalogError(400, "PRODUCT_IMAGES_REQUIRED", "A product needs at least one image; images is empty.")
     if len(entries) > MAX_IMAGES:
-        raise CatalogError(
-            400, "TOO_MANY_IMAGES", f"At most {MAX_IMAGES} images per product; this request has {len(entries)}."
-        )
+        raise _invalid("images", f"at most {MAX_IMAGES} images per product; this request has {len(entries)}.")
     return [_parse_image(entry, index) for index, entry in enumerate(entries)]
 
 
 def parse_upsert(payload: Any) -> _UpsertSpec:
     """Validate an upsert body (the JSON, wherever it came from) without looking at the stored state."""
     if not isinstance(payload, dict):
-        raise _invalid("The body must be a JSON object.")
+        raise _invalid("(body)", "must be a JSON object.")
     external_id = payload.get("externalId")
-    if not isinstance(external_id, str) or not external_id.strip():
-        raise _invalid("externalId is required and must be a non-empty string.")
+    if external_id is None or (isinstance(external_id, str) and not external_id.strip()):
+        raise CatalogError(400, "EXTERNAL_ID_REQUIRED", "externalId is required.")
+    if not isinstance(external_id, str):
+        raise _invalid("externalId", "must be a non-empty string.")
     if external_id.startswith(RESERVED_PREFIX):
         raise CatalogError(
             409,
@@ -695,10 +720,10 @@ def parse_upsert(payload: Any) -> _UpsertSpec:
         )
     metadata: dict[str, Any] | _Omitted | None = payload.get("metadata", OMITTED)
     if metadata is not None and not isinstance(metadata, dict | _Omitted):
-        raise _invalid("metadata must be a JSON object or null.")
+        raise _invalid("metadata", "must be a JSON object or null.")
     auto_detect: bool | _Omitted = payload.get("autoDetectImageRoles", OMITTED)
     if not isinstance(auto_detect, bool | _Omitted):
-        raise _invalid("autoDetectImageRoles must be a boolean.")
+        raise _invalid("autoDetectImageRoles", "must be a boolean.")
     return _UpsertSpec(
         external_id=external_id,
         title=_optional_str(payload, "title"),
@@ -714,7 +739,7 @@ def _parse_json(raw: bytes | str, where: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise CatalogError(400, "INVALID_JSON", f"{where} is not valid JSON: {exc}.") from None
+        raise _invalid(where, f"is not valid JSON: {exc}.") from None
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -743,18 +768,18 @@ async def _read_form(request: Request) -> FormData:
         return await request.form(max_files=MAX_UPLOAD_FILES, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_JSON_BYTES)
     except (HTTPException, MultiPartException) as exc:
         detail = exc.detail if isinstance(exc, HTTPException) else exc.message
-        raise CatalogError(400, "INVALID_MULTIPART", f"The multipart body cannot be read: {detail}") from None
+        raise _invalid("(body)", f"the multipart body cannot be read: {detail}") from None
 
 
 async def _form_payload(form: FormData) -> Any:
     data = form.get("data")
     if data is None:
-        raise CatalogError(400, "INVALID_MULTIPART", "A multipart upsert needs a 'data' field holding the JSON body.")
+        raise _invalid("data", "a multipart upsert needs a 'data' field holding the JSON body.")
     if isinstance(data, UploadFile):
         if data.size is not None and data.size > MAX_JSON_BYTES:
             raise CatalogError(413, "PAYLOAD_TOO_LARGE", f"The data field is larger than {MAX_JSON_BYTES} bytes.")
-        return _parse_json(await data.read(), "The data field")
-    return _parse_json(data, "The data field")
+        return _parse_json(await data.read(), "data")
+    return _parse_json(data, "data")
 
 
 async def _upload_refs(spec: _UpsertSpec, form: FormData | None) -> dict[str, str]:
@@ -769,12 +794,18 @@ async def _upload_refs(spec: _UpsertSpec, form: FormData | None) -> dict[str, st
         upload = form.get(key) if form is not None else None
         if upload is None:
             how = "no file field of that name" if form is not None else "a JSON body (use multipart/form-data)"
-            raise CatalogError(400, "MISSING_FILE", f"images[{index}] names fileKey '{key}' but the request has {how}.")
+            raise CatalogError(
+                400, "MULTIPART_FILE_NOT_FOUND", f"images[{index}] names fileKey '{key}' but the request has {how}."
+            )
         if not isinstance(upload, UploadFile):
-            raise CatalogError(400, "MISSING_FILE", f"images[{index}]: form field '{key}' is not a file upload.")
+            raise CatalogError(
+                400, "MULTIPART_FILE_NOT_FOUND", f"images[{index}]: form field '{key}' is not a file upload."
+            )
         if upload.size is not None and upload.size > MAX_IMAGE_BYTES:
             raise CatalogError(
-                413, "IMAGE_TOO_LARGE", f"File '{key}' is {upload.size} bytes; at most {MAX_IMAGE_BYTES} are accepted."
+                413,
+                "PAYLOAD_TOO_LARGE",
+                f"File '{key}' is {upload.size} bytes; at most {MAX_IMAGE_BYTES} are accepted.",
             )
         digest = hashlib.sha256()
         size = 0
@@ -783,10 +814,10 @@ async def _upload_refs(spec: _UpsertSpec, form: FormData | None) -> dict[str, st
             digest.update(chunk)
         if size > MAX_IMAGE_BYTES:
             raise CatalogError(
-                413, "IMAGE_TOO_LARGE", f"File '{key}' is {size} bytes; at most {MAX_IMAGE_BYTES} are accepted."
+                413, "PAYLOAD_TOO_LARGE", f"File '{key}' is {size} bytes; at most {MAX_IMAGE_BYTES} are accepted."
             )
         if size == 0:
-            raise CatalogError(400, "INVALID_IMAGE", f"images[{index}]: file '{key}' is empty.")
+            raise CatalogError(400, "INVALID_IMAGE", f"images[{index}]: file '{key}' is empty, not an image.")
         refs[key] = "upload://" + digest.hexdigest()[:UPLOAD_REF_HEX]
     return refs
 
@@ -795,14 +826,16 @@ def _parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
     if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise CatalogError(400, "INVALID_LIMIT", f"limit must be an integer from 1 to {MAX_LIMIT}; got '{raw[:20]}'.")
+        raise _invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}; got '{raw[:20]}'.")
     return int(raw)
 
 
 def _external_id(request: Request) -> str:
     external_id: str = request.path_params["external_id"]
     if not external_id:
-        raise _invalid("The path needs an externalId: /tryon/v1/products/{externalId}.")
+        raise CatalogError(
+            400, "EXTERNAL_ID_REQUIRED", "The path needs an externalId: /tryon/v1/products/{externalId}."
+        )
     return external_id
 
 
@@ -827,12 +860,12 @@ async def upsert_product(request: Request) -> Response:
         finally:
             await form.close()
     elif media_type in ("", "application/json") or media_type.endswith("+json"):
-        spec = parse_upsert(_parse_json(await _read_capped(request, MAX_JSON_BYTES), "The body"))
+        spec = parse_upsert(_parse_json(await _read_capped(request, MAX_JSON_BYTES), "(body)"))
         uploads = await _upload_refs(spec, None)
     else:
-        raise CatalogError(
-            415, "UNSUPPORTED_MEDIA_TYPE", "Send application/json, or multipart/form-data with a data field."
-        )
+        raise _invalid("(body)", "send application/json, or multipart/form-data with a data field.")
+    if emulator.faults.credits_exhausted:
+        raise CatalogError(402, "INSUFFICIENT_CREDITS", "The account has no credits left; top it up to continue.")
     # From here on nothing awaits: the read-modify-write of the account is atomic in the event loop.
     product, created = emulator.upsert(account, spec, uploads)
     return JSONResponse(product.body, status_code=201 if created else 200)
@@ -862,16 +895,17 @@ async def delete_product(request: Request) -> Response:
 async def admin_config(request: Request) -> Response:
     emulator = _emulator(request)
     if request.method == "POST":
-        changes = _parse_json(await _read_capped(request, MAX_JSON_BYTES), "The body")
+        changes = _parse_json(await _read_capped(request, MAX_JSON_BYTES), "(body)")
         if not isinstance(changes, dict):
-            raise _invalid("The body must be a JSON object of fault settings.")
+            raise _invalid("(body)", "must be a JSON object of fault settings.")
         try:
             emulator.configure(changes)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
-            )
-            raise _invalid(f"Invalid fault settings: {problems}.") from None
+            details = [
+                {"path": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+                for error in exc.errors()
+            ]
+            raise CatalogError(400, "VALIDATION_FAILED", "Invalid fault settings.", details) from None
     return JSONResponse(emulator.faults.model_dump())
 
 
@@ -881,16 +915,16 @@ async def admin_stats(request: Request) -> Response:
 
 async def admin_reset(request: Request) -> Response:
     raw = await _read_capped(request, MAX_JSON_BYTES)
-    options = _parse_json(raw, "The body") if raw.strip() else {}
+    options = _parse_json(raw, "(body)") if raw.strip() else {}
     if not isinstance(options, dict) or not isinstance(options.get("stats_only", False), bool):
-        raise _invalid('The body must be empty or {"stats_only": true|false}.')
+        raise _invalid("(body)", 'must be empty or {"stats_only": true|false}.')
     _emulator(request).reset(stats_only=options.get("stats_only", False))
     return JSONResponse({"reset": "stats" if options.get("stats_only") else "all"})
 
 
 async def _on_catalog_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CatalogError)
-    return _error_response(exc.status, exc.code, exc.message)
+    return _error_response(exc.status, exc.code, exc.message, details=exc.details)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:

@@ -37,6 +37,7 @@ from worker.catalog import (
 from worker.errors import (
     AuthError,
     ConfigError,
+    InsufficientCredits,
     PermanentError,
     RateLimited,
     RejectedError,
@@ -158,12 +159,19 @@ def simple_product(external_id: str = "shirt-42") -> ProductUpsert:
 
 ERROR_TABLE = [
     (400, error_response(400, "PRODUCT_IMAGES_REQUIRED"), RejectedError, "PRODUCT_IMAGES_REQUIRED"),
-    (401, error_response(401, "UNAUTHORIZED"), AuthError, "UNAUTHORIZED"),
+    (400, error_response(400, "VALIDATION_FAILED"), RejectedError, "VALIDATION_FAILED"),
+    (400, error_response(400, "EXTERNAL_ID_REQUIRED"), RejectedError, "EXTERNAL_ID_REQUIRED"),
+    (400, error_response(400, "MULTIPART_FILE_NOT_FOUND"), RejectedError, "MULTIPART_FILE_NOT_FOUND"),
+    (400, error_response(400, "INVALID_IMAGE_INPUT"), RejectedError, "INVALID_IMAGE_INPUT"),
+    (400, error_response(400, "INVALID_IMAGE"), RejectedError, "INVALID_IMAGE"),
+    (401, error_response(401, "MISSING_API_KEY"), AuthError, "MISSING_API_KEY"),
+    (401, error_response(401, "INVALID_API_KEY"), AuthError, "INVALID_API_KEY"),
+    (402, error_response(402, "INSUFFICIENT_CREDITS"), InsufficientCredits, "INSUFFICIENT_CREDITS"),
     (403, error_response(403, "FORBIDDEN"), AuthError, "FORBIDDEN"),
     (404, error_response(404, "PRODUCT_NOT_FOUND"), RejectedError, "PRODUCT_NOT_FOUND"),
     (408, httpx.Response(408), RetryableError, None),
     (409, error_response(409, "RESERVED_EXTERNAL_ID"), RejectedError, "RESERVED_EXTERNAL_ID"),
-    (413, error_response(413, "IMAGE_TOO_LARGE"), RejectedError, "IMAGE_TOO_LARGE"),
+    (413, error_response(413, "PAYLOAD_TOO_LARGE"), RejectedError, "PAYLOAD_TOO_LARGE"),
     (418, httpx.Response(418, text="I'm a teapot"), RejectedError, "HTTP_418"),
     (422, error_response(422, "UNPROCESSABLE"), RejectedError, "UNPROCESSABLE"),
     (429, error_response(429, "RATE_LIMITED", headers={"Retry-After": "3"}), RateLimited, None),
@@ -179,7 +187,7 @@ ERROR_TABLE = [
 @pytest.mark.parametrize(
     ("status", "answer", "error_class", "code"),
     ERROR_TABLE,
-    ids=[f"{row[0]}-{row[2].__name__}" for row in ERROR_TABLE],
+    ids=[f"{row[0]}-{row[3] or row[2].__name__}" for row in ERROR_TABLE],
 )
 def test_each_status_maps_to_the_error_the_caller_acts_on(
     make_client: Callable[..., CatalogClient],
@@ -203,6 +211,24 @@ def test_each_status_maps_to_the_error_the_caller_acts_on(
         assert caught.value.code == code  # type: ignore[attr-defined]
     assert f"{status}" in str(caught.value)
     assert "/tryon/v1/products" in str(caught.value)
+
+
+def test_validation_details_are_kept_with_their_paths(make_client: Callable[..., CatalogClient]) -> None:
+    details = [
+        {"path": "images[0].source.url", "message": "must be an absolute http(s) URL."},
+        {"path": "validForDays", "message": "must be an integer from 1 to 365"},
+    ]
+    body = {"code": "VALIDATION_FAILED", "message": "Validation failed", "status": 400, "details": details}
+    client = make_client(ScriptedServer(json_response(400, body)), max_attempts=1)
+
+    with pytest.raises(RejectedError) as caught:
+        client.upsert(simple_product())
+
+    assert caught.value.details == (
+        ("images[0].source.url", "must be an absolute http(s) URL."),
+        ("validForDays", "must be an integer from 1 to 365"),
+    )
+    assert "images[0].source.url: must be an absolute http(s) URL." in str(caught.value)
 
 
 def test_an_error_body_message_is_carried_into_the_exception(make_client: Callable[..., CatalogClient]) -> None:
@@ -439,7 +465,7 @@ def test_the_api_key_never_shows_in_reprs_errors_or_logs(
     server = ScriptedServer(
         error_response(503, "DOWN", f"backend refused key {API_KEY}"),
         httpx.ConnectError(f"cannot connect for {API_KEY}"),
-        error_response(401, "UNAUTHORIZED", f"unknown key {API_KEY}"),
+        error_response(401, "INVALID_API_KEY", f"unknown key {API_KEY}"),
     )
     client = make_client(server)
 

@@ -431,7 +431,7 @@ def test_a_cursor_only_works_for_the_account_that_got_it(emulator: Emulator) -> 
     foreign = emulator.as_key(OTHER_KEY).get(PRODUCTS, params={"cursor": cursor})
 
     assert foreign.status_code == 400
-    assert foreign.json()["code"] == "INVALID_CURSOR"
+    assert foreign.json()["code"] == "VALIDATION_FAILED"
 
 
 def test_accounts_are_isolated(emulator: Emulator) -> None:
@@ -456,9 +456,17 @@ def _images(count: int) -> list[dict[str, Any]]:
 ONE = _images(1)
 ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = [
     # id, api key, method, path, httpx request arguments, status, code
-    ("no-key", None, "GET", PRODUCTS, {}, 401, "UNAUTHORIZED"),
-    ("unknown-key", "nope", "GET", PRODUCTS, {}, 401, "UNAUTHORIZED"),
-    ("unknown-key-upsert", "nope", "POST", PRODUCTS, {"json": {"externalId": "a", "images": ONE}}, 401, "UNAUTHORIZED"),
+    ("no-key", None, "GET", PRODUCTS, {}, 401, "MISSING_API_KEY"),
+    ("unknown-key", "nope", "GET", PRODUCTS, {}, 401, "INVALID_API_KEY"),
+    (
+        "unknown-key-upsert",
+        "nope",
+        "POST",
+        PRODUCTS,
+        {"json": {"externalId": "a", "images": ONE}},
+        401,
+        "INVALID_API_KEY",
+    ),
     ("create-without-images", KEY, "POST", PRODUCTS, {"json": {"externalId": "a"}}, 400, "PRODUCT_IMAGES_REQUIRED"),
     (
         "empty-images",
@@ -485,7 +493,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": _images(11)}},
         400,
-        "TOO_MANY_IMAGES",
+        "VALIDATION_FAILED",
     ),
     (
         "eleven-image-urls",
@@ -494,7 +502,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "imageUrls": [f"https://x.io/{n}" for n in range(11)]}},
         400,
-        "TOO_MANY_IMAGES",
+        "VALIDATION_FAILED",
     ),
     (
         "url-and-file-key",
@@ -503,7 +511,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": [{"source": {"url": "https://x.io/a", "fileKey": "f"}}]}},
         400,
-        "INVALID_IMAGE",
+        "VALIDATION_FAILED",
     ),
     (
         "neither-url-nor-file-key",
@@ -512,7 +520,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": [{"source": {}}]}},
         400,
-        "INVALID_IMAGE",
+        "INVALID_IMAGE_INPUT",
     ),
     (
         "flat-url-and-file-key",
@@ -521,7 +529,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": [{"url": "https://x.io/a", "fileKey": "f"}]}},
         400,
-        "INVALID_IMAGE",
+        "VALIDATION_FAILED",
     ),
     (
         "relative-url",
@@ -530,7 +538,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": [{"url": "/a.jpg"}]}},
         400,
-        "INVALID_IMAGE",
+        "VALIDATION_FAILED",
     ),
     (
         "unknown-role",
@@ -539,7 +547,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": [{"url": "https://x.io/a", "role": "side"}]}},
         400,
-        "INVALID_IMAGE",
+        "VALIDATION_FAILED",
     ),
     (
         "file-key-in-json",
@@ -548,7 +556,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": [{"source": {"fileKey": "f"}}]}},
         400,
-        "MISSING_FILE",
+        "MULTIPART_FILE_NOT_FOUND",
     ),
     (
         "file-key-without-file",
@@ -557,7 +565,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         multipart({"externalId": "a", "images": [{"source": {"fileKey": "back"}}]}, {"front": b"x"}),
         400,
-        "MISSING_FILE",
+        "MULTIPART_FILE_NOT_FOUND",
     ),
     (
         "file-key-naming-a-text-field",
@@ -569,7 +577,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
             "files": {"x": b"1"},
         },
         400,
-        "MISSING_FILE",
+        "MULTIPART_FILE_NOT_FOUND",
     ),
     (
         "valid-for-days-zero",
@@ -578,7 +586,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "validForDays": 0}},
         400,
-        "INVALID_VALID_FOR_DAYS",
+        "VALIDATION_FAILED",
     ),
     (
         "valid-for-days-366",
@@ -587,7 +595,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "validForDays": 366}},
         400,
-        "INVALID_VALID_FOR_DAYS",
+        "VALIDATION_FAILED",
     ),
     (
         "valid-for-days-string",
@@ -596,7 +604,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "validForDays": "30"}},
         400,
-        "INVALID_VALID_FOR_DAYS",
+        "VALIDATION_FAILED",
     ),
     (
         "valid-for-days-float",
@@ -605,7 +613,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "validForDays": 1.5}},
         400,
-        "INVALID_VALID_FOR_DAYS",
+        "VALIDATION_FAILED",
     ),
     (
         "valid-for-days-bool",
@@ -614,13 +622,13 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "validForDays": True}},
         400,
-        "INVALID_VALID_FOR_DAYS",
+        "VALIDATION_FAILED",
     ),
-    ("limit-zero", KEY, "GET", PRODUCTS, {"params": {"limit": "0"}}, 400, "INVALID_LIMIT"),
-    ("limit-201", KEY, "GET", PRODUCTS, {"params": {"limit": "201"}}, 400, "INVALID_LIMIT"),
-    ("limit-not-a-number", KEY, "GET", PRODUCTS, {"params": {"limit": "ten"}}, 400, "INVALID_LIMIT"),
-    ("limit-negative", KEY, "GET", PRODUCTS, {"params": {"limit": "-5"}}, 400, "INVALID_LIMIT"),
-    ("cursor-garbage", KEY, "GET", PRODUCTS, {"params": {"cursor": "not a cursor!"}}, 400, "INVALID_CURSOR"),
+    ("limit-zero", KEY, "GET", PRODUCTS, {"params": {"limit": "0"}}, 400, "VALIDATION_FAILED"),
+    ("limit-201", KEY, "GET", PRODUCTS, {"params": {"limit": "201"}}, 400, "VALIDATION_FAILED"),
+    ("limit-not-a-number", KEY, "GET", PRODUCTS, {"params": {"limit": "ten"}}, 400, "VALIDATION_FAILED"),
+    ("limit-negative", KEY, "GET", PRODUCTS, {"params": {"limit": "-5"}}, 400, "VALIDATION_FAILED"),
+    ("cursor-garbage", KEY, "GET", PRODUCTS, {"params": {"cursor": "not a cursor!"}}, 400, "VALIDATION_FAILED"),
     (
         "cursor-forged",
         KEY,
@@ -628,7 +636,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"params": {"cursor": "eyJ2IjoxLCJhZnRlciI6MSwic3VtIjoiMDAwMDAwMDAwMDAwMDAwMCJ9"}},
         400,
-        "INVALID_CURSOR",
+        "VALIDATION_FAILED",
     ),
     (
         "malformed-json",
@@ -637,7 +645,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"content": b'{"externalId": ', "headers": {"content-type": "application/json"}},
         400,
-        "INVALID_JSON",
+        "VALIDATION_FAILED",
     ),
     (
         "malformed-data-field",
@@ -646,11 +654,19 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"data": {"data": "{nope"}, "files": {"f": b"1"}},
         400,
-        "INVALID_JSON",
+        "VALIDATION_FAILED",
     ),
-    ("multipart-without-data", KEY, "POST", PRODUCTS, {"files": {"f": b"1"}}, 400, "INVALID_MULTIPART"),
-    ("missing-external-id", KEY, "POST", PRODUCTS, {"json": {"images": ONE}}, 400, "VALIDATION_ERROR"),
-    ("empty-external-id", KEY, "POST", PRODUCTS, {"json": {"externalId": " ", "images": ONE}}, 400, "VALIDATION_ERROR"),
+    ("multipart-without-data", KEY, "POST", PRODUCTS, {"files": {"f": b"1"}}, 400, "VALIDATION_FAILED"),
+    ("missing-external-id", KEY, "POST", PRODUCTS, {"json": {"images": ONE}}, 400, "EXTERNAL_ID_REQUIRED"),
+    (
+        "empty-external-id",
+        KEY,
+        "POST",
+        PRODUCTS,
+        {"json": {"externalId": " ", "images": ONE}},
+        400,
+        "EXTERNAL_ID_REQUIRED",
+    ),
     (
         "numeric-external-id",
         KEY,
@@ -658,7 +674,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": 42, "images": ONE}},
         400,
-        "VALIDATION_ERROR",
+        "VALIDATION_FAILED",
     ),
     (
         "title-not-a-string",
@@ -667,7 +683,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "title": 5}},
         400,
-        "VALIDATION_ERROR",
+        "VALIDATION_FAILED",
     ),
     (
         "metadata-a-list",
@@ -676,7 +692,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "metadata": [1]}},
         400,
-        "VALIDATION_ERROR",
+        "VALIDATION_FAILED",
     ),
     (
         "auto-detect-a-string",
@@ -685,7 +701,7 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "autoDetectImageRoles": "yes"}},
         400,
-        "VALIDATION_ERROR",
+        "VALIDATION_FAILED",
     ),
     (
         "images-and-image-urls",
@@ -694,10 +710,10 @@ ERROR_CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = 
         PRODUCTS,
         {"json": {"externalId": "a", "images": ONE, "imageUrls": ["https://x.io/a"]}},
         400,
-        "VALIDATION_ERROR",
+        "VALIDATION_FAILED",
     ),
-    ("body-not-an-object", KEY, "POST", PRODUCTS, {"json": ["externalId"]}, 400, "VALIDATION_ERROR"),
-    ("form-urlencoded", KEY, "POST", PRODUCTS, {"data": {"externalId": "a"}}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    ("body-not-an-object", KEY, "POST", PRODUCTS, {"json": ["externalId"]}, 400, "VALIDATION_FAILED"),
+    ("form-urlencoded", KEY, "POST", PRODUCTS, {"data": {"externalId": "a"}}, 400, "VALIDATION_FAILED"),
     ("get-missing", KEY, "GET", f"{PRODUCTS}/nope", {}, 404, "PRODUCT_NOT_FOUND"),
     ("delete-missing", KEY, "DELETE", f"{PRODUCTS}/nope", {}, 404, "PRODUCT_NOT_FOUND"),
 ]
@@ -715,7 +731,11 @@ def test_errors_answer_the_documented_status_and_body(
 
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"code", "message", "status"}
+    if code == "VALIDATION_FAILED":
+        assert set(body) == {"code", "message", "status", "details"}
+        assert all(set(item) == {"path", "message"} and item["path"] for item in body["details"])
+    else:
+        assert set(body) == {"code", "message", "status"}
     assert (body["code"], body["status"]) == (code, status)
     assert body["message"]
     assert emulator.client.get(PRODUCTS).json()["count"] == 0, "a refused upsert must not store anything"
@@ -733,13 +753,43 @@ def test_documented_error_messages_match_the_vendor_pages(emulator: Emulator) ->
     )
 
 
+def test_a_validation_failure_names_each_path_in_details(emulator: Emulator) -> None:
+    body = {"externalId": "a", "images": [{"source": {"url": "ftp://x.io/a.jpg"}}]}
+
+    answer = emulator.client.post(PRODUCTS, json=body).json()
+
+    assert answer["code"] == "VALIDATION_FAILED"
+    assert answer["status"] == 400
+    assert answer["details"] == [{"path": "images[0].source.url", "message": "must be an absolute http(s) URL."}]
+
+
+def test_an_account_without_credits_answers_402_on_writes_only(emulator: Emulator) -> None:
+    create(emulator.client, "kept")
+    emulator.configure(credits_exhausted=True)
+
+    refused = emulator.client.post(PRODUCTS, json={"externalId": "new", "images": ONE})
+
+    assert refused.status_code == 402
+    assert refused.json()["code"] == "INSUFFICIENT_CREDITS"
+    assert emulator.client.get(f"{PRODUCTS}/kept").status_code == 200
+    assert emulator.client.get(f"{PRODUCTS}/new").status_code == 404
+
+
+def test_a_forbidden_key_answers_403_forbidden(emulator: Emulator) -> None:
+    emulator.configure(forbidden=True)
+
+    answer = emulator.client.get(PRODUCTS)
+
+    assert (answer.status_code, answer.json()["code"]) == (403, "FORBIDDEN")
+
+
 def test_an_upload_over_10_mb_is_413(emulator: Emulator) -> None:
     payload = {"externalId": "huge", "images": [{"source": {"fileKey": "f"}}]}
 
     response = emulator.client.post(PRODUCTS, **multipart(payload, {"f": b"\x00" * (MAX_IMAGE_BYTES + 1)}))
 
     assert response.status_code == 413
-    assert response.json()["code"] == "IMAGE_TOO_LARGE"
+    assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
     assert emulator.client.get(f"{PRODUCTS}/huge").status_code == 404
 
 
@@ -858,7 +908,7 @@ def test_bad_fault_settings_are_refused_and_change_nothing(emulator: Emulator) -
     for bad in ({"error_rate": 1.5}, {"rate_limit": 0}, {"burst": 0}, {"fail_next": -1}, {"typo": 1}, {"seed": "x"}):
         response = emulator.as_key(None).post("/_emulator/config", json=bad)
         assert response.status_code == 400, bad
-        assert response.json()["code"] == "VALIDATION_ERROR"
+        assert response.json()["code"] == "VALIDATION_FAILED"
     assert emulator.as_key(None).get("/_emulator/config").json() == before
 
 

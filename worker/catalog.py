@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Annotated, Any, Final, Self, TypeVar
 from urllib.parse import quote, urlsplit
@@ -55,6 +55,7 @@ from worker import __version__
 from worker.errors import (
     AuthError,
     ConfigError,
+    InsufficientCredits,
     PermanentError,
     RateLimited,
     RejectedError,
@@ -75,6 +76,7 @@ __all__ = [
     "MissingFileError",
     "ProductUpsert",
     "error_for_response",
+    "field_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,8 @@ STATUS_ERRORS: Final[Mapping[int, type[SyncError]]] = MappingProxyType(
     {
         400: RejectedError,
         401: AuthError,
+        # INSUFFICIENT_CREDITS: no write passes until the account is topped up, whichever product it is.
+        402: InsufficientCredits,
         403: AuthError,
         404: RejectedError,
         # The server gave up waiting for our request: the same request may well pass next time.
@@ -311,9 +315,11 @@ def error_for_response(response: httpx.Response, *, redact: Callable[[str], str]
     `redact` scrubs the message (the client removes its key, in case a server echoes it back).
     """
     status = response.status_code
-    code, detail = _error_body(response)
+    code, detail, details = _error_body(response)
     request = response.request
     where = f"catalog {request.method} {request.url.path}"
+    if details:
+        detail += " (" + "; ".join(f"{path}: {text}" for path, text in details) + ")"
     message = redact(f"{where} answered {status} {code}: {detail}")
     error_class = STATUS_ERRORS.get(status)
     if error_class is None:
@@ -339,18 +345,21 @@ def error_for_response(response: httpx.Response, *, redact: Callable[[str], str]
         )
     if error_class is AuthError:
         return AuthError(message + " (check the catalog API key)", status=status, code=code)
+    if error_class is InsufficientCredits:
+        return InsufficientCredits(message + " (top up the catalog account)", status=status, code=code)
     if error_class is RejectedError:
-        return RejectedError(message, status=status, code=code)
+        return RejectedError(message, status=status, code=code, details=details)
     return RetryableError(message, status=status)
 
 
-def _error_body(response: httpx.Response) -> tuple[str, str]:
-    """(code, message) from the documented `{code, message, status}` body, with fallbacks for anything else."""
+def _error_body(response: httpx.Response) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """(code, message, details) from the documented `{code, message, status, details?: [{path, message}]}` body,
+    with fallbacks for anything else."""
     fallback_code = f"HTTP_{response.status_code}"
     try:
         text = response.text
     except (httpx.ResponseNotRead, UnicodeDecodeError):
-        return fallback_code, response.reason_phrase or "(unreadable body)"
+        return fallback_code, response.reason_phrase or "(unreadable body)", ()
     try:
         body = json.loads(text) if text.strip() else None
     except ValueError:
@@ -361,9 +370,22 @@ def _error_body(response: httpx.Response) -> tuple[str, str]:
         return (
             code if isinstance(code, str) and code else fallback_code,
             detail if isinstance(detail, str) and detail else _excerpt(text),
+            _details(body.get("details")),
         )
     excerpt = _excerpt(text)
-    return fallback_code, excerpt or response.reason_phrase or "(empty body)"
+    return fallback_code, excerpt or response.reason_phrase or "(empty body)", ()
+
+
+def _details(raw: Any) -> tuple[tuple[str, str], ...]:
+    """The validation `details` as (path, message) pairs; entries of another shape are skipped, not fatal."""
+    if not isinstance(raw, list):
+        return ()
+    pairs = []
+    for item in raw:
+        if isinstance(item, dict) and isinstance(item.get("message"), str):
+            path = item.get("path")
+            pairs.append((path if isinstance(path, str) and path else "(product)", item["message"]))
+    return tuple(pairs)
 
 
 def _excerpt(text: str) -> str:
@@ -635,6 +657,14 @@ class CatalogClient:
     def _redact(self, text: str) -> str:
         secret = self._key.get_secret_value()
         return text.replace(secret, "**********") if secret else text
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """A field's location as the catalog's `details[].path` writes it: `images[0].source.url`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(product)"
 
 
 def _product_path(external_id: str) -> str:

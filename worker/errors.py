@@ -4,9 +4,12 @@
     ├── ConfigError                the operator must fix a setting; the message names the field and the fix
     ├── PermanentError             retrying the same request cannot help
     │   ├── AuthError              credentials refused (401/403): stop pushing for this source, tell a human
-    │   └── RejectedError          the API refused this one request (400/404/409/413/422); carries `code`
+    │   ├── InsufficientCredits    402: the account can take no more writes: stop pushing, tell a human
+    │   └── RejectedError          the API refused this one request (400/404/409/413/422); carries `code` and
+    │                              the API's `details` (field path, message)
     ├── RetryableError             a transient fault (5xx, timeout, connection reset): try again later
-    │   └── RateLimited            429: wait `retry_after` seconds, shared by every worker
+    │   ├── RateLimited            429: wait `retry_after` seconds, shared by every worker
+    │   └── InfrastructureError    our own Redis or database is unavailable: wait, and blame no product
     ├── SkippedProduct             one source record is unusable; it is recorded with `reason` and the rest go on
     ├── SourceError                a whole source read failed (broken document, unreachable shop): the run fails,
     │                              nothing is deleted
@@ -39,13 +42,31 @@ class AuthError(PermanentError):
         self.code = code
 
 
-class RejectedError(PermanentError):
-    """The remote refused this request as invalid; `code` is the API's machine-readable reason."""
+class InsufficientCredits(PermanentError):
+    """The catalog account has no credits left (402): no write can pass until someone tops it up."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = 402, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class RejectedError(PermanentError):
+    """The remote refused this request as invalid; `code` is the API's machine-readable reason and `details` its
+    `(path, message)` pairs for a validation failure."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details
 
 
 class RetryableError(SyncError):
@@ -74,6 +95,10 @@ class RateLimited(RetryableError):
         self.limit = limit
         self.remaining = remaining
         self.reset = reset
+
+
+class InfrastructureError(RetryableError):
+    """Our own Redis or database cannot be reached: the work waits for it, and no product is blamed."""
 
 
 class SkippedProduct(SyncError):

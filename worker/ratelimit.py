@@ -39,7 +39,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.errors import ConfigError, RateLimited, RetryableError
+from worker.errors import ConfigError, InfrastructureError, RateLimited
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -149,7 +149,8 @@ class RedisLimiter:
     """The global limiter: a GCRA budget and a shared cool-down in Redis, checked by one atomic script.
 
     `redis` should have socket timeouts (as `build_limiter` sets): a Redis that stops answering then surfaces as
-    `RetryableError` instead of a hung worker. Every Redis failure is raised as `RetryableError`.
+    `InfrastructureError` instead of a hung worker. Every Redis failure is raised as `InfrastructureError` (a
+`RetryableError` that no product is blamed for).
     """
 
     def __init__(
@@ -218,7 +219,7 @@ class RedisLimiter:
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
             # redis-py messages name host and port, never the password; ours does the same.
-            raise RetryableError(
+            raise InfrastructureError(
                 f"rate limiter: cannot {what} in Redis at {self._where()}: {type(exc).__name__}: {exc}",
                 status=None,
             ) from None
