@@ -4,13 +4,22 @@
 upsert, or a delete), and records the result with a compare-and-set on the desired hash, so a row that changed
 meanwhile stays pending and duplicate messages are harmless.
 
-What a failure does, by what the caller should do (worker/errors.py):
-- RetryableError: `next_attempt_at` with exponential backoff and jitter; `reconcile` re-enqueues when due.
-- RateLimited: the limiter's shared cool-down is already set; the row is due again after `retry_after`. Not counted
-  as an attempt: the product did nothing wrong.
-- RejectedError: `failed` with the API's code; no retry until an operator runs `catalog-sync retry`.
-- AuthError: every push of the source pauses (and says why in `status`) for AUTH_PAUSE, then tries again.
-- After `max_attempts` retryable failures: `failed`.
+What a failure does is one table, `ACTIONS` (first matching class wins), tested as a table:
+
+    exception                           attempt?  then
+    RateLimited (429)                   no        due again after `retry_after` (the limiter's cool-down is shared)
+    InfrastructureError, SQLAlchemyError,
+      RedisError (our own Redis or DB)  no        lease released, due again after a backoff: no product is blamed
+    RetryableError (5xx, timeout, ...)  yes       backoff; `failed` after `max_attempts`
+    AuthError (401/403)                 no        every push of the source pauses for AUTH_PAUSE; `status` says why
+    InsufficientCredits (402)           no        the same pause, with the top-up as the fix
+    RejectedError (400/404/409/...)     yes       `failed` at once with the API's code and its `details` paths
+    PermanentError (a 2xx answer whose
+      body cannot be parsed)            yes       backoff; `failed` after `max_attempts` (INVALID_RESPONSE)
+    ValidationError (a stored payload
+      this version no longer accepts)   yes       backoff; `failed` after `max_attempts` (INVALID_PAYLOAD)
+    any other Exception (a bug)         yes       backoff; `failed` after `max_attempts` (INTERNAL_ERROR), logged
+                                                  with its traceback
 No Celery countdown or ETA: the Redis broker re-delivers long-delayed messages in a loop (celery#5935, kombu#337);
 the database schedules retries instead.
 """
@@ -23,9 +32,22 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
-from worker.catalog import CatalogClient, ProductUpsert
-from worker.errors import AuthError, RateLimited, RejectedError, RetryableError
+from pydantic import ValidationError
+from redis import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker.catalog import CatalogClient, ProductUpsert, field_path
+from worker.errors import (
+    AuthError,
+    InfrastructureError,
+    InsufficientCredits,
+    PermanentError,
+    RateLimited,
+    RejectedError,
+    RetryableError,
+)
 from worker.state import Claim, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -49,6 +71,42 @@ class Outcome(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     FAILED = "failed"
     PAUSED = "paused"
+
+
+Then = Literal["retry_after", "wait", "backoff", "pause", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What a push does about one kind of exception."""
+
+    count_attempt: bool
+    then: Then  # retry_after: the server's wait; wait: release, backoff; backoff: retry, fail after max; pause; fail
+    code: str | None = None  # the recorded reason; None: the exception's own (API code, HTTP status)
+
+
+# The one table of what happens on each exception; the first class that matches wins (see the module docstring).
+ACTIONS: tuple[tuple[type[BaseException], Action], ...] = (
+    (RateLimited, Action(count_attempt=False, then="retry_after", code="RATE_LIMITED")),
+    (InfrastructureError, Action(count_attempt=False, then="wait")),
+    (SQLAlchemyError, Action(count_attempt=False, then="wait")),
+    (RedisError, Action(count_attempt=False, then="wait")),
+    (RetryableError, Action(count_attempt=True, then="backoff")),
+    (AuthError, Action(count_attempt=False, then="pause")),
+    (InsufficientCredits, Action(count_attempt=False, then="pause")),
+    (RejectedError, Action(count_attempt=True, then="fail")),
+    (PermanentError, Action(count_attempt=True, then="backoff", code="INVALID_RESPONSE")),
+    (ValidationError, Action(count_attempt=True, then="backoff", code="INVALID_PAYLOAD")),
+    (Exception, Action(count_attempt=True, then="backoff", code="INTERNAL_ERROR")),
+)
+
+
+def action_for(exc: BaseException) -> Action | None:
+    """The row of `ACTIONS` for `exc`; None for what is not an `Exception` (an interrupt, a worker shutting down)."""
+    for kind, action in ACTIONS:
+        if isinstance(exc, kind):
+            return action
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,47 +135,88 @@ def push(
         return Outcome.NOOP
     try:
         outcome = _converge(catalog, claim)
-    except RateLimited as exc:
-        wait = exc.retry_after if exc.retry_after is not None else DEFAULT_RATE_LIMIT_WAIT
-        retry_at = utcnow() + timedelta(seconds=wait * (1 + 0.2 * jitter()))
-        store.record_failure(
-            claim,
-            code="RATE_LIMITED",
-            message=str(exc),
-            retry_at=retry_at,
-            count_attempt=False,
-            max_attempts=settings.max_attempts,
-        )
-        return Outcome.RATE_LIMITED
-    except RetryableError as exc:
-        status = store.record_failure(
-            claim,
-            code=f"HTTP_{exc.status}" if exc.status else "UNAVAILABLE",
-            message=str(exc),
-            retry_at=utcnow() + backoff(claim.attempts + 1, jitter),
-            max_attempts=settings.max_attempts,
-        )
-        log.warning("push %s/%s failed (attempt %d): %s", source, product_id, claim.attempts + 1, exc)
-        return Outcome.FAILED if status == "failed" else Outcome.RETRY
-    except RejectedError as exc:
-        store.record_failure(
-            claim, code=exc.code or "REJECTED", message=str(exc), retry_at=None, max_attempts=settings.max_attempts
-        )
-        log.warning("push %s/%s rejected: %s %s", source, product_id, exc.code, exc)
-        return Outcome.FAILED
-    except AuthError as exc:
-        reason = f"the catalog refused the API key ({exc.status}); fix CATALOG_SYNC_CATALOG_API_KEY"
+    except BaseException as exc:
+        action = action_for(exc)
+        if action is None:
+            # Interrupted: give the lease back so the row is not stuck until the lease expires.
+            store.release(claim, retry_at=utcnow() + backoff(claim.attempts + 1, jitter))
+            raise
+        return _handle(store, claim, exc, action, settings, jitter)
+    if not store.record_success(claim, called=outcome is not Outcome.CONVERGED_WITHOUT_CALL):
+        return Outcome.SUPERSEDED
+    return outcome
+
+
+def _handle(
+    store: Store, claim: Claim, exc: BaseException, action: Action, settings: PushSettings, jitter: Callable[[], float]
+) -> Outcome:
+    """Do what `action` says about `exc` for this claim (the table's row)."""
+    source, product_id = claim.source, claim.product_id
+    if action.then == "pause":
+        reason = pause_reason(exc, source)
         store.pause_source(source, until=utcnow() + AUTH_PAUSE, reason=reason)
         store.release(claim)
         log.error("%s: %s; pushes paused for %s", source, reason, AUTH_PAUSE)
         return Outcome.PAUSED
-    except BaseException:
-        # Anything unexpected: give the lease back so the row is not stuck until the lease expires.
+    if action.then == "wait":
+        # Our own service is down: nothing is counted; the row comes back when it is due (if we can write that).
+        log.warning("push %s/%s waits: %s", source, product_id, exc)
         store.release(claim, retry_at=utcnow() + backoff(claim.attempts + 1, jitter))
-        raise
-    if not store.record_success(claim):
-        return Outcome.SUPERSEDED
-    return outcome
+        return Outcome.RETRY
+    code = action.code or _code_of(exc)
+    message = _message_of(exc)
+    if action.then == "retry_after":
+        wait = getattr(exc, "retry_after", None)
+        wait = wait if wait is not None else DEFAULT_RATE_LIMIT_WAIT
+        retry_at = utcnow() + timedelta(seconds=wait * (1 + 0.2 * jitter()))
+    elif action.then == "fail":
+        retry_at = None
+    else:
+        retry_at = utcnow() + backoff(claim.attempts + 1, jitter)
+    status = store.record_failure(
+        claim,
+        code=code,
+        message=message,
+        retry_at=retry_at,
+        count_attempt=action.count_attempt,
+        max_attempts=settings.max_attempts,
+    )
+    if action.then == "retry_after":
+        return Outcome.RATE_LIMITED
+    if code == "INTERNAL_ERROR":
+        log.error("push %s/%s failed unexpectedly (attempt %d)", source, product_id, claim.attempts + 1, exc_info=exc)
+    else:
+        log.warning("push %s/%s failed (%s, attempt %d): %s", source, product_id, code, claim.attempts + 1, message)
+    return Outcome.FAILED if status == "failed" else Outcome.RETRY
+
+
+def pause_reason(exc: BaseException, source: str) -> str:
+    """Why a source's pushes stopped, and the fix, as `status` shows it."""
+    status, code = getattr(exc, "status", None), getattr(exc, "code", None)
+    answer = " ".join(str(part) for part in (status, code) if part)
+    if isinstance(exc, InsufficientCredits):
+        return (
+            f"the catalog account has no credits left ({answer}); top it up, then run `catalog-sync retry {source}`"
+        )
+    return (
+        f"the catalog refused the API key ({answer}); fix CATALOG_SYNC_CATALOG_API_KEY, then run "
+        f"`catalog-sync retry {source}`"
+    )
+
+
+def _code_of(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code
+    status = getattr(exc, "status", None)
+    return f"HTTP_{status}" if status else "UNAVAILABLE"
+
+
+def _message_of(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        return f"the stored catalog payload is no longer valid ({problems}); re-sync the product to rebuild it"
+    return str(exc) or type(exc).__name__
 
 
 def _converge(catalog: CatalogClient, claim: Claim) -> Outcome:
