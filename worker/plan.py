@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from config.sources import SourceConfig
 from connectors.base import MAX_IMAGES, Connector, SourceProduct
-from worker.catalog import ProductUpsert
+from worker.catalog import ProductUpsert, field_path
 from worker.errors import SkippedProduct, SourceError
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
@@ -37,6 +37,9 @@ PAGE_SIZE = 500
 WATERMARK_OVERLAP = timedelta(minutes=5)
 # Catalog metadata keys for the stable descriptors (volatile fields like price stay out unless configured).
 _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
+
+# Why a product without images is not in the catalog, and the fix.
+NO_IMAGES_MESSAGE = "the product has no usable image (the catalog needs at least one): add an image in the shop"
 
 # Called with (source, product ids) after each committed page, to enqueue their pushes.
 OnChanged = Callable[[str, Sequence[str]], None]
@@ -81,7 +84,14 @@ def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
         return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
     if not product.images:
         return DesiredRow(
-            source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
+            source.name,
+            product.product_id,
+            external_id,
+            None,
+            DELETED,
+            product.updated_at,
+            skip_reason="no_images",
+            skip_message=NO_IMAGES_MESSAGE,
         )
     upsert = _validated(catalog_payload(product, source), product.product_id)
     return DesiredRow(
@@ -94,7 +104,14 @@ def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime
     if not skip.product_id:
         return None
     return DesiredRow(
-        source.name, skip.product_id, skip.product_id, None, DELETED, updated_at, skip_reason=skip.reason[:64]
+        source.name,
+        skip.product_id,
+        skip.product_id,
+        None,
+        DELETED,
+        updated_at,
+        skip_reason=skip.reason[:64],
+        skip_message=skip.detail or None,
     )
 
 
@@ -103,9 +120,10 @@ def _validated(payload: dict[str, Any], product_id: str) -> ProductUpsert:
     try:
         return ProductUpsert.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SkippedProduct(product_id, "invalid_product", f"{where}: {first['msg']}") from None
+        problems = "; ".join(
+            f"{field_path(error['loc'])}: {error['msg'].removeprefix('Value error, ')}" for error in exc.errors()
+        )
+        raise SkippedProduct(product_id, "invalid_product", f"the catalog would refuse it: {problems}") from None
 
 
 def _camel(name: str) -> str:

@@ -222,6 +222,8 @@ class DesiredRow:
     content_hash: str
     updated_at: datetime | None
     skip_reason: str | None = None
+    # What the merchant can do about a skip (the field and the problem), kept beside the reason code.
+    skip_message: str | None = None
 
     @property
     def is_deletion(self) -> bool:
@@ -344,7 +346,7 @@ class Store:
                     "attempts": 0,
                     "next_attempt_at": None,
                     "last_error_code": row.skip_reason,
-                    "last_error_message": None,
+                    "last_error_message": row.skip_message,
                     "seen_run_id": run_id,
                     "enqueued_at": now,
                     "changed_at": now,
@@ -383,7 +385,7 @@ class Store:
             "attempts": 0,
             "next_attempt_at": None,
             "last_error_code": excluded.last_error_code,
-            "last_error_message": None,
+            "last_error_message": excluded.last_error_message,
             "enqueued_at": excluded.enqueued_at,
             "changed_at": excluded.changed_at,
         }
@@ -528,11 +530,18 @@ class Store:
             return None
         return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token)
 
-    def record_success(self, claim: Claim) -> bool:
+    def record_success(self, claim: Claim, *, called: bool = True) -> bool:
         """The catalog now holds `claim.desired_hash`. Returns True when the row is converged; False when the
-        desired state changed meanwhile (the row stays pending for another push)."""
+        desired state changed meanwhile (the row stays pending for another push).
+
+        `called` False: converged without a catalog call (a deletion of something never in the catalog), so
+        `last_synced_at` keeps saying when the catalog last confirmed anything, and such rows are not counted as
+        deleted from the catalog."""
         converged_status = "skipped" if claim.skip_reason else ("deleted" if claim.payload is None else "synced")
         now = utcnow()
+        same = ProductRow.desired_hash == claim.desired_hash
+        # A skip keeps its message: it is why the product is not in the catalog.
+        message = case((same, ProductRow.last_error_message), else_=None) if claim.skip_reason else None
         with self.session() as session:
             result = session.execute(
                 update(ProductRow)
@@ -555,8 +564,8 @@ class Store:
                     last_error_code=case(
                         (ProductRow.desired_hash == claim.desired_hash, claim.skip_reason), else_=None
                     ),
-                    last_error_message=None,
-                    last_synced_at=now,
+                    last_error_message=message,
+                    last_synced_at=now if called else ProductRow.last_synced_at,
                 )
                 .returning(ProductRow.desired_hash)
             ).first()
@@ -827,6 +836,43 @@ class Store:
         if product_ids:
             conditions.append(ProductRow.product_id.in_(list(product_ids)))
         return conditions
+
+    def status_breakdown(
+        self, source: str, *, since: datetime | None = None, product_ids: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """{status: count} where `deleted` counts only rows the catalog confirmed removing (since `since`, when
+        given) and `inactive` the other converged deletions: products never in the catalog (drafts, tombstones),
+        which cost no call. `status` and a run's summary both count this way, so their numbers agree."""
+        removed = and_(ProductRow.status == "deleted", ProductRow.last_synced_at.is_not(None))
+        if since is not None:
+            removed = and_(removed, ProductRow.last_synced_at >= since)
+        label = case((removed, "deleted"), (ProductRow.status == "deleted", "inactive"), else_=ProductRow.status)
+        query = select(label, func.count()).where(*self._scope(source, since, product_ids)).group_by(label)
+        with self.read_session() as session:
+            return {row[0]: row[1] for row in session.execute(query)}
+
+    def problem_summary(
+        self,
+        source: str,
+        *,
+        statuses: Sequence[str] = ("skipped", "failed", "pending"),
+        since: datetime | None = None,
+        product_ids: Sequence[str] | None = None,
+    ) -> list[tuple[str, str, int, str]]:
+        """(status, reason code, products, one of their messages) for rows with a recorded reason: why products
+        are skipped, failed or still pending, largest groups first."""
+        query = (
+            select(ProductRow.status, ProductRow.last_error_code, func.count(), func.max(ProductRow.last_error_message))
+            .where(
+                ProductRow.status.in_(list(statuses)),
+                ProductRow.last_error_code.is_not(None),
+                *self._scope(source, since, product_ids),
+            )
+            .group_by(ProductRow.status, ProductRow.last_error_code)
+            .order_by(func.count().desc(), ProductRow.last_error_code)
+        )
+        with self.read_session() as session:
+            return [(r[0], r[1] or "", r[2], r[3] or "") for r in session.execute(query)]
 
     def rows_changed_since(self, source: str, since: datetime, *, limit: int = 1000) -> list[ProductRow]:
         query = (
