@@ -6,15 +6,24 @@ Precedence: environment variables, then a `.env` file in the working directory, 
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.urls import check_broker_url, mask_url, normalize_database_url
 from worker.errors import ConfigError
 
 DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
+ENV_PREFIX = "CATALOG_SYNC_"
+# Variables under this prefix belong to the test suite (its Redis and PostgreSQL), not to the program.
+TEST_ENV_PREFIX = ENV_PREFIX + "TEST_"
+# Settings whose values are URLs that may carry a password: shown masked in every message.
+_URL_SETTINGS = frozenset({"database_url", "broker_url", "redis_url"})
 
 
 class Settings(BaseSettings):
@@ -55,9 +64,38 @@ class Settings(BaseSettings):
     webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
     log_level: str = Field("INFO", description="Python log level.")
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        return check_broker_url(value)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per `CATALOG_SYNC_*` variable that is no setting, with the setting it was probably meant to be."""
+    known = sorted(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(TEST_ENV_PREFIX) or upper in known:
+            continue
+        guess = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {guess[0]}?" if guess else f"; the settings are listed in the README ({known[0]}, …)"
+        lines.append(f"  {name}: not a catalog-sync setting{hint}")
+    return lines
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    # A mistyped name would otherwise be ignored without a word, and its default (a new SQLite file in the working
+    # directory, say) used instead.
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise ConfigError("\n".join(["unknown environment variable(s):", *unknown]))
     try:
         return Settings()
     except ValidationError as exc:
@@ -67,6 +105,14 @@ def get_settings() -> Settings:
 def _explain(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for error in exc.errors():
-        name = "_".join(str(part) for part in error["loc"]).upper()
-        lines.append(f"  CATALOG_SYNC_{name}: {error['msg']} (got {error.get('input')!r})")
+        field = "_".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        if field in _URL_SETTINGS and isinstance(value, str):
+            shown = f" (got {mask_url(value)})"
+        elif field == "catalog_api_key":
+            shown = ""
+        else:
+            shown = f" (got {value!r})"
+        lines.append(f"  {ENV_PREFIX}{field.upper()}: {message}{shown}")
     return "\n".join(lines)

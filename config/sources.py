@@ -6,6 +6,7 @@ the field and the fix.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -26,6 +27,8 @@ _TEMPLATE_FIELD = re.compile(r"\{(\w*)\}")
 TEMPLATE_VARIABLES = frozenset({"id", "handle", "source"})
 _SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "consumer_key", "consumer_secret")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# The keys a sources file may hold at its top level.
+TOP_LEVEL_KEYS = ("sources",)
 
 
 class SourceConfig(BaseModel):
@@ -104,6 +107,15 @@ def resolve_env_refs(raw: Mapping[str, Any], *, source: str) -> dict[str, Any]:
 
 
 def parse_sources(document: Mapping[str, Any], *, origin: str = "sources file") -> dict[str, SourceConfig]:
+    unknown = [key for key in document if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        # `[[source]]` would otherwise read as a file without sources.
+        lines = [f"{origin}: unknown top-level key(s):"]
+        for key in unknown:
+            guess = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1, cutoff=0.5)
+            hint = f"did you mean [[{guess[0]}]]?" if guess else "a sources file holds only [[sources]] tables"
+            lines.append(f"  {key}: {hint}")
+        raise ConfigError("\n".join(lines))
     tables = document.get("sources", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{origin}: 'sources' must be an array of tables: write each as [[sources]]")
@@ -122,12 +134,19 @@ def parse_sources(document: Mapping[str, Any], *, origin: str = "sources file") 
     return sources
 
 
-def load_sources(path: Path) -> dict[str, SourceConfig]:
-    """Read the sources file; a missing file means no sources."""
+def load_sources(path: Path, *, required: bool = True) -> dict[str, SourceConfig]:
+    """Read the sources file. A missing file is a `ConfigError` unless not `required` (then: no sources)."""
     if not path.exists():
-        return {}
+        if not required:
+            return {}
+        raise ConfigError(
+            f"the sources file {path} does not exist: create it with one [[sources]] table per source (see the "
+            "README), or point CATALOG_SYNC_CONFIG at it"
+        )
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"the sources file {path} cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_sources(document, origin=str(path))

@@ -55,7 +55,7 @@ def test_an_inline_full_resync_reports_what_happened_as_json(world: SyncWorld) -
 
     assert result.returncode == 0, result.stderr
     summary = as_json(result)
-    assert summary["outcome"] == "completed"
+    assert summary["outcome"] == "converged"
     assert (summary["synced"], summary["skipped"], summary["failed"], summary["pending"]) == (2, 2, 0, 0)
 
     again = as_json(cli(world, "resync", SOURCE, "--full", "--inline", "--json"))

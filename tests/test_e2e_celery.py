@@ -64,5 +64,5 @@ def test_resync_wait_follows_the_workers_and_reports_what_they_did(world: SyncWo
 
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert (summary["outcome"], summary["synced"], summary["skipped"], summary["pending"]) == ("completed", 30, 1, 0)
+    assert (summary["outcome"], summary["synced"], summary["skipped"], summary["pending"]) == ("converged", 30, 1, 0)
     assert len(world.catalog_products()) == 30

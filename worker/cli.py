@@ -1,7 +1,9 @@
 """The admin command `catalog-sync`.
 
-Exit status: 0 when nothing failed, 1 when some products failed (or a run failed), 2 for usage or configuration
-errors. `--json` prints one object on stdout; human output goes to the terminal through rich.
+Exit status (`worker/outcome.py` has the full table): 0 converged, 1 products (or the run) failed, 2 usage or
+configuration errors, 3 not converged when the command stopped following the work (timeout, catalog unreachable,
+pushes paused), 4 a deletion held by the brake. `--json` prints one object on stdout with the same `outcome`;
+human output goes to the terminal through rich, with every message escaped so no text is lost to markup.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from emulators.cli import emulate
 from worker.errors import ConfigError, SourceError, SyncError
+from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.state import RunMode, utcnow
 
 app = typer.Typer(
@@ -34,7 +38,6 @@ out = Console()
 
 # How often `--wait` looks at the state database.
 WAIT_POLL_SECONDS = 0.5
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
@@ -47,7 +50,7 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]configuration error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
 
 
@@ -55,6 +58,28 @@ def _runtime(*, embedded: bool = False) -> Any:
     from worker.runtime import Runtime
 
     return Runtime.build(embedded=embedded)
+
+
+def _database(runtime: Any) -> str:
+    """The state database's URL as it may be shown: password masked."""
+    from config.urls import mask_url
+
+    return mask_url(runtime.settings.database_url)
+
+
+def _check_broker(runtime: Any) -> None:
+    """A worker or beat that cannot reach its broker would retry in its own log forever; say so and stop."""
+    from config.urls import mask_url, redact
+    from worker.webhooks import celery_broker_check
+
+    try:
+        celery_broker_check()
+    except Exception as exc:  # kombu's connection errors have no common base worth naming
+        url = runtime.settings.broker_url
+        raise ConfigError(
+            f"cannot reach the broker {mask_url(url)} (CATALOG_SYNC_BROKER_URL): {type(exc).__name__}: "
+            f"{redact(str(exc), url)}; start it, or fix CATALOG_SYNC_BROKER_URL"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------------ resync
@@ -71,21 +96,30 @@ def resync(
     allow_mass_delete: Annotated[
         bool, typer.Option("--allow-mass-delete", help="Confirm a full run that deletes many products.")
     ] = False,
-    timeout: Annotated[float, typer.Option(help="Longest --wait/--inline wait for retries, seconds.")] = 3600.0,
+    timeout: Annotated[
+        float, typer.Option(help="Longest --wait/--inline follows the work, seconds (pushing included).")
+    ] = 3600.0,
     bulk: Annotated[
         bool | None, typer.Option("--bulk/--no-bulk", help="Shopify: force or forbid a bulk export.")
     ] = None,
 ) -> None:
-    """Re-sync a source (incremental unless --full), or single products with --product."""
+    """Re-sync a source (incremental unless --full), or single products with --product.
+
+    Exit status: 0 converged, 1 products (or the run) failed, 2 usage or configuration, 3 not converged when it
+    stopped (timeout, catalog unreachable, pushes paused), 4 a deletion held by the brake.
+    """
+    from worker.outcome import Stop, stop_reason
+
     runtime = _runtime()
     runtime.source(source)
     started = utcnow()
     mode: RunMode = "product" if product else ("full" if full else "incremental")
     run_id: int | None = None
+    stop: Stop | None = None
     if inline:
         from worker.inline import InlineDispatcher
 
-        dispatcher = InlineDispatcher(runtime)
+        dispatcher = InlineDispatcher(runtime, timeout=timeout)
         try:
             if product:
                 for product_id in product:
@@ -97,7 +131,8 @@ def resync(
                 run_id = report.run_id
         except SourceError as exc:
             _fail_run(runtime, source, started, as_json, str(exc))
-        dispatcher.drain(source, timeout=timeout)
+        if dispatcher.drain(source):
+            stop = stop_reason(runtime.store, source, timeout=timeout)
     else:
         from worker.celery_app import app as celery
         from worker.celery_app import configure
@@ -112,7 +147,14 @@ def resync(
             else:
                 sync_source_task.apply_async((source, mode), {"allow_mass_delete": allow_mass_delete, "bulk": bulk})
         except Exception as exc:  # kombu's connection errors have no common base worth naming
-            console.print(f"[red]cannot reach the broker[/red] ({type(exc).__name__}: {exc}); try --inline")
+            from config.urls import mask_url, redact
+
+            broker = runtime.settings.broker_url
+            console.print(
+                f"[red]cannot reach the broker {escape(mask_url(broker))}[/red] "
+                f"({type(exc).__name__}: {escape(redact(str(exc), broker))}); try --inline",
+                highlight=False,
+            )
             raise typer.Exit(EXIT_USAGE) from None
         if not wait:
             if as_json:
@@ -120,8 +162,8 @@ def resync(
             else:
                 console.print(f"enqueued a {mode} sync of {source}; follow it with `catalog-sync status {source}`")
             return
-        run_id = _wait(runtime, source, started, product or None, mode, timeout=timeout, quiet=as_json)
-    _report(runtime, source, started, run_id, product or None, as_json)
+        run_id, stop = _wait(runtime, source, started, product or None, mode, timeout=timeout, quiet=as_json)
+    _report(runtime, source, started, run_id, product or None, as_json, stop)
 
 
 def _sync_one(runtime: Any, source: str, product_id: str, dispatcher: Any) -> None:
@@ -134,7 +176,7 @@ def _fail_run(runtime: Any, source: str, started: datetime, as_json: bool, messa
     if as_json:
         out.print_json(json.dumps({"source": source, "outcome": "failed", "error": message}))
     else:
-        console.print(f"[red]the run failed:[/red] {message} (nothing was deleted)", highlight=False)
+        console.print(f"[red]the run failed:[/red] {escape(message)} (nothing was deleted)", highlight=False)
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -147,17 +189,22 @@ def _wait(
     *,
     timeout: float,
     quiet: bool,
-) -> int | None:
-    """Follow enqueued work in the state database until the run finished and every touched row converged."""
+) -> tuple[int | None, Any]:
+    """Follow enqueued work in the state database until the run finished and every touched row converged, the
+    source's pushes are paused (reported at once: nothing converges until someone acts), or the timeout passes.
+    Returns the run's id and why it stopped early (None when everything converged)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from worker.outcome import stop_reason
 
     store = runtime.store
     deadline = time.monotonic() + timeout
     run_id: int | None = None
+    stop = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
         task = progress.add_task(f"{mode} sync of {source}", total=None)
-        while time.monotonic() < deadline:
+        while True:
             finished = True
             if products is None:
                 run = store.latest_run(source, started_after=started)
@@ -169,63 +216,62 @@ def _wait(
             progress.update(task, total=total or None, completed=total - pending)
             if finished and pending == 0 and (products is None or total >= len(products)):
                 break
+            if store.source_pause(source) is not None or time.monotonic() >= deadline:
+                started_work = products is not None or run_id is not None
+                stop = stop_reason(store, source, timeout=timeout, run_started=started_work)
+                break
             time.sleep(WAIT_POLL_SECONDS)
-        else:
-            console.print(f"[yellow]stopped waiting after {timeout:.0f}s; work goes on in the workers[/yellow]")
-    return run_id
+    return run_id, stop
 
 
 def _report(
-    runtime: Any, source: str, started: datetime, run_id: int | None, products: Sequence[str] | None, as_json: bool
+    runtime: Any,
+    source: str,
+    started: datetime,
+    run_id: int | None,
+    products: Sequence[str] | None,
+    as_json: bool,
+    stop: Any,
 ) -> None:
+    from worker.outcome import exit_code, summarize
+
     store = runtime.store
-    counts = store.outcome_counts(source, since=started, product_ids=products)
     run = store.get_run(run_id) if run_id is not None else None
-    run_counts = dict(run.counts) if run is not None else {}
-    summary: dict[str, Any] = {
-        "source": source,
-        "run_id": run_id,
-        "outcome": run.outcome if run is not None else "completed",
-        "synced": counts.get("synced", 0),
-        "unchanged": run_counts.get("unchanged", 0),
-        "deleted": counts.get("deleted", 0),
-        "skipped": counts.get("skipped", 0) + _unrecorded_skips(run_counts),
-        "failed": counts.get("failed", 0),
-        "pending": store.unconverged_count(source, since=started, product_ids=products),
-    }
-    if run is not None and run.error:
-        summary["error"] = run.error
-    if run is not None and run.outcome == "deletion_blocked":
-        summary["deletion_blocked"] = run_counts.get("deletion_blocked", 0)
+    summary = summarize(store, source, started, run, products, stop)
     if as_json:
         out.print_json(json.dumps(summary))
     else:
         _print_summary(summary)
         rows = store.rows_changed_since(source, started, limit=50)
-        problems = [r for r in rows if r.status in ("failed", "skipped")]
+        problems = [r for r in rows if r.status in ("failed", "skipped") and (not products or r.product_id in products)]
         if problems:
             out.print(_product_table(problems, title="Skipped and failed"))
-    failed = summary["failed"] > 0 or summary["outcome"] == "failed"
-    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
-
-
-def _unrecorded_skips(run_counts: dict[str, int]) -> int:
-    # Records without a product id cannot have a row; the run counted them under `skipped:<reason>` only.
-    return int(run_counts.get("skipped_without_id", 0))
+    raise typer.Exit(exit_code(summary))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"{summary['source']}: {summary['outcome']}", show_header=False)
-    for key in ("synced", "unchanged", "deleted", "skipped", "failed", "pending"):
+    from worker.outcome import COUNT_KEYS
+
+    table = Table(title=escape(f"{summary['source']}: {summary['outcome']}"), show_header=False)
+    for key in COUNT_KEYS:
         table.add_row(key, str(summary[key]))
     out.print(table)
+    for reason, count in sorted(summary.get("skipped_without_id", {}).items()):
+        out.print(f"skipped {count} record(s) without a product id: {escape(reason)}", highlight=False)
     if summary.get("deletion_blocked"):
         out.print(
             f"[yellow]{summary['deletion_blocked']} product(s) would have been deleted; nothing was. Confirm with "
-            f"`catalog-sync resync {summary['source']} --full --allow-mass-delete`.[/yellow]"
+            f"`{escape(summary['confirm'])}`.[/yellow]",
+            highlight=False,
         )
+    if summary.get("reason"):
+        out.print(f"[yellow]not converged:[/yellow] {escape(summary['reason'])}", highlight=False)
+        for item in summary["reasons"]:
+            if item["status"] == "pending":
+                text = f"{item['products']} pending, last error {item['code']}: {item['message']}"
+                out.print(f"  {escape(text[:300])}", highlight=False)
     if summary.get("error"):
-        out.print(f"[red]error:[/red] {summary['error']}", highlight=False)
+        out.print(f"[red]error:[/red] {escape(summary['error'])}", highlight=False)
 
 
 def _product_table(rows: Sequence[Any], *, title: str) -> Table:
@@ -236,27 +282,55 @@ def _product_table(rows: Sequence[Any], *, title: str) -> Table:
         reason = row.last_error_code or ""
         if row.last_error_message:
             reason = f"{reason}: {row.last_error_message}" if reason else row.last_error_message
-        table.add_row(row.source, row.product_id, row.status, reason[:120], str(row.attempts))
+        table.add_row(escape(row.source), escape(row.product_id), row.status, escape(reason[:300]), str(row.attempts))
     return table
 
 
 # ------------------------------------------------------------------------------------------ status, failures, retry
 
 
+def _known_source(runtime: Any, name: str) -> None:
+    """Refuse a name that is neither configured nor in the state database (a typo would print a table of zeros)."""
+    if name not in runtime.sources and name not in runtime.store.status_counts(name):
+        runtime.source(name)
+
+
+def _say_database(runtime: Any) -> None:
+    console.print(f"state database: {escape(_database(runtime))}", highlight=False)
+
+
 @app.command()
 def status(
     source: Annotated[str | None, typer.Argument(help="Only this source.")] = None, as_json: JsonOption = False
 ) -> None:
-    """Products by status, the last runs, and any pause, per source."""
+    """Products by status (and why they are skipped, failed or pending), the last runs, any pause or held deletion."""
+    from worker.outcome import confirm_command
+
     runtime = _runtime()
     store = runtime.store
+    _say_database(runtime)
+    if source:
+        _known_source(runtime, source)
     names = [source] if source else sorted(set(runtime.sources) | set(store.status_counts()))
     report: dict[str, Any] = {}
     for name in names:
-        runs = store.recent_runs(name, limit=3)
+        runs = store.recent_runs(name, limit=20)
+        last_full = next((r for r in runs if r.mode == "full"), None)
+        held = None
+        if last_full is not None and last_full.outcome == "deletion_blocked":
+            held = {
+                "run_id": last_full.id,
+                "products": int(dict(last_full.counts).get("deletion_blocked", 0)),
+                "confirm": confirm_command(name),
+            }
         report[name] = {
-            "products": store.status_counts(name).get(name, {}),
+            "products": store.status_breakdown(name),
             "paused": store.source_pause(name),
+            "deletion_held": held,
+            "reasons": [
+                {"status": status, "code": code, "products": count, "message": message}
+                for status, code, count, message in store.problem_summary(name)
+            ],
             "runs": [
                 {
                     "id": r.id,
@@ -267,30 +341,49 @@ def status(
                     "counts": r.counts,
                     "error": r.error,
                 }
-                for r in runs
+                for r in runs[:3]
             ],
         }
     if as_json:
         out.print_json(json.dumps(report))
         return
+    columns = ("pending", "synced", "skipped", "deleted", "inactive", "failed")
     for name, item in report.items():
-        table = Table(title=name)
-        for column in ("pending", "synced", "skipped", "deleted", "failed"):
+        table = Table(title=escape(name))
+        for column in columns:
             table.add_column(column)
-        table.add_row(*(str(item["products"].get(c, 0)) for c in ("pending", "synced", "skipped", "deleted", "failed")))
+        table.add_row(*(str(item["products"].get(c, 0)) for c in columns))
         out.print(table)
         if item["paused"]:
-            out.print(f"[red]pushes paused:[/red] {item['paused']}")
+            out.print(f"[red]pushes paused:[/red] {escape(item['paused'])}", highlight=False)
+        if item["deletion_held"]:
+            held = item["deletion_held"]
+            out.print(
+                f"[yellow]deletion held:[/yellow] the last full run (run {held['run_id']}) would delete "
+                f"{held['products']} product(s) and deleted nothing; if that is right, confirm with "
+                f"`{escape(held['confirm'])}`",
+                highlight=False,
+            )
+        for reason in item["reasons"]:
+            text = f"  {reason['status']} {reason['products']}: {reason['code']}"
+            if reason["message"]:
+                text += f" (e.g. {reason['message']})"
+            out.print(escape(text[:300]), highlight=False)
         for r in item["runs"]:
-            out.print(f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}")
+            line = f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}"
+            out.print(escape(line), highlight=False)
 
 
 @app.command()
 def failures(
     source: Annotated[str | None, typer.Argument(help="Only this source.")] = None, as_json: JsonOption = False
 ) -> None:
-    """Products that failed: the API's code, message and attempts."""
-    rows = _runtime().store.failures(source)
+    """Products that failed or were skipped: the reason code (the API's, or the source's) and what to do."""
+    runtime = _runtime()
+    _say_database(runtime)
+    if source:
+        _known_source(runtime, source)
+    rows = runtime.store.failures(source, statuses=("failed", "skipped"))
     if as_json:
         out.print_json(
             json.dumps(
@@ -298,6 +391,7 @@ def failures(
                     {
                         "source": r.source,
                         "product": r.product_id,
+                        "status": r.status,
                         "code": r.last_error_code,
                         "message": r.last_error_message,
                         "attempts": r.attempts,
@@ -310,7 +404,7 @@ def failures(
     if not rows:
         out.print("no failures")
         return
-    out.print(_product_table(rows, title="Failures"))
+    out.print(_product_table(rows, title="Failed and skipped"))
 
 
 @app.command()
@@ -318,30 +412,50 @@ def retry(
     source: Annotated[str | None, typer.Argument(help="Only this source.")] = None,
     product: Annotated[list[str] | None, typer.Option("--product", help="Only this product id.")] = None,
     inline: Annotated[bool, typer.Option("--inline", help="Push in this process, no broker.")] = False,
+    timeout: Annotated[float, typer.Option(help="Longest --inline pushes, seconds.")] = 600.0,
 ) -> None:
-    """Put failed products back in line (and resume a paused source)."""
-    runtime = _runtime()
-    store = runtime.store
-    rows = [r for r in store.failures(source) if not product or r.product_id in product]
+    """Put failed products back in line, and resume a paused source (after fixing the key or topping up)."""
     from worker.operations import dispatch
 
+    runtime = _runtime()
+    store = runtime.store
+    if source:
+        _known_source(runtime, source)
+    rows = [r for r in store.failures(source) if not product or r.product_id in product]
     count = store.retry_failed(source, product)
-    for name in {r.source for r in rows} | ({source} if source else set()):
+    names = {source} if source else set(runtime.sources) | set(store.status_counts())
+    messages = [f"{count} failed product(s) back in line"]
+    resumed: set[str] = set()
+    for name in sorted(names | {r.source for r in rows}):
+        pause = store.source_pause(name)
+        if pause is None:
+            continue
         store.resume_source(name)
-    dispatcher = _dispatcher(runtime, inline)
+        resumed.add(name)
+        waiting = store.unconverged_count(name) - sum(1 for r in rows if r.source == name)
+        messages.append(f"pushes of {name} resumed, {waiting} pending product(s) go out again (paused: {pause})")
+    dispatcher = _dispatcher(runtime, inline, timeout=timeout)
     for name in {r.source for r in rows}:
         dispatch(runtime, dispatcher, name, [r.product_id for r in rows if r.source == name], priority=True)
+    console.print(escape("; ".join(messages)), highlight=False)
     if inline:
-        for name in {r.source for r in rows}:
-            dispatcher.drain(name, timeout=600)
-    console.print(f"{count} product(s) back in line")
+        from worker.outcome import exit_code, stop_reason, summarize
+
+        worst = EXIT_OK
+        for name in sorted({r.source for r in rows} | resumed | ({source} if source else set())):
+            stop = stop_reason(store, name, timeout=timeout) if dispatcher.drain(name, timeout=timeout) else None
+            summary = summarize(store, name, None, None, product or None, stop)
+            if summary.get("reason"):
+                console.print(f"[yellow]{escape(name)} not converged:[/yellow] {escape(summary['reason'])}")
+            worst = max(worst, exit_code(summary))
+        raise typer.Exit(worst)
 
 
-def _dispatcher(runtime: Any, inline: bool) -> Any:
+def _dispatcher(runtime: Any, inline: bool, *, timeout: float | None = None) -> Any:
     if inline:
         from worker.inline import InlineDispatcher
 
-        return InlineDispatcher(runtime)
+        return InlineDispatcher(runtime, timeout=timeout)
     from worker.celery_app import app as celery
     from worker.celery_app import configure
 
@@ -361,9 +475,9 @@ def sources() -> None:
 
     runtime = _runtime()
     if not runtime.sources:
-        console.print(f"no sources in {runtime.settings.config}")
+        console.print(f"no sources in {escape(str(runtime.settings.config))}", highlight=False)
         raise typer.Exit(EXIT_USAGE)
-    table = Table(title=f"sources ({runtime.settings.config})")
+    table = Table(title=escape(f"sources ({runtime.settings.config})"))
     for column in ("name", "kind", "url", "check"):
         table.add_column(column)
     bad = False
@@ -375,13 +489,13 @@ def sources() -> None:
                 check = "[green]ok[/green]" + ("" if first is not None else " (no products)")
                 warnings: list[str] = getattr(connector, "warnings", list)()
                 if warnings:
-                    check += "".join(f"\n[yellow]warning:[/yellow] {w}" for w in warnings)
+                    check += "".join(f"\n[yellow]warning:[/yellow] {escape(w)}" for w in warnings)
             finally:
                 connector.close()
         except SyncError as exc:
             bad = True
-            check = f"[red]{type(exc).__name__}:[/red] {exc}"
-        table.add_row(source.name, source.kind, source.url.split("?", 1)[0], check)
+            check = f"[red]{type(exc).__name__}:[/red] {escape(str(exc))}"
+        table.add_row(source.name, source.kind, escape(source.url.split("?", 1)[0]), check)
     out.print(table)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
@@ -402,8 +516,9 @@ def worker(
     from worker.celery_app import app as celery
     from worker.celery_app import configure
 
-    runtime = _runtime()  # refuses an out-of-date schema before any task runs
+    runtime = _runtime()  # refuses a missing sources file and an out-of-date schema before any task runs
     configure(celery, runtime.settings, runtime.sources)
+    _check_broker(runtime)
     runtime.close()
     argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}"]
     if hostname:
@@ -419,6 +534,7 @@ def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO") -> 
 
     runtime = _runtime()
     configure(celery, runtime.settings, runtime.sources)
+    _check_broker(runtime)
     runtime.close()
     celery.start(["beat", f"--loglevel={loglevel}"])
 
@@ -441,7 +557,10 @@ def run(
 
     runtime = _runtime(embedded=True)
     logging.getLogger().setLevel(logging.INFO)
-    console.print(f"catalog-sync embedded: {len(runtime.sources)} source(s), state in {runtime.settings.database_url}")
+    console.print(
+        f"catalog-sync embedded: {len(runtime.sources)} source(s), state in {escape(_database(runtime))}",
+        highlight=False,
+    )
     with ExitStack() as stack:
         stack.enter_context(embedded_worker(runtime, concurrency=concurrency, beat=True))
         if webhook_port:
@@ -471,13 +590,13 @@ def demo(
 def db_upgrade() -> None:
     """Create or migrate the state database's tables."""
     from config.settings import get_settings
+    from config.urls import mask_url
     from worker import schema
-    from worker.state import make_engine
 
     settings = get_settings()
-    engine = make_engine(settings.database_url)
-    schema.upgrade(engine)
-    console.print(f"{engine.url.render_as_string(hide_password=True)} is at revision {schema.head_revision()}")
+    engine = schema.open_database(settings.database_url, upgrade_to_head=True)
+    engine.dispose()
+    console.print(f"{escape(mask_url(settings.database_url))} is at revision {schema.head_revision()}", highlight=False)
 
 
 @app.command()

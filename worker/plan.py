@@ -41,6 +41,9 @@ _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
 # Why a product without images is not in the catalog, and the fix.
 NO_IMAGES_MESSAGE = "the product has no usable image (the catalog needs at least one): add an image in the shop"
 
+# Run counts `skipped_without_id:<reason>`: records without a product id have no row, so the run lists them by reason.
+WITHOUT_ID_PREFIX = "skipped_without_id:"
+
 # Called with (source, product ids) after each committed page, to enqueue their pushes.
 OnChanged = Callable[[str, Sequence[str]], None]
 
@@ -211,6 +214,7 @@ def _rows(
             row = skipped_row(item, source, None)
             if row is None:
                 counts["skipped_without_id"] += 1
+                counts[WITHOUT_ID_PREFIX + item.reason] += 1
         else:
             try:
                 row = desired_row(item, source)

@@ -37,10 +37,12 @@ class Runtime:
     def build(cls, settings: Settings | None = None, *, embedded: bool = False, check_schema: bool = True) -> Runtime:
         settings = settings or get_settings()
         sources = load_sources(Path(settings.config))
-        engine = make_engine(settings.database_url)
         if check_schema:
             # The embedded SQLite default upgrades itself; a shared database is upgraded by the operator.
-            schema.ensure_current(engine, auto_upgrade=settings.database_url.startswith("sqlite"))
+            auto_upgrade = settings.database_url.startswith("sqlite")
+            engine = schema.open_database(settings.database_url, auto_upgrade=auto_upgrade)
+        else:
+            engine = make_engine(settings.database_url)
         return cls(settings, sources, Store(engine), build_limiter(settings, embedded=embedded), embedded)
 
     def source(self, name: str) -> SourceConfig:

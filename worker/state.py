@@ -891,8 +891,15 @@ class Store:
         with self.read_session() as session:
             return session.scalars(query).first()
 
-    def failures(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
-        query = select(ProductRow).where(ProductRow.status == "failed").order_by(ProductRow.source).limit(limit)
+    def failures(
+        self, source: str | None = None, limit: int = 1000, *, statuses: Sequence[str] = ("failed",)
+    ) -> list[ProductRow]:
+        query = (
+            select(ProductRow)
+            .where(ProductRow.status.in_(list(statuses)))
+            .order_by(ProductRow.source, ProductRow.status, ProductRow.product_id)
+            .limit(limit)
+        )
         if source is not None:
             query = query.where(ProductRow.source == source)
         with self.read_session() as session:

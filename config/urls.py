@@ -1,0 +1,69 @@
+"""Connection URLs as settings: their password masked wherever a URL is shown, and the shapes accepted.
+
+A URL in a message, a log line or a status report always goes through `mask_url`: operators paste them in tickets.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+# What stands in for a password in a shown URL.
+MASK = "***"
+# State database schemes, and what each becomes: `postgres://` is what Heroku, Render and most guides print.
+DATABASE_SCHEMES = {
+    "sqlite": "sqlite",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+# Celery brokers that kombu ships a transport for without extra packages we do not install.
+BROKER_SCHEMES = frozenset({"redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"})
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by `***` (the user name stays: it helps, and is not a secret)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(a URL that cannot be parsed)"
+    if not password:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:{MASK}@{netloc[1]}"))
+
+
+def redact(text: str, url: str) -> str:
+    """`text` (a driver's error message, say) without the password of `url` in it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, MASK) if password else text
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def normalize_database_url(url: str) -> str:
+    """The SQLAlchemy URL for a state database URL; `ValueError` naming the fix for anything else."""
+    scheme = scheme_of(url)
+    if scheme not in DATABASE_SCHEMES:
+        shown = repr(scheme) if scheme else "no scheme"
+        raise ValueError(
+            f"{shown} is not a supported state database; use sqlite:///path/to/state.db (one host) or "
+            "postgresql://user@host:5432/dbname (PostgreSQL, production)"
+        )
+    return DATABASE_SCHEMES[scheme] + url[len(scheme) :]
+
+
+def check_broker_url(url: str) -> str:
+    scheme = scheme_of(url)
+    if scheme not in BROKER_SCHEMES:
+        shown = repr(scheme) if scheme else "no scheme"
+        raise ValueError(
+            f"{shown} is not a supported broker; use redis://host:6379/0 or amqp://user@host:5672//"
+        )
+    return url

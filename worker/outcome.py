@@ -1,0 +1,146 @@
+"""What an admin command reports about the work it asked for: numbers that add up, an outcome that tells the truth,
+and the exit status that follows from it.
+
+Outcomes, and the exit status of `catalog-sync resync` / `retry --inline`:
+
+    converged                 0  every product asked for is in the state the source wants (skips included: a
+                                 skipped product is, by design, not in the catalog, and says why)
+    converged_with_failures   1  the rest converged, some products failed (listed by `catalog-sync failures`)
+    failed                    1  the run itself failed (the source could not be read); nothing was deleted
+    (usage or configuration)  2  a mistake in the command, the environment or the sources file
+    not_converged             3  products were still pending when the command stopped following them: the
+                                 timeout passed, the catalog was unreachable, or pushes are paused (a refused key,
+                                 an account without credits); `reason` says which
+    deletion_blocked          4  the full run would have deleted more than the brake allows and deleted nothing;
+                                 `confirm` holds the command that confirms
+
+The counts come from the product rows the command touched, the same way `status` counts them: `deleted` is what
+the catalog confirmed removing, `inactive` the products not active in the source that were never in the catalog (no
+call was needed), `pending` the rows still on their way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from worker.plan import WITHOUT_ID_PREFIX
+from worker.state import RunRow, Store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_DELETION_BLOCKED = 0, 1, 2, 3, 4
+# The counts of a summary, in the order they are shown.
+COUNT_KEYS = ("synced", "unchanged", "deleted", "inactive", "skipped", "failed", "pending")
+
+
+class Verdict(enum.StrEnum):
+    CONVERGED = "converged"
+    CONVERGED_WITH_FAILURES = "converged_with_failures"
+    FAILED = "failed"
+    NOT_CONVERGED = "not_converged"
+    DELETION_BLOCKED = "deletion_blocked"
+
+
+EXIT_CODES: dict[Verdict, int] = {
+    Verdict.CONVERGED: EXIT_OK,
+    Verdict.CONVERGED_WITH_FAILURES: EXIT_FAILED,
+    Verdict.FAILED: EXIT_FAILED,
+    Verdict.NOT_CONVERGED: EXIT_NOT_CONVERGED,
+    Verdict.DELETION_BLOCKED: EXIT_DELETION_BLOCKED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Why the command stopped following work that had not converged."""
+
+    kind: str  # "paused" | "timed_out" | "no_worker"
+    message: str
+
+
+def confirm_command(source: str) -> str:
+    return f"catalog-sync resync {source} --full --allow-mass-delete"
+
+
+def stop_reason(store: Store, source: str, *, timeout: float, run_started: bool = True) -> Stop:
+    """Why products are still pending: a pause (its own reason), no worker, or the timeout."""
+    pause = store.source_pause(source)
+    if pause is not None:
+        return Stop("paused", f"pushes of {source} are paused: {pause}")
+    if not run_started:
+        return Stop(
+            "no_worker",
+            f"no worker picked the sync up within {timeout:g}s: is `catalog-sync worker` running with the same "
+            "broker and database?",
+        )
+    return Stop("timed_out", f"stopped following the work after {timeout:g}s (--timeout); workers carry on")
+
+
+def summarize(
+    store: Store,
+    source: str,
+    started: datetime | None,
+    run: RunRow | None,
+    products: Sequence[str] | None,
+    stop: Stop | None,
+) -> dict[str, Any]:
+    """The summary of one command: counts, outcome, and every reason a product or the run did not converge.
+
+    `started` None: every row of the source (or of `products`), not only those the command changed."""
+    counts = store.status_breakdown(source, since=started, product_ids=products)
+    run_counts = dict(run.counts) if run is not None else {}
+    summary: dict[str, Any] = {
+        "source": source,
+        "run_id": run.id if run is not None else None,
+        "run_outcome": run.outcome if run is not None else None,
+        "synced": counts.get("synced", 0),
+        "unchanged": int(run_counts.get("unchanged", 0)),
+        "deleted": counts.get("deleted", 0),
+        "inactive": counts.get("inactive", 0),
+        "skipped": counts.get("skipped", 0) + int(run_counts.get("skipped_without_id", 0)),
+        "failed": counts.get("failed", 0),
+        "pending": counts.get("pending", 0),
+        "reasons": [
+            {"status": status, "code": code, "products": count, "message": message}
+            for status, code, count, message in store.problem_summary(source, since=started, product_ids=products)
+        ],
+    }
+    if run_counts.get("skipped_without_id"):
+        # Records without a product id have no row to list; the run counted them by reason.
+        summary["skipped_without_id"] = {
+            key.removeprefix(WITHOUT_ID_PREFIX): int(value)
+            for key, value in run_counts.items()
+            if key.startswith(WITHOUT_ID_PREFIX)
+        }
+    if run is not None and run.error:
+        summary["error"] = run.error
+    verdict = _verdict(summary, run, stop)
+    summary["outcome"] = str(verdict)
+    if verdict is Verdict.DELETION_BLOCKED:
+        summary["deletion_blocked"] = int(run_counts.get("deletion_blocked", 0))
+        summary["confirm"] = confirm_command(source)
+    if stop is not None:
+        summary["reason"] = stop.message
+        summary["stopped"] = stop.kind
+    return summary
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    return EXIT_CODES[Verdict(summary["outcome"])]
+
+
+def _verdict(summary: dict[str, Any], run: RunRow | None, stop: Stop | None) -> Verdict:
+    if run is not None and run.outcome == "failed":
+        return Verdict.FAILED
+    if run is not None and run.outcome == "deletion_blocked":
+        return Verdict.DELETION_BLOCKED
+    if summary["pending"] or stop is not None:
+        # A stop is only ever reported before convergence; a product whose row is not even written yet (no worker
+        # took its message) counts no pending row but did not converge either.
+        return Verdict.NOT_CONVERGED
+    if summary["failed"]:
+        return Verdict.CONVERGED_WITH_FAILURES
+    return Verdict.CONVERGED
+
