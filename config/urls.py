@@ -5,6 +5,7 @@ A URL in a message, a log line or a status report always goes through `mask_url`
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from urllib.parse import urlsplit, urlunsplit
 
 # What stands in for a password in a shown URL.
@@ -49,21 +50,23 @@ def scheme_of(url: str) -> str:
 
 def normalize_database_url(url: str) -> str:
     """The SQLAlchemy URL for a state database URL; `ValueError` naming the fix for anything else."""
-    scheme = scheme_of(url)
-    if scheme not in DATABASE_SCHEMES:
-        shown = repr(scheme) if scheme else "no scheme"
-        raise ValueError(
-            f"{shown} is not a supported state database; use sqlite:///path/to/state.db (one host) or "
-            "postgresql://user@host:5432/dbname (PostgreSQL, production)"
-        )
+    scheme = _require_scheme(
+        url,
+        DATABASE_SCHEMES,
+        "state database",
+        "sqlite:///path/to/state.db (one host) or postgresql://user@host:5432/dbname (PostgreSQL, production)",
+    )
     return DATABASE_SCHEMES[scheme] + url[len(scheme) :]
 
 
 def check_broker_url(url: str) -> str:
-    scheme = scheme_of(url)
-    if scheme not in BROKER_SCHEMES:
-        shown = repr(scheme) if scheme else "no scheme"
-        raise ValueError(
-            f"{shown} is not a supported broker; use redis://host:6379/0 or amqp://user@host:5672//"
-        )
+    _require_scheme(url, BROKER_SCHEMES, "broker", "redis://host:6379/0 or amqp://user@host:5672//")
     return url
+
+
+def _require_scheme(url: str, allowed: Collection[str], what: str, example: str) -> str:
+    scheme = scheme_of(url)
+    if scheme not in allowed:
+        shown = repr(scheme) if scheme else "no scheme"
+        raise ValueError(f"{shown} is not a supported {what}; use {example}")
+    return scheme

@@ -77,6 +77,22 @@ class SyncWorld:
                 return products
 
 
+@contextmanager
+def postgres_schema(postgres_url: str, name: str) -> Iterator[str]:
+    """A throwaway PostgreSQL schema; yields `postgres_url` with its search path set to it."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield f"{postgres_url}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
 def sources_toml(feed: Path, *, name: str = SOURCE, extra: str = "") -> str:
     return f'[[sources]]\nname = "{name}"\nkind = "feed"\nurl = "{feed}"\nformat = "json"\n{extra}\n'
 

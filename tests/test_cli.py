@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, feed_item, postgres_schema, sync_world, write_feed
 
 
 @pytest.fixture
@@ -154,21 +154,11 @@ def test_sources_checks_that_each_source_can_be_read(world: SyncWorld, tmp_path:
 def test_an_unmigrated_postgresql_database_is_refused_until_db_upgrade(
     world: SyncWorld, postgres_url: str, unique: str
 ) -> None:
-    import sqlalchemy
-
-    schema_name = f"cli_{unique}"
-    admin = sqlalchemy.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema_name}"'))
-    env = {"CATALOG_SYNC_DATABASE_URL": f"{postgres_url}?options=-csearch_path%3D{schema_name}"}
-    try:
+    with postgres_schema(postgres_url, f"cli_{unique}") as url:
+        env = {"CATALOG_SYNC_DATABASE_URL": url}
         refused = cli(world, "status", extra_env=env)
         upgraded = cli(world, "db", "upgrade", extra_env=env)
         accepted = cli(world, "status", "--json", extra_env=env)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema_name}" CASCADE'))
-        admin.dispose()
 
     assert refused.returncode == 2
     assert "run `catalog-sync db upgrade`" in refused.stderr

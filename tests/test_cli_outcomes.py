@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy
 
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, feed_item, postgres_schema, sync_world, write_feed
 from tests.worker_helpers import broker_world, catalog_sync
 from worker.state import utcnow
 
@@ -239,19 +238,10 @@ def test_every_command_reports_an_unreachable_database_the_same_way(world: SyncW
 
 
 def test_a_postgres_url_is_accepted_as_postgresql(world: SyncWorld, postgres_url: str, unique: str) -> None:
-    schema_name = f"url_{unique}"
-    admin = sqlalchemy.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema_name}"'))
-    plain = postgres_url.replace("postgresql+psycopg://", "postgres://", 1)
-    env = {"CATALOG_SYNC_DATABASE_URL": f"{plain}?options=-csearch_path%3D{schema_name}"}
-    try:
-        upgraded = cli(world, "db", "upgrade", env=env)
-        status = cli(world, "status", "--json", env=env)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema_name}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(postgres_url, f"url_{unique}") as schema_url:
+        url = schema_url.replace("postgresql+psycopg://", "postgres://", 1)
+        upgraded = cli(world, "db", "upgrade", env={"CATALOG_SYNC_DATABASE_URL": url})
+        status = cli(world, "status", "--json", env={"CATALOG_SYNC_DATABASE_URL": url})
 
     assert upgraded.returncode == 0, upgraded.stderr
     assert status.returncode == 0, status.stderr
@@ -299,19 +289,10 @@ def test_square_brackets_survive_in_messages(world: SyncWorld, tmp_path: Path) -
 def test_run_embedded_prints_the_database_url_without_its_password(
     world: SyncWorld, postgres_url: str, unique: str
 ) -> None:
-    schema_name = f"emb_{unique}"
-    admin = sqlalchemy.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema_name}"'))
     with_password = postgres_url.replace("postgres@", f"postgres:{PASSWORD}@", 1)
-    url = f"{with_password}?options=-csearch_path%3D{schema_name}"
-    try:
+    with postgres_schema(with_password, f"emb_{unique}") as url:
         upgraded = cli(world, "db", "upgrade", env={"CATALOG_SYNC_DATABASE_URL": url})
         banner = _first_line_of_embedded(world, url)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema_name}" CASCADE'))
-        admin.dispose()
 
     assert upgraded.returncode == 0, upgraded.stderr
     assert PASSWORD not in upgraded.stderr + upgraded.stdout
