@@ -482,6 +482,11 @@ def test_inline_and_status_agree_on_pending(world: SyncWorld) -> None:
     assert summary["pending"] == status["pending"] == 4
     assert summary["skipped"] == status["skipped"] == 1
 
+    # A second run changes nothing, and the products it asked for are still pending: it says so
+    again = cli(world, "resync", SOURCE, "--full", "--inline", "--json", env={"CATALOG_SYNC_CATALOG_API_KEY": "wrong"})
+    assert again.returncode == 3
+    assert (as_json(again)["unchanged"], as_json(again)["pending"]) == (5, 4)
+
 
 # ---------------------------------------------------------------------- 10. the vendor's 402 pauses like a bad key
 

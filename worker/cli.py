@@ -212,8 +212,9 @@ def _wait(
                 run_id = run.id if run is not None else None
             counts = store.outcome_counts(source, since=started, product_ids=products)
             total = sum(counts.values())
-            pending = store.unconverged_count(source, since=started, product_ids=products)
-            progress.update(task, total=total or None, completed=total - pending)
+            # Everything asked for: rows an earlier run left pending count too.
+            pending = store.unconverged_count(source, product_ids=products)
+            progress.update(task, total=max(total, pending) or None, completed=max(total - pending, 0))
             if finished and pending == 0 and (products is None or total >= len(products)):
                 break
             if store.source_pause(source) is not None or time.monotonic() >= deadline:

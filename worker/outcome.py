@@ -14,9 +14,11 @@ Outcomes, and the exit status of `catalog-sync resync` / `retry --inline`:
     deletion_blocked          4  the full run would have deleted more than the brake allows and deleted nothing;
                                  `confirm` holds the command that confirms
 
-The counts come from the product rows the command touched, the same way `status` counts them: `deleted` is what
-the catalog confirmed removing, `inactive` the products not active in the source that were never in the catalog (no
-call was needed), `pending` the rows still on their way.
+The counts come from the product rows, the same way `status` counts them: `synced`, `deleted` (what the catalog
+confirmed removing), `inactive` (products not active in the source that were never in the catalog: no call was
+needed) and `skipped` are what this command changed; `failed` and `pending` are the state of everything it asked
+for (the whole source, or the products named), since a product left failed or pending by an earlier run has not
+converged either. So a run's `pending` and `failed` are `status`'s.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def summarize(
     """The summary of one command: counts, outcome, and every reason a product or the run did not converge.
 
     `started` None: every row of the source (or of `products`), not only those the command changed."""
-    counts = store.status_breakdown(source, since=started, product_ids=products)
+    # Products named on the command line are judged whole, whatever changed; a run by what it changed.
+    since = None if products else started
+    counts = store.status_breakdown(source, since=since, product_ids=products)
+    state = counts if since is None else store.status_breakdown(source, product_ids=products)
     run_counts = dict(run.counts) if run is not None else {}
     summary: dict[str, Any] = {
         "source": source,
@@ -100,12 +105,9 @@ def summarize(
         "deleted": counts.get("deleted", 0),
         "inactive": counts.get("inactive", 0),
         "skipped": counts.get("skipped", 0) + int(run_counts.get("skipped_without_id", 0)),
-        "failed": counts.get("failed", 0),
-        "pending": counts.get("pending", 0),
-        "reasons": [
-            {"status": status, "code": code, "products": count, "message": message}
-            for status, code, count, message in store.problem_summary(source, since=started, product_ids=products)
-        ],
+        "failed": state.get("failed", 0),
+        "pending": state.get("pending", 0),
+        "reasons": _reasons(store, source, since, products),
     }
     if run_counts.get("skipped_without_id"):
         # Records without a product id have no row to list; the run counted them by reason.
@@ -124,7 +126,19 @@ def summarize(
     if stop is not None:
         summary["reason"] = stop.message
         summary["stopped"] = stop.kind
+    elif verdict is Verdict.NOT_CONVERGED:
+        summary["reason"] = f"{summary['pending']} product(s) still pending; `catalog-sync status {source}` says why"
     return summary
+
+
+def _reasons(store: Store, source: str, since: datetime | None, products: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Why products are skipped (those this command changed), failed or pending (all of them)."""
+    changed = store.problem_summary(source, statuses=("skipped",), since=since, product_ids=products)
+    standing = store.problem_summary(source, statuses=("failed", "pending"), product_ids=products)
+    return [
+        {"status": status, "code": code, "products": count, "message": message}
+        for status, code, count, message in (*standing, *changed)
+    ]
 
 
 def exit_code(summary: dict[str, Any]) -> int:
@@ -143,4 +157,3 @@ def _verdict(summary: dict[str, Any], run: RunRow | None, stop: Stop | None) -> 
     if summary["failed"]:
         return Verdict.CONVERGED_WITH_FAILURES
     return Verdict.CONVERGED
-

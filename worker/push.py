@@ -195,9 +195,7 @@ def pause_reason(exc: BaseException, source: str) -> str:
     status, code = getattr(exc, "status", None), getattr(exc, "code", None)
     answer = " ".join(str(part) for part in (status, code) if part)
     if isinstance(exc, InsufficientCredits):
-        return (
-            f"the catalog account has no credits left ({answer}); top it up, then run `catalog-sync retry {source}`"
-        )
+        return f"the catalog account has no credits left ({answer}); top it up, then run `catalog-sync retry {source}`"
     return (
         f"the catalog refused the API key ({answer}); fix CATALOG_SYNC_CATALOG_API_KEY, then run "
         f"`catalog-sync retry {source}`"

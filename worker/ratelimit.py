@@ -148,9 +148,9 @@ return 0
 class RedisLimiter:
     """The global limiter: a GCRA budget and a shared cool-down in Redis, checked by one atomic script.
 
-    `redis` should have socket timeouts (as `build_limiter` sets): a Redis that stops answering then surfaces as
-    `InfrastructureError` instead of a hung worker. Every Redis failure is raised as `InfrastructureError` (a
-`RetryableError` that no product is blamed for).
+        `redis` should have socket timeouts (as `build_limiter` sets): a Redis that stops answering then surfaces as
+        `InfrastructureError` instead of a hung worker. Every Redis failure is raised as `InfrastructureError` (a
+    `RetryableError` that no product is blamed for).
     """
 
     def __init__(
