@@ -30,7 +30,8 @@ Every error has the body `{"code", "message", "status"}`, plus `details: [{path,
     400 PRODUCT_IMAGES_REQUIRED  create without images, or `images: []`
     400 MULTIPART_FILE_NOT_FOUND a fileKey with no file field of that name (always so for a JSON body)
     400 INVALID_IMAGE_INPUT      an image with neither url nor fileKey
-    400 INVALID_IMAGE            uploaded bytes that are not an image (empty, or no known image signature)
+    400 INVALID_IMAGE            uploaded bytes that are not an image (empty, or without the signature of JPEG,
+                                 PNG, GIF, WebP, HEIC or AVIF)
     401 MISSING_API_KEY          no `x-api-key`
     401 INVALID_API_KEY          an `x-api-key` the emulator does not know
     402 INSUFFICIENT_CREDITS     upserts while the `credits_exhausted` fault is on
@@ -142,6 +143,9 @@ MAX_FORM_FIELDS = 10
 UPLOAD_REF_HEX = 32
 # Read uploads in pieces so a 10 MB file is hashed without a second in-memory copy.
 UPLOAD_CHUNK = 1024 * 1024
+# Uploaded bytes must open with an image signature, or they are 400 INVALID_IMAGE (the vendor's "not an image").
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
+IMAGE_HEAD_BYTES = 16
 CURSOR_VERSION = 1
 # Hex digits of the cursor checksum: enough that a hand-made or foreign cursor is refused.
 CURSOR_SUM_HEX = 16
@@ -809,17 +813,30 @@ async def _upload_refs(spec: _UpsertSpec, form: FormData | None) -> dict[str, st
             )
         digest = hashlib.sha256()
         size = 0
+        head = b""
         while chunk := await upload.read(UPLOAD_CHUNK):
+            if size == 0:
+                head = chunk[:IMAGE_HEAD_BYTES]
             size += len(chunk)
             digest.update(chunk)
         if size > MAX_IMAGE_BYTES:
             raise CatalogError(
                 413, "PAYLOAD_TOO_LARGE", f"File '{key}' is {size} bytes; at most {MAX_IMAGE_BYTES} are accepted."
             )
-        if size == 0:
-            raise CatalogError(400, "INVALID_IMAGE", f"images[{index}]: file '{key}' is empty, not an image.")
+        if size == 0 or not is_image(head):
+            what = "is empty" if size == 0 else "is not an image (JPEG, PNG, GIF, WebP, HEIC or AVIF)"
+            raise CatalogError(400, "INVALID_IMAGE", f"images[{index}]: file '{key}' {what}.")
         refs[key] = "upload://" + digest.hexdigest()[:UPLOAD_REF_HEX]
     return refs
+
+
+def is_image(head: bytes) -> bool:
+    """Whether a file's first bytes carry the signature of an image format the try-on accepts."""
+    if head[4:8] == b"ftyp":  # ISO media (HEIC, AVIF): a box header, then the brand
+        return True
+    if head[:4] == b"RIFF":
+        return head[8:12] == b"WEBP"
+    return head.startswith(IMAGE_SIGNATURES)
 
 
 def _parse_limit(raw: str | None) -> int:

@@ -128,6 +128,10 @@ def source_urls(product: dict[str, Any]) -> list[str]:
     return [image["sourceUrl"] for image in product["images"]]
 
 
+# The smallest bytes the emulator takes for a JPEG: its signature.
+JPEG_BYTES = b"\xff\xd8\xff\xe0 a picture"
+
+
 def upload_ref(data: bytes) -> str:
     return "upload://" + hashlib.sha256(data).hexdigest()[:32]
 
@@ -278,13 +282,13 @@ def test_multipart_uploads_become_stable_upload_references(emulator: Emulator) -
 def test_one_uploaded_file_may_back_several_images(emulator: Emulator) -> None:
     payload = {"externalId": "twice", "images": [{"source": {"fileKey": "f"}}, {"source": {"fileKey": "f"}}]}
 
-    product = emulator.client.post(PRODUCTS, **multipart(payload, {"f": b"bytes"})).json()
+    product = emulator.client.post(PRODUCTS, **multipart(payload, {"f": JPEG_BYTES})).json()
 
-    assert source_urls(product) == [upload_ref(b"bytes")] * 2
+    assert source_urls(product) == [upload_ref(JPEG_BYTES)] * 2
 
 
 def test_an_upload_of_exactly_10_mb_is_accepted(emulator: Emulator) -> None:
-    data = b"\x00" * MAX_IMAGE_BYTES
+    data = JPEG_BYTES + b"\x00" * (MAX_IMAGE_BYTES - len(JPEG_BYTES))
     payload = {"externalId": "big", "images": [{"source": {"fileKey": "f"}}]}
 
     response = emulator.client.post(PRODUCTS, **multipart(payload, {"f": data}))
@@ -781,6 +785,33 @@ def test_a_forbidden_key_answers_403_forbidden(emulator: Emulator) -> None:
     answer = emulator.client.get(PRODUCTS)
 
     assert (answer.status_code, answer.json()["code"]) == (403, "FORBIDDEN")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"%PDF-1.7 not a picture", b"RIFF\x00\x00\x00\x00WAVEfmt "],
+    ids=["empty", "pdf", "riff-but-not-webp"],
+)
+def test_bytes_that_are_not_an_image_are_invalid_image(emulator: Emulator, data: bytes) -> None:
+    payload = {"externalId": "pdf", "images": [{"source": {"fileKey": "f"}}]}
+
+    response = emulator.client.post(PRODUCTS, **multipart(payload, {"f": data}))
+
+    assert (response.status_code, response.json()["code"]) == (400, "INVALID_IMAGE")
+    assert emulator.client.get(f"{PRODUCTS}/pdf").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x89PNG\r\n\x1a\n....", b"GIF89a....", b"RIFF\x10\x00\x00\x00WEBPVP8 ", b"\x00\x00\x00\x18ftypheic"],
+    ids=["png", "gif", "webp", "heic"],
+)
+def test_each_accepted_image_format_is_stored(emulator: Emulator, data: bytes) -> None:
+    payload = {"externalId": "pic", "images": [{"source": {"fileKey": "f"}}]}
+
+    response = emulator.client.post(PRODUCTS, **multipart(payload, {"f": data}))
+
+    assert response.status_code == 201, response.text
 
 
 def test_an_upload_over_10_mb_is_413(emulator: Emulator) -> None:
