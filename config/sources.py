@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from config.urls import mask_url
 from worker.errors import ConfigError
 
 SourceKind = Literal["feed", "shopify", "shopify-rest", "shopify-storefront", "woocommerce"]
@@ -159,7 +160,13 @@ def _explain(exc: ValidationError, label: str, origin: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling"
-        shown = "" if field in _SECRET_FIELDS else f" (got {error.get('input')!r})"
+        value = error.get("input")
+        if field in _SECRET_FIELDS:
+            shown = ""
+        elif isinstance(value, str) and "://" in value:
+            shown = f" (got {mask_url(value)!r})"  # a feed URL may carry a password
+        else:
+            shown = f" (got {value!r})"
         if field == "(source)":
             shown = ""
         lines.append(f"  {field}: {message}{shown}")

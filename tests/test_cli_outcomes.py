@@ -502,3 +502,22 @@ def test_an_account_without_credits_pauses_pushes_and_status_says_why(world: Syn
     assert as_json(result)["stopped"] == "paused"
     assert "pushes paused: the catalog account has no credits left (402 INSUFFICIENT_CREDITS)" in status.stdout
     assert f"run `catalog-sync retry {SOURCE}`" in status.stdout
+
+
+def test_a_source_url_with_a_password_is_listed_masked(world: SyncWorld, tmp_path: Path) -> None:
+    config = tmp_path / "secret.toml"
+    config.write_text(
+        f'[[sources]]\nname = "{SOURCE}"\nkind = "feed"\nurl = "https://merchant:{PASSWORD}@127.0.0.1:1/feed.xml"\n'
+        'timeout = 1\n[[sources]]\nname = "bad"\nkind = "feed"\nurl = "https://merchant:'
+        f'{PASSWORD}@127.0.0.1:1/x.xml"\nformat = "yaml"\n',
+        encoding="utf-8",
+    )
+
+    invalid = cli(world, "sources", env={"CATALOG_SYNC_CONFIG": str(config)})
+    config.write_text(config.read_text(encoding="utf-8").split('[[sources]]\nname = "bad"')[0], encoding="utf-8")
+    listed = cli(world, "sources", env={"CATALOG_SYNC_CONFIG": str(config)})
+
+    assert invalid.returncode == 2
+    assert "format" in invalid.stderr
+    assert "https://merchant:***@127.0.0.1:1/feed.xml" in listed.stdout
+    assert PASSWORD not in invalid.stderr + invalid.stdout + listed.stdout + listed.stderr

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from config.urls import mask_url, redact
 from emulators.cli import emulate
 from worker.errors import ConfigError, SourceError, SyncError
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -62,14 +63,11 @@ def _runtime(*, embedded: bool = False) -> Any:
 
 def _database(runtime: Any) -> str:
     """The state database's URL as it may be shown: password masked."""
-    from config.urls import mask_url
-
     return mask_url(runtime.settings.database_url)
 
 
 def _check_broker(runtime: Any) -> None:
     """A worker or beat that cannot reach its broker would retry in its own log forever; say so and stop."""
-    from config.urls import mask_url, redact
     from worker.webhooks import celery_broker_check
 
     try:
@@ -147,8 +145,6 @@ def resync(
             else:
                 sync_source_task.apply_async((source, mode), {"allow_mass_delete": allow_mass_delete, "bulk": bulk})
         except Exception as exc:  # kombu's connection errors have no common base worth naming
-            from config.urls import mask_url, redact
-
             broker = runtime.settings.broker_url
             console.print(
                 f"[red]cannot reach the broker {escape(mask_url(broker))}[/red] "
@@ -496,7 +492,7 @@ def sources() -> None:
         except SyncError as exc:
             bad = True
             check = f"[red]{type(exc).__name__}:[/red] {escape(str(exc))}"
-        table.add_row(source.name, source.kind, escape(source.url.split("?", 1)[0]), check)
+        table.add_row(source.name, source.kind, escape(mask_url(source.url.split("?", 1)[0])), check)
     out.print(table)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
@@ -591,7 +587,6 @@ def demo(
 def db_upgrade() -> None:
     """Create or migrate the state database's tables."""
     from config.settings import get_settings
-    from config.urls import mask_url
     from worker import schema
 
     settings = get_settings()
