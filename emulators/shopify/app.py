@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -64,34 +63,11 @@ async def bulk_download(request: Request) -> Response:
     return StreamingResponse(shop.bulk.lines(op), media_type="application/jsonl")
 
 
-
-def create_app(
-    shop: Shop | None = None,
-    *,
-    products: int = 1_000,
-    seed: int = 1,
-    access_token: str = DEFAULT_ACCESS_TOKEN,
-    bucket_size: float = 1_000,
-    restore_rate: float = 50,
-    rest_bucket: int = 40,
-    rest_leak: float = 2,
-    clock: Callable[[], float] = time.time,
-    bulk_duration: float = 2.0,
-) -> Starlette:
-    """The emulator app. Pass a ready `Shop`, or the options to build one (ignored when `shop` is given)."""
-    if shop is None:
-        shop = Shop(
-            products=products,
-            seed=seed,
-            access_token=access_token,
-            bucket_size=bucket_size,
-            restore_rate=restore_rate,
-            rest_bucket=rest_bucket,
-            rest_leak=rest_leak,
-            clock=clock,
-            bulk_duration=bulk_duration,
-        )
-    the_shop = shop
+def create_app(shop: Shop | None = None, **options: Any) -> Starlette:
+    """The emulator app. Pass a ready `Shop`, or `Shop`'s keyword options to build one (ignored when `shop` is given):
+    `products`, `seed`, `access_token`, `bucket_size`, `restore_rate`, `rest_bucket`, `rest_leak`, `clock`,
+    `bulk_duration`, …"""
+    the_shop = shop if shop is not None else Shop(**options)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -111,7 +87,7 @@ def create_app(
         *control.ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.shop = shop
+    app.state.shop = the_shop
     return app
 
 
