@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # Bulk operation ids look like the real ones.
 BULK_ID_BASE = 4_046_733_967_549
-# Products per graphql-core execution when generating a bulk export: bounds memory to one chunk.
+# Products projected at a time when generating a bulk export: bounds memory to one chunk.
 BULK_CHUNK = 100
 BULK_STATUSES_FINAL = {"COMPLETED", "FAILED", "CANCELED", "EXPIRED"}
 BULK_FAULT_STATUSES = {"FAILED", "CANCELED", "EXPIRED"}
@@ -335,6 +335,7 @@ def _project(value: Any, projection: _Projection, resolver: Fields) -> dict[str,
         if raw is None:
             out[field_.key] = None
         elif child is None:
+            # Records keep lists as tuples (`tags`); graphql-core answers lists, and so does the export.
             out[field_.key] = list(raw) if isinstance(raw, tuple) else raw
         elif isinstance(raw, list):
             out[field_.key] = [_project(item, child, resolver) for item in raw]

@@ -49,11 +49,8 @@ def parse_time(text: str) -> int:
     return int(parsed.timestamp())
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Opaque cursors (Shopify's are base64 JSON too: {"last_id": …, "last_value": …})
-
-
 def encode_cursor(key: tuple[int, int]) -> str:
+    """An opaque page cursor; Shopify's are base64 JSON too (`{"last_id": …, "last_value": …}`)."""
     raw = json.dumps({"last_id": key[1], "last_value": key[0]}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode()
 

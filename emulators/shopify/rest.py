@@ -21,7 +21,7 @@ from emulators.shopify.web import UNAUTHORIZED_BODY, api_headers, counted, json_
 if TYPE_CHECKING:
     from emulators.shopify.shop import Shop
 
-# REST `limit` when the client sends none; storefront's default is smaller.
+# `limit` when the client sends none.
 REST_DEFAULT_LIMIT = 50
 # Shopify's 429 always says this, whatever the bucket state.
 REST_RETRY_AFTER = "2.0"
@@ -56,8 +56,8 @@ _REST_FILTERS = {
 _REST_TEXT_FILTERS = ("vendor", "product_type", "handle", "title")
 
 
-def _rest_filter(params: Mapping[str, str]) -> tuple[ProductFilter, list[int] | None]:
-    """REST query parameters → a ProductFilter (+ an `ids` allow-list). Raises ValueError."""
+def _rest_filter(params: Mapping[str, str]) -> ProductFilter:
+    """REST query parameters → a ProductFilter, the `ids` allow-list included. Raises ValueError."""
     parts: list[str] = []
     for name, (field_name, op) in _REST_FILTERS.items():
         value = params.get(name)
@@ -87,9 +87,17 @@ def _rest_filter(params: Mapping[str, str]) -> tuple[ProductFilter, list[int] | 
         except ValueError as exc:
             raise ValueError("ids must be a comma-separated list of product ids") from exc
     try:
-        return ProductFilter.parse(" ".join(parts)), ids
+        product_filter = ProductFilter.parse(" ".join(parts))
     except SearchQueryError as exc:
         raise ValueError(str(exc)) from exc
+    if ids is None:
+        return product_filter
+    return _and_filter(product_filter, ProductFilter.parse(" OR ".join(f"id:{i}" for i in ids) or "id:0"))
+
+
+def _fields(params: Mapping[str, str]) -> list[str] | None:
+    """`?fields=id,title`: the sparse object's names, or None for the whole product."""
+    return [f.strip() for f in params["fields"].split(",") if f.strip()] if params.get("fields") else None
 
 
 
@@ -121,7 +129,7 @@ async def rest_products(request: Request) -> Response:
     params = dict(request.query_params)
     try:
         limit = limit_param(params, REST_DEFAULT_LIMIT)
-        fields = [f.strip() for f in params["fields"].split(",") if f.strip()] if params.get("fields") else None
+        fields = _fields(params)
         token = params.get("page_info")
         after: tuple[int, int] | None = None
         before: tuple[int, int] | None = None
@@ -136,13 +144,10 @@ async def rest_products(request: Request) -> Response:
                 before = (last_id, last_id)
         else:
             filters = params
-        product_filter, ids = _rest_filter(filters)
+        product_filter = _rest_filter(filters)
     except ValueError as exc:
         field_name = "page_info" if "page_info" in params else "query"
         return json_response({"errors": {field_name: [str(exc)]}}, 400, headers)
-    if ids is not None:
-        id_terms = " OR ".join(f"id:{i}" for i in ids) or "id:0"
-        product_filter = _and_filter(product_filter, ProductFilter.parse(id_terms))
     if before is not None:
         page = shop.store.page("ID", last=limit, before=before, product_filter=product_filter)
     else:
@@ -179,9 +184,7 @@ async def rest_product_one(request: Request) -> Response:
     product = shop.store.get(request.path_params["product_id"])
     if product is None:
         return json_response({"errors": "Not Found"}, 404, headers)
-    params = request.query_params
-    fields = [f.strip() for f in params["fields"].split(",") if f.strip()] if params.get("fields") else None
-    return json_response({"product": rest_product(product, fields)}, 200, headers)
+    return json_response({"product": rest_product(product, _fields(request.query_params))}, 200, headers)
 
 
 @counted("rest")
@@ -190,11 +193,9 @@ async def rest_products_count(request: Request) -> Response:
     if refusal is not None:
         return refusal
     try:
-        product_filter, ids = _rest_filter(dict(request.query_params))
+        product_filter = _rest_filter(dict(request.query_params))
     except ValueError as exc:
         return json_response({"errors": {"query": [str(exc)]}}, 400, headers)
-    if ids is not None:
-        product_filter = _and_filter(product_filter, ProductFilter.parse(" OR ".join(f"id:{i}" for i in ids) or "id:0"))
     return json_response({"count": shop.store.count_matching(product_filter)}, 200, headers)
 
 

@@ -12,7 +12,7 @@ from emulators.shopify.search import ProductFilter
 from emulators.shopify.shapes import storefront_product
 from emulators.shopify.web import bad_request, counted, json_response, limit_param, shop_of
 
-# REST `limit` when the client sends none; storefront's default is smaller.
+# `limit` when the client sends none (smaller than the Admin REST default).
 STOREFRONT_DEFAULT_LIMIT = 30
 # The storefront endpoint silently returns nothing past this many products (page × limit).
 STOREFRONT_CAP = 25_000

@@ -293,9 +293,13 @@ def register(type_name: str, record: type) -> None:
     """Resolve the object type `type_name` from `record`s; raises LookupError for a field with no source."""
     object_type = SCHEMA.get_type(type_name)
     assert isinstance(object_type, GraphQLObjectType), type_name
-    for field_name, definition in object_type.fields.items():
-        scalar = SCALARS.get(get_named_type(definition.type).name)
-        GETTERS[type_name, field_name] = _written(_source(type_name, record, field_name), scalar)
+    getters = {
+        (type_name, field_name): _written(
+            _source(type_name, record, field_name), SCALARS.get(get_named_type(definition.type).name)
+        )
+        for field_name, definition in object_type.fields.items()
+    }
+    GETTERS.update(getters)
 
 
 class Fields:
@@ -310,7 +314,7 @@ class Fields:
         self.bulk = bulk
 
     def read(self, source: Any, type_name: str, field_name: str, args: Mapping[str, Any]) -> Any:
-        """What `field_name` of the object `source` (of GraphQL type `type_name`) resolves to, before serialization."""
+        """`field_name` of the object `source` (of GraphQL type `type_name`): a leaf as the API writes it."""
         if isinstance(source, Node):
             return GETTERS[type_name, field_name](self, source, args)
         if isinstance(source, Mapping):
