@@ -166,7 +166,7 @@ def main() -> None:
     feed, shop = f"bench-feed-{token}", f"bench-shop-{token}"
     broker_url = f"redis://{REDIS_HOST}/{args.redis_db}"
     queue = redis.Redis.from_url(broker_url)
-    faults = catalog_emulator.Faults(rate_limit=args.rate)
+    faults = catalog_emulator.Faults(account_limit=None, rate_limit=args.rate)
     catalog_app = catalog_emulator.create_app([API_KEY], faults)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhook-latency-")))
