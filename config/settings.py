@@ -66,7 +66,16 @@ class Settings(BaseSettings):
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")
     lease_seconds: float = Field(300.0, gt=0, le=86_400, description="How long a push owns a row.")
     requeue_after: float = Field(
-        900.0, ge=0, description="Seconds after which reconcile re-sends a push whose message never ran (lost)."
+        60.0,
+        ge=0,
+        le=86_400,
+        description="Seconds after which a push handed to the queue and never run counts as lost and is sent again.",
+    )
+    push_horizon: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Bulk pushes handed to the queue per account: what the budget serves in this many seconds.",
     )
     sync_lock_seconds: float = Field(
         6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."
