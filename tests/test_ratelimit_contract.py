@@ -13,7 +13,7 @@ import redis
 
 from tests.fakes import FakeClock
 from worker.errors import RateLimited
-from worker.ratelimit import COOLDOWN_SUFFIX, PRIORITY_SUFFIX, LocalLimiter, RedisLimiter
+from worker.ratelimit import COOLDOWN_SUFFIX, GRANTS_SUFFIX, PRIORITY_SUFFIX, LocalLimiter, RedisLimiter
 
 # One request a second: slow enough that no slot refills while a test runs, fast enough to read waits as seconds.
 RATE = 1.0
@@ -30,7 +30,7 @@ def make(request: pytest.FixtureRequest, unique: str) -> Iterator[MakeLimiter]:
     client = redis.Redis.from_url(request.getfixturevalue("redis_url"), socket_timeout=5)
     key = f"test:ratelimit-contract:{unique}"
     yield lambda burst, reserve=0: RedisLimiter(client, key=key, rate=RATE, burst=burst, reserve=reserve)
-    client.delete(key, key + COOLDOWN_SUFFIX, key + PRIORITY_SUFFIX)
+    client.delete(key, key + COOLDOWN_SUFFIX, key + PRIORITY_SUFFIX, key + GRANTS_SUFFIX)
     client.close()
 
 
@@ -105,3 +105,20 @@ def test_a_cool_down_pauses_priority_callers_too(make: MakeLimiter) -> None:
 def test_a_reserve_that_leaves_bulk_nothing_is_refused(make: MakeLimiter, reserve: int) -> None:
     with pytest.raises(ValueError, match="reserve"):
         make(3, reserve=reserve)
+
+
+def test_the_limiter_counts_what_it_allowed_this_minute_for_status(make: MakeLimiter) -> None:
+    limiter = make(3, reserve=1)
+    before = limiter.grants()
+
+    limiter.try_acquire()
+    limiter.try_acquire()
+    limiter.try_acquire(priority=True)
+    limiter.try_acquire()  # refused: the burst is spent
+
+    after = limiter.grants()
+    # Counted per minute of the limiter's clock; a minute may turn between the two readings.
+    if after.seconds_into >= before.seconds_into:
+        assert after.current - before.current == 3
+    else:
+        assert after.current + after.previous - before.current == 3

@@ -39,6 +39,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
@@ -59,6 +60,10 @@ DEFAULT_KEY = "catalog-sync:ratelimit:catalog"
 COOLDOWN_SUFFIX = ":cooldown"
 # Suffix of the marker a waiting priority caller sets: bulk callers step aside while it lives.
 PRIORITY_SUFFIX = ":priority"
+# Suffix of the hash counting requests allowed per minute of server time, for `status`.
+GRANTS_SUFFIX = ":grants"
+# Minutes of grant counts kept; older ones are dropped as new minutes are counted.
+GRANTS_KEPT_MINUTES = 3
 # How much longer than its own wait a priority caller's marker lives: it must outlast the caller's sleep and the round
 # trip that follows, or a bulk caller could take the slot the priority caller was waiting for.
 PRIORITY_MARK_MARGIN = 0.05
@@ -78,6 +83,15 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """Requests the limiter allowed: in the current minute (`seconds_into` it so far) and in the whole previous one."""
+
+    current: int
+    previous: int
+    seconds_into: float
+
+
 class Limiter(Protocol):
     """Paces catalog calls across every worker process and host.
 
@@ -92,10 +106,14 @@ class Limiter(Protocol):
 
     def cool_down(self, seconds: float) -> None: ...
 
+    def grants(self) -> Grants: ...
+
 
 # KEYS[1]: the TAT, server microseconds. KEYS[2]: the cool-down end, server epoch milliseconds. KEYS[3]: the
-# priority marker. ARGV[1]: emission interval (1/rate) in microseconds. ARGV[2]: burst. ARGV[3]: slots of the burst
+# priority marker. KEYS[4]: the grants per minute (a hash: minute number -> requests allowed).
+# ARGV[1]: emission interval (1/rate) in microseconds. ARGV[2]: burst. ARGV[3]: slots of the burst
 # reserved for priority callers. ARGV[4]: 1 for a priority caller. ARGV[5]: margin of the priority marker, in ms.
+# ARGV[6]: minutes of grant counts kept.
 # Returns {0, 0} when allowed (one slot consumed), else {wait in microseconds, 1 if the wait is the cool-down}.
 _ACQUIRE_LUA = """
 -- Redis < 5 replicates scripts verbatim, which forbids writes after TIME; since 5 this is a no-op.
@@ -130,7 +148,25 @@ if wait > 0 then
   return {math.ceil(wait), 0}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+local minute = math.floor(now / 60000000)
+local kept = tonumber(ARGV[6])
+if redis.call('HINCRBY', KEYS[4], minute, 1) == 1 then
+  -- A new minute: drop the counts too old to show (a few fields, so reading them all is cheap).
+  for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if tonumber(field) <= minute - kept then redis.call('HDEL', KEYS[4], field) end
+  end
+end
+redis.call('EXPIRE', KEYS[4], 60 * (kept + 1))
 return {0, 0}
+"""
+
+# KEYS[1]: the grants hash. Returns {server minute number, seconds into it, allowed this minute, allowed last minute}.
+_GRANTS_LUA = """
+local t = redis.call('TIME')
+local minute = math.floor(tonumber(t[1]) / 60)
+local current = tonumber(redis.call('HGET', KEYS[1], minute)) or 0
+local previous = tonumber(redis.call('HGET', KEYS[1], minute - 1)) or 0
+return {minute, tonumber(t[1]) % 60, current, previous}
 """
 
 # KEYS[1]: the cool-down key, KEYS[2]: the budget (TAT) key. ARGV[1]: the pause in milliseconds (>= 1), ARGV[2]:
@@ -194,6 +230,7 @@ class RedisLimiter:
         self.key = key
         self.cooldown_key = key + COOLDOWN_SUFFIX
         self.priority_key = key + PRIORITY_SUFFIX
+        self.grants_key = key + GRANTS_SUFFIX
         self.rate = float(rate)
         self.burst = burst
         self.reserve = reserve
@@ -203,6 +240,7 @@ class RedisLimiter:
         self._acquire_script = redis.register_script(_ACQUIRE_LUA)
         self._cool_down_script = redis.register_script(_COOL_DOWN_LUA)
         self._remaining_script = redis.register_script(_COOLDOWN_REMAINING_LUA)
+        self._grants_script = redis.register_script(_GRANTS_LUA)
 
     def __repr__(self) -> str:
         return (
@@ -235,16 +273,22 @@ class RedisLimiter:
         remaining_us = self._call(self._remaining_script, [self.cooldown_key], [], "read the cool-down")
         return int(remaining_us) / 1_000_000
 
+    def grants(self) -> Grants:
+        """Requests allowed in the current and the previous minute, by every process on this key."""
+        _, into, current, previous = self._call(self._grants_script, [self.grants_key], [], "read the grants")
+        return Grants(int(current), int(previous), float(into))
+
     def _check(self, priority: bool) -> tuple[float, bool]:
         answer = self._call(
             self._acquire_script,
-            [self.key, self.cooldown_key, self.priority_key],
+            [self.key, self.cooldown_key, self.priority_key, self.grants_key],
             [
                 repr(self._interval_us),
                 self.burst,
                 self.reserve,
                 1 if priority else 0,
                 math.ceil(PRIORITY_MARK_MARGIN * 1000),
+                GRANTS_KEPT_MINUTES,
             ],
             "check the budget",
         )
@@ -294,6 +338,7 @@ class LocalLimiter:
         self._tat = -math.inf
         self._cooldown_until = -math.inf
         self._priority_until = -math.inf
+        self._grants: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -324,6 +369,13 @@ class LocalLimiter:
         with self._lock:
             return max(0.0, self._cooldown_until - self._clock())
 
+    def grants(self) -> Grants:
+        """Requests allowed in the current and the previous minute of this process's clock."""
+        with self._lock:
+            now = self._clock()
+            minute = math.floor(now / 60)
+            return Grants(self._grants.get(minute, 0), self._grants.get(minute - 1, 0), now - minute * 60)
+
     def _check(self, priority: bool) -> tuple[float, bool]:
         with self._lock:
             now = self._clock()
@@ -341,6 +393,11 @@ class LocalLimiter:
                     self._priority_until = max(self._priority_until, now + wait + PRIORITY_MARK_MARGIN)
                 return wait, False
             self._tat = new_tat
+            minute = math.floor(now / 60)
+            if minute not in self._grants:
+                for old in [m for m in self._grants if m <= minute - GRANTS_KEPT_MINUTES]:
+                    del self._grants[old]
+            self._grants[minute] = self._grants.get(minute, 0) + 1
             return 0.0, False
 
 
