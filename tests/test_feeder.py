@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from worker.feeder import AccountBudget, fair_shares, feed_account
+from tests.sync_helpers import SOURCE, sync_world
+from worker.feeder import AccountBudget, budget_status, fair_shares, feed_account
 from worker.state import DesiredRow, Store, utcnow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -160,3 +162,22 @@ def test_pushes_a_dead_broker_refused_are_fed_again_on_the_next_pass(store: Stor
     feed(store, dispatcher)
 
     assert dispatcher.count() == 3
+
+
+def test_status_shows_per_account_what_waits_and_when_it_converges(tmp_path: Path) -> None:
+    with sync_world(tmp_path, catalog_rate_limit="600/minute", catalog_burst=2) as world:
+        store = world.runtime.store
+        store.write_desired(rows(SOURCE, 30))
+        store.write_desired(rows(SOURCE, 2, start=100), priority=True)
+        world.runtime.limiter.acquire()
+
+        [status] = budget_status(world.runtime)
+
+    assert status.account == "default"
+    assert (status.waiting_priority, status.waiting_bulk) == (2, 30)
+    assert status.in_flight == 2, "the priority rows were handed to the queue as they were written"
+    assert status.limit == pytest.approx(10.0)
+    # Paced just under the limit (a burst of 2 within each minute), so 32 products take a little over 3.2 s.
+    assert status.converges_in == pytest.approx(32 / (10 - 2 / 60))
+    assert status.used_this_minute is not None
+    assert status.used_this_minute + (status.used_last_minute or 0) >= 1

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from worker.ratelimit import pacing
+from worker.ratelimit import Grants, pacing
 from worker.state import Store, utcnow
 
 if TYPE_CHECKING:
@@ -147,6 +147,55 @@ def accounts(runtime: Runtime) -> list[AccountBudget]:
     """The accounts this deployment writes to, with their sources and steady rates."""
     rate, _, _ = pacing(runtime.settings)
     return [AccountBudget(DEFAULT_ACCOUNT, rate, tuple(sorted(runtime.sources)))]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One account's budget as `status` shows it."""
+
+    account: str
+    limit: float  # the account's limit, requests per second
+    rate: float  # what the limiter paces to, requests per second
+    used_this_minute: int | None  # None when the limiter cannot be read (Redis down)
+    used_last_minute: int | None
+    in_flight: int
+    waiting_priority: int
+    waiting_bulk: int
+
+    @property
+    def backlog(self) -> int:
+        return self.waiting_priority + self.waiting_bulk
+
+    @property
+    def converges_in(self) -> float:
+        """Seconds until the current backlog has reached the catalog at this rate (one call per product)."""
+        return self.backlog / self.rate
+
+
+def budget_status(runtime: Runtime) -> list[BudgetStatus]:
+    """Per account: the budget in use, what waits (priority and bulk), and when the backlog converges."""
+    from worker.errors import RetryableError
+
+    statuses = []
+    try:
+        grants: Grants | None = runtime.limiter.grants()
+    except RetryableError:
+        grants = None
+    for account in accounts(runtime):
+        waiting = runtime.store.waiting(account.sources)
+        statuses.append(
+            BudgetStatus(
+                account=account.name,
+                limit=runtime.settings.catalog_rate_limit,
+                rate=account.rate,
+                used_this_minute=None if grants is None else grants.current,
+                used_last_minute=None if grants is None else grants.previous,
+                in_flight=runtime.store.in_flight(account.sources, requeue_after=runtime.settings.requeue_after),
+                waiting_priority=waiting[True],
+                waiting_bulk=waiting[False],
+            )
+        )
+    return statuses
 
 
 def _by_source(rows: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
