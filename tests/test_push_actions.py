@@ -50,11 +50,11 @@ class RaisingCatalog:
         self.error = error
         self.calls = 0
 
-    def upsert(self, product: ProductUpsert) -> None:
+    def upsert(self, product: ProductUpsert, **options: Any) -> None:
         self.calls += 1
         raise self.error
 
-    def delete(self, external_id: str) -> bool:
+    def delete(self, external_id: str, **options: Any) -> bool:
         self.calls += 1
         raise self.error
 
