@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
+from dotenv import dotenv_values
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +27,8 @@ DEFAULT_CATALOG_RATE = parse_rate("100/minute")
 # Requests per second, written as "100/minute", "2/second" or a bare number per second.
 Rate = Annotated[float, BeforeValidator(parse_rate)]
 ENV_PREFIX = "CATALOG_SYNC_"
+# Read from the working directory after the environment.
+ENV_FILE = ".env"
 # Variables under this prefix belong to the test suite (its Redis and PostgreSQL), not to the program.
 TEST_ENV_PREFIX = ENV_PREFIX + "TEST_"
 # Settings whose values are URLs that may carry a password: shown masked in every message.
@@ -33,7 +36,7 @@ _URL_SETTINGS = frozenset({"database_url", "broker_url", "redis_url"})
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CATALOG_SYNC_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CATALOG_SYNC_", env_file=ENV_FILE, extra="ignore")
 
     config: Path = Field(Path("catalog-sync.toml"), description="The sources file (TOML, one [[sources]] each).")
     database_url: str = Field(
@@ -104,17 +107,17 @@ class Settings(BaseSettings):
         return check_broker_url(value)
 
 
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """One line per `CATALOG_SYNC_*` variable that is no setting, with the setting it was probably meant to be."""
+def unknown_variables(names: Iterable[str], *, where: str = "") -> list[str]:
+    """One line per `CATALOG_SYNC_*` name that is no setting, with the setting it was probably meant to be."""
     known = sorted(ENV_PREFIX + name.upper() for name in Settings.model_fields)
     lines = []
-    for name in sorted(environ):
+    for name in sorted(names):
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper.startswith(TEST_ENV_PREFIX) or upper in known:
             continue
         guess = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         hint = f"; did you mean {guess[0]}?" if guess else f"; the settings are listed in the README ({known[0]}, …)"
-        lines.append(f"  {name}: not a catalog-sync setting{hint}")
+        lines.append(f"  {name}{where}: not a catalog-sync setting{hint}")
     return lines
 
 
@@ -123,6 +126,8 @@ def get_settings() -> Settings:
     # A mistyped name would otherwise be ignored without a word, and its default (a new SQLite file in the working
     # directory, say) used instead.
     unknown = unknown_variables(os.environ)
+    if Path(ENV_FILE).is_file():
+        unknown += unknown_variables(dotenv_values(ENV_FILE), where=f" (in {ENV_FILE})")
     if unknown:
         raise ConfigError("\n".join(["unknown environment variable(s):", *unknown]))
     try:

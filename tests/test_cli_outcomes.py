@@ -521,3 +521,17 @@ def test_a_source_url_with_a_password_is_listed_masked(world: SyncWorld, tmp_pat
     assert "format" in invalid.stderr
     assert "https://merchant:***@127.0.0.1:1/feed.xml" in listed.stdout
     assert PASSWORD not in invalid.stderr + invalid.stdout + listed.stdout + listed.stderr
+
+
+def test_a_mistyped_key_in_the_env_file_is_named_too(world: SyncWorld, tmp_path: Path) -> None:
+    workdir = tmp_path / "with-env"
+    workdir.mkdir()
+    (workdir / ".env").write_text("CATALOG_SYNC_CATALOG_APIKEY=abc\n", encoding="utf-8")
+
+    result = cli(world, "status", cwd=workdir)
+
+    assert result.returncode == 2
+    assert (
+        "CATALOG_SYNC_CATALOG_APIKEY (in .env): not a catalog-sync setting; did you mean CATALOG_SYNC_CATALOG_API_KEY?"
+        in result.stderr
+    )
