@@ -35,6 +35,10 @@ class SourceConfig(BaseModel):
     kind: SourceKind
     url: str = Field(description="Feed path or URL; a shop's base URL.")
     format: FeedFormat | None = None
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
+    )
     external_id: str = Field("{id}", description="Catalog externalId template: {id}, {handle}, {source}.")
     valid_for_days: int | None = Field(None, ge=1, le=365)
     metadata_fields: tuple[str, ...] = Field(
@@ -80,6 +84,8 @@ class SourceConfig(BaseModel):
             raise ValueError("kind 'woocommerce' needs consumer_key and consumer_secret (a REST key with Read access)")
         if self.format is not None and self.kind != "feed":
             raise ValueError("format applies to kind 'feed' only")
+        if self.columns and self.kind != "feed":
+            raise ValueError("columns applies to kind 'feed' only")
         return self
 
     @property
