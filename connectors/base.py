@@ -6,12 +6,15 @@ Connectors know shops and nothing of Celery, the state database or the catalog A
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
+
+import html_text
+from html_text import DOUBLE_NEWLINE_TAGS, NEWLINE_TAGS
+from lxml import etree
 
 from worker.errors import SkippedProduct, SourceError
 
@@ -149,21 +152,44 @@ class PageNumberPaginator:
         self.page += 1
 
 
-_TAG = re.compile(r"<[^>]*>")
-_BLOCK = re.compile(r"<\s*(br|/p|/div|/li|/h[1-6]|p|li|tr|/td|/th)\b[^>]*>", re.IGNORECASE)
-_SCRIPT = re.compile(r"<\s*(script|style)\b[^>]*>.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
+# Elements that start a new line in a browser: their text must not run into the text around them. Inline elements
+# (b, span, a, ...) add nothing, so `Bo<b>ld</b>` stays one word.
+_BLOCK_TAGS: Final = frozenset(
+    {*NEWLINE_TAGS, *DOUBLE_NEWLINE_TAGS, "td", "th", "section", "address", "caption", "center", "option"}
+)
 _SPACE = re.compile(r"\s+")
+# Characters that tell markup from plain text; without them there is nothing to parse.
+_MARKUP = re.compile(r"[<&]")
 
 
 def html_to_text(markup: str | None) -> str:
-    """Plain text from shop HTML: scripts dropped, tags stripped, entities decoded, whitespace collapsed."""
+    """Plain text from shop HTML, whitespace collapsed.
+
+    libxml2 parses the markup (through `html_text`, which also drops scripts, styles, comments and processing
+    instructions), so a `>` inside an attribute or a comment is never taken for the end of a tag, and entities are
+    decoded exactly once: a double-escaped `&amp;lt;b&amp;gt;` stays the literal text `&lt;b&gt;`. Block elements
+    and line breaks separate words; inline ones do not.
+    """
     if not markup:
         return ""
-    text = _SCRIPT.sub(" ", markup)
-    text = _BLOCK.sub(" ", text)
-    text = _TAG.sub("", text)
-    text = html.unescape(text).replace("\xa0", " ")
-    return _SPACE.sub(" ", text).strip()
+    if _MARKUP.search(markup) is None:
+        return _SPACE.sub(" ", markup).strip()
+    tree = html_text.cleaner.clean_html(html_text.parse_html(markup))
+    parts: list[str] = []
+    # iterwalk instead of recursion: a hostile document may nest thousands of elements.
+    for event, element in etree.iterwalk(tree, events=("start", "end")):
+        if not isinstance(element.tag, str):
+            continue
+        block = element.tag in _BLOCK_TAGS
+        if event == "start":
+            if block:
+                parts.append(" ")
+            parts.append(element.text or "")
+        else:
+            if block:
+                parts.append(" ")
+            parts.append(element.tail or "")
+    return _SPACE.sub(" ", "".join(parts).replace("\xa0", " ")).strip()
 
 
 def normalize_images(images: Iterable[ImageRef], limit: int = MAX_IMAGES) -> tuple[ImageRef, ...]:
