@@ -28,6 +28,38 @@ _SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
+class ProductFilter(BaseModel):
+    """One side of a source's filter: per field, the values (`*` matches any run of characters) that match,
+    compared without regard to case. A product matches when, for every field listed, one of its values does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product_type: tuple[str, ...] = ()
+    tag: tuple[str, ...] = ()
+    vendor: tuple[str, ...] = ()
+    category: tuple[str, ...] = Field((), description="WooCommerce categories, by slug or name.")
+    google_product_category: tuple[str, ...] = Field((), description="Feeds: the g:google_product_category.")
+
+    @field_validator("*")
+    @classmethod
+    def _check_values(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(value.strip() for value in values)
+        if any(not value for value in cleaned):
+            raise ValueError("an empty value matches nothing; remove it")
+        return cleaned
+
+    def fields(self) -> dict[str, tuple[str, ...]]:
+        """The fields this side constrains, with their values."""
+        return {name: values for name, values in self.model_dump().items() if values}
+
+
+# Filter fields that only one kind of source can answer; elsewhere they would silently match nothing.
+FILTER_FIELD_KINDS: dict[str, frozenset[str]] = {
+    "category": frozenset({"woocommerce"}),
+    "google_product_category": frozenset({"feed"}),
+}
+
+
 class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,6 +72,8 @@ class SourceConfig(BaseModel):
         description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
     )
     external_id: str = Field("{id}", description="Catalog externalId template: {id}, {handle}, {source}.")
+    include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
+    exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
     valid_for_days: int | None = Field(None, ge=1, le=365)
     metadata_fields: tuple[str, ...] = Field(
         (), description="Extra source attributes (price, availability, ...) copied into catalog metadata."
@@ -86,6 +120,12 @@ class SourceConfig(BaseModel):
             raise ValueError("format applies to kind 'feed' only")
         if self.columns and self.kind != "feed":
             raise ValueError("columns applies to kind 'feed' only")
+        for side in ("include", "exclude"):
+            rules = getattr(self, side)
+            for name in rules.fields() if rules is not None else ():
+                kinds = FILTER_FIELD_KINDS.get(name)
+                if kinds is not None and self.kind not in kinds:
+                    raise ValueError(f"{side}.{name} applies to kind {' or '.join(sorted(kinds))}, not {self.kind!r}")
         return self
 
     @property

@@ -10,12 +10,14 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import html_text
 from html_text import DOUBLE_NEWLINE_TAGS, NEWLINE_TAGS
 from lxml import etree
 
+from config.sources import ProductFilter
 from worker.errors import SkippedProduct, SourceError
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "SourceProduct",
     "WebhookEvent",
     "WebhookTopic",
+    "filter_reason",
     "html_to_text",
     "normalize_images",
     "parse_datetime",
@@ -65,6 +68,8 @@ class SourceProduct:
     product_type: str | None = None
     tags: tuple[str, ...] = ()
     handle: str | None = None
+    # WooCommerce categories (names and slugs), for source filters.
+    categories: tuple[str, ...] = ()
     # Extra source fields (price, availability, ...) that a source setting may copy into catalog metadata.
     attributes: Mapping[str, str] = field(default_factory=dict)
     # Where the record came from (a GID, a feed line number): for error messages, never sent to the catalog.
@@ -190,6 +195,44 @@ def html_to_text(markup: str | None) -> str:
                 parts.append(" ")
             parts.append(element.tail or "")
     return _SPACE.sub(" ", "".join(parts).replace("\xa0", " ")).strip()
+
+
+def filter_reason(product: SourceProduct, include: ProductFilter | None, exclude: ProductFilter | None) -> str | None:
+    """Why a source's filter keeps `product` out of the catalog (the rule, for the operator), or None when it may go
+    in. Every `include` field must match one of its values; any `exclude` value that matches keeps it out."""
+    for name, patterns in include.fields().items() if include is not None else ():
+        values = _filter_values(product, name)
+        if not any(_matches(pattern, value) for pattern in patterns for value in values):
+            shown = ", ".join(repr(value) for value in values[:5]) or "none"
+            return f"include.{name} {list(patterns)} matches none of the product's ({shown})"
+    for name, patterns in exclude.fields().items() if exclude is not None else ():
+        for value in _filter_values(product, name):
+            for pattern in patterns:
+                if _matches(pattern, value):
+                    return f"exclude.{name} {pattern!r} matches {value!r}"
+    return None
+
+
+def _filter_values(product: SourceProduct, name: str) -> tuple[str, ...]:
+    if name == "tag":
+        return product.tags
+    if name == "category":
+        return product.categories
+    if name == "google_product_category":
+        value = product.attributes.get("google_product_category")
+    else:
+        value = getattr(product, name)
+    return (value,) if value else ()
+
+
+@lru_cache(maxsize=1024)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    # Only `*` is special: shop values hold brackets and question marks as plain text.
+    return re.compile(".*".join(re.escape(part) for part in pattern.casefold().split("*")), re.DOTALL)
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return _pattern(pattern).fullmatch(value.strip().casefold()) is not None
 
 
 def normalize_images(images: Iterable[ImageRef], limit: int = MAX_IMAGES) -> tuple[ImageRef, ...]:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,8 @@ from connectors.base import SourceProduct
 from connectors.feed import ColumnMap, FeedConnector, normalize_field_name, read_delimited_records
 from tests.conftest import FIXTURES
 from tests.connector_contract import read_all
-from tests.sync_helpers import API_KEY, SyncWorld, sources_toml, sync_world
+from tests.sync_helpers import SyncWorld, sources_toml, sync_world
+from tests.test_cli import cli
 from worker.errors import ConfigError, SkippedProduct, SourceError
 
 M5ZOON_FEED = FIXTURES / "feeds" / "m5zoon-products-feed" / "products-feed.csv"
@@ -175,26 +173,6 @@ def world(tmp_path: Path) -> Iterator[SyncWorld]:
         yield w
 
 
-def resync(world: SyncWorld) -> subprocess.CompletedProcess[str]:
-    settings = world.runtime.settings
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "500",
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "resync", "shop", "--full", "--inline", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_a_run_over_a_feed_without_an_image_column_fails_and_the_mapping_fixes_it(
     world: SyncWorld, tmp_path: Path
 ) -> None:
@@ -203,7 +181,7 @@ def test_a_run_over_a_feed_without_an_image_column_fails_and_the_mapping_fixes_i
     config = Path(world.runtime.settings.config)
     config.write_text(sources_toml(feed, name="shop").replace('format = "json"', 'format = "csv"'), encoding="utf-8")
 
-    failed = resync(world)
+    failed = cli(world, "resync", "shop", "--full", "--inline", "--json")
 
     assert failed.returncode == 1, failed.stderr
     summary = json.loads(failed.stdout)
@@ -213,7 +191,7 @@ def test_a_run_over_a_feed_without_an_image_column_fails_and_the_mapping_fixes_i
     assert world.catalog_products() == {}
 
     config.write_text(config.read_text(encoding="utf-8") + 'columns = { image_link = "Bild" }\n', encoding="utf-8")
-    fixed = resync(world)
+    fixed = cli(world, "resync", "shop", "--full", "--inline", "--json")
 
     assert fixed.returncode == 0, fixed.stderr
     assert json.loads(fixed.stdout)["synced"] == 20

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.sources import SourceConfig
-from connectors.base import MAX_IMAGES, Connector, SourceProduct
+from connectors.base import MAX_IMAGES, Connector, SourceProduct, filter_reason
 from worker.catalog import ProductUpsert
 from worker.errors import SkippedProduct, SourceError
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
@@ -37,6 +37,9 @@ PAGE_SIZE = 500
 WATERMARK_OVERLAP = timedelta(minutes=5)
 # Catalog metadata keys for the stable descriptors (volatile fields like price stay out unless configured).
 _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
+
+# The skip reason of a product the source's include/exclude filter keeps out of the catalog.
+FILTERED_OUT = "filtered_out"
 
 # Called with (source, product ids) after each committed page, to enqueue their pushes.
 OnChanged = Callable[[str, Sequence[str]], None]
@@ -74,11 +77,24 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
 
 
 def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
-    """The desired state of one product. Inactive products and products without images are not in the catalog
-    (the latter recorded `skipped: no_images`)."""
+    """The desired state of one product. Inactive products, products the source's filter keeps out (recorded
+    `skipped: filtered_out` with the rule) and products without images (`skipped: no_images`) are not in the
+    catalog."""
     external_id = external_id_for(product.product_id, product.handle, source)
     if product.status != "active":
         return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
+    rule = filter_reason(product, source.include, source.exclude)
+    if rule is not None:
+        return DesiredRow(
+            source.name,
+            product.product_id,
+            external_id,
+            None,
+            DELETED,
+            product.updated_at,
+            skip_reason=FILTERED_OUT,
+            skip_detail=rule,
+        )
     if not product.images:
         return DesiredRow(
             source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
@@ -94,7 +110,14 @@ def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime
     if not skip.product_id:
         return None
     return DesiredRow(
-        source.name, skip.product_id, skip.product_id, None, DELETED, updated_at, skip_reason=skip.reason[:64]
+        source.name,
+        skip.product_id,
+        skip.product_id,
+        None,
+        DELETED,
+        updated_at,
+        skip_reason=skip.reason[:64],
+        skip_detail=skip.detail or None,
     )
 
 
@@ -155,17 +178,17 @@ def plan_source(
     run_id = store.start_run(source.name, mode, started_at=started_at)
     report = RunReport(run_id, source.name, mode, started_at)
     full = mode == "full"
+    # Products in the catalog that the filter now keeps out: a full run leaves them unseen, so the deletion brake
+    # counts them with the products the source dropped (a filter typo must not empty the catalog).
+    held: list[DesiredRow] = []
     try:
         for page in _pages(connector.iter_products(since), page_size):
             rows = _rows(page, source, report.counts)
-            result = store.write_desired(rows, run_id=run_id if full else None)
-            report.counts["changed"] += result.changed
-            report.counts["unchanged"] += result.unchanged
-            report.counts["stale"] += result.stale
-            if result.changed_ids:
-                on_changed(source.name, result.changed_ids)
+            if full:
+                rows = _hold_filtered(store, source.name, rows, held)
+            _write(store, report, rows, on_changed, run_id=run_id if full else None)
         if full:
-            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete)
+            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
     except Exception as exc:
         report.outcome = "failed"
         report.error = _describe(exc)
@@ -178,6 +201,27 @@ def plan_source(
     # held back deletions still read everything, so incremental runs may move on.
     store.finish_run(run_id, outcome=report.outcome, counts=dict(report.counts), watermark=started_at)
     return report
+
+
+def _write(
+    store: Store, report: RunReport, rows: Sequence[DesiredRow], on_changed: OnChanged, *, run_id: int | None
+) -> None:
+    result = store.write_desired(rows, run_id=run_id)
+    report.counts["changed"] += result.changed
+    report.counts["unchanged"] += result.unchanged
+    report.counts["stale"] += result.stale
+    if result.changed_ids:
+        on_changed(report.source, result.changed_ids)
+
+
+def _hold_filtered(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:
+    """The rows to write now; filtered-out rows of products still in the catalog go to `held`."""
+    filtered = [row.product_id for row in rows if row.skip_reason == FILTERED_OUT]
+    live = store.live_ids(source, filtered) if filtered else set()
+    if not live:
+        return rows
+    held.extend(row for row in rows if row.skip_reason == FILTERED_OUT and row.product_id in live)
+    return [row for row in rows if not (row.skip_reason == FILTERED_OUT and row.product_id in live)]
 
 
 def _rows(
@@ -219,15 +263,17 @@ def _delete_missing(
     on_changed: OnChanged,
     default_share: float,
     allow_mass_delete: bool,
+    held: Sequence[DesiredRow] = (),
 ) -> None:
+    """Delete what the run did not see (and what the filter now keeps out), unless that is too much at once."""
     missing, total = store.count_missing(source.name, report.run_id, report.started_at)
-    if missing == 0:
-        return
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
-    if not allow_mass_delete and missing > share * total:
+    if missing and not allow_mass_delete and missing > share * total:
         report.outcome = "deletion_blocked"
         report.deletion_blocked = (missing, total)
         report.counts["deletion_blocked"] = missing
+        if held:
+            report.counts["filtered_out_held"] = len(held)
         log.warning(
             "%s: the full run would delete %d of %d products (more than %.0f%%); nothing deleted. "
             "If this is intended, run `catalog-sync resync %s --full --allow-mass-delete`",
@@ -237,6 +283,11 @@ def _delete_missing(
             share * 100,
             source.name,
         )
+        return
+    # The held rows first, so they are seen and keep their reason; what is left unseen the source dropped.
+    if held:
+        _write(store, report, held, on_changed, run_id=report.run_id)
+    if missing == 0:
         return
     ids = store.mark_missing_for_deletion(source.name, report.run_id, report.started_at)
     report.counts["removed"] += len(ids)

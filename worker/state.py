@@ -97,6 +97,8 @@ class ProductRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     # Why a product is not in the catalog although the source lists it (e.g. `no_images`).
     skip_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The same in words: the filter rule that matched, the feed line that was unusable (migration 0004).
+    skip_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -222,6 +224,8 @@ class DesiredRow:
     content_hash: str
     updated_at: datetime | None
     skip_reason: str | None = None
+    # Why, in words (the filter rule, the feed line): shown by `failures --skipped`.
+    skip_detail: str | None = None
 
     @property
     def is_deletion(self) -> bool:
@@ -345,6 +349,7 @@ class Store:
                     "next_attempt_at": None,
                     "last_error_code": row.skip_reason,
                     "last_error_message": None,
+                    "skip_detail": row.skip_detail if row.skip_reason else None,
                     "seen_run_id": run_id,
                     "enqueued_at": now,
                     "changed_at": now,
@@ -384,6 +389,7 @@ class Store:
             "next_attempt_at": None,
             "last_error_code": excluded.last_error_code,
             "last_error_message": None,
+            "skip_detail": excluded.skip_detail,
             "enqueued_at": excluded.enqueued_at,
             "changed_at": excluded.changed_at,
         }
@@ -419,6 +425,7 @@ class Store:
                     desired_payload=None,
                     desired_hash=DELETED,
                     skip_reason=None,
+                    skip_detail=None,
                     status=case((ProductRow.synced_hash == DELETED, "deleted"), else_="pending"),
                     attempts=0,
                     next_attempt_at=None,
@@ -430,6 +437,26 @@ class Store:
                 .returning(ProductRow.product_id)
             )
             return [r[0] for r in result]
+
+    def live_ids(self, source: str, product_ids: Sequence[str]) -> set[str]:
+        """Those of `product_ids` whose desired state is to be in the catalog."""
+        if not product_ids:
+            return set()
+        with self.read_session() as session:
+            query = select(ProductRow.product_id).where(
+                ProductRow.source == source,
+                ProductRow.product_id.in_(list(product_ids)),
+                ProductRow.desired_hash != DELETED,
+            )
+            return set(session.scalars(query))
+
+    def skipped(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
+        """Products kept out of the catalog on purpose (filtered, no usable images, bad source data), with why."""
+        query = select(ProductRow).where(ProductRow.status == "skipped").order_by(ProductRow.source).limit(limit)
+        if source is not None:
+            query = query.where(ProductRow.source == source)
+        with self.read_session() as session:
+            return list(session.scalars(query))
 
     def count_missing(self, source: str, run_id: int, started_at: datetime) -> tuple[int, int]:
         """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
@@ -483,6 +510,7 @@ class Store:
                 "desired_hash": DELETED,
                 "source_updated_at": updated_at or (current.source_updated_at if current is not None else None),
                 "skip_reason": None,
+                "skip_detail": None,
                 "status": "pending",
                 "attempts": 0,
                 "next_attempt_at": None,
