@@ -72,6 +72,12 @@ class SourceConfig(BaseModel):
         description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
     )
     external_id: str = Field("{id}", description="Catalog externalId template: {id}, {handle}, {source}.")
+    check_images: bool = Field(
+        True, description="Check each new image URL (reachable, image/*, at most 10 MB) before it is sent."
+    )
+    auto_detect_image_roles: bool | None = Field(
+        None, description="The catalog's autoDetectImageRoles for this source's products; omitted when unset."
+    )
     include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
     exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
     valid_for_days: int | None = Field(None, ge=1, le=365)

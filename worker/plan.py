@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -26,6 +26,7 @@ from config.sources import SourceConfig
 from connectors.base import MAX_IMAGES, Connector, SourceProduct, filter_reason
 from worker.catalog import ProductUpsert
 from worker.errors import SkippedProduct, SourceError
+from worker.images import ImageChecker, ImageVerdict
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
 
 # The skip reason of a product the source's include/exclude filter keeps out of the catalog.
 FILTERED_OUT = "filtered_out"
+# The skip reason of a product whose every image failed the image check.
+NO_USABLE_IMAGES = "no_usable_images"
+# Unusable images named in a skip detail at most.
+MAX_IMAGES_IN_DETAIL = 3
 
 # Called with (source, product ids) after each committed page, to enqueue their pushes.
 OnChanged = Callable[[str, Sequence[str]], None]
@@ -73,13 +78,18 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
         "images": [{"source": {"url": image.url}} for image in product.images[:MAX_IMAGES]],
         "metadata": metadata,
         "validForDays": source.valid_for_days,
+        # Omitted unless set, so sources that never chose keep their payload (and its hash) as it was.
+        **({} if source.auto_detect_image_roles is None else {"autoDetectImageRoles": source.auto_detect_image_roles}),
     }
 
 
-def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
+def desired_row(
+    product: SourceProduct, source: SourceConfig, images: Mapping[str, ImageVerdict] | None = None
+) -> DesiredRow:
     """The desired state of one product. Inactive products, products the source's filter keeps out (recorded
     `skipped: filtered_out` with the rule) and products without images (`skipped: no_images`) are not in the
-    catalog."""
+    catalog. With `images` (the image check's verdicts by URL), unusable images are dropped, and a product left
+    with none is `skipped: no_usable_images`; a URL without a verdict is kept."""
     external_id = external_id_for(product.product_id, product.handle, source)
     if product.status != "active":
         return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
@@ -99,10 +109,33 @@ def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
         return DesiredRow(
             source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
         )
+    if images is not None:
+        dead = _unusable(product, images)
+        if dead:
+            usable = tuple(image for image in product.images if image.url not in {v.url for v in dead})
+            if not usable:
+                named = "; ".join(f"{v.url}: {v.describe()}" for v in dead[:MAX_IMAGES_IN_DETAIL])
+                more = f" (and {len(dead) - MAX_IMAGES_IN_DETAIL} more)" if len(dead) > MAX_IMAGES_IN_DETAIL else ""
+                return DesiredRow(
+                    source.name,
+                    product.product_id,
+                    external_id,
+                    None,
+                    DELETED,
+                    product.updated_at,
+                    skip_reason=NO_USABLE_IMAGES,
+                    skip_detail=named + more,
+                )
+            product = replace(product, images=usable)
     upsert = _validated(catalog_payload(product, source), product.product_id)
     return DesiredRow(
         source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), product.updated_at
     )
+
+
+def _unusable(product: SourceProduct, images: Mapping[str, ImageVerdict]) -> list[ImageVerdict]:
+    verdicts = (images.get(image.url) for image in product.images)
+    return [verdict for verdict in verdicts if verdict is not None and verdict.ok is False]
 
 
 def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime | None) -> DesiredRow | None:
@@ -166,8 +199,10 @@ def plan_source(
     allow_mass_delete: bool = False,
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
+    image_checker: ImageChecker | None = None,
 ) -> RunReport:
-    """Read a source and record its desired state; enqueue (through `on_changed`) what changed.
+    """Read a source and record its desired state; enqueue (through `on_changed`) what changed. With an
+    `image_checker`, each page's image URLs are checked (or found in its cache) before its rows are built.
 
     A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
     """
@@ -183,7 +218,8 @@ def plan_source(
     held: list[DesiredRow] = []
     try:
         for page in _pages(connector.iter_products(since), page_size):
-            rows = _rows(page, source, report.counts)
+            verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
+            rows = _rows(page, source, report.counts, verdicts)
             if full:
                 rows = _hold_filtered(store, source.name, rows, held)
             _write(store, report, rows, on_changed, run_id=run_id if full else None)
@@ -224,8 +260,27 @@ def _hold_filtered(store: Store, source: str, rows: list[DesiredRow], held: list
     return [row for row in rows if not (row.skip_reason == FILTERED_OUT and row.product_id in live)]
 
 
+def _check_images(
+    page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, checker: ImageChecker
+) -> dict[str, ImageVerdict]:
+    """Verdicts for the images of the page's products that may go to the catalog (not those of inactive or
+    filtered-out products: checking them would cost requests for nothing)."""
+    urls = [
+        image.url
+        for item in page
+        if isinstance(item, SourceProduct)
+        and item.status == "active"
+        and filter_reason(item, source.include, source.exclude) is None
+        for image in item.images
+    ]
+    return checker.check(urls)
+
+
 def _rows(
-    page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, counts: Counter[str]
+    page: Sequence[SourceProduct | SkippedProduct],
+    source: SourceConfig,
+    counts: Counter[str],
+    images: Mapping[str, ImageVerdict] | None = None,
 ) -> list[DesiredRow]:
     rows: list[DesiredRow] = []
     for item in page:
@@ -238,8 +293,10 @@ def _rows(
             if row is None:
                 counts["skipped_without_id"] += 1
         else:
+            if images:
+                counts["images_dropped"] += len(_unusable(item, images))
             try:
-                row = desired_row(item, source)
+                row = desired_row(item, source, images)
             except SkippedProduct as skip:
                 counts["skipped"] += 1
                 counts[f"skipped:{skip.reason}"] += 1

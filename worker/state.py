@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     DateTime,
     Engine,
     Index,
@@ -156,6 +158,21 @@ class DeliveryRow(Base):
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ImageCheckRow(Base):
+    """What the last check of an image URL found (worker/images.py), keyed by the URL's sha256: URLs are long."""
+
+    __tablename__ = "image_checks"
+
+    url_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    # Why the image is unusable (`http_404`, `not_an_image`, `too_large`, `unreachable`), None when ok.
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 # --------------------------------------------------------------------------------------------- engine and sessions
@@ -887,6 +904,29 @@ class Store:
         with self.read_session() as session:
             return list(session.scalars(query))
 
+    # -------------------------------------------------------------------------------------------------- images
+
+    def image_checks(self, url_hashes: Sequence[str]) -> dict[str, ImageCheckRow]:
+        """The stored checks of these URL hashes, by hash."""
+        if not url_hashes:
+            return {}
+        with self.read_session() as session:
+            query = select(ImageCheckRow).where(ImageCheckRow.url_hash.in_(list(url_hashes)))
+            return {row.url_hash: row for row in session.scalars(query)}
+
+    def record_image_checks(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store check results (keys as `ImageCheckRow`'s columns), replacing older ones of the same URL."""
+        if not rows:
+            return
+        insert_fn = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert_fn(ImageCheckRow)
+        columns = ("url", "ok", "reason", "content_type", "size", "checked_at")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["url_hash"], set_={name: stmt.excluded[name] for name in columns}
+        )
+        with self.session() as session:
+            session.execute(stmt, list({row["url_hash"]: row for row in rows}.values()))
+
     # ------------------------------------------------------------------------------------------------ webhooks
 
     def remember_delivery(self, source: str, event_id: str, *, keep: timedelta) -> bool:
@@ -974,6 +1014,7 @@ __all__ = [
     "Claim",
     "DeliveryRow",
     "DesiredRow",
+    "ImageCheckRow",
     "ProductRow",
     "RunRow",
     "SourceStateRow",
