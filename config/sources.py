@@ -78,6 +78,10 @@ class SourceConfig(BaseModel):
     auto_detect_image_roles: bool | None = Field(
         None, description="The catalog's autoDetectImageRoles for this source's products; omitted when unset."
     )
+    split_by: str | None = Field(
+        None,
+        description="Feeds: one catalog product per value of this attribute (\"color\") within an item group.",
+    )
     include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
     exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
     valid_for_days: int | None = Field(None, ge=1, le=365)
@@ -126,6 +130,10 @@ class SourceConfig(BaseModel):
             raise ValueError("format applies to kind 'feed' only")
         if self.columns and self.kind != "feed":
             raise ValueError("columns applies to kind 'feed' only")
+        if self.split_by is not None and self.kind != "feed":
+            raise ValueError("split_by is supported for kind 'feed' only so far")
+        if self.split_by is not None and not self.split_by.strip():
+            raise ValueError('split_by names an attribute, e.g. "color"')
         for side in ("include", "exclude"):
             rules = getattr(self, side)
             for name in rules.fields() if rules is not None else ():

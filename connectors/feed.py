@@ -37,6 +37,10 @@ document ends, so memory grows with the number of groups (one compact product ea
 most ten image URLs), never with the document or its items. Ungrouped items are yielded as they are read; their ids
 are remembered (strings only) so a repeated id is caught.
 
+Colourways: with the source's `split_by` (an attribute, e.g. `color`), a group is keyed by the group id and that
+attribute's value (`split_id`: `WD~navy-blue`), so each colour becomes its own product with its own items' images;
+items without the value stay in the group's own product.
+
 Bad data: a record that cannot be a product is yielded as `SkippedProduct(product_id, reason, detail)` and the rest go
 on. Reasons: `missing_id` (neither id nor item_group_id), `missing_title`, `invalid_link` (a link that is not an
 absolute http(s) URL), `invalid_status`, `duplicate_id` (the id was listed before; the first one is kept, and the
@@ -106,6 +110,7 @@ __all__ = [
     "read_delimited_records",
     "read_json_records",
     "read_xml_records",
+    "split_id",
 ]
 
 GOOGLE_NS: Final = "http://base.google.com/ns/1.0"
@@ -218,6 +223,9 @@ FIELD_ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
 DATE_FIELDS: Final = ("updated",)
 # Fields whose single text value may hold a comma-separated list (in CSV/TSV cells and JSON strings).
 LIST_FIELDS: Final = frozenset({"additional_image_link"})
+# Between a group id and a split value in a colourway's product id: URL-safe, and rare in shop ids.
+SPLIT_SEPARATOR: Final = "~"
+_SLUG_GAP = re.compile(r"[\W_]+")
 # Characters no usable URL holds once inner spaces are encoded (Google rejects them too).
 _UNSAFE_URL_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 
@@ -649,12 +657,27 @@ class _Draft:
         return "draft" if "draft" in found else "archived"
 
 
+def split_id(group_id: str, value: str) -> str:
+    """The product id of one value (a colour) of a split group: the group id, `~`, the value in lower case with
+    runs of other characters than letters and digits as `-` (`TS-1001~navy-blue`). An item without the value stays
+    in the group's own product."""
+    slug = _SLUG_GAP.sub("-", value.casefold()).strip("-")
+    return f"{group_id}{SPLIT_SEPARATOR}{slug}" if slug else group_id
+
+
 def build_products(
-    records: Iterable[FeedRecord], *, source: str, document_time: datetime, since: datetime | None = None
+    records: Iterable[FeedRecord],
+    *,
+    source: str,
+    document_time: datetime,
+    since: datetime | None = None,
+    split_by: str | None = None,
 ) -> Generator[SourceProduct | SkippedProduct, None, None]:
-    """Turn feed records into products: group variants, skip what cannot be a product, keep what changed since."""
+    """Turn feed records into products: group variants, skip what cannot be a product, keep what changed since.
+    With `split_by` (an attribute such as `color`), a group becomes one product per value of that attribute."""
     seen_ids: set[str] = set()
     groups: dict[str, _Draft] = {}
+    split = normalize_field_name(split_by) if split_by else None
 
     def wanted(moment: datetime) -> bool:
         return since is None or moment >= since
@@ -666,9 +689,12 @@ def build_products(
             continue
         group_id = record.first("item_group_id")
         if group_id:
-            draft = groups.get(group_id)
+            key = split_id(group_id, record.first(split)) if split else group_id
+            draft = groups.get(key)
             if draft is None:
-                draft = groups[group_id] = _Draft(group_id, record.ref)
+                draft = groups[key] = _Draft(key, record.ref)
+                if key != group_id:
+                    draft.attributes["item_group_id"] = group_id
             draft.absorb(record)
             continue
         item_id = record.first("id")
@@ -688,10 +714,10 @@ def build_products(
         if wanted(moment):
             yield item
 
-    for group_id, draft in groups.items():
+    for key, draft in groups.items():
         item, moment = draft.finish(source, document_time)
-        if group_id in seen_ids:
-            detail = f"{draft.ref}: item_group_id {group_id[:80]!r} is also the id of an ungrouped item"
+        if key in seen_ids:
+            detail = f"{draft.ref}: item_group_id {key[:80]!r} is also the id of an ungrouped item"
             item = SkippedProduct(None, "duplicate_id", detail)
         if wanted(moment):
             yield item
@@ -827,7 +853,13 @@ class FeedConnector:
         with self._open() as document:
             try:
                 records = self._records(document)
-                products = build_products(records, source=self.source, document_time=document.modified, since=since_utc)
+                products = build_products(
+                    records,
+                    source=self.source,
+                    document_time=document.modified,
+                    since=since_utc,
+                    split_by=self._config.split_by,
+                )
                 try:
                     yield from products
                 finally:
