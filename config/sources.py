@@ -80,7 +80,7 @@ class SourceConfig(BaseModel):
     )
     split_by: str | None = Field(
         None,
-        description="Feeds: one catalog product per value of this attribute (\"color\") within an item group.",
+        description='Feeds: one catalog product per value of this attribute ("color") within an item group.',
     )
     include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
     exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
