@@ -91,24 +91,19 @@ def desired_row(
     catalog. With `images` (the image check's verdicts by URL), unusable images are dropped, and a product left
     with none is `skipped: no_usable_images`; a URL without a verdict is kept."""
     external_id = external_id_for(product.product_id, product.handle, source)
+
+    def kept_out(reason: str | None = None, detail: str | None = None) -> DesiredRow:
+        return DesiredRow(
+            source.name, product.product_id, external_id, None, DELETED, product.updated_at, reason, detail
+        )
+
     if product.status != "active":
-        return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
+        return kept_out()
     rule = filter_reason(product, source.include, source.exclude)
     if rule is not None:
-        return DesiredRow(
-            source.name,
-            product.product_id,
-            external_id,
-            None,
-            DELETED,
-            product.updated_at,
-            skip_reason=FILTERED_OUT,
-            skip_detail=rule,
-        )
+        return kept_out(FILTERED_OUT, rule)
     if not product.images:
-        return DesiredRow(
-            source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
-        )
+        return kept_out("no_images")
     if images is not None:
         dead = _unusable(product, images)
         if dead:
@@ -116,16 +111,7 @@ def desired_row(
             if not usable:
                 named = "; ".join(f"{v.url}: {v.describe()}" for v in dead[:MAX_IMAGES_IN_DETAIL])
                 more = f" (and {len(dead) - MAX_IMAGES_IN_DETAIL} more)" if len(dead) > MAX_IMAGES_IN_DETAIL else ""
-                return DesiredRow(
-                    source.name,
-                    product.product_id,
-                    external_id,
-                    None,
-                    DELETED,
-                    product.updated_at,
-                    skip_reason=NO_USABLE_IMAGES,
-                    skip_detail=named + more,
-                )
+                return kept_out(NO_USABLE_IMAGES, named + more)
             product = replace(product, images=usable)
     upsert = _validated(catalog_payload(product, source), product.product_id)
     return DesiredRow(
