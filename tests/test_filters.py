@@ -236,7 +236,7 @@ def test_a_filter_that_would_empty_the_catalog_is_held_by_the_deletion_brake(wor
     held = full_sync(world)
 
     assert held.outcome == "deletion_blocked"
-    assert held.counts["filtered_out_held"] == 12
+    assert held.counts["kept_out_held"] == 12
     assert len(world.catalog_products()) == 12
 
     confirmed = full_sync(world, allow_mass_delete=True)

@@ -205,3 +205,15 @@ def test_auto_detect_image_roles_is_sent_when_the_source_sets_it(world: SyncWorl
     checked_sync(world)
 
     assert world.catalog_products()["1"]["autoDetectImageRoles"] is True
+
+
+def test_images_that_all_die_at_once_are_held_by_the_deletion_brake(world: SyncWorld, host: BackgroundServer) -> None:
+    write_feed(world.feed, [item(str(n), f"{host.url}/ok/live{n}.jpg") for n in range(10)])
+    checked_sync(world)
+
+    write_feed(world.feed, [item(str(n), f"{host.url}/missing/moved{n}.jpg") for n in range(10)])
+    report = checked_sync(world)
+
+    assert report.outcome == "deletion_blocked"
+    assert report.counts["kept_out_held"] == 10
+    assert len(world.catalog_products()) == 10

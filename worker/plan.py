@@ -43,6 +43,9 @@ _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
 FILTERED_OUT = "filtered_out"
 # The skip reason of a product whose every image failed the image check.
 NO_USABLE_IMAGES = "no_usable_images"
+# Reasons decided by this project's rules (a filter, the image check), not by the shop: a full run holds such removals
+# behind the deletion brake, so a filter typo or an image host that is down cannot empty the catalog.
+HELD_REASONS = frozenset({FILTERED_OUT, NO_USABLE_IMAGES})
 # Unusable images named in a skip detail at most.
 MAX_IMAGES_IN_DETAIL = 3
 
@@ -199,15 +202,15 @@ def plan_source(
     run_id = store.start_run(source.name, mode, started_at=started_at)
     report = RunReport(run_id, source.name, mode, started_at)
     full = mode == "full"
-    # Products in the catalog that the filter now keeps out: a full run leaves them unseen, so the deletion brake
-    # counts them with the products the source dropped (a filter typo must not empty the catalog).
+    # Products in the catalog that a filter or the image check now keeps out: a full run leaves them unseen, so the
+    # deletion brake counts them with the products the source dropped.
     held: list[DesiredRow] = []
     try:
         for page in _pages(connector.iter_products(since), page_size):
             verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
             rows = _rows(page, source, report.counts, verdicts)
             if full:
-                rows = _hold_filtered(store, source.name, rows, held)
+                rows = _hold_kept_out(store, source.name, rows, held)
             _write(store, report, rows, on_changed, run_id=run_id if full else None)
         if full:
             _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
@@ -236,14 +239,15 @@ def _write(
         on_changed(report.source, result.changed_ids)
 
 
-def _hold_filtered(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:
-    """The rows to write now; filtered-out rows of products still in the catalog go to `held`."""
-    filtered = [row.product_id for row in rows if row.skip_reason == FILTERED_OUT]
-    live = store.live_ids(source, filtered) if filtered else set()
+def _hold_kept_out(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:
+    """The rows to write now; rows that would take a product out of the catalog for a `HELD_REASONS` reason go to
+    `held`."""
+    candidates = [row.product_id for row in rows if row.skip_reason in HELD_REASONS]
+    live = store.live_ids(source, candidates) if candidates else set()
     if not live:
         return rows
-    held.extend(row for row in rows if row.skip_reason == FILTERED_OUT and row.product_id in live)
-    return [row for row in rows if not (row.skip_reason == FILTERED_OUT and row.product_id in live)]
+    held.extend(row for row in rows if row.skip_reason in HELD_REASONS and row.product_id in live)
+    return [row for row in rows if not (row.skip_reason in HELD_REASONS and row.product_id in live)]
 
 
 def _check_images(
@@ -308,7 +312,7 @@ def _delete_missing(
     allow_mass_delete: bool,
     held: Sequence[DesiredRow] = (),
 ) -> None:
-    """Delete what the run did not see (and what the filter now keeps out), unless that is too much at once."""
+    """Delete what the run did not see (and the `held` rows), unless that is too much at once."""
     missing, total = store.count_missing(source.name, report.run_id, report.started_at)
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
     if missing and not allow_mass_delete and missing > share * total:
@@ -316,7 +320,7 @@ def _delete_missing(
         report.deletion_blocked = (missing, total)
         report.counts["deletion_blocked"] = missing
         if held:
-            report.counts["filtered_out_held"] = len(held)
+            report.counts["kept_out_held"] = len(held)
         log.warning(
             "%s: the full run would delete %d of %d products (more than %.0f%%); nothing deleted. "
             "If this is intended, run `catalog-sync resync %s --full --allow-mass-delete`",
