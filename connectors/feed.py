@@ -161,8 +161,8 @@ ATTRIBUTE_FIELDS: Final = (
 )
 # Google's availability value for an item that can be bought now.
 IN_STOCK: Final = "in stock"
-# The attributes a feed row may name, as the Google Merchant spec spells them (plus `tags`, `status`, `updated` and
-# Atom's `summary`/`content`). A source's `columns` mapping may point any of them at a column of its own.
+# The attributes a feed row may name, as the Google Merchant spec spells them (plus `tags`, `status` and `updated`).
+# A source's `columns` mapping may point any of them at a column of its own.
 FEED_ATTRIBUTES: Final = (
     "id",
     "item_group_id",
@@ -225,7 +225,8 @@ DATE_FIELDS: Final = ("updated",)
 LIST_FIELDS: Final = frozenset({"additional_image_link"})
 # Between a group id and a split value in a colourway's product id: URL-safe, and rare in shop ids.
 SPLIT_SEPARATOR: Final = "~"
-_SLUG_GAP = re.compile(r"[\W_]+")
+# Runs of anything but letters and digits: ignored when column names are compared, `-` in a split value's slug.
+_NOT_ALNUM = re.compile(r"[\W_]+")
 # Characters no usable URL holds once inner spaces are encoded (Google rejects them too).
 _UNSAFE_URL_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 
@@ -264,7 +265,6 @@ def _compact(name: str) -> str:
     return _NOT_ALNUM.sub("", key)
 
 
-_NOT_ALNUM = re.compile(r"[\W_]+")
 _ALIAS_INDEX: Final[Mapping[str, str]] = {
     _compact(alias): attribute
     for attribute in FEED_ATTRIBUTES
@@ -661,7 +661,7 @@ def split_id(group_id: str, value: str) -> str:
     """The product id of one value (a colour) of a split group: the group id, `~`, the value in lower case with
     runs of other characters than letters and digits as `-` (`TS-1001~navy-blue`). An item without the value stays
     in the group's own product."""
-    slug = _SLUG_GAP.sub("-", value.casefold()).strip("-")
+    slug = _NOT_ALNUM.sub("-", value.casefold()).strip("-")
     return f"{group_id}{SPLIT_SEPARATOR}{slug}" if slug else group_id
 
 
