@@ -40,6 +40,12 @@ class ProductFilter(BaseModel):
     category: tuple[str, ...] = Field((), description="WooCommerce categories, by slug or name.")
     google_product_category: tuple[str, ...] = Field((), description="Feeds: the g:google_product_category.")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _one_or_many(cls, values: Any) -> Any:
+        # `tag = "no-tryon"` means the list of that one value.
+        return (values,) if isinstance(values, str) else values
+
     @field_validator("*")
     @classmethod
     def _check_values(cls, values: tuple[str, ...]) -> tuple[str, ...]:

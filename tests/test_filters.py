@@ -160,7 +160,7 @@ def test_the_documented_syntax_parses() -> None:
                 "kind": "feed",
                 "url": "f.json",
                 "include": {"product_type": ["Dresses", "Tops"]},
-                "exclude": {"tag": ["no-tryon"], "vendor": ["Mug Co*"]},
+                "exclude": {"tag": "no-tryon", "vendor": ["Mug Co*"]},
             }
         ]
     }
