@@ -17,8 +17,8 @@ Formats (the source's `format`, else guessed from the file name, then the HTTP `
 Column names: a column or element names an attribute whatever its case and punctuation, under its Google name or an
 unambiguous alias (`Image`, `image_url`, `picture` for `image_link`; `URL` for `link`; `name` for `title`: the table
 `FIELD_ALIASES`, documented in the README); a source's `columns` mapping names its own (`ColumnMap`). A CSV/TSV header
-or a JSON feed with no id or no image attribute at all fails the read with the columns found and the mapping that
-would fix it, instead of skipping every item.
+or a JSON feed with no id, no title or no image attribute at all fails the read with the columns found and the
+mapping that would fix it, instead of skipping every item.
 
 Mapping: `g:image_link` then the `g:additional_image_link`s become the images (at most `MAX_IMAGES`; URLs that are
 not absolute http(s) are dropped); `g:brand` is the vendor; `g:product_type`, else `g:google_product_category`, the
@@ -281,9 +281,12 @@ def normalize_field_name(name: str) -> str:
     return name.strip().lstrip("\ufeff").lower().replace(" ", "_").removeprefix("g:")
 
 
+# How a missing structural attribute is named in the error.
+_COLUMN_LABELS: Final[Mapping[str, str]] = {"id": "'id' column", "title": "title column", "image_link": "image column"}
 # Column-name fragments that hint at an attribute, for the suggestion when a feed lacks it.
 _HINTS: Final[Mapping[str, tuple[str, ...]]] = {
     "id": ("sku", "code", "ref", "number", "artikel", "nummer"),
+    "title": ("titel", "titre", "titulo", "nombre", "bezeichnung", "label", "heading"),
     "image_link": ("image", "img", "photo", "picture", "foto", "bild", "imagen", "immagine"),
 }
 
@@ -313,21 +316,23 @@ class ColumnMap:
         # The empty name makes `_Fields.add` drop the column.
         return "" if normalized in self.columns else normalized
 
-    def require(self, found: Sequence[str], kind: str, *, images: bool, advice: str = "") -> None:
-        """Fail the read when the feed has no id (or, with `images`, no image) attribute at all: every item would
-        be skipped for the same reason, and the fix is a mapping, not a product edit."""
+    def require(self, found: Sequence[str], kind: str, *, strict: bool, advice: str = "") -> None:
+        """Fail the read when the feed has no id attribute at all (with `strict`: no title or no image either):
+        every item would be skipped for the same reason, and the fix is a mapping, not a product edit."""
         names = {self(name) for name in found}
         missing = []
         if "id" not in names and "item_group_id" not in names:
             missing.append("id")
-        if images and "image_link" not in names and "additional_image_link" not in names:
+        if strict and "title" not in names:
+            missing.append("title")
+        if strict and "image_link" not in names and "additional_image_link" not in names:
             missing.append("image_link")
         if not missing:
             return
         shown = ", ".join(repr(name) for name in found[:MAX_SHOWN_COLUMNS])
         if len(found) > MAX_SHOWN_COLUMNS:
             shown += ", ..."
-        labels = " and no ".join("'id' column" if attribute == "id" else "image column" for attribute in missing)
+        labels = " and no ".join(_COLUMN_LABELS[attribute] for attribute in missing)
         fix = ", ".join(f'{attribute} = "{_suggest(attribute, found)}"' for attribute in missing)
         raise SourceError(
             f"the {kind} has no {labels} (found {shown}), so every item would be skipped; name the columns in the "
@@ -436,10 +441,10 @@ def read_delimited_records(
     delimiter: str,
     encoding: str = "utf-8-sig",
     columns: ColumnMap | None = None,
-    require_images: bool = False,
+    strict: bool = False,
 ) -> Generator[FeedRecord, None, None]:
     """Stream the rows of a CSV or TSV feed whose first row names the attributes (through `columns`). A header
-    without an id column, or with `require_images` without an image column, fails the read before any row."""
+    without an id column, or with `strict` without a title or an image column, fails the read before any row."""
     column_map = columns or ColumnMap()
     text = io.TextIOWrapper(stream, encoding=encoding, newline="")
     reader = csv.reader(text, delimiter=delimiter)
@@ -452,7 +457,7 @@ def read_delimited_records(
             raise SourceError(f"the {kind} feed is empty: the first line must name the columns (id, title, ...)")
         found = [cell.strip().lstrip("\ufeff") for cell in header if cell.strip()]
         advice = ". Check too that the format is right: csv separates columns with commas, tsv with tabs"
-        column_map.require(found, f"{kind} header", images=require_images, advice=advice)
+        column_map.require(found, f"{kind} header", strict=strict, advice=advice)
         names = [column_map(cell) for cell in header]
         for row in reader:
             if not any(cell.strip() for cell in row):
@@ -481,7 +486,7 @@ def read_json_records(
     require_columns: bool = False,
 ) -> Generator[FeedRecord, None, None]:
     """The products of a JSON feed: a list of objects, or `{"products": [...]}`. Read whole, up to `max_bytes`.
-    With `require_columns`, a feed none of whose objects has an id, or an image, fails before any product."""
+    With `require_columns`, a feed none of whose objects has an id, a title or an image fails before any product."""
     column_map = columns or ColumnMap()
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -501,7 +506,7 @@ def read_json_records(
         raise SourceError('a JSON feed must be a list of products or an object {"products": [...]}')
     if require_columns and document:
         keys = dict.fromkeys(str(key) for entry in document if isinstance(entry, dict) for key in entry)
-        column_map.require(list(keys), "JSON feed's objects", images=True)
+        column_map.require(list(keys), "JSON feed's objects", strict=True)
     for index, entry in enumerate(document, start=1):
         ref = f"element {index}"
         if not isinstance(entry, dict):
@@ -913,7 +918,7 @@ class FeedConnector:
             delimiter="\t" if fmt == "tsv" else ",",
             encoding=encoding or "utf-8-sig",
             columns=self._columns,
-            require_images=True,
+            strict=True,
         )
 
     @contextmanager
