@@ -37,6 +37,7 @@ class ProductFilter(BaseModel):
     product_type: tuple[str, ...] = ()
     tag: tuple[str, ...] = ()
     vendor: tuple[str, ...] = ()
+    collection: tuple[str, ...] = Field((), description="Shopify (Admin GraphQL) collections, by handle or title.")
     category: tuple[str, ...] = Field((), description="WooCommerce categories, by slug or name.")
     google_product_category: tuple[str, ...] = Field((), description="Feeds: the g:google_product_category.")
 
@@ -61,6 +62,8 @@ class ProductFilter(BaseModel):
 
 # Filter fields that only one kind of source can answer; elsewhere they would silently match nothing.
 FILTER_FIELD_KINDS: dict[str, frozenset[str]] = {
+    # The REST and storefront product payloads carry no collections.
+    "collection": frozenset({"shopify"}),
     "category": frozenset({"woocommerce"}),
     "google_product_category": frozenset({"feed"}),
 }

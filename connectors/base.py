@@ -68,7 +68,7 @@ class SourceProduct:
     product_type: str | None = None
     tags: tuple[str, ...] = ()
     handle: str | None = None
-    # WooCommerce categories (names and slugs), for source filters.
+    # WooCommerce categories (names and slugs) or Shopify collections (handles and titles), for source filters.
     categories: tuple[str, ...] = ()
     # Extra source fields (price, availability, ...) that a source setting may copy into catalog metadata.
     attributes: Mapping[str, str] = field(default_factory=dict)
@@ -216,7 +216,7 @@ def filter_reason(product: SourceProduct, include: ProductFilter | None, exclude
 def _filter_values(product: SourceProduct, name: str) -> tuple[str, ...]:
     if name == "tag":
         return product.tags
-    if name == "category":
+    if name in ("category", "collection"):
         return product.categories
     if name == "google_product_category":
         value = product.attributes.get("google_product_category")

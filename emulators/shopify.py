@@ -87,6 +87,7 @@ from starlette.routing import Route
 from connectors.base import html_to_text
 from emulators.shopify_data import (
     SORT_KEYS,
+    Collection,
     MediaItem,
     Product,
     ProductFilter,
@@ -99,6 +100,7 @@ from emulators.shopify_data import (
     graphql_time,
     parse_gid,
     parse_time,
+    product_collections,
     rest_product,
     storefront_product,
     webhook_product,
@@ -252,6 +254,10 @@ type ProductVariant implements Node {
 type ProductVariantEdge { cursor: String! node: ProductVariant! }
 type ProductVariantConnection { edges: [ProductVariantEdge!]! nodes: [ProductVariant!]! pageInfo: PageInfo! }
 
+type Collection implements Node { id: ID! handle: String! title: String! }
+type CollectionEdge { cursor: String! node: Collection! }
+type CollectionConnection { edges: [CollectionEdge!]! nodes: [Collection!]! pageInfo: PageInfo! }
+
 type Count { count: Int! precision: CountPrecision! }
 type MoneyV2 { amount: Decimal! currencyCode: CurrencyCode! }
 type ProductPriceRangeV2 { minVariantPrice: MoneyV2! maxVariantPrice: MoneyV2! }
@@ -280,6 +286,7 @@ type Product implements Node {
   media(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): MediaConnection!
   images(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ImageConnection!
   variants(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ProductVariantConnection!
+  collections(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): CollectionConnection!
 }
 type ProductEdge { cursor: String! node: Product! }
 type ProductConnection { edges: [ProductEdge!]! nodes: [Product!]! pageInfo: PageInfo! }
@@ -815,6 +822,24 @@ class VariantView:
 
 
 @dataclass(frozen=True, slots=True)
+class CollectionView:
+    collection: Collection
+    typename = "Collection"
+
+    @property
+    def id(self) -> str:
+        return gid("Collection", self.collection.id)
+
+    @property
+    def handle(self) -> str:
+        return self.collection.handle
+
+    @property
+    def title(self) -> str:
+        return self.collection.title
+
+
+@dataclass(frozen=True, slots=True)
 class ProductView:
     product: Product
     domain: str
@@ -925,6 +950,11 @@ class ProductView:
         items = self.product.variants
         keys = [(variant.position, variant.id) for variant in items]
         return list_connection([VariantView(self.product, variant) for variant in items], keys, args, self.bulk)
+
+    def collections(self, info: GraphQLResolveInfo[ExecutionContext], **args: Any) -> Connection:
+        items = product_collections(self.product)
+        keys = [(position, item.id) for position, item in enumerate(items)]
+        return list_connection([CollectionView(item) for item in items], keys, args, self.bulk)
 
 
 # ----------------------------------------------------------------------------------------------------------------

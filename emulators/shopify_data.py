@@ -18,6 +18,7 @@ import random
 import re
 import threading
 import unicodedata
+import zlib
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 __all__ = [
     "SORT_KEYS",
+    "Collection",
     "MediaItem",
     "Page",
     "Product",
@@ -36,6 +38,7 @@ __all__ = [
     "gid",
     "graphql_time",
     "parse_gid",
+    "product_collections",
     "rest_product",
     "rest_time",
     "storefront_product",
@@ -57,6 +60,7 @@ PRODUCT_ID_STEP = 1_024
 MEDIA_ID_BASE = 31_277_000_000_000
 IMAGE_ID_BASE = 40_118_000_000_000
 VARIANT_ID_BASE = 45_902_000_000_000
+COLLECTION_ID_BASE = 29_410_000_000
 # Created (not generated) products draw media, image and variant ids from these counters, above generated ranges.
 CREATED_MEDIA_ID_BASE = 39_000_000_000_000
 CREATED_IMAGE_ID_BASE = 44_000_000_000_000
@@ -120,6 +124,31 @@ class Product:
     @property
     def images(self) -> tuple[MediaItem, ...]:
         return tuple(item for item in self.media if item.kind == "IMAGE")
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    id: int
+    handle: str
+    title: str
+
+
+# Collections a generated shop has besides one per product type: (handle, title, the tag that puts a product in it).
+_TAG_COLLECTIONS = (("sale", "Sale", "sale"), ("new-arrivals", "New arrivals", "new"))
+
+
+def product_collections(product: Product) -> tuple[Collection, ...]:
+    """The collections a product is in: its product type's (`dress` for `Dress`), and `sale` / `new-arrivals` by
+    tag. Derived, not stored, so every generated or edited product has them."""
+    found: list[Collection] = []
+    if product.product_type:
+        handle = _slug(product.product_type)
+        number = COLLECTION_ID_BASE + zlib.crc32(handle.encode()) % 100_000
+        found.append(Collection(number, handle, product.product_type))
+    for position, (handle, title, tag) in enumerate(_TAG_COLLECTIONS):
+        if tag in product.tags:
+            found.append(Collection(COLLECTION_ID_BASE + 100_000 + position, handle, title))
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)

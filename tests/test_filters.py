@@ -13,13 +13,18 @@ import pytest
 from config.sources import ProductFilter, SourceConfig, parse_sources
 from connectors.base import ImageRef, SourceProduct, filter_reason
 from connectors.woocommerce import normalize_product
+from emulators.shopify import sign_webhook
+from emulators.shopify_data import product_collections, webhook_product
 from tests.conftest import FIXTURES
 from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sources_toml, sync_world, write_feed
 from tests.test_cli import cli
+from tests.test_shopify_connector import Emulator, emulator
+from worker import schema
 from worker.errors import ConfigError
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
-from worker.plan import FILTERED_OUT, RunReport, desired_row
+from worker.plan import FILTERED_OUT, RunReport, desired_row, plan_source
+from worker.state import Store, make_engine
 
 WOO_PRODUCT = FIXTURES / "woocommerce" / "rest_api_docs" / "wp-api-v3_products__03_retrieve_a_product.json"
 
@@ -266,3 +271,104 @@ def test_the_admin_command_lists_filtered_products_with_the_rule(world: SyncWorl
         }
     ]
     assert "hidden-dress" not in world.catalog_products()
+
+
+# ---- Shopify collections, against the Shopify emulator ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shopify() -> Iterator[Emulator]:
+    with emulator(products=60, seed=5) as shop:
+        yield shop
+
+
+def expected_collections(shop: Emulator) -> dict[str, tuple[str, ...]]:
+    products = shop.shop.store.iter_products("ID", reverse=False, product_filter=None)
+    return {
+        str(p.id): tuple(key for c in product_collections(p) for key in dict.fromkeys((c.handle, c.title)))
+        for p in products
+    }
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["paged", "bulk"])
+def test_shopify_products_carry_their_collections_when_a_filter_needs_them(shopify: Emulator, bulk: bool) -> None:
+    connector = shopify.connector("shopify", bulk=bulk, include=ProductFilter(collection=("dress",)))
+    try:
+        products = [item for item in connector.iter_products(None) if isinstance(item, SourceProduct)]
+    finally:
+        connector.close()
+
+    expected = expected_collections(shopify)
+    assert {product.product_id: product.categories for product in products} == {
+        pid: expected[pid] for pid in (product.product_id for product in products)
+    }
+    assert any("dress" in product.categories for product in products)
+    assert any("sale" in product.categories and "Sale" in product.categories for product in products)
+
+
+def test_shopify_collections_are_not_asked_for_without_a_collection_filter(shopify: Emulator) -> None:
+    connector = shopify.connector("shopify", exclude=ProductFilter(tag=("no-tryon",)))
+    try:
+        products = [item for item in connector.iter_products(None) if isinstance(item, SourceProduct)]
+    finally:
+        connector.close()
+
+    assert products
+    assert all(product.categories == () for product in products)
+
+
+def test_a_collection_filter_keeps_only_that_collection_through_a_run(shopify: Emulator, database_url: str) -> None:
+    source = shopify.source("shopify", include=ProductFilter(collection=("Dress", "sale")))
+    connector = shopify.connector("shopify", include=ProductFilter(collection=("Dress", "sale")))
+    engine = make_engine(database_url)
+    schema.upgrade(engine)
+    store = Store(engine)
+    try:
+        report = plan_source(store, connector, source, mode="full", on_changed=lambda *_: None, mass_delete_share=1.0)
+        rows = {row.product_id: row for row in store.products(source.name)}
+    finally:
+        connector.close()
+        engine.dispose()
+
+    expected = expected_collections(shopify)
+    wanted = {pid for pid, keys in expected.items() if {"dress", "sale"} & set(keys)}
+    kept = {pid for pid, row in rows.items() if row.desired_payload is not None}
+    assert kept and kept <= wanted
+    assert report.counts[f"skipped:{FILTERED_OUT}"] > 0
+    filtered = next(row for row in rows.values() if row.skip_reason == FILTERED_OUT)
+    assert filtered.skip_detail is not None and filtered.skip_detail.startswith("include.collection ['Dress', 'sale']")
+
+
+def test_a_shopify_webhook_is_fetched_whole_when_the_filter_needs_collections(shopify: Emulator) -> None:
+    product = next(iter(shopify.shop.store.iter_products("ID", reverse=False, product_filter=None)))
+    body = json.dumps(webhook_product(product)).encode()
+    headers = {"X-Shopify-Hmac-Sha256": sign_webhook(body, "whsec"), "X-Shopify-Topic": "products/update"}
+    filtered = shopify.connector("shopify", webhook_secret="whsec", include=ProductFilter(collection=("dress",)))
+    plain = shopify.connector("shopify", webhook_secret="whsec")
+    try:
+        partial = filtered.verify_webhook(headers, body)
+        complete = plain.verify_webhook(headers, body)
+    finally:
+        filtered.close()
+        plain.close()
+
+    assert (partial.topic, partial.product_id, partial.product) == ("upsert", str(product.id), None)
+    assert complete.product is not None
+
+
+@pytest.mark.parametrize("kind", ["shopify-rest", "shopify-storefront"])
+def test_a_collection_filter_needs_the_graphql_connector(kind: str) -> None:
+    document = {
+        "sources": [
+            {
+                "name": "s",
+                "kind": kind,
+                "url": "https://x.example",
+                "access_token": "t",
+                "include": {"collection": ["dress"]},
+            }
+        ]
+    }
+
+    with pytest.raises(ConfigError, match=r"include.collection applies to kind shopify, not"):
+        parse_sources(document)
