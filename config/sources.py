@@ -76,23 +76,7 @@ class SourceConfig(BaseModel):
     kind: SourceKind
     url: str = Field(description="Feed path or URL; a shop's base URL.")
     format: FeedFormat | None = None
-    columns: dict[str, str] = Field(
-        default_factory=dict,
-        description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
-    )
     external_id: str = Field("{id}", description="Catalog externalId template: {id}, {handle}, {source}.")
-    check_images: bool = Field(
-        True, description="Check each new image URL (reachable, image/*, at most 10 MB) before it is sent."
-    )
-    auto_detect_image_roles: bool | None = Field(
-        None, description="The catalog's autoDetectImageRoles for this source's products; omitted when unset."
-    )
-    split_by: str | None = Field(
-        None,
-        description='Feeds: one catalog product per value of this attribute ("color") within an item group.',
-    )
-    include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
-    exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
     valid_for_days: int | None = Field(None, ge=1, le=365)
     metadata_fields: tuple[str, ...] = Field(
         (), description="Extra source attributes (price, availability, ...) copied into catalog metadata."
@@ -111,6 +95,23 @@ class SourceConfig(BaseModel):
     bulk_threshold: int = Field(10_000, ge=0, description="Shopify: full syncs of shops this large use bulk export.")
     page_size: int | None = Field(None, ge=1, le=250)
     timeout: float = Field(30.0, gt=0, le=600)
+    # What goes to the catalog, and how a feed names it.
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
+    )
+    check_images: bool = Field(
+        True, description="Check each new image URL (reachable, image/*, at most 10 MB) before it is sent."
+    )
+    auto_detect_image_roles: bool | None = Field(
+        None, description="The catalog's autoDetectImageRoles for this source's products; omitted when unset."
+    )
+    split_by: str | None = Field(
+        None,
+        description='Feeds: one catalog product per value of this attribute ("color") within an item group.',
+    )
+    include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
+    exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
 
     @field_validator("name")
     @classmethod
@@ -137,6 +138,11 @@ class SourceConfig(BaseModel):
             raise ValueError("kind 'woocommerce' needs consumer_key and consumer_secret (a REST key with Read access)")
         if self.format is not None and self.kind != "feed":
             raise ValueError("format applies to kind 'feed' only")
+        return self
+
+    @model_validator(mode="after")
+    def _check_catalog_options(self) -> SourceConfig:
+        """Options that only some kinds of source can honour are refused elsewhere, not silently ignored."""
         if self.columns and self.kind != "feed":
             raise ValueError("columns applies to kind 'feed' only")
         if self.split_by is not None and self.kind != "feed":
