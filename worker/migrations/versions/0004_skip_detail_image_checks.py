@@ -1,7 +1,7 @@
 """skip details and the image check cache
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0006
 Create Date: 2026-12-01 05:20:00.000000
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision = '0004'
-down_revision = '0001'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
