@@ -14,7 +14,8 @@ from config.sources import ProductFilter, SourceConfig, parse_sources
 from connectors.base import ImageRef, SourceProduct, filter_reason
 from connectors.woocommerce import normalize_product
 from emulators.shopify import sign_webhook
-from emulators.shopify_data import product_collections, webhook_product
+from emulators.shopify.products import product_collections
+from emulators.shopify.shapes import webhook_product
 from tests.conftest import FIXTURES
 from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sources_toml, sync_world, write_feed
 from tests.test_cli import cli
