@@ -370,9 +370,9 @@ def test_every_skip_says_why_in_failures_status_and_json(world: SyncWorld) -> No
     )
 
     run = as_json(cli(world, "resync", SOURCE, "--full", "--inline", "--json"))
-    listed = {row["product"]: row for row in as_json(cli(world, "failures", SOURCE, "--json"))}
+    listed = {row["product"]: row for row in as_json(cli(world, "failures", SOURCE, "--skipped", "--json"))}
     status = as_json(cli(world, "status", SOURCE, "--json"))[SOURCE]
-    table = cli(world, "failures", SOURCE)
+    table = cli(world, "failures", SOURCE, "--skipped")
 
     assert run["skipped"] == 2
     ftp, anon = listed["ftp"], listed["_anon_7"]
@@ -427,7 +427,7 @@ def test_a_webhook_driven_skip_says_why(tmp_path: Path, redis_url: str, unique: 
         "CATALOG_SYNC_DATABASE_URL": database_url,
     }
     listed = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "failures", f"shop-{unique}", "--json"],
+        [sys.executable, "-c", "from worker.cli import main; main()", "failures", f"shop-{unique}", "--skipped", "--json"],
         env=env,
         capture_output=True,
         text=True,

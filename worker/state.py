@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Engine,
@@ -99,6 +100,8 @@ class ProductRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     # Why a product is not in the catalog although the source lists it (e.g. `no_images`).
     skip_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The same in words: the filter rule that matched, the feed line that was unusable (migration 0004).
+    skip_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -159,6 +162,21 @@ class DeliveryRow(Base):
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ImageCheckRow(Base):
+    """What the last check of an image URL found (worker/images.py), keyed by the URL's sha256: URLs are long."""
+
+    __tablename__ = "image_checks"
+
+    url_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    # Why the image is unusable (`http_404`, `not_an_image`, `too_large`, `unreachable`), None when ok.
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 # --------------------------------------------------------------------------------------------- engine and sessions
@@ -227,8 +245,8 @@ class DesiredRow:
     content_hash: str
     updated_at: datetime | None
     skip_reason: str | None = None
-    # What the merchant can do about a skip (the field and the problem), kept beside the reason code.
-    skip_message: str | None = None
+    # Why, in words (the filter rule, the feed line): shown by `failures --skipped`.
+    skip_detail: str | None = None
 
     @property
     def is_deletion(self) -> bool:
@@ -356,7 +374,8 @@ class Store:
                     "attempts": 0,
                     "next_attempt_at": None,
                     "last_error_code": row.skip_reason,
-                    "last_error_message": row.skip_message,
+                    "last_error_message": None,
+                    "skip_detail": row.skip_detail if row.skip_reason else None,
                     "seen_run_id": run_id,
                     "enqueued_at": now if priority else None,
                     "changed_at": now,
@@ -396,7 +415,8 @@ class Store:
             "attempts": 0,
             "next_attempt_at": None,
             "last_error_code": excluded.last_error_code,
-            "last_error_message": excluded.last_error_message,
+            "last_error_message": None,
+            "skip_detail": excluded.skip_detail,
             "enqueued_at": excluded.enqueued_at,
             "changed_at": excluded.changed_at,
             # A bulk write never takes a webhook's priority away before the row converges.
@@ -434,6 +454,7 @@ class Store:
                     desired_payload=None,
                     desired_hash=DELETED,
                     skip_reason=None,
+                    skip_detail=None,
                     status=case((ProductRow.synced_hash == DELETED, "deleted"), else_="pending"),
                     attempts=0,
                     next_attempt_at=None,
@@ -445,6 +466,26 @@ class Store:
                 .returning(ProductRow.product_id)
             )
             return [r[0] for r in result]
+
+    def live_ids(self, source: str, product_ids: Sequence[str]) -> set[str]:
+        """Those of `product_ids` whose desired state is to be in the catalog."""
+        if not product_ids:
+            return set()
+        with self.read_session() as session:
+            query = select(ProductRow.product_id).where(
+                ProductRow.source == source,
+                ProductRow.product_id.in_(list(product_ids)),
+                ProductRow.desired_hash != DELETED,
+            )
+            return set(session.scalars(query))
+
+    def skipped(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
+        """Products kept out of the catalog on purpose (filtered, no usable images, bad source data), with why."""
+        query = select(ProductRow).where(ProductRow.status == "skipped").order_by(ProductRow.source).limit(limit)
+        if source is not None:
+            query = query.where(ProductRow.source == source)
+        with self.read_session() as session:
+            return list(session.scalars(query))
 
     def count_missing(self, source: str, run_id: int, started_at: datetime) -> tuple[int, int]:
         """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
@@ -498,6 +539,7 @@ class Store:
                 "desired_hash": DELETED,
                 "source_updated_at": updated_at or (current.source_updated_at if current is not None else None),
                 "skip_reason": None,
+                "skip_detail": None,
                 "status": "pending",
                 "attempts": 0,
                 "next_attempt_at": None,
@@ -554,9 +596,6 @@ class Store:
         deleted from the catalog."""
         converged_status = "skipped" if claim.skip_reason else ("deleted" if claim.payload is None else "synced")
         now = utcnow()
-        same = ProductRow.desired_hash == claim.desired_hash
-        # A skip keeps its message: it is why the product is not in the catalog.
-        message = case((same, ProductRow.last_error_message), else_=None) if claim.skip_reason else None
         with self.session() as session:
             result = session.execute(
                 update(ProductRow)
@@ -579,7 +618,7 @@ class Store:
                     last_error_code=case(
                         (ProductRow.desired_hash == claim.desired_hash, claim.skip_reason), else_=None
                     ),
-                    last_error_message=message,
+                    last_error_message=None,
                     last_synced_at=now if called else ProductRow.last_synced_at,
                     priority=case((ProductRow.desired_hash == claim.desired_hash, False), else_=ProductRow.priority),
                 )
@@ -945,8 +984,10 @@ class Store:
     ) -> list[tuple[str, str, int, str]]:
         """(status, reason code, products, one of their messages) for rows with a recorded reason: why products
         are skipped, failed or still pending, largest groups first."""
+        # A skip's words are its `skip_detail`; a failure's or a retry's, the last error's message.
+        message = case((ProductRow.status == "skipped", ProductRow.skip_detail), else_=ProductRow.last_error_message)
         query = (
-            select(ProductRow.status, ProductRow.last_error_code, func.count(), func.max(ProductRow.last_error_message))
+            select(ProductRow.status, ProductRow.last_error_code, func.count(), func.max(message))
             .where(
                 ProductRow.status.in_(list(statuses)),
                 ProductRow.last_error_code.is_not(None),
@@ -975,15 +1016,8 @@ class Store:
         with self.read_session() as session:
             return session.scalars(query).first()
 
-    def failures(
-        self, source: str | None = None, limit: int = 1000, *, statuses: Sequence[str] = ("failed",)
-    ) -> list[ProductRow]:
-        query = (
-            select(ProductRow)
-            .where(ProductRow.status.in_(list(statuses)))
-            .order_by(ProductRow.source, ProductRow.status, ProductRow.product_id)
-            .limit(limit)
-        )
+    def failures(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
+        query = select(ProductRow).where(ProductRow.status == "failed").order_by(ProductRow.source).limit(limit)
         if source is not None:
             query = query.where(ProductRow.source == source)
         with self.read_session() as session:
@@ -995,6 +1029,29 @@ class Store:
             query = query.where(ProductRow.status.in_(list(statuses)))
         with self.read_session() as session:
             return list(session.scalars(query))
+
+    # -------------------------------------------------------------------------------------------------- images
+
+    def image_checks(self, url_hashes: Sequence[str]) -> dict[str, ImageCheckRow]:
+        """The stored checks of these URL hashes, by hash."""
+        if not url_hashes:
+            return {}
+        with self.read_session() as session:
+            query = select(ImageCheckRow).where(ImageCheckRow.url_hash.in_(list(url_hashes)))
+            return {row.url_hash: row for row in session.scalars(query)}
+
+    def record_image_checks(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store check results (keys as `ImageCheckRow`'s columns), replacing older ones of the same URL."""
+        if not rows:
+            return
+        insert_fn = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert_fn(ImageCheckRow)
+        columns = ("url", "ok", "reason", "content_type", "size", "checked_at")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["url_hash"], set_={name: stmt.excluded[name] for name in columns}
+        )
+        with self.session() as session:
+            session.execute(stmt, list({row["url_hash"]: row for row in rows}.values()))
 
     # ------------------------------------------------------------------------------------------------ webhooks
 
@@ -1083,6 +1140,7 @@ __all__ = [
     "Claim",
     "DeliveryRow",
     "DesiredRow",
+    "ImageCheckRow",
     "ProductRow",
     "RunRow",
     "SourceStateRow",
