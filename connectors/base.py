@@ -17,6 +17,7 @@ from worker.errors import SkippedProduct, SourceError
 
 __all__ = [
     "MAX_IMAGES",
+    "MAX_PRODUCT_ID_LENGTH",
     "Connector",
     "CursorPaginator",
     "ImageRef",
@@ -26,14 +27,19 @@ __all__ = [
     "SourceProduct",
     "WebhookEvent",
     "WebhookTopic",
+    "clean_text",
     "html_to_text",
     "normalize_images",
     "parse_datetime",
+    "product_id_problem",
     "split_tags",
 ]
 
 # The catalog stores at most this many images per product; extra source images are dropped in source order.
 MAX_IMAGES = 10
+
+# The state database keys a product by (source, product id) in a column of this many characters.
+MAX_PRODUCT_ID_LENGTH = 255
 
 ProductStatus = Literal["active", "draft", "archived"]
 # What a webhook asks of us, whatever the platform calls it.
@@ -213,3 +219,33 @@ def parse_datetime(value: str | datetime | None, *, assume_utc: bool = True) -> 
             return None
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+# C0 controls and DEL: never part of an id (they end up in catalog URL paths and log lines).
+_ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Controls that carry no meaning in shop text (tab and line breaks do); PostgreSQL refuses NUL in any text value.
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Half of a UTF-16 pair on its own: JSON may escape one (`"\\ud800"`), but no UTF-8 encoder or database takes it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def product_id_problem(product_id: str, *, max_length: int = MAX_PRODUCT_ID_LENGTH) -> str | None:
+    """Why `product_id` cannot key a product (None when it can): one bad record must be skipped, not fail a page
+    write on PostgreSQL or a URL path at the catalog."""
+    if not product_id.strip():
+        return "the id is blank"
+    if len(product_id) > max_length:
+        return f"the id has {len(product_id)} characters, more than {max_length}"
+    if _SURROGATE.search(product_id):
+        return "the id is not valid Unicode (it holds a lone surrogate)"
+    if _ID_CONTROL.search(product_id):
+        return "the id holds control characters"
+    return None
+
+
+def clean_text(value: str) -> str:
+    """Shop text fit to store and send: lone surrogates become U+FFFD, NUL and other meaningless control characters
+    are dropped. Tabs and line breaks stay."""
+    if _SURROGATE.search(value):
+        value = _SURROGATE.sub("\ufffd", value)
+    return _TEXT_CONTROL.sub("", value)

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.sources import SourceConfig
-from connectors.base import MAX_IMAGES, Connector, SourceProduct
+from connectors.base import MAX_IMAGES, Connector, SourceProduct, clean_text, product_id_problem
 from worker.catalog import ProductUpsert
 from worker.errors import SkippedProduct, SourceError
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
@@ -37,6 +37,10 @@ PAGE_SIZE = 500
 WATERMARK_OVERLAP = timedelta(minutes=5)
 # Catalog metadata keys for the stable descriptors (volatile fields like price stay out unless configured).
 _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
+# The state database's externalId column; a template filled with a long handle must not overflow it.
+MAX_EXTERNAL_ID_LENGTH = 512
+# Characters of a failed run's error kept in the runs table and shown by `status`.
+MAX_ERROR_LENGTH = 2000
 
 # Called with (source, product ids) after each committed page, to enqueue their pushes.
 OnChanged = Callable[[str, Sequence[str]], None]
@@ -46,7 +50,26 @@ def external_id_for(product_id: str, handle: str | None, source: SourceConfig) -
     """The catalog externalId from the source's template (`{id}`, `{handle}`, `{source}`)."""
     if "{handle}" in source.external_id and not handle:
         raise SkippedProduct(product_id, "missing_handle", f"the external_id template {source.external_id!r} needs it")
-    return source.external_id.format(id=product_id, handle=handle or "", source=source.name)
+    external_id = source.external_id.format(id=product_id, handle=handle or "", source=source.name)
+    problem = product_id_problem(external_id, max_length=MAX_EXTERNAL_ID_LENGTH)
+    if problem is not None:
+        raise SkippedProduct(product_id, "invalid_external_id", f"externalId {external_id[:80]!r}…: {problem}")
+    return external_id
+
+
+def usable_id(product_id: str) -> None:
+    """Raise `SkippedProduct` without a product id when `product_id` cannot key a row: the id itself is what is
+    wrong, so nothing may be stored under it."""
+    problem = product_id_problem(product_id)
+    if problem is not None:
+        raise SkippedProduct(None, "invalid_id", f"id {product_id[:80]!r}: {problem}")
+
+
+def source_time(moment: datetime) -> datetime:
+    """A source's timestamp, never later than now: a product dated in 2999 would make every later correction look
+    older than it and be dropped as stale for ever."""
+    now = utcnow()
+    return moment if moment <= now else now
 
 
 def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, Any]:
@@ -63,7 +86,7 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
     for name in source.metadata_fields:
         if name in product.attributes:
             metadata[name] = product.attributes[name]
-    return {
+    payload = {
         "externalId": external_id_for(product.product_id, product.handle, source),
         "title": product.title,
         "description": product.description,
@@ -71,30 +94,45 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
         "metadata": metadata,
         "validForDays": source.valid_for_days,
     }
+    cleaned: dict[str, Any] = _cleaned(payload)
+    return cleaned
+
+
+def _cleaned(value: Any) -> Any:
+    """Every string of a payload through `clean_text`: one NUL or lone surrogate must not fail a page write or
+    the hash of the payload."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {key: _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
 
 
 def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
     """The desired state of one product. Inactive products and products without images are not in the catalog
-    (the latter recorded `skipped: no_images`)."""
+    (the latter recorded `skipped: no_images`). Raises `SkippedProduct` for a product the catalog cannot take."""
+    usable_id(product.product_id)
     external_id = external_id_for(product.product_id, product.handle, source)
+    updated_at = source_time(product.updated_at)
     if product.status != "active":
-        return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
+        return DesiredRow(source.name, product.product_id, external_id, None, DELETED, updated_at)
     if not product.images:
         return DesiredRow(
-            source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
+            source.name, product.product_id, external_id, None, DELETED, updated_at, skip_reason="no_images"
         )
     upsert = _validated(catalog_payload(product, source), product.product_id)
-    return DesiredRow(
-        source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), product.updated_at
-    )
+    return DesiredRow(source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), updated_at)
 
 
 def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime | None) -> DesiredRow | None:
     """A record the source lists but that cannot be a catalog product: recorded, and kept out of the catalog."""
-    if not skip.product_id:
+    if not skip.product_id or product_id_problem(skip.product_id) is not None:
         return None
+    moment = source_time(updated_at) if updated_at is not None else None
     return DesiredRow(
-        source.name, skip.product_id, skip.product_id, None, DELETED, updated_at, skip_reason=skip.reason[:64]
+        source.name, skip.product_id, skip.product_id, None, DELETED, moment, skip_reason=skip.reason[:64]
     )
 
 
@@ -201,6 +239,8 @@ def _rows(
                 counts[f"skipped:{skip.reason}"] += 1
                 log.info("%s: %s", source.name, skip)
                 row = skipped_row(skip, source, item.updated_at)
+                if row is None:
+                    counts["skipped_without_id"] += 1
             else:
                 if row.skip_reason:
                     counts["skipped"] += 1
@@ -253,6 +293,6 @@ def _pages(
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SourceError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    text = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+    # Stored in a text column and printed by `status`: a quoted NUL or a megabyte of feed must fit in neither.
+    return clean_text(text)[:MAX_ERROR_LENGTH]
