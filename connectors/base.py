@@ -7,6 +7,7 @@ Connectors know shops and nothing of Celery, the state database or the catalog A
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ __all__ = [
     "WebhookTopic",
     "clean_text",
     "html_to_text",
+    "json_payload",
     "normalize_images",
     "parse_datetime",
+    "platform_id",
     "product_id_problem",
     "split_tags",
 ]
@@ -218,7 +221,10 @@ def parse_datetime(value: str | datetime | None, *, assume_utc: bool = True) -> 
         if not assume_utc:
             return None
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # year 1 east of UTC, year 9999 west of it
+        return None
 
 
 # C0 controls and DEL: never part of an id (they end up in catalog URL paths and log lines).
@@ -249,3 +255,36 @@ def clean_text(value: str) -> str:
     if _SURROGATE.search(value):
         value = _SURROGATE.sub("\ufffd", value)
     return _TEXT_CONTROL.sub("", value)
+
+
+# Shop ids are positive 64-bit integers (Shopify and WooCommerce alike).
+_MAX_PLATFORM_ID = 2**63 - 1
+_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def platform_id(value: Any) -> str | None:
+    """A shop's numeric id (an int or a string of ASCII digits) in canonical form, or None. `"²"` passes
+    `str.isdigit` and 10,000 digits pass it too, but neither is an id (and `int()` raises on both)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value) if 0 < value <= _MAX_PLATFORM_ID else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not _ASCII_DIGITS.fullmatch(text):
+        return None
+    number = int(text)
+    return str(number) if 0 < number <= _MAX_PLATFORM_ID else None
+
+
+def json_payload(body: bytes, what: str) -> dict[str, Any]:
+    """A webhook body as a JSON object; anything else (invalid UTF-8 or JSON, a number too long to convert, nesting
+    too deep to parse) is a `SkippedProduct` with reason `malformed_payload`."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise SkippedProduct(None, "malformed_payload", f"{what} body is not usable JSON: {str(exc)[:120]}") from None
+    if not isinstance(payload, dict):
+        raise SkippedProduct(None, "malformed_payload", f"{what} body is not a JSON object")
+    return payload

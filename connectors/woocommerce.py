@@ -65,8 +65,10 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
+    json_payload,
     normalize_images,
     parse_datetime,
+    platform_id,
     split_tags,
 )
 from connectors.http import make_client, send
@@ -220,14 +222,7 @@ def _names(terms: Any, *, skip_slug: str | None = None) -> list[str]:
 
 
 def _product_id(raw: Mapping[str, Any]) -> str | None:
-    value = raw.get("id")
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value > 0:
-        return str(value)
-    if isinstance(value, str) and value.isdigit() and int(value) > 0:
-        return str(int(value))
-    return None
+    return platform_id(raw.get("id"))
 
 
 def _modified(raw: Mapping[str, Any]) -> datetime | None:
@@ -400,12 +395,7 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, secrets_
         return WebhookEvent(source=source, topic="ping", product_id=None, platform_topic="ping")
     if topic not in UPSERT_TOPICS and topic != DELETE_TOPIC:
         raise SkippedProduct(None, "unknown_topic", f"WooCommerce topic {topic!r} is not a product topic")
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not a JSON object")
+    payload = json_payload(body, topic)
     product_id = _product_id(payload)
     if product_id is None:
         raise SkippedProduct(None, "malformed_payload", f"{topic} body has no numeric `id`")

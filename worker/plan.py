@@ -39,6 +39,8 @@ WATERMARK_OVERLAP = timedelta(minutes=5)
 _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
 # The state database's externalId column; a template filled with a long handle must not overflow it.
 MAX_EXTERNAL_ID_LENGTH = 512
+# How far ahead of ours a source's clock may run before its timestamps are treated as wrong (and clamped to now).
+MAX_CLOCK_SKEW = timedelta(hours=1)
 # Characters of a failed run's error kept in the runs table and shown by `status`.
 MAX_ERROR_LENGTH = 2000
 
@@ -66,10 +68,11 @@ def usable_id(product_id: str) -> None:
 
 
 def source_time(moment: datetime) -> datetime:
-    """A source's timestamp, never later than now: a product dated in 2999 would make every later correction look
-    older than it and be dropped as stale for ever."""
+    """A source's timestamp, clamped to now when it is further ahead than any clock skew: a product dated 2999 would
+    make every later correction look older than it and be dropped as stale for ever. Times within the skew are kept,
+    so updates from a shop whose clock runs a little ahead still order among themselves."""
     now = utcnow()
-    return moment if moment <= now else now
+    return now if moment > now + MAX_CLOCK_SKEW else moment
 
 
 def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, Any]:
