@@ -53,6 +53,21 @@ class Settings(BaseSettings):
     )
     webhook_max_body: int = Field(2 * 1024 * 1024, ge=1024, description="Largest webhook body accepted, bytes.")
     webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
+    webhook_max_in_flight: int = Field(
+        512, ge=1, le=100_000, description="Deliveries being read or applied at once, all sources; more get 503."
+    )
+    webhook_max_in_flight_per_source: int = Field(
+        256, ge=1, le=100_000, description="Deliveries being read or applied at once for one source; more get 429."
+    )
+    webhook_header_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds a connection may take to send a request's headers before it is closed."
+    )
+    webhook_body_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds a delivery may take to send its body before it is answered 408."
+    )
+    webhook_max_connections: int = Field(
+        4096, ge=16, le=1_000_000, description="Open connections to the webhook server; more are closed on arrival."
+    )
     log_level: str = Field("INFO", description="Python log level.")
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "WebhookTopic",
     "clean_text",
     "html_to_text",
+    "is_bare_id",
     "json_payload",
     "normalize_images",
     "parse_datetime",
@@ -276,6 +277,13 @@ def platform_id(value: Any) -> str | None:
         return None
     number = int(text)
     return str(number) if 0 < number <= _MAX_PLATFORM_ID else None
+
+
+def is_bare_id(payload: Mapping[str, Any]) -> bool:
+    """Whether a deletion's body is what the shops send for one, `{"id": …}` and nothing else. Only the body is
+    signed, not the topic header: a signed product body re-sent under a delete topic proves a product state, not a
+    deletion, and is read as the update it is."""
+    return set(payload) <= {"id"}
 
 
 def json_payload(body: bytes, what: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
+    is_bare_id,
     json_payload,
     normalize_images,
     parse_datetime,
@@ -421,7 +422,7 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, *, shop_
     if topic not in _UPSERT_TOPICS and topic != _DELETE_TOPIC:
         raise SkippedProduct(None, "unknown_topic", f"Shopify topic {topic!r} is not a product topic")
     payload = json_payload(body, topic)
-    if topic == _DELETE_TOPIC:
+    if topic == _DELETE_TOPIC and is_bare_id(payload):
         product_id = numeric_id(payload.get("id"))
         if product_id is None:
             raise SkippedProduct(None, "malformed_payload", "products/delete without a usable id")

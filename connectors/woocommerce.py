@@ -65,6 +65,7 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
+    is_bare_id,
     json_payload,
     normalize_images,
     parse_datetime,
@@ -402,7 +403,7 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, secrets_
     delivery = (lowered.get("x-wc-webhook-delivery-id") or "").strip()
     event_id = f"{delivery}:{hashlib.sha256(body).hexdigest()[:16]}" if delivery else None
     common: dict[str, Any] = {"source": source, "event_id": event_id, "platform_topic": topic}
-    if topic == DELETE_TOPIC:
+    if topic == DELETE_TOPIC and is_bare_id(payload):
         return WebhookEvent(topic="delete", product_id=product_id, **common)
     parent = _product_id({"id": payload.get("parent_id")})
     if payload.get("type") == "variation" and parent is not None:

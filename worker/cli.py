@@ -446,8 +446,10 @@ def run(
         stack.enter_context(embedded_worker(runtime, concurrency=concurrency, beat=True))
         if webhook_port:
             from worker.webhooks import create_app
+            from worker.webserver import server_options
 
-            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port).start()
+            options = server_options(runtime.settings)
+            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port, **options).start()
             stack.callback(server.stop)
             console.print(f"webhooks: POST {server.url}/webhooks/<source>; health: {server.url}/healthz")
         try:
