@@ -443,11 +443,16 @@ class Intake:
 
     def _commit_one_by_one(self, group: list[_Pending]) -> _Applied:
         parts = [self._commit_group([pending]) for pending in group]
+        results = [result for part in parts for result in part.results]
+        # The failed attempt may have committed some rows before it broke; applied again they read "unchanged",
+        # yet their push was never sent. Pushing a converged row costs nothing, so every applied product is pushed.
+        pushes = [
+            pending.event.product_id
+            for pending, result in zip(group, results, strict=True)
+            if pending.event.product_id is not None and result.outcome in (*_PUSHED, Outcome.UNCHANGED)
+        ]
         return _Applied(
-            group,
-            [result for part in parts for result in part.results],
-            list(dict.fromkeys(product_id for part in parts for product_id in part.pushes)),
-            [event_id for part in parts for event_id in part.processed],
+            group, results, list(dict.fromkeys(pushes)), [event_id for part in parts for event_id in part.processed]
         )
 
     def _publish_loop(self) -> None:
@@ -852,6 +857,7 @@ def create_app(
     )
     app.state.intake = intake
     app.state.metrics = metrics
+    app.state.admission = admission
     return app
 
 
@@ -866,10 +872,11 @@ class _Admission:
         self.by_source: dict[str, int] = {}
 
     def enter(self, source: str, max_total: int, max_per_source: int) -> Result | None:
-        if self.total >= max_total:
-            return Result(Outcome.OVERLOADED, detail="too many deliveries in flight; retry later")
+        # The source's own limit first: a shop that floods us is told so (429), even when the server is full too.
         if self.by_source.get(source, 0) >= max_per_source:
             return Result(Outcome.THROTTLED, detail="too many deliveries in flight for this source; retry later")
+        if self.total >= max_total:
+            return Result(Outcome.OVERLOADED, detail="too many deliveries in flight; retry later")
         self.total += 1
         self.by_source[source] = self.by_source.get(source, 0) + 1
         return None
