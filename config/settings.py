@@ -6,15 +6,22 @@ Precedence: environment variables, then a `.env` file in the working directory, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.redact import MASK, redact_url
 from worker.errors import ConfigError
 
 DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
+# Settings that are URLs and may carry a password: redacted wherever settings are shown.
+URL_FIELDS = frozenset({"database_url", "broker_url", "redis_url", "catalog_url"})
+# Settings never echoed in an error, even redacted.
+SECRET_FIELDS = frozenset({"catalog_api_key"})
 
 
 class Settings(BaseSettings):
@@ -70,6 +77,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Python log level.")
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The repr is what a traceback, a debugger or a stray print shows: no database or broker password in it.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in URL_FIELDS and isinstance(value, str) else value
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
@@ -82,6 +94,13 @@ def get_settings() -> Settings:
 def _explain(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for error in exc.errors():
-        name = "_".join(str(part) for part in error["loc"]).upper()
-        lines.append(f"  CATALOG_SYNC_{name}: {error['msg']} (got {error.get('input')!r})")
+        field = "_".join(str(part) for part in error["loc"])
+        given = error.get("input")
+        if field in SECRET_FIELDS:
+            shown = MASK
+        elif field in URL_FIELDS and isinstance(given, str):
+            shown = repr(redact_url(given))
+        else:
+            shown = repr(given)
+        lines.append(f"  CATALOG_SYNC_{field.upper()}: {error['msg']} (got {shown})")
     return "\n".join(lines)
