@@ -30,7 +30,7 @@ __all__ = [
     "WebhookTopic",
     "clean_text",
     "html_to_text",
-    "is_bare_id",
+    "is_deletion_body",
     "json_payload",
     "normalize_images",
     "parse_datetime",
@@ -173,6 +173,9 @@ def html_to_text(markup: str | None) -> str:
     text = _BLOCK.sub(" ", text)
     text = _TAG.sub("", text)
     text = html.unescape(text).replace("\xa0", " ")
+    # Markup that appears only once entities are decoded (escaped twice at the source, `&amp;lt;script&amp;gt;`) is
+    # dropped too: whoever shows the catalog's text may render it as HTML.
+    text = _TAG.sub("", _SCRIPT.sub(" ", text))
     return _SPACE.sub(" ", text).strip()
 
 
@@ -279,11 +282,12 @@ def platform_id(value: Any) -> str | None:
     return str(number) if 0 < number <= _MAX_PLATFORM_ID else None
 
 
-def is_bare_id(payload: Mapping[str, Any]) -> bool:
-    """Whether a deletion's body is what the shops send for one, `{"id": …}` and nothing else. Only the body is
-    signed, not the topic header: a signed product body re-sent under a delete topic proves a product state, not a
-    deletion, and is read as the update it is."""
-    return set(payload) <= {"id"}
+def is_deletion_body(payload: Mapping[str, Any]) -> bool:
+    """Whether a body sent under a delete topic can be a deletion: the shops send `{"id": …}` and nothing else.
+    Only the body is signed, not the topic header: a signed product body (an id and more) re-sent under a delete
+    topic proves a product state, not a deletion, and is read as the update it is. A body without an id is left
+    to the deletion path, which refuses it."""
+    return "id" not in payload or set(payload) == {"id"}
 
 
 def json_payload(body: bytes, what: str) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
-    is_bare_id,
+    is_deletion_body,
     json_payload,
     normalize_images,
     parse_datetime,
@@ -362,8 +362,8 @@ def group_bulk_lines(lines: Iterable[str]) -> Iterator[tuple[dict[str, Any], lis
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"bulk result line {number} is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, a number too long to convert, nesting too deep
+            raise SourceError(f"bulk result line {number} is not usable JSON: {str(exc)[:120]}") from None
         if not isinstance(record, dict):
             raise SourceError(f"bulk result line {number} is not a JSON object")
         parent = record.get("__parentId")
@@ -422,7 +422,7 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, *, shop_
     if topic not in _UPSERT_TOPICS and topic != _DELETE_TOPIC:
         raise SkippedProduct(None, "unknown_topic", f"Shopify topic {topic!r} is not a product topic")
     payload = json_payload(body, topic)
-    if topic == _DELETE_TOPIC and is_bare_id(payload):
+    if topic == _DELETE_TOPIC and is_deletion_body(payload):
         product_id = numeric_id(payload.get("id"))
         if product_id is None:
             raise SkippedProduct(None, "malformed_payload", "products/delete without a usable id")
@@ -627,7 +627,7 @@ class _ShopifyBase:
     def _json(self, response: httpx.Response) -> Any:
         try:
             return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, nesting too deep
             raise SourceError(
                 f"{self._what}: {response.request.url.copy_with(query=None)} answered {response.status_code} "
                 f"with a body that is not JSON"

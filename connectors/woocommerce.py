@@ -42,7 +42,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -65,7 +64,7 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
-    is_bare_id,
+    is_deletion_body,
     json_payload,
     normalize_images,
     parse_datetime,
@@ -141,6 +140,8 @@ _HTML_SPECIALCHARS: Final = (
 # Characters left as they are when repairing an image URL: the reserved set, and '%' so encoded URLs stay encoded.
 _URL_SAFE: Final = ":/?#[]@!$&'()*+,;=%~"
 _ONE_SECOND: Final = timedelta(seconds=1)
+# Modification dates before this year are placeholders, not dates.
+MIN_YEAR: Final = 1970
 
 
 # --- normalization -----------------------------------------------------------------------------------------------
@@ -232,7 +233,9 @@ def _modified(raw: Mapping[str, Any]) -> datetime | None:
         value = raw.get(name)
         if isinstance(value, str):
             parsed = parse_datetime(value)
-            if parsed is not None:
+            # WordPress writes 0000-00-00 for "no date"; anything before 1970 is such a placeholder, and would
+            # overflow the paging arithmetic one second below it.
+            if parsed is not None and parsed.year >= MIN_YEAR:
                 return parsed.replace(microsecond=0)
     return None
 
@@ -403,7 +406,7 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, secrets_
     delivery = (lowered.get("x-wc-webhook-delivery-id") or "").strip()
     event_id = f"{delivery}:{hashlib.sha256(body).hexdigest()[:16]}" if delivery else None
     common: dict[str, Any] = {"source": source, "event_id": event_id, "platform_topic": topic}
-    if topic == DELETE_TOPIC and is_bare_id(payload):
+    if topic == DELETE_TOPIC and is_deletion_body(payload):
         return WebhookEvent(topic="delete", product_id=product_id, **common)
     parent = _product_id({"id": payload.get("parent_id")})
     if payload.get("type") == "variation" and parent is not None:
@@ -678,7 +681,7 @@ class WooCommerceConnector:
     def _error_body(response: httpx.Response) -> dict[str, Any] | None:
         try:
             body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        except (ValueError, RecursionError):
             return None
         return body if isinstance(body, dict) else None
 
@@ -734,7 +737,7 @@ class WooCommerceConnector:
     def _json(self, response: httpx.Response) -> Any:
         try:
             return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, nesting too deep
             start = _excerpt(response, 80)
             hint = ""
             if start.lstrip().startswith("<"):

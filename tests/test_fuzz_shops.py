@@ -8,19 +8,23 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Any
+from collections.abc import Callable
+from itertools import islice
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from config.sources import SourceConfig
-from connectors import shopify, woocommerce
+from connectors import build_connector, shopify, woocommerce
 from connectors.base import WebhookEvent, product_id_problem
 from tests.fuzz_support import FUZZ, HOSTILE_SAMPLES, check_items, hostile_text, or_skip
 from worker.errors import InvalidSignature, SkippedProduct, SourceError
 
+T = TypeVar("T")
 SECRET = "fuzz-webhook-secret"
 SHOPIFY = SourceConfig(name="shop", kind="shopify", url="https://fuzz.myshopify.com", access_token=SecretStr("t"))
 WOO = SourceConfig(
@@ -296,6 +300,64 @@ def test_hostile_signed_woocommerce_bodies_are_events_or_skips(body: bytes, topi
     check_event(event)
 
 
+@pytest.mark.parametrize(
+    "line", ["9" * 10_000, "[" * 100_000, '{"id": "gid://shopify/Product/1", "x": ' + "9" * 5000 + "}"]
+)
+def test_a_bulk_line_that_cannot_be_parsed_fails_the_read_cleanly(line: str) -> None:
+    with pytest.raises(SourceError, match="line 1 is not usable JSON"):
+        list(shopify.group_bulk_lines([line]))
+
+
 @pytest.mark.parametrize("value", ["²", "١٢٣", "9" * 10_000, "gid://shopify/Product/²", 2**64, -1, 0, True])
 def test_ids_that_are_not_plain_64_bit_numbers_are_not_shopify_ids(value: object) -> None:
     assert shopify.numeric_id(value) is None
+
+
+# ---- whole listings: a hostile answer fails the read cleanly ----------------------------------------------------
+
+HOSTILE_ANSWERS = {
+    "nested-100000": b"[" * 100_000 + b"]" * 100_000,
+    "number-10000-digits": b"9" * 10_000,
+    "not-json": b"<html>maintenance</html>",
+    "invalid-utf8": b'{"products": ["\xff\xfe"]}',
+    "graphql-nodes-hostile": json.dumps(
+        {"data": {"products": {"nodes": [{"id": "gid://shopify/Product/²"}, {"id": "9" * 300}, None, 7]}}}
+    ).encode(),
+    "rest-products-hostile": json.dumps(
+        {"products": [{"id": "²"}, {"id": 2**70}, {"id": 1, "title": "\ud800", "updated_at": "2025-01-01T00:00:00Z"}]}
+    ).encode(),
+    "woo-list-hostile": json.dumps(
+        [{"id": "²"}, {"id": 3, "name": "a\u0000b", "date_modified_gmt": "0001-01-01T00:00:00", "images": "x"}]
+    ).encode(),
+}
+KINDS = {
+    "shopify": SourceConfig(name="s", kind="shopify", url="https://fuzz.myshopify.com", access_token=SecretStr("t")),
+    "shopify-rest": SourceConfig(
+        name="s", kind="shopify-rest", url="https://fuzz.myshopify.com", access_token=SecretStr("t")
+    ),
+    "shopify-storefront": SourceConfig(name="s", kind="shopify-storefront", url="https://fuzz.myshopify.com"),
+    "woocommerce": WOO,
+}
+
+
+@pytest.mark.parametrize("answer", HOSTILE_ANSWERS.values(), ids=HOSTILE_ANSWERS.keys())
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_hostile_listing_yields_products_and_skips_or_fails_the_read(kind: str, answer: bytes) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answer, headers={"Content-Type": "application/json"})
+
+    source = KINDS[kind]
+    connector = build_connector(source, client=httpx.Client(transport=httpx.MockTransport(handler)))
+    try:
+        items = or_source_error(lambda: list(islice(connector.iter_products(None), 50)))
+    finally:
+        connector.close()
+    if not isinstance(items, SourceError):
+        check_items(items, source)
+
+
+def or_source_error(call: Callable[[], T]) -> T | SourceError:
+    try:
+        return call()
+    except SourceError as error:
+        return error
