@@ -163,6 +163,8 @@ _TAG = re.compile(r"<[^>]*>")
 _BLOCK = re.compile(r"<\s*(br|/p|/div|/li|/h[1-6]|p|li|tr|/td|/th)\b[^>]*>", re.IGNORECASE)
 _SCRIPT = re.compile(r"<\s*(script|style)\b[^>]*>.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
+# A tag as HTML writes one (a letter right after `<`), so decoded text like "a < b and c > d" is left alone.
+_DECODED_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
 
 
 def html_to_text(markup: str | None) -> str:
@@ -175,7 +177,7 @@ def html_to_text(markup: str | None) -> str:
     text = html.unescape(text).replace("\xa0", " ")
     # Markup that appears only once entities are decoded (escaped twice at the source, `&amp;lt;script&amp;gt;`) is
     # dropped too: whoever shows the catalog's text may render it as HTML.
-    text = _TAG.sub("", _SCRIPT.sub(" ", text))
+    text = _DECODED_TAG.sub("", _SCRIPT.sub(" ", text))
     return _SPACE.sub(" ", text).strip()
 
 
