@@ -39,7 +39,14 @@ object). A product without a usable image is still yielded, with no images: the 
 `no_images`. A broken document (malformed XML, an unreadable file, an HTTP 404, an empty CSV) raises `SourceError`,
 which fails the run before anything is deleted. Feeds send no webhooks; `get_product` scans the document.
 
-HTTP: `connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
+Limits: a document may expand to at most `MAX_DOCUMENT_BYTES` once decompressed, and XML may run at most
+`MAX_ITEM_BYTES` without an item ending (the parser holds one item whole); past either the read fails with
+`SourceError`, so a few KB of gzip cannot take the worker's memory or keep a run reading for ever. A CSV/TSV quote
+that never closes (its cell swallows the rows after it) fails the read rather than losing those rows unnoticed.
+
+HTTP: redirects are followed one hop at a time (at most `MAX_REDIRECTS`), never from a public host to a private,
+loopback or link-local address, and an error answer reached through a redirect is not quoted in the message.
+`connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
 budget, backoff and `Retry-After` cap) before the body starts; a body that breaks midway fails the read instead of
 restarting, since products already yielded cannot be taken back.
 """

@@ -23,25 +23,11 @@ from config.sources import FeedFormat, SourceConfig
 from connectors.base import SkippedProduct, SourceProduct
 from connectors.feed import FeedConnector
 from tests.fuzz_support import FUZZ, check_items, hostile_text
+from tests.test_feed import KNOWN_FIELDS
 from worker.errors import SourceError
 
 G = 'xmlns:g="http://base.google.com/ns/1.0"'
-FIELDS = (
-    "id",
-    "title",
-    "description",
-    "link",
-    "image_link",
-    "additional_image_link",
-    "item_group_id",
-    "status",
-    "updated",
-    "brand",
-    "product_type",
-    "tags",
-    "availability",
-    "price",
-)
+FIELDS = (*KNOWN_FIELDS, "availability")
 IMAGE = "https://cdn.example.com/a.jpg"
 
 Outcome = Literal["read", "refused"]
