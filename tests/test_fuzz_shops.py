@@ -24,6 +24,9 @@ from connectors.base import WebhookEvent, product_id_problem
 from tests.fuzz_support import FUZZ, HOSTILE_SAMPLES, check_items, hostile_text, or_skip
 from worker.errors import InvalidSignature, SkippedProduct, SourceError
 
+# A parser that hangs fails here instead of at the suite-wide timeout: the whole file runs in seconds.
+pytestmark = pytest.mark.timeout(60)
+
 T = TypeVar("T")
 SECRET = "fuzz-webhook-secret"
 SHOPIFY = SourceConfig(name="shop", kind="shopify", url="https://fuzz.myshopify.com", access_token=SecretStr("t"))
