@@ -22,9 +22,9 @@ from config.sources import SourceConfig
 from connectors.base import WebhookEvent
 from emulators.server import BackgroundServer, running
 from tests.webhooks_support import broker_url, make_runtime, make_sources, shopify_headers, shopify_product, woo_headers
+from worker.http_guard import server_options
 from worker.runtime import Runtime
 from worker.webhooks import Intake, Outcome, _Pending, create_app
-from worker.webserver import server_options
 
 # Upper bound for anything the server should do promptly; reached only if it hangs.
 PATIENCE = 30.0

@@ -449,8 +449,8 @@ def run(
     with ExitStack() as stack:
         stack.enter_context(embedded_worker(runtime, concurrency=concurrency, beat=True))
         if webhook_port:
+            from worker.http_guard import server_options
             from worker.webhooks import create_app
-            from worker.webserver import server_options
 
             options = server_options(runtime.settings)
             server = BackgroundServer(create_app(runtime), host=host, port=webhook_port, **options).start()

@@ -938,8 +938,8 @@ def serve(host: str, port: int) -> None:
 
     from worker.celery_app import app as celery
     from worker.celery_app import configure
+    from worker.http_guard import server_options
     from worker.runtime import get_runtime
-    from worker.webserver import server_options
 
     runtime = get_runtime()
     configure(celery, runtime.settings, runtime.sources)

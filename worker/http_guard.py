@@ -1,4 +1,4 @@
-"""The webhook server's HTTP layer: uvicorn, with the guards a server facing the internet needs and uvicorn lacks.
+"""The webhook server's HTTP guards: uvicorn, with the limits a server facing the internet needs and uvicorn lacks.
 
 uvicorn times out idle keep-alive connections, but not a connection that never finishes its request headers: a
 client that connects and sends nothing, or a header byte a second, holds a socket for ever, and some thousands of
