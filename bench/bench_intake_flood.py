@@ -21,19 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench_webhook_intake import (
-    CLI,
-    DEFAULT_REDIS_DB,
-    REDIS_HOST,
-    drive,
-    environment,
-    free_port,
-    render,
-    sign,
-    state_database,
-    subprocess_group,
-    wait_healthy,
-)
+from bench_webhook_intake import DEFAULT_REDIS_DB, REDIS_HOST, drive, render, shop_server, sign, state_database
 
 # Requests per round: the memory is read between rounds, and a round's requests are built just before it is sent.
 ROUND = 10_000
@@ -72,17 +60,8 @@ def main() -> None:
         parser.error("use a dedicated Redis db number, not 0")
     source = f"flood-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="bench-intake-flood-") as tmp, state_database("sqlite", Path(tmp)) as db:
-        workdir = Path(tmp)
-        (workdir / "catalog-sync.toml").write_text(
-            f'[[sources]]\nname = "{source}"\nkind = "shopify"\nurl = "https://flood.example"\n'
-            f'access_token = "shpat_bench"\nwebhook_secret = "flood-secret"\n',
-            encoding="utf-8",
-        )
-        port = free_port()
-        log = workdir / "serve.log"
-        env = environment(workdir, db, f"redis://{REDIS_HOST}/{args.redis_db}")
-        with subprocess_group([CLI, "serve", "--host", "127.0.0.1", "--port", str(port)], env, log) as server:
-            wait_healthy(f"http://127.0.0.1:{port}", server, log)
+        broker_url = f"redis://{REDIS_HOST}/{args.redis_db}"
+        with shop_server(Path(tmp), db, broker_url, source) as (port, server):
             sent = 0
             while sent < args.warmup:
                 batch = min(ROUND, args.warmup - sent)
