@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from dotenv import dotenv_values
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.rates import parse_rate
-from config.urls import check_broker_url, mask_url, normalize_database_url
+from config.redact import MASK, redact_url
+from config.urls import check_broker_url, normalize_database_url
 from worker.errors import ConfigError
 
 DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
@@ -31,8 +32,10 @@ ENV_PREFIX = "CATALOG_SYNC_"
 ENV_FILE = ".env"
 # Variables under this prefix belong to the test suite (its Redis and PostgreSQL), not to the program.
 TEST_ENV_PREFIX = ENV_PREFIX + "TEST_"
-# Settings whose values are URLs that may carry a password: shown masked in every message.
-_URL_SETTINGS = frozenset({"database_url", "broker_url", "redis_url"})
+# Settings that are URLs and may carry a password: redacted wherever settings are shown.
+URL_FIELDS = frozenset({"database_url", "broker_url", "redis_url", "catalog_url"})
+# Settings never echoed in an error, even redacted.
+SECRET_FIELDS = frozenset({"catalog_api_key"})
 
 
 class Settings(BaseSettings):
@@ -94,6 +97,21 @@ class Settings(BaseSettings):
     )
     webhook_max_body: int = Field(2 * 1024 * 1024, ge=1024, description="Largest webhook body accepted, bytes.")
     webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
+    webhook_max_in_flight: int = Field(
+        512, ge=1, le=100_000, description="Deliveries being read or applied at once, all sources; more get 503."
+    )
+    webhook_max_in_flight_per_source: int = Field(
+        256, ge=1, le=100_000, description="Deliveries being read or applied at once for one source; more get 429."
+    )
+    webhook_header_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds a connection may take to send a request's headers before it is closed."
+    )
+    webhook_body_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds a delivery may take to send its body before it is answered 408."
+    )
+    webhook_max_connections: int = Field(
+        4096, ge=16, le=1_000_000, description="Open connections to the webhook server; more are closed on arrival."
+    )
     log_level: str = Field("INFO", description="Python log level.")
 
     @field_validator("database_url")
@@ -105,6 +123,11 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_url(cls, value: str) -> str:
         return check_broker_url(value)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The repr is what a traceback, a debugger or a stray print shows: no database or broker password in it.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in URL_FIELDS and isinstance(value, str) else value
 
 
 def unknown_variables(names: Iterable[str], *, where: str = "") -> list[str]:
@@ -140,13 +163,12 @@ def _explain(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for error in exc.errors():
         field = "_".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        value = error.get("input")
-        if field in _URL_SETTINGS and isinstance(value, str):
-            shown = f" (got {mask_url(value)})"
-        elif field == "catalog_api_key":
-            shown = ""
+        given = error.get("input")
+        if field in SECRET_FIELDS:
+            shown = MASK
+        elif field in URL_FIELDS and isinstance(given, str):
+            shown = repr(redact_url(given))
         else:
-            shown = f" (got {value!r})"
-        lines.append(f"  {ENV_PREFIX}{field.upper()}: {message}{shown}")
+            shown = repr(given)
+        lines.append(f"  {ENV_PREFIX}{field.upper()}: {error['msg'].removeprefix('Value error, ')} (got {shown})")
     return "\n".join(lines)

@@ -1,15 +1,14 @@
-"""Connection URLs as settings: their password masked wherever a URL is shown, and the shapes accepted.
-
-A URL in a message, a log line or a status report always goes through `mask_url`: operators paste them in tickets.
+"""Connection URLs as settings: the shapes accepted (with the fix for any other), and a driver's message scrubbed of
+the password of the URL it was given. Showing a URL itself is `config.redact.redact_url`'s job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-# What stands in for a password in a shown URL.
-MASK = "***"
+from config.redact import MASK
+
 # State database schemes, and what each becomes: `postgres://` is what Heroku, Render and most guides print.
 DATABASE_SCHEMES = {
     "sqlite": "sqlite",
@@ -19,20 +18,6 @@ DATABASE_SCHEMES = {
 }
 # Celery brokers that kombu ships a transport for without extra packages we do not install.
 BROKER_SCHEMES = frozenset({"redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory"})
-
-
-def mask_url(url: str) -> str:
-    """`url` with any password replaced by `***` (the user name stays: it helps, and is not a secret)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "(a URL that cannot be parsed)"
-    if not password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:{MASK}@{netloc[1]}"))
 
 
 def redact(text: str, url: str) -> str:

@@ -427,7 +427,15 @@ def test_a_webhook_driven_skip_says_why(tmp_path: Path, redis_url: str, unique: 
         "CATALOG_SYNC_DATABASE_URL": database_url,
     }
     listed = subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", "failures", f"shop-{unique}", "--skipped", "--json"],
+        [
+            sys.executable,
+            "-c",
+            "from worker.cli import main; main()",
+            "failures",
+            f"shop-{unique}",
+            "--skipped",
+            "--json",
+        ],
         env=env,
         capture_output=True,
         text=True,

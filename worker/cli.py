@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from config.urls import mask_url, redact
+from config.redact import redact_url
+from config.urls import redact
 from emulators.cli import emulate
 from worker.errors import ConfigError, SourceError, SyncError
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -44,10 +46,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO; some shops' URLs carry credentials (WooCommerce OAuth over HTTP).
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Commands are quiet unless CATALOG_SYNC_LOG_LEVEL asks for more (DEBUG to see every request, URLs redacted).
+    level = logging.getLevelName(os.environ.get("CATALOG_SYNC_LOG_LEVEL", "WARNING").upper())
+    level = level if isinstance(level, int) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         app()
     except ConfigError as exc:
@@ -63,7 +68,7 @@ def _runtime(*, embedded: bool = False) -> Any:
 
 def _database(runtime: Any) -> str:
     """The state database's URL as it may be shown: password masked."""
-    return mask_url(runtime.settings.database_url)
+    return redact_url(runtime.settings.database_url)
 
 
 def _check_broker(runtime: Any) -> None:
@@ -75,7 +80,7 @@ def _check_broker(runtime: Any) -> None:
     except Exception as exc:  # kombu's connection errors have no common base worth naming
         url = runtime.settings.broker_url
         raise ConfigError(
-            f"cannot reach the broker {mask_url(url)} (CATALOG_SYNC_BROKER_URL): {type(exc).__name__}: "
+            f"cannot reach the broker {redact_url(url)} (CATALOG_SYNC_BROKER_URL): {type(exc).__name__}: "
             f"{redact(str(exc), url)}; start it, or fix CATALOG_SYNC_BROKER_URL"
         ) from None
 
@@ -147,7 +152,7 @@ def resync(
         except Exception as exc:  # kombu's connection errors have no common base worth naming
             broker = runtime.settings.broker_url
             console.print(
-                f"[red]cannot reach the broker {escape(mask_url(broker))}[/red] "
+                f"[red]cannot reach the broker {escape(redact_url(broker))}[/red] "
                 f"({type(exc).__name__}: {escape(redact(str(exc), broker))}); try --inline",
                 highlight=False,
             )
@@ -500,7 +505,7 @@ def sources() -> None:
         except SyncError as exc:
             bad = True
             check = f"[red]{type(exc).__name__}:[/red] {escape(str(exc))}"
-        table.add_row(source.name, source.kind, escape(mask_url(source.url.split("?", 1)[0])), check)
+        table.add_row(source.name, source.kind, escape(source.display_url), check)
     out.print(table)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
@@ -569,9 +574,11 @@ def run(
     with ExitStack() as stack:
         stack.enter_context(embedded_worker(runtime, concurrency=concurrency, beat=True))
         if webhook_port:
+            from worker.http_guard import server_options
             from worker.webhooks import create_app
 
-            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port).start()
+            options = server_options(runtime.settings)
+            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port, **options).start()
             stack.callback(server.stop)
             console.print(f"webhooks: POST {server.url}/webhooks/<source>; health: {server.url}/healthz")
         try:
@@ -600,7 +607,9 @@ def db_upgrade() -> None:
     settings = get_settings()
     engine = schema.open_database(settings.database_url, upgrade_to_head=True)
     engine.dispose()
-    console.print(f"{escape(mask_url(settings.database_url))} is at revision {schema.head_revision()}", highlight=False)
+    console.print(
+        f"{escape(redact_url(settings.database_url))} is at revision {schema.head_revision()}", highlight=False
+    )
 
 
 @app.command()

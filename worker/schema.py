@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from config.urls import mask_url
+from config.redact import redact_url
 from worker.errors import ConfigError
 from worker.state import make_engine
 
@@ -74,7 +74,7 @@ def open_database(url: str, *, upgrade_to_head: bool = False, auto_upgrade: bool
     try:
         engine = make_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise ConfigError(f"{DATABASE_SETTING} {mask_url(url)} is not a usable database URL: {exc}") from None
+        raise ConfigError(f"{DATABASE_SETTING} {redact_url(url)} is not a usable database URL: {exc}") from None
     try:
         if upgrade_to_head:
             upgrade(engine)
@@ -92,7 +92,7 @@ def database_problem(url: str, exc: DBAPIError) -> str:
     parsed = make_url(url)
     if parsed.password:
         detail = detail.replace(parsed.password, "***")
-    shown = mask_url(url)
+    shown = redact_url(url)
     lowered = detail.lower()
     if parsed.get_backend_name() == "sqlite":
         folder = Path(parsed.database or ".").expanduser().resolve().parent
