@@ -401,7 +401,6 @@ def failures(
                     {
                         "source": r.source,
                         "product": r.product_id,
-                        "status": r.status,
                         "code": r.skip_reason if skipped else r.last_error_code,
                         "message": r.skip_detail if skipped else r.last_error_message,
                         "attempts": r.attempts,
