@@ -233,7 +233,7 @@ def test_no_command_log_metric_or_error_shows_a_secret(
         assert command("sources").returncode == 1  # feed-denied cannot be read
         for name in ("feed", "shop", "woo"):
             result = command("resync", name, "--full", "--inline", "--json", "--timeout", "60")
-            assert json.loads(result.stdout)["outcome"] == "completed", outputs
+            assert json.loads(result.stdout)["outcome"] == "converged", outputs
         assert command("resync", "feed-denied", "--full", "--inline", "--json", "--timeout", "30").returncode == 1
         status = command("status", "--json")
         assert status.returncode == 0, status.stderr
