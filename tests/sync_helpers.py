@@ -41,6 +41,11 @@ def feed_item(
     return item
 
 
+def ext(product_id: str, source: str = SOURCE) -> str:
+    """The externalId the default template (`{source}-{id}`) gives a product."""
+    return f"{source}-{product_id}"
+
+
 def write_feed(path: Path, items: Sequence[dict[str, Any]]) -> None:
     path.write_text(json.dumps(list(items)), encoding="utf-8")
 

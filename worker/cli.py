@@ -383,7 +383,17 @@ def sources() -> None:
             check = f"[red]{type(exc).__name__}:[/red] {exc}"
         table.add_row(source.name, source.kind, source.url.split("?", 1)[0], check)
     out.print(table)
+    _print_template_collisions(runtime.sources)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+def _print_template_collisions(configured: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    from config.sources import template_collisions
+
+    for warning in template_collisions(configured):
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- processes

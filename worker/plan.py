@@ -77,15 +77,31 @@ def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
     """The desired state of one product. Inactive products and products without images are not in the catalog
     (the latter recorded `skipped: no_images`)."""
     external_id = external_id_for(product.product_id, product.handle, source)
+    account = source.account
     if product.status != "active":
-        return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
+        return DesiredRow(
+            source.name, product.product_id, external_id, None, DELETED, product.updated_at, account=account
+        )
     if not product.images:
         return DesiredRow(
-            source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
+            source.name,
+            product.product_id,
+            external_id,
+            None,
+            DELETED,
+            product.updated_at,
+            skip_reason="no_images",
+            account=account,
         )
     upsert = _validated(catalog_payload(product, source), product.product_id)
     return DesiredRow(
-        source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), product.updated_at
+        source.name,
+        product.product_id,
+        external_id,
+        upsert.payload(),
+        upsert.content_hash(),
+        product.updated_at,
+        account=account,
     )
 
 
@@ -94,7 +110,14 @@ def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime
     if not skip.product_id:
         return None
     return DesiredRow(
-        source.name, skip.product_id, skip.product_id, None, DELETED, updated_at, skip_reason=skip.reason[:64]
+        source.name,
+        skip.product_id,
+        skip.product_id,
+        None,
+        DELETED,
+        updated_at,
+        skip_reason=skip.reason[:64],
+        account=source.account,
     )
 
 

@@ -46,6 +46,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 # The desired/synced hash of "not in the catalog".
 DELETED = "deleted"
+# The synced hash of "the catalog may hold anything": a forced resend or an audit repair makes the row push again,
+# an upsert for a wanted product and a delete for an unwanted one, whatever the hashes said before.
+UNKNOWN = "unknown"
+# The catalog account of every source until the sources file can name accounts: externalIds are unique per account.
+DEFAULT_ACCOUNT = "default"
+# Why a product is kept out of the catalog: its externalId belongs to another (source, product) of the account.
+EXTERNAL_ID_CONFLICT = "external_id_conflict"
 # SQLite waits this long for a competing writer before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option marking a connection whose transactions only read (SQLite begins them deferred).
@@ -54,7 +61,8 @@ READ_ONLY_OPTION = "catalog_sync_read_only"
 # variable limit (32,766) with ~12 columns a row.
 BATCH_SIZE = 500
 
-Status = Literal["pending", "synced", "failed", "skipped", "deleted"]
+# `expired`: the catalog let the product expire (validForDays) and its source chose not to restore it.
+Status = Literal["pending", "synced", "failed", "skipped", "deleted", "expired"]
 RunMode = Literal["full", "incremental", "product"]
 RunOutcome = Literal["running", "completed", "failed", "deletion_blocked"]
 
@@ -110,11 +118,36 @@ class ProductRow(Base):
     # message costs a delay and a backlog in the queue is not duplicated every few seconds.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The catalog account the product is written to; externalIds are unique within it.
+    account: Mapped[str] = mapped_column(String(64), default=DEFAULT_ACCOUNT, server_default=DEFAULT_ACCOUNT)
+    # The externalId the catalog was last confirmed to hold for this product (None: nothing). It differs from
+    # `external_id` (the desired one) after a template change, until the push that moves the product converges.
+    catalog_external_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # The catalog's `expiresAt` from the last upsert: an audit tells an expired product from a deleted one.
+    catalog_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         Index("ix_products_due", "status", "next_attempt_at"),
         Index("ix_products_source_status", "source", "status"),
+        Index("ix_products_catalog_id", "account", "catalog_external_id"),
     )
+
+
+class ExternalIdRow(Base):
+    """Which (source, product) owns an externalId in an account. The primary key is the uniqueness guarantee that
+    concurrent writers (a full sync of one source, a webhook of another) cannot both get past.
+
+    A claim is released lazily: another product may take it over once the owner's row neither wants that id
+    (`external_id` with a live desired state) nor holds it in the catalog (`catalog_external_id`)."""
+
+    __tablename__ = "external_ids"
+
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    product_id: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (Index("ix_external_ids_owner", "source", "product_id"),)
 
 
 class RunRow(Base):
@@ -143,6 +176,11 @@ class SourceStateRow(Base):
     paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     sync_lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     sync_lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # A sync that fell due while another held the lock waits here instead of being dropped; `full` covers
+    # `incremental`, so a waiting full run is never replaced by an incremental one.
+    deferred_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    deferred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deferred_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class DeliveryRow(Base):
@@ -222,6 +260,7 @@ class DesiredRow:
     content_hash: str
     updated_at: datetime | None
     skip_reason: str | None = None
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def is_deletion(self) -> bool:
@@ -252,6 +291,8 @@ class Claim:
     attempts: int
     skip_reason: str | None
     lease_token: str
+    # The externalId the catalog holds for this product, when it is not (or no longer) the desired one.
+    catalog_external_id: str | None = None
 
 
 class Store:
@@ -284,7 +325,7 @@ class Store:
     # ---------------------------------------------------------------------------------------------- desired rows
 
     def write_desired(
-        self, rows: Sequence[DesiredRow], *, run_id: int | None = None, force: bool = False
+        self, rows: Sequence[DesiredRow], *, run_id: int | None = None, force: bool = False, resend: bool = False
     ) -> WriteResult:
         """Record desired states in one transaction per batch.
 
@@ -292,19 +333,23 @@ class Store:
         converged, when the catalog already holds it), its attempts reset. An incoming row older than the stored
         one (by the source's `updated_at`) is ignored unless `force`: a slow full-sync page never undoes a newer
         webhook. The guard is in the SQL itself (`ON CONFLICT … DO UPDATE … WHERE`) so concurrent writers agree.
+
+        A live product whose externalId another product of the account owns is recorded `skipped:
+        external_id_conflict` (naming the owner) and never written to the catalog. `resend` also makes unchanged
+        rows push again, whatever the catalog is believed to hold (`resync --force`).
         """
         changed: list[str] = []
         unchanged = stale = 0
         for start in range(0, len(rows), BATCH_SIZE):
             batch = _dedupe(rows[start : start + BATCH_SIZE])
             with self.session() as session:
-                ids, u, s = self._write_batch(session, batch, run_id=run_id, force=force)
+                ids, u, s = self._write_batch(session, batch, run_id=run_id, force=force, resend=resend)
             changed.extend(ids)
             unchanged, stale = unchanged + u, stale + s
         return WriteResult(tuple(changed), unchanged, stale)
 
     def _write_batch(
-        self, session: Session, batch: Sequence[DesiredRow], *, run_id: int | None, force: bool
+        self, session: Session, batch: Sequence[DesiredRow], *, run_id: int | None, force: bool, resend: bool
     ) -> tuple[list[str], int, int]:
         if not batch:
             return [], 0, 0
@@ -322,11 +367,15 @@ class Store:
         }
         to_write: list[dict[str, Any]] = []
         unchanged = stale = 0
+        resent: list[str] = []
         now = utcnow()
         for row in batch:
             old = existing.get(row.product_id)
             if old is not None and old.desired_hash == row.content_hash and not force:
-                unchanged += 1
+                if resend:
+                    resent.append(row.product_id)
+                else:
+                    unchanged += 1
                 continue
             if old is not None and not force and _older(row.updated_at, old.source_updated_at):
                 stale += 1
@@ -334,6 +383,7 @@ class Store:
             to_write.append(
                 {
                     "source": row.source,
+                    "account": row.account,
                     "product_id": row.product_id,
                     "external_id": row.external_id,
                     "desired_payload": row.payload,
@@ -350,15 +400,116 @@ class Store:
                     "changed_at": now,
                 }
             )
+        self._refuse_conflicts(session, to_write)
         written = self._upsert_rows(session, to_write, force=force) if to_write else []
+        # Rows the guard refused (a concurrent newer write) count as stale.
+        stale += len(to_write) - len(written)
+        if resend:
+            written = self._mark_unsynced(session, source, resent + written)
         if run_id is not None:
             session.execute(
                 update(ProductRow)
                 .where(ProductRow.source == source, ProductRow.product_id.in_(ids))
                 .values(seen_run_id=run_id)
             )
-        # Rows the guard refused (a concurrent newer write) count as stale.
-        return written, unchanged, stale + (len(to_write) - len(written))
+        return written, unchanged, stale
+
+    def _refuse_conflicts(self, session: Session, values: list[dict[str, Any]]) -> None:
+        """Claim the externalIds of the live rows about to be written; a row whose id another product owns (and
+        still wants or holds) becomes `skipped: external_id_conflict`, in place."""
+        live = [v for v in values if v["desired_payload"] is not None]
+        if not live:
+            return
+        account = live[0]["account"]
+        claims: dict[str, dict[str, str]] = {}
+        for v in live:
+            claims.setdefault(
+                v["external_id"],
+                {
+                    "account": account,
+                    "external_id": v["external_id"],
+                    "source": v["source"],
+                    "product_id": v["product_id"],
+                },
+            )
+        in_batch = {(v["source"], v["product_id"]) for v in live}
+        insert_fn = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        session.execute(
+            insert_fn(ExternalIdRow).on_conflict_do_nothing(index_elements=["account", "external_id"]),
+            list(claims.values()),
+        )
+        owners = self._owners(session, account, list(claims))
+        for value in live:
+            owner = owners[value["external_id"]]
+            if owner == (value["source"], value["product_id"]):
+                continue
+            # A product of this very batch owns it (two products of one source render the same id): the first wins.
+            if owner not in in_batch and not self._still_owns(session, account, value["external_id"], owner):
+                taken = session.execute(
+                    update(ExternalIdRow)
+                    .where(
+                        ExternalIdRow.account == account,
+                        ExternalIdRow.external_id == value["external_id"],
+                        ExternalIdRow.source == owner[0],
+                        ExternalIdRow.product_id == owner[1],
+                    )
+                    .values(source=value["source"], product_id=value["product_id"])
+                    .returning(ExternalIdRow.source)
+                ).first()
+                if taken is not None:
+                    owners[value["external_id"]] = (value["source"], value["product_id"])
+                    continue
+                owner = self._owners(session, account, [value["external_id"]])[value["external_id"]]
+            value.update(
+                desired_payload=None,
+                desired_hash=DELETED,
+                skip_reason=EXTERNAL_ID_CONFLICT,
+                status="skipped",
+                last_error_code=EXTERNAL_ID_CONFLICT,
+                last_error_message=conflict_message(value["external_id"], owner),
+            )
+
+    @staticmethod
+    def _owners(session: Session, account: str, external_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        rows = session.execute(
+            select(ExternalIdRow.external_id, ExternalIdRow.source, ExternalIdRow.product_id).where(
+                ExternalIdRow.account == account, ExternalIdRow.external_id.in_(list(external_ids))
+            )
+        )
+        return {external_id: (src, pid) for external_id, src, pid in rows}
+
+    @staticmethod
+    def _still_owns(session: Session, account: str, external_id: str, owner: tuple[str, str]) -> bool:
+        """The owner's row still wants this id for a live product, or the catalog still holds it under this id."""
+        row = session.execute(
+            select(
+                ProductRow.external_id, ProductRow.desired_hash, ProductRow.catalog_external_id, ProductRow.account
+            ).where(ProductRow.source == owner[0], ProductRow.product_id == owner[1])
+        ).first()
+        if row is None or row.account != account:
+            return False
+        wants: bool = row.external_id == external_id and row.desired_hash != DELETED
+        return wants or row.catalog_external_id == external_id
+
+    @staticmethod
+    def _mark_unsynced(session: Session, source: str, product_ids: Sequence[str]) -> list[str]:
+        """Forget what the catalog was confirmed to hold: the rows push again (an upsert, or a delete)."""
+        if not product_ids:
+            return []
+        result = session.execute(
+            update(ProductRow)
+            .where(ProductRow.source == source, ProductRow.product_id.in_(list(product_ids)))
+            .values(
+                synced_hash=UNKNOWN,
+                status=case((ProductRow.status == "skipped", "skipped"), else_="pending"),
+                attempts=0,
+                next_attempt_at=None,
+                enqueued_at=utcnow(),
+                changed_at=utcnow(),
+            )
+            .returning(ProductRow.product_id)
+        )
+        return [r[0] for r in result]
 
     def _upsert_rows(self, session: Session, values: list[dict[str, Any]], *, force: bool) -> list[str]:
         dialect = session.get_bind().dialect.name
@@ -383,7 +534,7 @@ class Store:
             "attempts": 0,
             "next_attempt_at": None,
             "last_error_code": excluded.last_error_code,
-            "last_error_message": None,
+            "last_error_message": excluded.last_error_message,
             "enqueued_at": excluded.enqueued_at,
             "changed_at": excluded.changed_at,
         }
@@ -522,15 +673,17 @@ class Store:
                     ProductRow.synced_hash,
                     ProductRow.attempts,
                     ProductRow.skip_reason,
+                    ProductRow.catalog_external_id,
                 )
             ).first()
         if row is None:
             return None
-        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token)
+        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token, row[6])
 
-    def record_success(self, claim: Claim) -> bool:
-        """The catalog now holds `claim.desired_hash`. Returns True when the row is converged; False when the
-        desired state changed meanwhile (the row stays pending for another push)."""
+    def record_success(self, claim: Claim, *, expires_at: datetime | None = None) -> bool:
+        """The catalog now holds `claim.desired_hash` (under `claim.external_id`, or nothing for a deletion), with
+        the catalog's `expiresAt`. Returns True when the row is converged; False when the desired state changed
+        meanwhile (the row stays pending for another push)."""
         converged_status = "skipped" if claim.skip_reason else ("deleted" if claim.payload is None else "synced")
         now = utcnow()
         with self.session() as session:
@@ -555,8 +708,11 @@ class Store:
                     last_error_code=case(
                         (ProductRow.desired_hash == claim.desired_hash, claim.skip_reason), else_=None
                     ),
-                    last_error_message=None,
+                    # A skip keeps the message that says why (e.g. which source owns the externalId).
+                    last_error_message=ProductRow.last_error_message if claim.skip_reason else None,
                     last_synced_at=now,
+                    catalog_external_id=None if claim.payload is None else claim.external_id,
+                    catalog_expires_at=expires_at,
                 )
                 .returning(ProductRow.desired_hash)
             ).first()
@@ -924,6 +1080,13 @@ class Store:
             return len(result.all())
 
 
+def conflict_message(external_id: str, owner: tuple[str, str]) -> str:
+    return (
+        f"externalId {external_id!r} belongs to source {owner[0]!r} (product {owner[1]}); give the sources "
+        'templates that cannot collide, e.g. external_id = "{source}-{id}"'
+    )
+
+
 def _older(incoming: datetime | None, stored: datetime | None) -> bool:
     return incoming is not None and stored is not None and incoming < stored
 
@@ -941,11 +1104,15 @@ def _dedupe(rows: Sequence[DesiredRow]) -> list[DesiredRow]:
 
 __all__ = [
     "BATCH_SIZE",
+    "DEFAULT_ACCOUNT",
     "DELETED",
+    "EXTERNAL_ID_CONFLICT",
+    "UNKNOWN",
     "Base",
     "Claim",
     "DeliveryRow",
     "DesiredRow",
+    "ExternalIdRow",
     "ProductRow",
     "RunRow",
     "SourceStateRow",
