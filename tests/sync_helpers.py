@@ -4,9 +4,10 @@ emulator, and a look at what the emulator holds."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,15 @@ def sync_world(
     toml_extra: str = "",
     sources: str | None = None,
     database_url: str | None = None,
+    catalog_clock: Callable[[], datetime] | None = None,
     **overrides: Any,
 ) -> Iterator[SyncWorld]:
     """The catalog emulator, a migrated state database and a runtime; the sources file holds one JSON feed source
-    (`feed.json`, empty) unless `sources` gives the file's text."""
+    (`feed.json`, empty) unless `sources` gives the file's text. `catalog_clock` is the emulator's clock."""
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
-    with running(catalog_emulator.create_app([API_KEY])) as catalog:
+    clock = {"clock": catalog_clock} if catalog_clock is not None else {}
+    with running(catalog_emulator.create_app([API_KEY], **clock)) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
         text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
         Path(settings.config).write_text(text, encoding="utf-8")

@@ -351,6 +351,87 @@ def _dispatcher(runtime: Any, inline: bool) -> Any:
     return dispatcher
 
 
+# ------------------------------------------------------------------------------------------------------- audit
+
+
+@app.command()
+def audit(
+    source: Annotated[str | None, typer.Argument(help="Only this source's products.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="The catalog account to audit.")] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Push missing and differing products again; delete orphans.")
+    ] = False,
+    allow_mass_delete: Annotated[
+        bool, typer.Option("--allow-mass-delete", help="Confirm a repair that deletes many orphans.")
+    ] = False,
+    inline: Annotated[bool, typer.Option("--inline", help="Push repairs in this process, no broker.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare the catalog with the state: missing, differing, orphaned and unknown products.
+
+    Exit status 0 when the catalog matches (or everything found was repaired), 1 when drift remains."""
+    if source is not None and account is not None:
+        console.print("give a SOURCE or --account, not both")
+        raise typer.Exit(EXIT_USAGE)
+    from worker.operations import run_audit
+
+    runtime = _runtime()
+    if source is not None:
+        runtime.source(source)
+    dispatcher: Any = _dispatcher(runtime, inline) if repair else _NO_DISPATCH
+    report = run_audit(
+        runtime, dispatcher, account=account, source=source, repair=repair, allow_mass_delete=allow_mass_delete
+    )
+    if repair and inline:
+        for name in sorted(runtime.sources):
+            dispatcher.drain(name, timeout=600)
+    body = report.as_dict()
+    if as_json:
+        out.print_json(json.dumps(body))
+    else:
+        _print_audit(body)
+    unrepaired = report.drift > 0 and (not repair or report.deletion_blocked is not None)
+    raise typer.Exit(EXIT_FAILED if unrepaired else EXIT_OK)
+
+
+class _NoDispatch:
+    """An audit without --repair dispatches nothing."""
+
+    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> bool:
+        return True
+
+
+_NO_DISPATCH = _NoDispatch()
+
+
+def _print_audit(body: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    scope = f"source {body['source']}" if body["source"] else f"account {body['account']}"
+    out.print(f"audit of {scope}: {body['listed']} listed in {body['pages']} page(s)", highlight=False)
+    table = Table(show_header=False)
+    for kind, count in body["counts"].items():
+        table.add_row(kind, str(count))
+    out.print(table)
+    examples = Table(title="examples")
+    for column in ("kind", "externalId", "source", "product", "detail"):
+        examples.add_column(column)
+    for kind, found in body["examples"].items():
+        for item in found:
+            cells = (item["external_id"], item["source"] or "", item["product_id"] or "", item["detail"])
+            examples.add_row(kind, *(escape(cell) for cell in cells))
+    if examples.row_count:
+        out.print(examples)
+    if body["repaired"]:
+        out.print("repaired: " + ", ".join(f"{k} {v}" for k, v in body["repaired"].items()), highlight=False)
+    blocked = body.get("deletion_blocked")
+    if blocked:
+        out.print(
+            f"[yellow]{blocked['orphans']} orphan(s) of {blocked['ours']} products of ours would have been deleted; "
+            "nothing was. Confirm with `catalog-sync audit --repair --allow-mass-delete`.[/yellow]"
+        )
+
+
 # ------------------------------------------------------------------------------------------------------ sources
 
 

@@ -10,10 +10,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from worker.errors import SkippedProduct, SyncError
+from worker.audit import AuditReport, audit
+from worker.errors import ConfigError, SkippedProduct, SyncError
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
-from worker.state import RunMode, utcnow
+from worker.state import DEFAULT_ACCOUNT, RunMode, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,43 @@ def sync_product(
     if changed or force:
         dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
     return changed
+
+
+def accounts(runtime: Runtime) -> list[str]:
+    """The catalog accounts the configured sources write to."""
+    return sorted({source.account for source in runtime.sources.values()} | {DEFAULT_ACCOUNT})
+
+
+def run_audit(
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    *,
+    account: str | None = None,
+    source: str | None = None,
+    repair: bool = False,
+    allow_mass_delete: bool = False,
+) -> AuditReport:
+    """Audit one account (or one source's products in its account); repairs are pushed through `dispatcher`."""
+    share = runtime.settings.mass_delete_share
+    if source is not None:
+        configured = runtime.source(source)
+        account = configured.account
+        if configured.mass_delete_share is not None:
+            share = configured.mass_delete_share
+    account = account or DEFAULT_ACCOUNT
+    if account not in accounts(runtime):
+        raise ConfigError(f"unknown catalog account {account!r} (known: {', '.join(accounts(runtime))})")
+    return audit(
+        runtime.store,
+        runtime.catalog(),
+        runtime.sources,
+        account=account,
+        source=source,
+        repair=repair,
+        mass_delete_share=share,
+        allow_mass_delete=allow_mass_delete,
+        on_resend=lambda name, ids: dispatch(runtime, dispatcher, name, ids),
+    )
 
 
 def reconcile(runtime: Runtime, dispatcher: Dispatcher) -> int:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -293,6 +294,19 @@ class Claim:
     lease_token: str
     # The externalId the catalog holds for this product, when it is not (or no longer) the desired one.
     catalog_external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogOwner:
+    """The owner of an externalId and its row (the row fields are None when the row is gone)."""
+
+    source: str
+    product_id: str
+    external_id: str | None
+    catalog_external_id: str | None
+    desired_hash: str | None
+    synced_hash: str | None
+    payload: dict[str, Any] | None
 
 
 class Store:
@@ -1015,6 +1029,111 @@ class Store:
         with self.read_session() as session:
             return list(session.scalars(query))
 
+    # ----------------------------------------------------------------------------------------- drift (audit)
+
+    def catalog_owners(self, account: str, external_ids: Sequence[str]) -> dict[str, CatalogOwner]:
+        """For externalIds the catalog lists: the (source, product) that owns each and what its row says."""
+        if not external_ids:
+            return {}
+        query = (
+            select(
+                ExternalIdRow.external_id,
+                ExternalIdRow.source,
+                ExternalIdRow.product_id,
+                ProductRow.external_id,
+                ProductRow.catalog_external_id,
+                ProductRow.desired_hash,
+                ProductRow.synced_hash,
+                ProductRow.desired_payload,
+            )
+            .join(
+                ProductRow,
+                and_(ProductRow.source == ExternalIdRow.source, ProductRow.product_id == ExternalIdRow.product_id),
+                isouter=True,
+            )
+            .where(ExternalIdRow.account == account, ExternalIdRow.external_id.in_(list(external_ids)))
+        )
+        with self.read_session() as session:
+            return {row[0]: CatalogOwner(*row[1:]) for row in session.execute(query)}
+
+    def held_in_catalog(
+        self, account: str, *, source: str | None = None, synced_before: datetime
+    ) -> list[tuple[str, str, str, datetime | None]]:
+        """Converged live rows the catalog was confirmed to hold (before `synced_before`): (source, product_id,
+        catalog externalId, catalog expiresAt). An audit expects to find each of them in the listing."""
+        query = select(
+            ProductRow.source, ProductRow.product_id, ProductRow.catalog_external_id, ProductRow.catalog_expires_at
+        ).where(
+            ProductRow.account == account,
+            ProductRow.catalog_external_id.is_not(None),
+            ProductRow.desired_hash != DELETED,
+            ProductRow.desired_hash == ProductRow.synced_hash,
+            or_(ProductRow.last_synced_at.is_(None), ProductRow.last_synced_at < synced_before),
+        )
+        if source is not None:
+            query = query.where(ProductRow.source == source)
+        with self.read_session() as session:
+            return [(r[0], r[1], str(r[2]), r[3]) for r in session.execute(query)]
+
+    def resend(self, keys: Sequence[tuple[str, str]], *, catalog_holds: bool) -> list[tuple[str, str]]:
+        """Audit repair: converged rows push again. `catalog_holds` False (the catalog lost the product): nothing
+        is held any more; True (it holds something else): the held product is overwritten. Rows that changed since
+        the audit looked are left to their own push."""
+        values: dict[str, Any] = {"status": "pending", "attempts": 0, "next_attempt_at": None, "enqueued_at": utcnow()}
+        if catalog_holds:
+            values["synced_hash"] = UNKNOWN
+        else:
+            values.update(synced_hash=None, catalog_external_id=None, catalog_expires_at=None)
+        return self._update_converged(keys, values)
+
+    def mark_expired(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The catalog let these products expire and their source does not restore them: recorded `expired`;
+        they come back when they change in the source, or with `resync --force`."""
+        return self._update_converged(
+            keys, {"status": "expired", "catalog_external_id": None, "last_error_code": "expired"}
+        )
+
+    def _update_converged(self, keys: Sequence[tuple[str, str]], values: dict[str, Any]) -> list[tuple[str, str]]:
+        done: list[tuple[str, str]] = []
+        with self.session() as session:
+            for start in range(0, len(keys), BATCH_SIZE):
+                chunk = list(keys[start : start + BATCH_SIZE])
+                result = session.execute(
+                    update(ProductRow)
+                    .where(
+                        tuple_(ProductRow.source, ProductRow.product_id).in_(chunk),
+                        ProductRow.desired_hash == ProductRow.synced_hash,
+                        ProductRow.lease_until.is_(None) | (ProductRow.lease_until < utcnow()),
+                    )
+                    .values(**values, changed_at=utcnow())
+                    .returning(ProductRow.source, ProductRow.product_id)
+                )
+                done += [(r[0], r[1]) for r in result]
+        return done
+
+    def forget_catalog_ids(self, account: str, external_ids: Sequence[str]) -> int:
+        """Orphans the audit deleted from the catalog: rows (of removed sources) that held them hold nothing."""
+        count = 0
+        with self.session() as session:
+            for start in range(0, len(external_ids), BATCH_SIZE):
+                chunk = list(external_ids[start : start + BATCH_SIZE])
+                result = session.execute(
+                    update(ProductRow)
+                    .where(ProductRow.account == account, ProductRow.catalog_external_id.in_(chunk))
+                    .values(
+                        catalog_external_id=None,
+                        desired_payload=None,
+                        desired_hash=DELETED,
+                        synced_hash=DELETED,
+                        status="deleted",
+                        last_error_code="orphan_deleted",
+                        changed_at=utcnow(),
+                    )
+                    .returning(ProductRow.product_id)
+                )
+                count += len(result.all())
+        return count
+
     # ------------------------------------------------------------------------------------------------ webhooks
 
     def remember_delivery(self, source: str, event_id: str, *, keep: timedelta) -> bool:
@@ -1109,6 +1228,7 @@ __all__ = [
     "EXTERNAL_ID_CONFLICT",
     "UNKNOWN",
     "Base",
+    "CatalogOwner",
     "Claim",
     "DeliveryRow",
     "DesiredRow",

@@ -106,6 +106,12 @@ def reconcile_task() -> int:
     return operations.reconcile(get_runtime(), dispatcher)
 
 
+@app.task(name="catalog_sync.audit")
+def audit_task(account: str, repair: bool = True) -> dict[str, Any]:
+    report = operations.run_audit(get_runtime(), dispatcher, account=account, repair=repair)
+    return report.as_dict()
+
+
 @app.task(name="catalog_sync.housekeeping")
 def housekeeping_task() -> int:
     return get_runtime().store.purge_deliveries()
