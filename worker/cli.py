@@ -75,10 +75,19 @@ def resync(
     bulk: Annotated[
         bool | None, typer.Option("--bulk/--no-bulk", help="Shopify: force or forbid a bulk export.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Push every product read, whatever the state believes the catalog holds.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would change; send nothing, change nothing.")
+    ] = False,
 ) -> None:
     """Re-sync a source (incremental unless --full), or single products with --product."""
     runtime = _runtime()
     runtime.source(source)
+    if dry_run:
+        _dry_run(runtime, source, "full" if full else "incremental", product or None, as_json)
+        return
     started = utcnow()
     mode: RunMode = "product" if product else ("full" if full else "incremental")
     run_id: int | None = None
@@ -86,17 +95,23 @@ def resync(
         from worker.inline import InlineDispatcher
 
         dispatcher = InlineDispatcher(runtime)
+        from worker.operations import SyncInProgress
+
         try:
             if product:
                 for product_id in product:
-                    _sync_one(runtime, source, product_id, dispatcher)
+                    _sync_one(runtime, source, product_id, dispatcher, resend=force)
             else:
                 from worker.operations import run_sync
 
-                report = run_sync(runtime, source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk)
+                report = run_sync(
+                    runtime, source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk, force=force
+                )
                 run_id = report.run_id
         except SourceError as exc:
             _fail_run(runtime, source, started, as_json, str(exc))
+        except SyncInProgress as exc:
+            _report_deferred(source, exc, as_json)
         dispatcher.drain(source, timeout=timeout)
     else:
         from worker.celery_app import app as celery
@@ -108,9 +123,11 @@ def resync(
         try:
             if product:
                 for product_id in product:
-                    sync_product_task.apply_async((source, product_id), {"force": True})
+                    sync_product_task.apply_async((source, product_id), {"force": True, "resend": force})
             else:
-                sync_source_task.apply_async((source, mode), {"allow_mass_delete": allow_mass_delete, "bulk": bulk})
+                sync_source_task.apply_async(
+                    (source, mode), {"allow_mass_delete": allow_mass_delete, "bulk": bulk, "force": force}
+                )
         except Exception as exc:  # kombu's connection errors have no common base worth naming
             console.print(f"[red]cannot reach the broker[/red] ({type(exc).__name__}: {exc}); try --inline")
             raise typer.Exit(EXIT_USAGE) from None
@@ -124,10 +141,64 @@ def resync(
     _report(runtime, source, started, run_id, product or None, as_json)
 
 
-def _sync_one(runtime: Any, source: str, product_id: str, dispatcher: Any) -> None:
+def _dry_run(runtime: Any, source: str, mode: RunMode, products: list[str] | None, as_json: bool) -> None:
+    """Read the source and say what a sync would do; nothing is sent and the state is only read."""
+    from worker.preview import preview_products, preview_source
+
+    connector = runtime.connector(source)
+    try:
+        if products:
+            preview = preview_products(runtime.store, connector, runtime.source(source), products)
+        else:
+            preview = preview_source(
+                runtime.store,
+                connector,
+                runtime.source(source),
+                mode=mode,
+                mass_delete_share=runtime.settings.mass_delete_share,
+            )
+    except SourceError as exc:
+        _fail_run(runtime, source, utcnow(), as_json, str(exc))
+    finally:
+        connector.close()
+    body = preview.as_dict()
+    if as_json:
+        out.print_json(json.dumps(body))
+        return
+    from rich.markup import escape
+
+    counts = ", ".join(f"{action} {count}" for action, count in body["counts"].items())
+    out.print(
+        f"dry run of a {preview.mode} sync of {source} (nothing sent, nothing changed): {counts}", highlight=False
+    )
+    table = Table()
+    for column in ("action", "product", "externalId", "detail"):
+        table.add_column(column)
+    for action, changes in body["changes"].items():
+        for change in changes:
+            table.add_row(action, *(escape(change[k]) for k in ("product_id", "external_id", "detail")))
+    if table.row_count:
+        out.print(table)
+    blocked = body.get("deletion_blocked")
+    if blocked:
+        out.print(
+            f"[yellow]{blocked['deletions']} of {blocked['wanted']} product(s) would be deleted: more than the "
+            f"deletion brake allows, so the run would delete nothing without --allow-mass-delete.[/yellow]"
+        )
+
+
+def _sync_one(runtime: Any, source: str, product_id: str, dispatcher: Any, *, resend: bool) -> None:
     from worker.operations import sync_product
 
-    sync_product(runtime, source, product_id, dispatcher, force=True)
+    sync_product(runtime, source, product_id, dispatcher, force=True, resend=resend)
+
+
+def _report_deferred(source: str, exc: Any, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps({"source": source, "outcome": "deferred", "waiting": exc.waiting}))
+    else:
+        console.print(f"[yellow]deferred:[/yellow] {exc}", highlight=False)
+    raise typer.Exit(EXIT_OK)
 
 
 def _fail_run(runtime: Any, source: str, started: datetime, as_json: bool, message: str) -> None:
@@ -257,6 +328,7 @@ def status(
         report[name] = {
             "products": store.status_counts(name).get(name, {}),
             "paused": store.source_pause(name),
+            "sync": store.sync_state(name),
             "runs": [
                 {
                     "id": r.id,
@@ -275,12 +347,22 @@ def status(
         return
     for name, item in report.items():
         table = Table(title=name)
-        for column in ("pending", "synced", "skipped", "deleted", "failed"):
+        columns = ("pending", "synced", "skipped", "deleted", "failed", "expired")
+        for column in columns:
             table.add_column(column)
-        table.add_row(*(str(item["products"].get(c, 0)) for c in ("pending", "synced", "skipped", "deleted", "failed")))
+        table.add_row(*(str(item["products"].get(c, 0)) for c in columns))
         out.print(table)
         if item["paused"]:
             out.print(f"[red]pushes paused:[/red] {item['paused']}")
+        if item["sync"]["running"]:
+            out.print("  a sync is running")
+        waiting = item["sync"]["waiting"]
+        if waiting:
+            out.print(
+                f"  a {waiting['mode']} sync waits (since {waiting['since']}) and runs when the running one finishes: "
+                f"{waiting['reason']}",
+                highlight=False,
+            )
         for r in item["runs"]:
             out.print(f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}")
 

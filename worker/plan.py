@@ -166,8 +166,10 @@ def plan_source(
     allow_mass_delete: bool = False,
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
+    resend: bool = False,
 ) -> RunReport:
-    """Read a source and record its desired state; enqueue (through `on_changed`) what changed.
+    """Read a source and record its desired state; enqueue (through `on_changed`) what changed, or with `resend`
+    every product read, whatever the hashes say (`resync --full --force`).
 
     A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
     """
@@ -179,9 +181,9 @@ def plan_source(
     report = RunReport(run_id, source.name, mode, started_at)
     full = mode == "full"
     try:
-        for page in _pages(connector.iter_products(since), page_size):
-            rows = _rows(page, source, report.counts)
-            result = store.write_desired(rows, run_id=run_id if full else None)
+        for page in paged(connector.iter_products(since), page_size):
+            rows = page_rows(page, source, report.counts)
+            result = store.write_desired(rows, run_id=run_id if full else None, resend=resend)
             report.counts["changed"] += result.changed
             report.counts["unchanged"] += result.unchanged
             report.counts["stale"] += result.stale
@@ -203,7 +205,7 @@ def plan_source(
     return report
 
 
-def _rows(
+def page_rows(
     page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, counts: Counter[str]
 ) -> list[DesiredRow]:
     rows: list[DesiredRow] = []
@@ -267,9 +269,7 @@ def _delete_missing(
         on_changed(source.name, ids)
 
 
-def _pages(
-    items: Iterable[SourceProduct | SkippedProduct], size: int
-) -> Iterator[list[SourceProduct | SkippedProduct]]:
+def paged(items: Iterable[SourceProduct | SkippedProduct], size: int) -> Iterator[list[SourceProduct | SkippedProduct]]:
     iterator = iter(items)
     while page := list(islice(iterator, size)):
         yield page

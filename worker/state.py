@@ -419,7 +419,7 @@ class Store:
         # Rows the guard refused (a concurrent newer write) count as stale.
         stale += len(to_write) - len(written)
         if resend:
-            written = self._mark_unsynced(session, source, resent + written)
+            written = list(dict.fromkeys(written + self._mark_unsynced(session, source, resent + written)))
         if run_id is not None:
             session.execute(
                 update(ProductRow)
@@ -505,14 +505,26 @@ class Store:
         wants: bool = row.external_id == external_id and row.desired_hash != DELETED
         return wants or row.catalog_external_id == external_id
 
+    def resend_rows(self, source: str, product_ids: Sequence[str]) -> list[str]:
+        """Forget what the catalog was confirmed to hold for these rows: they push again (`--force`)."""
+        with self.session() as session:
+            return self._mark_unsynced(session, source, product_ids)
+
     @staticmethod
     def _mark_unsynced(session: Session, source: str, product_ids: Sequence[str]) -> list[str]:
-        """Forget what the catalog was confirmed to hold: the rows push again (an upsert, or a delete)."""
+        """Forget what the catalog was confirmed to hold: the rows push again (an upsert, or a delete).
+
+        A row kept out of the catalog that holds nothing there (a conflict, a product never sent) is left alone:
+        a delete on its behalf could only remove another product's externalId."""
         if not product_ids:
             return []
         result = session.execute(
             update(ProductRow)
-            .where(ProductRow.source == source, ProductRow.product_id.in_(list(product_ids)))
+            .where(
+                ProductRow.source == source,
+                ProductRow.product_id.in_(list(product_ids)),
+                or_(ProductRow.desired_hash != DELETED, ProductRow.catalog_external_id.is_not(None)),
+            )
             .values(
                 synced_hash=UNKNOWN,
                 status=case((ProductRow.status == "skipped", "skipped"), else_="pending"),
@@ -889,6 +901,45 @@ class Store:
                 .values(sync_lock_until=None, sync_lock_token=None)
             )
 
+    def defer_sync(self, source: str, mode: str, *, reason: str) -> str:
+        """Remember a sync that could not start because another holds the lock; returns the mode that now waits
+        (a waiting full run stays full: it covers an incremental one)."""
+        with self.session() as session:
+            row = self._source_state(session, source)
+            if row.deferred_mode != "full":
+                row.deferred_mode = mode
+            if row.deferred_at is None:
+                row.deferred_at = utcnow()
+            row.deferred_reason = reason
+            return row.deferred_mode or mode
+
+    def take_deferred(self, source: str) -> str | None:
+        """The mode of a waiting sync, cleared in the same transaction (the lock holder runs it)."""
+        with self.session() as session:
+            row = session.get(SourceStateRow, source)
+            if row is None or row.deferred_mode is None:
+                return None
+            mode = row.deferred_mode
+            row.deferred_mode = row.deferred_at = row.deferred_reason = None
+            return mode
+
+    def sync_state(self, source: str, *, now: datetime | None = None) -> dict[str, Any]:
+        """What `status` says about a source's syncs: whether one runs, and which kind waits since when and why."""
+        now = now or utcnow()
+        with self.read_session() as session:
+            row = session.get(SourceStateRow, source)
+        if row is None:
+            return {"running": False, "waiting": None}
+        running = row.sync_lock_until is not None and row.sync_lock_until > now
+        waiting = None
+        if row.deferred_mode is not None:
+            waiting = {
+                "mode": row.deferred_mode,
+                "since": row.deferred_at.isoformat() if row.deferred_at else None,
+                "reason": row.deferred_reason,
+            }
+        return {"running": running, "waiting": waiting}
+
     def source_pause(self, source: str, *, now: datetime | None = None) -> str | None:
         """The reason pushes of this source are paused, or None."""
         now = now or utcnow()
@@ -1028,6 +1079,40 @@ class Store:
             query = query.where(ProductRow.status.in_(list(statuses)))
         with self.read_session() as session:
             return list(session.scalars(query))
+
+    # ------------------------------------------------------------------------------------------------ dry runs
+
+    def desired_view(self, source: str, product_ids: Sequence[str]) -> dict[str, ProductRow]:
+        """The stored rows of these products, read only (what a dry run compares against)."""
+        with self.read_session() as session:
+            rows = session.scalars(
+                select(ProductRow).where(ProductRow.source == source, ProductRow.product_id.in_(list(product_ids)))
+            )
+            return {row.product_id: row for row in rows}
+
+    def wanted_rows(self, source: str) -> list[tuple[str, str]]:
+        """(product id, externalId) of the source's rows still wanted in the catalog."""
+        with self.read_session() as session:
+            rows = session.execute(
+                select(ProductRow.product_id, ProductRow.external_id).where(
+                    ProductRow.source == source, ProductRow.desired_hash != DELETED
+                )
+            )
+            return [(r[0], r[1]) for r in rows]
+
+    def foreign_owners(self, account: str, wanted: Sequence[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+        """For (externalId, source, product id) triples: the other product that owns and still wants or holds each
+        externalId, by externalId; read only (what a write would refuse as a conflict)."""
+        with self.read_session() as session:
+            owners = self._owners(session, account, [w[0] for w in wanted])
+            refused: dict[str, tuple[str, str]] = {}
+            for external_id, source, product_id in wanted:
+                owner = owners.get(external_id)
+                if owner is None or owner == (source, product_id):
+                    continue
+                if self._still_owns(session, account, external_id, owner):
+                    refused[external_id] = owner
+            return refused
 
     # ----------------------------------------------------------------------------------------- drift (audit)
 
