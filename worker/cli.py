@@ -460,7 +460,7 @@ def audit(
     runtime = _runtime()
     if source is not None:
         runtime.source(source)
-    dispatcher: Any = _dispatcher(runtime, inline) if repair else _NO_DISPATCH
+    dispatcher: Any = _dispatcher(runtime, inline) if repair else None
     report = run_audit(
         runtime, dispatcher, account=account, source=source, repair=repair, allow_mass_delete=allow_mass_delete
     )
@@ -474,16 +474,6 @@ def audit(
         _print_audit(body)
     unrepaired = report.drift > 0 and (not repair or report.deletion_blocked is not None)
     raise typer.Exit(EXIT_FAILED if unrepaired else EXIT_OK)
-
-
-class _NoDispatch:
-    """An audit without --repair dispatches nothing."""
-
-    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> bool:
-        return True
-
-
-_NO_DISPATCH = _NoDispatch()
 
 
 def _print_audit(body: dict[str, Any]) -> None:

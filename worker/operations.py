@@ -172,14 +172,15 @@ def accounts(runtime: Runtime) -> list[str]:
 
 def run_audit(
     runtime: Runtime,
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher | None = None,
     *,
     account: str | None = None,
     source: str | None = None,
     repair: bool = False,
     allow_mass_delete: bool = False,
 ) -> AuditReport:
-    """Audit one account (or one source's products in its account); repairs are pushed through `dispatcher`."""
+    """Audit one account (or one source's products in its account); repairs are pushed through `dispatcher`
+    (without one, repaired rows wait for the next reconcile pass)."""
     share = runtime.settings.mass_delete_share
     if source is not None:
         configured = runtime.source(source)
@@ -198,7 +199,7 @@ def run_audit(
         repair=repair,
         mass_delete_share=share,
         allow_mass_delete=allow_mass_delete,
-        on_resend=lambda name, ids: dispatch(runtime, dispatcher, name, ids),
+        on_resend=None if dispatcher is None else lambda name, ids: dispatch(runtime, dispatcher, name, ids),
     )
 
 
