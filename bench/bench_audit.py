@@ -38,22 +38,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy
+from bench_sync import state_database
 
 from config.sources import SourceConfig
 from connectors.base import ImageRef, SourceProduct
 from emulators.catalog import Faults, create_app, parse_upsert
 from emulators.server import running
-from worker import schema
 from worker.catalog import MAX_PAGE_SIZE
 from worker.plan import desired_row
-from worker.state import Store, make_engine
+from worker.state import Store
 
 API_KEY = "bench-audit-key"
 SOURCE = "bench"
@@ -78,7 +76,10 @@ def main() -> None:
     # sizes paced requests sometimes find the server's bucket empty).
     server_burst = max(1, math.ceil(args.rate))
     burst = max(1, server_burst // 2)
-    with tempfile.TemporaryDirectory(prefix="bench-audit-") as work, database(args.database, Path(work)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-audit-") as work,
+        state_database(args.database, Path(work), POSTGRES_URL) as url,
+    ):
         feed = Path(work) / "feed.json"
         feed.write_text("[]", encoding="utf-8")
         config = Path(work) / "catalog-sync.toml"
@@ -206,31 +207,6 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
-
-
-@contextmanager
-def database(kind: str, work: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        url = f"sqlite:///{work / 'state.db'}"
-        engine = make_engine(url)
-        schema.upgrade(engine)
-        engine.dispose()
-        yield url
-        return
-    name = f"bench_audit_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{name}"'))
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
-    engine = make_engine(url)
-    schema.upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
 
 
 def report(

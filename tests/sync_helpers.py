@@ -83,6 +83,29 @@ class SyncWorld:
                 return products
 
 
+def invoke_cli(world: SyncWorld, *args: str) -> Any:
+    """`catalog-sync ARGS` in this process (typer's runner), configured for the world's database and emulator."""
+    from typer.testing import CliRunner
+
+    from config.settings import get_settings
+    from worker import cli
+
+    settings = world.runtime.settings
+    env = {
+        "CATALOG_SYNC_CONFIG": str(settings.config),
+        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
+        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
+        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
+        "CATALOG_SYNC_CATALOG_BURST": "100",
+    }
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(cli.app, list(args), env=env)
+    finally:
+        get_settings.cache_clear()
+
+
 def sources_toml(feed: Path, *, name: str = SOURCE, extra: str = "") -> str:
     return f'[[sources]]\nname = "{name}"\nkind = "feed"\nurl = "{feed}"\nformat = "json"\n{extra}\n'
 

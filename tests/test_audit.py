@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.sync_helpers import API_KEY, SyncWorld, ext, feed_item, sync_world, write_feed
-from worker import cli
+from tests.sync_helpers import API_KEY, SyncWorld, ext, feed_item, invoke_cli, sync_world, write_feed
 from worker.celery_app import beat_schedule
 from worker.embedded import embedded_worker
 from worker.inline import InlineDispatcher
@@ -180,25 +178,10 @@ def test_an_expired_product_is_restored_or_recorded_as_the_source_chooses(
 
 def test_the_audit_command_prints_counts_as_json_and_exits_1_on_unrepaired_drift(world: SyncWorld) -> None:
     world.admin.delete(f"/tryon/v1/products/{ext('0', 'b')}", headers=HEADERS).raise_for_status()
-    settings = world.runtime.settings
-    env = {
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
-        "CATALOG_SYNC_CATALOG_BURST": "100",
-    }
-    runner = CliRunner()
-    from config.settings import get_settings
 
-    get_settings.cache_clear()
-    try:
-        checked = runner.invoke(cli.app, ["audit", "--json"], env=env)
-        repaired = runner.invoke(cli.app, ["audit", "--repair", "--inline", "--json"], env=env)
-        again = runner.invoke(cli.app, ["audit", "b"], env=env)
-    finally:
-        get_settings.cache_clear()
+    checked = invoke_cli(world, "audit", "--json")
+    repaired = invoke_cli(world, "audit", "--repair", "--inline", "--json")
+    again = invoke_cli(world, "audit", "b")
 
     assert checked.exit_code == 1, checked.output
     body = json.loads(checked.stdout)

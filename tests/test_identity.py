@@ -14,7 +14,7 @@ import sqlalchemy
 
 from config.sources import SourceConfig, load_sources, parse_sources, template_collisions
 from emulators.server import running
-from tests.sync_helpers import SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import SyncWorld, feed_item, invoke_cli, sync_world, write_feed
 from tests.webhooks_support import SHOPIFY_SECRET, shopify_headers, shopify_product
 from worker import schema
 from worker.inline import InlineDispatcher
@@ -183,18 +183,8 @@ def test_templates_that_can_collide_are_warned_about_and_separated_ones_are_not(
     assert "external_id_conflict" in caplog.text
 
 
-def test_sources_command_warns_about_colliding_templates(colliding: SyncWorld, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from worker import cli
-
-    cli.console.width = 400
-    runner = CliRunner()
-    env = {
-        "CATALOG_SYNC_CONFIG": str(colliding.runtime.settings.config),
-        "CATALOG_SYNC_DATABASE_URL": colliding.runtime.settings.database_url,
-    }
-    result = runner.invoke(cli.app, ["sources"], env=env)
+def test_sources_command_warns_about_colliding_templates(colliding: SyncWorld) -> None:
+    result = invoke_cli(colliding, "sources")
 
     assert "can produce the same id" in result.output
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from typer.testing import CliRunner
 
 from connectors.base import Connector
 from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
-from worker import cli
+from tests.sync_helpers import invoke_cli as invoke
 from worker.inline import InlineDispatcher
 from worker.operations import SyncInProgress, run_sync, sync_product
 from worker.preview import preview_source
@@ -40,25 +39,6 @@ def full(world: SyncWorld, **kwargs: Any) -> Any:
 
 def delete_in_catalog(world: SyncWorld, product_id: str) -> None:
     world.admin.delete(f"/tryon/v1/products/{ext(product_id)}", headers=HEADERS).raise_for_status()
-
-
-def invoke(world: SyncWorld, *args: str) -> Any:
-    from config.settings import get_settings
-
-    settings = world.runtime.settings
-    env = {
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
-        "CATALOG_SYNC_CATALOG_BURST": "100",
-    }
-    get_settings.cache_clear()
-    try:
-        return CliRunner().invoke(cli.app, list(args), env=env)
-    finally:
-        get_settings.cache_clear()
 
 
 def state_snapshot(world: SyncWorld) -> list[Any]:
