@@ -109,10 +109,14 @@ def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime
     """A record the source lists but that cannot be a catalog product: recorded, and kept out of the catalog."""
     if not skip.product_id:
         return None
+    try:
+        external_id = external_id_for(skip.product_id, None, source)
+    except SkippedProduct:
+        external_id = skip.product_id  # the template needs a handle this record does not have; nothing is sent
     return DesiredRow(
         source.name,
         skip.product_id,
-        skip.product_id,
+        external_id,
         None,
         DELETED,
         updated_at,
