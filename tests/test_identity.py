@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tests.webhooks_support import SHOPIFY_SECRET, shopify_headers, shopify_prod
 from worker import schema
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
-from worker.state import DELETED, EXTERNAL_ID_CONFLICT, make_engine
+from worker.state import DELETED, EXTERNAL_ID_CONFLICT, DesiredRow, Store, make_engine
 from worker.webhooks import create_app
 
 
@@ -258,3 +259,39 @@ def test_the_upgrade_keeps_one_owner_per_colliding_id_and_records_the_others(tmp
     assert loser.skip_reason == EXTERNAL_ID_CONFLICT and loser.catalog_external_id is None
     assert rows[("b", "395")].catalog_external_id == "395" and rows[("b", "395")].status == "synced"
     assert rows[("a", "7")].catalog_external_id == "7" and rows[("a", "7")].account == "default"
+
+
+def test_two_sources_writing_the_same_ids_at_once_end_with_one_owner_each(store: Store) -> None:
+    def rows(source: str) -> list[DesiredRow]:
+        return [
+            DesiredRow(source, str(n), f"id-{n}", {"externalId": f"id-{n}", "from": source}, f"h-{source}-{n}", None)
+            for n in range(300)
+        ]
+
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def write(source: str) -> None:
+        barrier.wait()
+        try:
+            for start in range(0, 300, 50):  # many small batches interleave with the other writer's
+                store.write_desired(rows(source)[start : start + 50])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(source,)) for source in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    with store.engine.connect() as conn:
+        owners = dict(conn.execute(sqlalchemy.text("SELECT external_id, source FROM external_ids")).all())
+    for n in range(300):
+        a, b = store.get("a", str(n)), store.get("b", str(n))
+        assert a is not None and b is not None
+        live = {row.source for row in (a, b) if row.desired_hash != DELETED}
+        assert live == {owners[f"id-{n}"]}
+        loser = b if owners[f"id-{n}"] == "a" else a
+        assert loser.skip_reason == EXTERNAL_ID_CONFLICT

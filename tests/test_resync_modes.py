@@ -247,3 +247,25 @@ def test_a_waiting_full_sync_left_by_a_dead_holder_runs_with_the_next_sync(world
 
     assert report.mode == "full"
     assert store.sync_state(SOURCE)["waiting"] is None
+
+
+def test_the_scheduled_sync_task_says_its_run_was_deferred_not_skipped(
+    world: SyncWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker.runtime import set_runtime
+    from worker.tasks import sync_source_task
+
+    store = world.runtime.store
+    token = store.acquire_sync_lock(SOURCE, seconds=60)
+    assert token is not None
+    set_runtime(world.runtime)
+    try:
+        with caplog.at_level("INFO", logger="worker.operations"):
+            result = sync_source_task(SOURCE, "full")
+    finally:
+        set_runtime(None)
+        store.release_sync_lock(SOURCE, token)
+
+    assert result["outcome"] == "deferred" and result["waiting"] == "full"
+    assert "full sync deferred" in caplog.text
+    assert store.sync_state(SOURCE)["waiting"]["mode"] == "full"

@@ -448,11 +448,15 @@ class Store:
             )
         in_batch = {(v["source"], v["product_id"]) for v in live}
         insert_fn = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        # Sorted, so two writers that claim overlapping ids lock them in one order (PostgreSQL) and never deadlock.
+        ordered = sorted(claims)
         session.execute(
             insert_fn(ExternalIdRow).on_conflict_do_nothing(index_elements=["account", "external_id"]),
-            list(claims.values()),
+            [claims[external_id] for external_id in ordered],
         )
-        owners = self._owners(session, account, list(claims))
+        # The claims stay locked until this transaction commits: another writer that wants to take one over decides
+        # only after this one has written its row, so it cannot take an id this one is about to use.
+        owners = self._owners(session, account, ordered, lock=True)
         for value in live:
             owner = owners[value["external_id"]]
             if owner == (value["source"], value["product_id"]):
@@ -473,7 +477,7 @@ class Store:
                 if taken is not None:
                     owners[value["external_id"]] = (value["source"], value["product_id"])
                     continue
-                owner = self._owners(session, account, [value["external_id"]])[value["external_id"]]
+                owner = self._owners(session, account, [value["external_id"]], lock=True)[value["external_id"]]
             value.update(
                 desired_payload=None,
                 desired_hash=DELETED,
@@ -484,13 +488,16 @@ class Store:
             )
 
     @staticmethod
-    def _owners(session: Session, account: str, external_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        rows = session.execute(
-            select(ExternalIdRow.external_id, ExternalIdRow.source, ExternalIdRow.product_id).where(
-                ExternalIdRow.account == account, ExternalIdRow.external_id.in_(list(external_ids))
-            )
+    def _owners(
+        session: Session, account: str, external_ids: Sequence[str], *, lock: bool = False
+    ) -> dict[str, tuple[str, str]]:
+        query = select(ExternalIdRow.external_id, ExternalIdRow.source, ExternalIdRow.product_id).where(
+            ExternalIdRow.account == account, ExternalIdRow.external_id.in_(list(external_ids))
         )
-        return {external_id: (src, pid) for external_id, src, pid in rows}
+        if lock:
+            # SQLite has no row locks and needs none: its writers already run one at a time (BEGIN IMMEDIATE).
+            query = query.order_by(ExternalIdRow.external_id).with_for_update()
+        return {external_id: (src, pid) for external_id, src, pid in session.execute(query)}
 
     @staticmethod
     def _still_owns(session: Session, account: str, external_id: str, owner: tuple[str, str]) -> bool:
