@@ -117,6 +117,20 @@ def test_a_dry_run_says_what_would_change_and_changes_nothing(world: SyncWorld) 
     assert state_snapshot(world) == before
 
 
+def test_a_dry_run_of_single_products_reads_each_from_the_source(world: SyncWorld) -> None:
+    write_feed(world.feed, [feed_item("0"), feed_item("1", title="New name"), feed_item("3")])
+    before = state_snapshot(world)
+
+    result = invoke(world, "resync", SOURCE, "--product", "1", "--product", "2", "--dry-run", "--json")
+
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["mode"] == "product"
+    assert [(c["product_id"], c["detail"]) for c in body["changes"]["update"]] == [("1", "title")]
+    assert [(c["product_id"], c["external_id"]) for c in body["changes"]["delete"]] == [("2", ext("2"))]
+    assert state_snapshot(world) == before
+
+
 def test_a_dry_run_of_a_template_change_shows_every_product_moving(tmp_path: Path, database_url: str) -> None:
     with sync_world(tmp_path, database_url=database_url) as world:
         write_feed(world.feed, [feed_item("1"), feed_item("2")])
