@@ -69,6 +69,20 @@ def test_a_product_whose_id_another_source_owns_is_skipped_naming_it_in_either_o
     assert f"source {first!r}" in (row.last_error_message or "")
 
 
+def test_a_product_refused_again_for_the_same_owner_is_unchanged(colliding: SyncWorld, tmp_path: Path) -> None:
+    write_feed(tmp_path / "a.json", [feed_item("395")])
+    write_feed(tmp_path / "b.json", [feed_item("395"), feed_item("2")])
+    full(colliding, "a")
+    full(colliding, "b")
+    colliding.reset_stats()
+
+    dispatcher = InlineDispatcher(colliding.runtime)
+    report = run_sync(colliding.runtime, "b", "full", dispatcher)
+
+    assert (report.counts["changed"], report.counts["unchanged"]) == (0, 2)
+    assert colliding.stats()["total_requests"] == 0
+
+
 def test_deleting_the_losing_product_never_deletes_the_owners(colliding: SyncWorld, tmp_path: Path) -> None:
     write_feed(tmp_path / "a.json", [feed_item("395"), feed_item("1")])
     write_feed(tmp_path / "b.json", [feed_item("395"), feed_item("2")])

@@ -374,9 +374,12 @@ class Store:
         existing = {
             r.product_id: r
             for r in session.execute(
-                select(ProductRow.product_id, ProductRow.desired_hash, ProductRow.source_updated_at).where(
-                    ProductRow.source == source, ProductRow.product_id.in_(ids)
-                )
+                select(
+                    ProductRow.product_id,
+                    ProductRow.desired_hash,
+                    ProductRow.source_updated_at,
+                    ProductRow.last_error_message,
+                ).where(ProductRow.source == source, ProductRow.product_id.in_(ids))
             )
         }
         to_write: list[dict[str, Any]] = []
@@ -415,6 +418,19 @@ class Store:
                 }
             )
         self._refuse_conflicts(session, to_write)
+        # A product refused again for the same owner changes nothing: no write, no push, counted unchanged.
+        refused_again = [
+            v
+            for v in to_write
+            if v["skip_reason"] == EXTERNAL_ID_CONFLICT
+            and (old := existing.get(v["product_id"])) is not None
+            and old.desired_hash == DELETED
+            and old.last_error_message == v["last_error_message"]
+        ]
+        if refused_again and not force:
+            unchanged += len(refused_again)
+            skip = {v["product_id"] for v in refused_again}
+            to_write = [v for v in to_write if v["product_id"] not in skip]
         written = self._upsert_rows(session, to_write, force=force) if to_write else []
         # Rows the guard refused (a concurrent newer write) count as stale.
         stale += len(to_write) - len(written)
