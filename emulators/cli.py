@@ -18,6 +18,10 @@ def catalog(
     api_key: Annotated[
         list[str] | None, typer.Option("--api-key", help="An accepted API key (repeatable; default: test-key).")
     ] = None,
+    account_limit: Annotated[
+        int, typer.Option(min=0, help="Requests per account per --account-window, the vendor's limit (0: off).")
+    ] = 100,
+    account_window: Annotated[float, typer.Option(help="Seconds in one window of --account-limit.")] = 60.0,
     rate_limit: Annotated[float | None, typer.Option(help="Requests per second before answering 429.")] = None,
     burst: Annotated[int | None, typer.Option(help="Token bucket size for --rate-limit (default: the rate).")] = None,
     latency_ms: Annotated[float, typer.Option(help="Delay added to every API response, in ms.")] = 0.0,
@@ -32,6 +36,8 @@ def catalog(
 
     try:
         faults = Faults(
+            account_limit=account_limit or None,
+            account_window=account_window,
             rate_limit=rate_limit,
             burst=burst,
             latency_ms=latency_ms,
@@ -45,6 +51,8 @@ def catalog(
     keys = api_key or ["test-key"]
     typer.echo(f"Catalog emulator: http://{host}:{port}/tryon/v1")
     typer.echo(f"API keys (header x-api-key): {', '.join(keys)}")
+    if account_limit:
+        typer.echo(f"Rate limit: {account_limit} requests per {account_window:g} s per account (0 turns it off)")
     serve(host, port, keys, faults)
 
 

@@ -139,7 +139,8 @@ def sync_world(
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
     clock = {"clock": catalog_clock} if catalog_clock is not None else {}
-    with running(catalog_emulator.create_app([API_KEY], **clock)) as catalog:
+    faults = catalog_emulator.Faults(account_limit=None)
+    with running(catalog_emulator.create_app([API_KEY], faults, **clock)) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
         text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
         Path(settings.config).write_text(text, encoding="utf-8")

@@ -206,7 +206,7 @@ def test_sources_command_warns_about_colliding_templates(colliding: SyncWorld) -
 
 def test_the_upgrade_keeps_one_owner_per_colliding_id_and_records_the_others(tmp_path: Path, database_url: str) -> None:
     engine = make_engine(database_url)
-    schema.downgrade(engine, "0001")
+    schema.downgrade(engine, "-1")  # the schema just before identity
     insert = sqlalchemy.text(
         "INSERT INTO products (source, product_id, external_id, desired_payload, desired_hash, synced_hash, status,"
         " attempts, last_synced_at, changed_at) VALUES (:s, :p, :e, :payload, :h, :synced, :status, 0, :at, :at)"

@@ -6,11 +6,12 @@ path runs the same plan and push code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from worker.audit import AuditReport, audit
 from worker.errors import ConfigError, SkippedProduct, SyncError
+from worker.feeder import feed
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
 from worker.state import DEFAULT_ACCOUNT, RunMode, utcnow
@@ -111,7 +112,7 @@ def _plan(
             connector,
             runtime.source(source_name),
             mode=mode,
-            on_changed=lambda name, ids: dispatch(runtime, dispatcher, name, ids),
+            on_changed=_feeding(runtime, dispatcher),
             mass_delete_share=runtime.settings.mass_delete_share,
             allow_mass_delete=allow_mass_delete,
             resend=force,
@@ -141,7 +142,10 @@ def sync_product(
     except SkippedProduct as skip:
         # The source lists it but the record is unusable: recorded, and kept out of the catalog.
         row = skipped_row(skip, source, utcnow())
-        changed = row is not None and runtime.store.write_desired([row], force=force, resend=resend).changed > 0
+        changed = (
+            row is not None
+            and runtime.store.write_desired([row], force=force, priority=True, resend=resend).changed > 0
+        )
         if changed:
             dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
         return changed
@@ -159,7 +163,7 @@ def sync_product(
             if skipped is None:
                 return False
             row = skipped
-        changed = runtime.store.write_desired([row], force=force, resend=resend).changed > 0
+        changed = runtime.store.write_desired([row], force=force, priority=True, resend=resend).changed > 0
     if changed or force:
         dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
     return changed
@@ -199,18 +203,20 @@ def run_audit(
         repair=repair,
         mass_delete_share=share,
         allow_mass_delete=allow_mass_delete,
-        on_resend=None if dispatcher is None else lambda name, ids: dispatch(runtime, dispatcher, name, ids),
+        on_resend=None if dispatcher is None else _feeding(runtime, dispatcher),
     )
 
 
+def _feeding(runtime: Runtime, dispatcher: Dispatcher) -> Callable[[str, Sequence[str]], None]:
+    """After rows became bulk work waiting in the database (a sync's changes, an audit's repairs): the feeder
+    hands the queue what the budget serves next."""
+
+    def on_changed(_source: str, _ids: Sequence[str]) -> None:
+        feed(runtime, dispatcher)
+
+    return on_changed
+
+
 def reconcile(runtime: Runtime, dispatcher: Dispatcher) -> int:
-    """Dispatch the unconverged rows that are due and not in flight; returns how many."""
-    due = runtime.store.take_due(limit=runtime.settings.reconcile_batch, requeue_after=runtime.settings.requeue_after)
-    by_source: dict[str, list[str]] = {}
-    for source, product_id in due:
-        by_source.setdefault(source, []).append(product_id)
-    for source, ids in by_source.items():
-        dispatch(runtime, dispatcher, source, ids)
-    if due:
-        log.info("reconcile dispatched %d push(es)", len(due))
-    return len(due)
+    """Hand the queue what is due: every priority row, and bulk rows up to each account's budget; returns how many."""
+    return feed(runtime, dispatcher).total

@@ -131,11 +131,11 @@ def _converge(catalog: CatalogClient, claim: Claim) -> tuple[Outcome, datetime |
         if claim.synced_hash is None:
             # We never put it in the catalog: nothing to remove.
             return Outcome.CONVERGED_WITHOUT_CALL, None
-        catalog.delete(held or claim.external_id)
+        catalog.delete(held or claim.external_id, priority=claim.priority)
         return Outcome.DELETED, None
-    product = catalog.upsert(ProductUpsert.model_validate(claim.payload))
+    product = catalog.upsert(ProductUpsert.model_validate(claim.payload), priority=claim.priority)
     if held is not None and held != claim.external_id:
-        catalog.delete(held)
+        catalog.delete(held, priority=claim.priority)
     return Outcome.UPSERTED, product.expires_at
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Engine,
     Index,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     literal,
     or_,
@@ -45,13 +47,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+# externalIds are unique per catalog account; every source writes to this one until the sources file names accounts.
+from config.sources import DEFAULT_ACCOUNT
+
 # The desired/synced hash of "not in the catalog".
 DELETED = "deleted"
 # The synced hash of "the catalog may hold anything": a forced resend or an audit repair makes the row push again,
 # an upsert for a wanted product and a delete for an unwanted one, whatever the hashes said before.
 UNKNOWN = "unknown"
-# The catalog account of every source until the sources file can name accounts: externalIds are unique per account.
-DEFAULT_ACCOUNT = "default"
 # Why a product is kept out of the catalog: its externalId belongs to another (source, product) of the account.
 EXTERNAL_ID_CONFLICT = "external_id_conflict"
 # SQLite waits this long for a competing writer before giving up (milliseconds).
@@ -126,6 +129,9 @@ class ProductRow(Base):
     catalog_external_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
     # The catalog's `expiresAt` from the last upsert: an audit tells an expired product from a deleted one.
     catalog_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Touched by a webhook or an admin command: served ahead of bulk work, through every wait and retry, until the
+    # row converges.
+    priority: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_products_due", "status", "next_attempt_at"),
@@ -292,6 +298,7 @@ class Claim:
     attempts: int
     skip_reason: str | None
     lease_token: str
+    priority: bool = False
     # The externalId the catalog holds for this product, when it is not (or no longer) the desired one.
     catalog_external_id: str | None = None
 
@@ -339,7 +346,13 @@ class Store:
     # ---------------------------------------------------------------------------------------------- desired rows
 
     def write_desired(
-        self, rows: Sequence[DesiredRow], *, run_id: int | None = None, force: bool = False, resend: bool = False
+        self,
+        rows: Sequence[DesiredRow],
+        *,
+        run_id: int | None = None,
+        force: bool = False,
+        priority: bool = False,
+        resend: bool = False,
     ) -> WriteResult:
         """Record desired states in one transaction per batch.
 
@@ -347,6 +360,10 @@ class Store:
         converged, when the catalog already holds it), its attempts reset. An incoming row older than the stored
         one (by the source's `updated_at`) is ignored unless `force`: a slow full-sync page never undoes a newer
         webhook. The guard is in the SQL itself (`ON CONFLICT … DO UPDATE … WHERE`) so concurrent writers agree.
+
+        `priority` rows (a webhook, an admin command) are marked as on their way, since the caller hands them to
+        the queue at once, and keep their priority until they converge. Bulk rows wait for the feeder
+        (`take_bulk`), which hands the queue only what the budget can serve.
 
         A live product whose externalId another product of the account owns is recorded `skipped:
         external_id_conflict` (naming the owner) and never written to the catalog. `resend` also makes unchanged
@@ -357,13 +374,22 @@ class Store:
         for start in range(0, len(rows), BATCH_SIZE):
             batch = _dedupe(rows[start : start + BATCH_SIZE])
             with self.session() as session:
-                ids, u, s = self._write_batch(session, batch, run_id=run_id, force=force, resend=resend)
+                ids, u, s = self._write_batch(
+                    session, batch, run_id=run_id, force=force, priority=priority, resend=resend
+                )
             changed.extend(ids)
             unchanged, stale = unchanged + u, stale + s
         return WriteResult(tuple(changed), unchanged, stale)
 
     def _write_batch(
-        self, session: Session, batch: Sequence[DesiredRow], *, run_id: int | None, force: bool, resend: bool
+        self,
+        session: Session,
+        batch: Sequence[DesiredRow],
+        *,
+        run_id: int | None,
+        force: bool,
+        priority: bool,
+        resend: bool,
     ) -> tuple[list[str], int, int]:
         if not batch:
             return [], 0, 0
@@ -413,8 +439,9 @@ class Store:
                     "last_error_code": row.skip_reason,
                     "last_error_message": None,
                     "seen_run_id": run_id,
-                    "enqueued_at": now,
+                    "enqueued_at": now if priority else None,
                     "changed_at": now,
+                    "priority": priority,
                 }
             )
         self._refuse_conflicts(session, to_write)
@@ -435,7 +462,8 @@ class Store:
         # Rows the guard refused (a concurrent newer write) count as stale.
         stale += len(to_write) - len(written)
         if resend:
-            written = list(dict.fromkeys(written + self._mark_unsynced(session, source, resent + written)))
+            marked = self._mark_unsynced(session, source, resent + written, priority=priority)
+            written = list(dict.fromkeys(written + marked))
         if run_id is not None:
             session.execute(
                 update(ProductRow)
@@ -528,14 +556,15 @@ class Store:
         wants: bool = row.external_id == external_id and row.desired_hash != DELETED
         return wants or row.catalog_external_id == external_id
 
-    def resend_rows(self, source: str, product_ids: Sequence[str]) -> list[str]:
+    def resend_rows(self, source: str, product_ids: Sequence[str], *, priority: bool = True) -> list[str]:
         """Forget what the catalog was confirmed to hold for these rows: they push again (`--force`)."""
         with self.session() as session:
-            return self._mark_unsynced(session, source, product_ids)
+            return self._mark_unsynced(session, source, product_ids, priority=priority)
 
     @staticmethod
-    def _mark_unsynced(session: Session, source: str, product_ids: Sequence[str]) -> list[str]:
-        """Forget what the catalog was confirmed to hold: the rows push again (an upsert, or a delete).
+    def _mark_unsynced(session: Session, source: str, product_ids: Sequence[str], *, priority: bool) -> list[str]:
+        """Forget what the catalog was confirmed to hold: the rows push again (an upsert, or a delete); priority
+        rows are on their way at once, bulk rows wait for the feeder.
 
         A row kept out of the catalog that holds nothing there (a conflict, a product never sent) is left alone:
         a delete on its behalf could only remove another product's externalId."""
@@ -553,8 +582,10 @@ class Store:
                 status=case((ProductRow.status == "skipped", "skipped"), else_="pending"),
                 attempts=0,
                 next_attempt_at=None,
-                enqueued_at=utcnow(),
+                enqueued_at=utcnow() if priority else None,
                 changed_at=utcnow(),
+                # A bulk resend never takes a webhook's priority away before the row converges.
+                priority=True if priority else ProductRow.priority,
             )
             .returning(ProductRow.product_id)
         )
@@ -586,6 +617,8 @@ class Store:
             "last_error_message": excluded.last_error_message,
             "enqueued_at": excluded.enqueued_at,
             "changed_at": excluded.changed_at,
+            # A bulk write never takes a webhook's priority away before the row converges.
+            "priority": or_(table.priority, excluded.priority),
         }
         where = None
         if not force:
@@ -624,7 +657,7 @@ class Store:
                     next_attempt_at=None,
                     last_error_code="removed_from_source",
                     last_error_message=None,
-                    enqueued_at=utcnow(),
+                    enqueued_at=None,
                     changed_at=utcnow(),
                 )
                 .returning(ProductRow.product_id)
@@ -691,6 +724,7 @@ class Store:
                 "seen_run_id": None,
                 "enqueued_at": utcnow(),
                 "changed_at": utcnow(),
+                "priority": True,
             }
             return bool(self._upsert_rows(session, [values], force=updated_at is None))
 
@@ -723,11 +757,12 @@ class Store:
                     ProductRow.attempts,
                     ProductRow.skip_reason,
                     ProductRow.catalog_external_id,
+                    ProductRow.priority,
                 )
             ).first()
         if row is None:
             return None
-        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token, row[6])
+        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token, bool(row[7]), row[6])
 
     def record_success(self, claim: Claim, *, expires_at: datetime | None = None) -> bool:
         """The catalog now holds `claim.desired_hash` (under `claim.external_id`, or nothing for a deletion), with
@@ -762,6 +797,7 @@ class Store:
                     last_synced_at=now,
                     catalog_external_id=None if claim.payload is None else claim.external_id,
                     catalog_expires_at=expires_at,
+                    priority=case((ProductRow.desired_hash == claim.desired_hash, False), else_=ProductRow.priority),
                 )
                 .returning(ProductRow.desired_hash)
             ).first()
@@ -822,29 +858,42 @@ class Store:
                 .values(lease_until=None, lease_token=None, enqueued_at=None, next_attempt_at=retry_at)
             )
 
-    def take_due(
-        self, *, limit: int, requeue_after: float, now: datetime | None = None, source: str | None = None
-    ) -> list[tuple[str, str]]:
-        """The reconcile batch: unconverged rows that are due, not leased, not already on their way through the
-        queue (or sent longer than `requeue_after` seconds ago, so the message was lost), whose source is not
-        paused. They are stamped as enqueued in the same transaction."""
-        now = now or utcnow()
+    @staticmethod
+    def _due(now: datetime, requeue_after: float) -> list[Any]:
+        """Rows to push now: unconverged, due, not leased, not already on their way through the queue (or sent
+        longer than `requeue_after` seconds ago, so the message was lost), whose source is not paused."""
         paused = select(SourceStateRow.source).where(SourceStateRow.paused_until > now)
+        return [
+            ProductRow.status.in_(("pending", "skipped")),
+            or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+            or_(ProductRow.next_attempt_at.is_(None), ProductRow.next_attempt_at <= now),
+            or_(ProductRow.lease_until.is_(None), ProductRow.lease_until < now),
+            or_(ProductRow.enqueued_at.is_(None), ProductRow.enqueued_at < now - timedelta(seconds=requeue_after)),
+            ProductRow.source.not_in(paused),
+        ]
+
+    def take_due(
+        self,
+        *,
+        limit: int,
+        requeue_after: float,
+        now: datetime | None = None,
+        source: str | None = None,
+        sources: Sequence[str] | None = None,
+        priority: bool | None = None,
+    ) -> list[tuple[str, str]]:
+        """The next pushes to send, oldest change first (see `_due`): only priority rows, only bulk rows, or both
+        (`priority=None`). They are stamped as enqueued in the same transaction."""
+        now = now or utcnow()
+        conditions = [*self._due(now, requeue_after), *self._scope(source, None, None)]
+        if sources is not None:
+            conditions.append(ProductRow.source.in_(list(sources)))
+        if priority is not None:
+            conditions.append(ProductRow.priority.is_(priority))
         with self.session() as session:
             rows = session.execute(
                 select(ProductRow.source, ProductRow.product_id)
-                .where(
-                    ProductRow.status.in_(("pending", "skipped")),
-                    or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
-                    or_(ProductRow.next_attempt_at.is_(None), ProductRow.next_attempt_at <= now),
-                    or_(ProductRow.lease_until.is_(None), ProductRow.lease_until < now),
-                    or_(
-                        ProductRow.enqueued_at.is_(None),
-                        ProductRow.enqueued_at < now - timedelta(seconds=requeue_after),
-                    ),
-                    ProductRow.source.not_in(paused),
-                    *self._scope(source, None, None),
-                )
+                .where(*conditions)
                 .order_by(ProductRow.changed_at)
                 .limit(limit)
             ).all()
@@ -859,6 +908,58 @@ class Store:
                 )
         return [(r[0], r[1]) for r in rows]
 
+    def due_counts(
+        self, sources: Sequence[str], *, requeue_after: float, now: datetime | None = None, limit: int | None = None
+    ) -> dict[str, int]:
+        """{source: bulk rows due now} for these sources, each capped at `limit`."""
+        now = now or utcnow()
+        query = (
+            select(ProductRow.source, func.count())
+            .where(
+                *self._due(now, requeue_after),
+                ProductRow.source.in_(list(sources)),
+                ProductRow.priority.is_(False),
+            )
+            .group_by(ProductRow.source)
+        )
+        with self.read_session() as session:
+            counts = {row[0]: row[1] for row in session.execute(query)}
+        return {source: min(count, limit) if limit is not None else count for source, count in counts.items()}
+
+    def in_flight(self, sources: Sequence[str], *, requeue_after: float, now: datetime | None = None) -> int:
+        """Pushes of these sources handed to the queue and not yet done: sent within `requeue_after` seconds, or
+        running (leased). The feeder keeps this under what the budget serves in the next few seconds."""
+        now = now or utcnow()
+        with self.read_session() as session:
+            count = session.scalar(
+                select(func.count())
+                .select_from(ProductRow)
+                .where(
+                    ProductRow.source.in_(list(sources)),
+                    or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+                    or_(
+                        ProductRow.enqueued_at >= now - timedelta(seconds=requeue_after),
+                        ProductRow.lease_until >= now,
+                    ),
+                )
+            )
+        return count or 0
+
+    def waiting(self, sources: Sequence[str], *, now: datetime | None = None) -> dict[bool, int]:
+        """{priority: rows} still to push for these sources (unconverged, not failed), for `status`."""
+        query = (
+            select(ProductRow.priority, func.count())
+            .where(
+                ProductRow.source.in_(list(sources)),
+                ProductRow.status.in_(("pending", "skipped")),
+                or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+            )
+            .group_by(ProductRow.priority)
+        )
+        with self.read_session() as session:
+            counts = {bool(row[0]): row[1] for row in session.execute(query)}
+        return {True: counts.get(True, 0), False: counts.get(False, 0)}
+
     def retry_failed(self, source: str | None = None, product_ids: Iterable[str] | None = None) -> int:
         """Put failed rows back in line (the admin `retry` command)."""
         conditions = [ProductRow.status == "failed"]
@@ -871,7 +972,7 @@ class Store:
             result = session.execute(
                 update(ProductRow)
                 .where(*conditions)
-                .values(status="pending", attempts=0, next_attempt_at=None)
+                .values(status="pending", attempts=0, next_attempt_at=None, priority=True)
                 .returning(ProductRow.product_id)
             )
             return len(result.all())
@@ -1186,8 +1287,8 @@ class Store:
     def resend(self, keys: Sequence[tuple[str, str]], *, catalog_holds: bool) -> list[tuple[str, str]]:
         """Audit repair: converged rows push again. `catalog_holds` False (the catalog lost the product): nothing
         is held any more; True (it holds something else): the held product is overwritten. Rows that changed since
-        the audit looked are left to their own push."""
-        values: dict[str, Any] = {"status": "pending", "attempts": 0, "next_attempt_at": None, "enqueued_at": utcnow()}
+        the audit looked are left to their own push. They are bulk work: the feeder hands them to the queue."""
+        values: dict[str, Any] = {"status": "pending", "attempts": 0, "next_attempt_at": None, "enqueued_at": None}
         if catalog_holds:
             values["synced_hash"] = UNKNOWN
         else:

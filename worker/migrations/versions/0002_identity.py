@@ -1,7 +1,7 @@
 """identity: accounts, externalId ownership, what the catalog holds, deferred syncs
 
 Revision ID: 0002
-Revises: 0001
+Revises: 0006 (written on 0001; chained after 0006, which landed first)
 Create Date: 2026-12-01 05:20:00
 
 Adds `products.account` ("default" for every row), `products.catalog_external_id` (the externalId the catalog was
@@ -32,7 +32,7 @@ from alembic import op
 
 
 revision = '0002'
-down_revision = '0001'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
