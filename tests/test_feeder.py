@@ -81,6 +81,37 @@ def test_fair_shares_split_the_room_evenly_and_pass_on_what_a_source_cannot_use(
     assert fair_shares(room, waiting) == expected
 
 
+def test_a_single_free_slot_goes_to_the_source_with_the_fewest_pushes_on_their_way() -> None:
+    waiting = {"big": 1000, "small": 50}
+
+    assert fair_shares(1, waiting, {"big": 9, "small": 8}) == {"big": 0, "small": 1}
+    assert fair_shares(1, waiting, {"big": 8, "small": 9}) == {"big": 1, "small": 0}
+    assert fair_shares(4, waiting, {"big": 10}) == {"big": 0, "small": 4}
+
+
+def test_slot_by_slot_passes_still_share_evenly(store: Store) -> None:
+    store.write_desired(rows("big", 1000))
+    store.write_desired(rows("small", 1000, start=5000))
+    dispatcher = RecordingDispatcher()
+    feed(store, dispatcher)
+    granted = {"big": 0, "small": 0}
+
+    for _ in range(40):
+        # One push finishes, one slot frees, one pass hands it out: the way passes go under saturation.
+        source, ids, _ = dispatcher.handed.pop(0)
+        claim = store.claim(source, ids[0], lease_seconds=60)
+        assert claim is not None
+        store.record_success(claim)
+        if len(ids) > 1:
+            dispatcher.handed.insert(0, (source, ids[1:], False))
+        before = {name: dispatcher.count(source=name) for name in granted}
+        feed(store, dispatcher)
+        for name in granted:
+            granted[name] += dispatcher.count(source=name) - before[name]
+
+    assert granted == {"big": 20, "small": 20}
+
+
 def test_bulk_work_is_handed_over_only_up_to_what_the_budget_serves_in_the_horizon(store: Store) -> None:
     store.write_desired(rows("big", 100))
     dispatcher = RecordingDispatcher()

@@ -11,8 +11,9 @@ a sync writes, and on every reconcile tick) looks at each account and hands the 
 2. then **bulk** rows, oldest change first, only up to the account's capacity: the requests its budget serves in
    `push_horizon` seconds, minus the pushes already on their way (`Store.in_flight`), so the broker's depth stays
    bounded whatever the size of the sync;
-3. shared fairly: the capacity is split evenly between the sources that have bulk work waiting, and what a source
-   cannot use goes to the others, so a 100-product shop converges in its fair time beside a 100,000-product one.
+3. shared fairly: each free slot goes to the source with bulk work waiting that has the fewest pushes on their way,
+   so every source holds an even share of the capacity whatever the timing of the passes, and what a source cannot
+   use goes to the others: a 100-product shop converges in its fair time beside a 100,000-product one.
 
 A message lost with the broker, or a worker killed mid-push, leaves its row stamped `enqueued_at`; after
 `requeue_after` seconds the row counts as lost and is fed again. Because the queue is short, that delay can be short
@@ -22,6 +23,7 @@ bound is on the order of the capacity, not the backlog.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -64,24 +66,22 @@ class FeedReport:
         return self.priority + sum(self.bulk.values())
 
 
-def fair_shares(room: int, waiting: Mapping[str, int]) -> dict[str, int]:
-    """Split `room` pushes between sources with `waiting[source]` rows each: evenly, and what a source cannot use
-    goes to the others (max-min fairness). Deterministic: ties go to sources in name order."""
+def fair_shares(room: int, waiting: Mapping[str, int], in_flight: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Give `room` free slots to sources with `waiting[source]` rows due: each slot to the source with the fewest
+    pushes on their way (`in_flight` plus what it was given so far), until it has no row left (max-min fairness by
+    water-filling). Counting what is already in flight keeps shares even when passes hand out one slot at a time.
+    Deterministic: ties go to sources in name order."""
     shares = dict.fromkeys(waiting, 0)
-    hungry = sorted(name for name, count in waiting.items() if count > 0)
-    while room > 0 and hungry:
-        each, extra = divmod(room, len(hungry))
-        still_hungry = []
-        for index, name in enumerate(hungry):
-            offer = each + (1 if index < extra else 0)
-            take = min(offer, waiting[name] - shares[name])
-            shares[name] += take
-            room -= take
-            if shares[name] < waiting[name]:
-                still_hungry.append(name)
-        if still_hungry == hungry and each == 0:
-            break
-        hungry = still_hungry
+    levels = [
+        ((in_flight or {}).get(name, 0), name) for name, count in sorted(waiting.items()) if count > 0
+    ]
+    heapq.heapify(levels)
+    while room > 0 and levels:
+        level, name = heapq.heappop(levels)
+        shares[name] += 1
+        room -= 1
+        if shares[name] < waiting[name]:
+            heapq.heappush(levels, (level + 1, name))
     return shares
 
 
@@ -105,11 +105,12 @@ def feed_account(
     for source, ids in _by_source(urgent).items():
         _dispatch(store, dispatcher, source, ids, priority=True)
         report.priority += len(ids)
-    room = account.capacity(horizon) - store.in_flight(sources, requeue_after=requeue_after, now=now)
+    in_flight = store.in_flight_by_source(sources, requeue_after=requeue_after, now=now)
+    room = account.capacity(horizon) - sum(in_flight.values())
     if room <= 0:
         return report
     waiting = store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
-    for source, share in fair_shares(room, waiting).items():
+    for source, share in fair_shares(room, waiting, in_flight).items():
         if share <= 0:
             continue
         due = store.take_due(limit=share, requeue_after=requeue_after, now=now, source=source, priority=False)

@@ -927,23 +927,26 @@ class Store:
         return {source: min(count, limit) if limit is not None else count for source, count in counts.items()}
 
     def in_flight(self, sources: Sequence[str], *, requeue_after: float, now: datetime | None = None) -> int:
-        """Pushes of these sources handed to the queue and not yet done: sent within `requeue_after` seconds, or
-        running (leased). The feeder keeps this under what the budget serves in the next few seconds."""
+        """Pushes of these sources handed to the queue and not yet done (see `in_flight_by_source`)."""
+        return sum(self.in_flight_by_source(sources, requeue_after=requeue_after, now=now).values())
+
+    def in_flight_by_source(
+        self, sources: Sequence[str], *, requeue_after: float, now: datetime | None = None
+    ) -> dict[str, int]:
+        """{source: pushes handed to the queue and not yet done}: sent within `requeue_after` seconds, or running
+        (leased). The feeder keeps their sum under what the budget serves in the next few seconds."""
         now = now or utcnow()
-        with self.read_session() as session:
-            count = session.scalar(
-                select(func.count())
-                .select_from(ProductRow)
-                .where(
-                    ProductRow.source.in_(list(sources)),
-                    or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
-                    or_(
-                        ProductRow.enqueued_at >= now - timedelta(seconds=requeue_after),
-                        ProductRow.lease_until >= now,
-                    ),
-                )
+        query = (
+            select(ProductRow.source, func.count())
+            .where(
+                ProductRow.source.in_(list(sources)),
+                or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+                or_(ProductRow.enqueued_at >= now - timedelta(seconds=requeue_after), ProductRow.lease_until >= now),
             )
-        return count or 0
+            .group_by(ProductRow.source)
+        )
+        with self.read_session() as session:
+            return {row[0]: row[1] for row in session.execute(query)}
 
     def waiting(self, sources: Sequence[str], *, now: datetime | None = None) -> dict[bool, int]:
         """{priority: rows} still to push for these sources (unconverged, not failed), for `status`."""
