@@ -3,8 +3,9 @@
 A catalog emulator holding `--products` products (default 20,000) of one feed source, a state database (temp
 SQLite, or a throwaway PostgreSQL schema with `--database postgres`) that records all of them as synced, and some
 drift made in the emulator behind the state's back (`--drift` products each deleted, edited, and added without our
-metadata). The emulator answers at most `--rate` requests/s (token bucket of `--rate`), and the audit's process
-paces itself with the global Redis limiter at the same rate, as a worker would.
+metadata). The emulator enforces `--rate` per account in fixed 60 s windows (its default, like the vendor: 100 a
+minute), and the audit's process paces itself with the global Redis limiter set to the same limit
+(`CATALOG_SYNC_CATALOG_RATE_LIMIT`, with the default burst), as a worker would.
 
 Three child processes, each a fresh interpreter that builds the same runtime (settings, sources, the state engine,
 the catalog client, the Redis limiter):
@@ -16,11 +17,11 @@ the catalog client, the Redis limiter):
 
 Printed: the catalog calls the audit made ÷ the ideal number of list pages (ceil(products ÷ 200); 1.00 means
 nothing per product), its elapsed seconds ÷ the bare listing's (the cost of comparing with the state) and against
-the time the limit allows for those pages ((pages − burst) ÷ rate), and its peak RSS ÷ the idle process's, with
-the drift it found (which must equal what was made).
+the time the limiter's pacing allows for those pages ((pages − burst) ÷ steady rate), and its peak RSS ÷ the idle
+process's, with the drift it found (which must equal what was made).
 
-    .venv/bin/python bench/bench_audit.py                         # 20,000 products at 10 requests/s
-    .venv/bin/python bench/bench_audit.py --rate 1.667            # the vendor's default 100 requests a minute
+    .venv/bin/python bench/bench_audit.py                         # 20,000 products at 100/minute: about 2.5 minutes
+    .venv/bin/python bench/bench_audit.py --rate 600/minute       # a quicker look
     .venv/bin/python bench/bench_audit.py --database postgres
 
 Needs Redis (the limiter key is unique to the run) and, with `--database postgres`, PostgreSQL (a uniquely named
@@ -45,12 +46,15 @@ from typing import Any
 import sqlalchemy
 from bench_sync import state_database
 
+from config.rates import parse_rate
+from config.settings import Settings
 from config.sources import SourceConfig
 from connectors.base import ImageRef, SourceProduct
 from emulators.catalog import Faults, create_app, parse_upsert
 from emulators.server import running
 from worker.catalog import MAX_PAGE_SIZE
 from worker.plan import desired_row
+from worker.ratelimit import pacing
 from worker.state import Store
 
 API_KEY = "bench-audit-key"
@@ -64,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=20_000)
     parser.add_argument("--drift", type=int, default=50, help="products deleted, edited and added behind our back")
-    parser.add_argument("--rate", type=float, default=10.0, help="catalog requests per second (emulator and limiter)")
+    parser.add_argument("--rate", default="100/minute", help="the account's limit (emulator and limiter)")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--child", choices=("idle", "listing", "audit"), help=argparse.SUPPRESS)
@@ -72,10 +76,7 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    # The emulator's bucket holds one second's worth; the limiter's burst stays below it (bench/README.md: at equal
-    # sizes paced requests sometimes find the server's bucket empty).
-    server_burst = max(1, math.ceil(args.rate))
-    burst = max(1, server_burst // 2)
+    per_minute = round(parse_rate(args.rate) * 60)
     with (
         tempfile.TemporaryDirectory(prefix="bench-audit-") as work,
         state_database(args.database, Path(work), POSTGRES_URL) as url,
@@ -84,7 +85,7 @@ def main() -> None:
         feed.write_text("[]", encoding="utf-8")
         config = Path(work) / "catalog-sync.toml"
         config.write_text(f'[[sources]]\nname = "{SOURCE}"\nkind = "feed"\nurl = "{feed}"\nformat = "json"\n')
-        app = create_app([API_KEY], Faults(rate_limit=args.rate, burst=server_burst))
+        app = create_app([API_KEY], Faults(account_limit=per_minute, account_window=60.0))
         started = time.perf_counter()
         made = populate(app, url, args.products, args.drift)
         print(f"populated {args.products} products (+ drift) in {time.perf_counter() - started:.1f}s")
@@ -95,19 +96,19 @@ def main() -> None:
                 "CATALOG_SYNC_DATABASE_URL": url,
                 "CATALOG_SYNC_CATALOG_URL": f"{server.url}/tryon/v1",
                 "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-                "CATALOG_SYNC_CATALOG_RATE_LIMIT": str(args.rate),
-                "CATALOG_SYNC_CATALOG_BURST": str(burst),
+                "CATALOG_SYNC_CATALOG_RATE_LIMIT": f"{per_minute}/minute",
                 "CATALOG_SYNC_REDIS_URL": args.redis_url,
-                "BENCH_LIMITER_KEY": f"bench-audit:{uuid.uuid4().hex}",
             }
             idle = run_child("idle", env)
             listing = run_child("listing", env)
-            # Both token buckets (the emulator's and the limiter's) refill before the audit starts.
-            time.sleep(burst / args.rate + 1)
+            # A fresh window at the emulator (changing the limit clears the windows) and a fresh limiter key: the
+            # audit starts with the whole budget, as the listing did.
+            app.state.emulator.configure({"account_limit": per_minute})
             app.state.emulator.reset(stats_only=True)
             audit = run_child("audit", env)
             stats = app.state.emulator.stats_body()
-    report(args, audit, idle, listing, stats, made, burst)
+            settings = Settings(catalog_rate_limit=f"{per_minute}/minute")
+    report(args, audit, idle, listing, stats, made, pacing(settings))
 
 
 def populate(app: Any, url: str, count: int, drift: int) -> dict[str, int]:
@@ -164,6 +165,7 @@ def image(number: int, index: int = 0) -> str:
 
 
 def run_child(kind: str, env: dict[str, str]) -> dict[str, Any]:
+    env = {**env, "BENCH_LIMITER_KEY": f"bench-audit:{uuid.uuid4().hex}"}
     completed = subprocess.run(
         [sys.executable, __file__, "--child", kind], env=env, capture_output=True, text=True, check=False
     )
@@ -216,16 +218,20 @@ def report(
     listing: dict[str, Any],
     stats: dict[str, Any],
     made: dict[str, int],
-    burst: int,
+    paced: tuple[float, int, int],
 ) -> None:
+    steady, burst, _reserve = paced
     body = audit["report"]
     listed = body["listed"]
     ideal_pages = math.ceil(listed / MAX_PAGE_SIZE)
     calls = stats["total_requests"]
-    allowed = max(ideal_pages - burst, 0) / args.rate
+    allowed = max(ideal_pages - burst, 0) / steady
     counts = body["counts"]
     found = {kind: counts[kind] for kind in made}
-    print(f"database: {args.database}; catalog limit {args.rate}/s (limiter burst {burst}); {listed} products listed")
+    print(
+        f"database: {args.database}; catalog limit {args.rate} (limiter: {steady * 60:.0f}/minute steady, burst "
+        f"{burst}); {listed} products listed"
+    )
     print(f"catalog calls: {calls} ({stats['lists']} list pages, {stats['gets']} gets, {stats['upserts']} upserts)")
     print(f"  ÷ ideal pages ceil({listed} ÷ {MAX_PAGE_SIZE}) = {ideal_pages}: {calls / ideal_pages:.2f}")
     print(f"  429 answers: {stats['rate_limited']}")
