@@ -6,13 +6,18 @@ Connectors know shops and nothing of Celery, the state database or the catalog A
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from functools import lru_cache
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
+import html_text
+from html_text import DOUBLE_NEWLINE_TAGS, NEWLINE_TAGS
+from lxml import etree
+
+from config.sources import ProductFilter
 from worker.errors import SkippedProduct, SourceError
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "SourceProduct",
     "WebhookEvent",
     "WebhookTopic",
+    "filter_reason",
     "html_to_text",
     "normalize_images",
     "parse_datetime",
@@ -62,6 +68,8 @@ class SourceProduct:
     product_type: str | None = None
     tags: tuple[str, ...] = ()
     handle: str | None = None
+    # WooCommerce categories (names and slugs) or Shopify collections (handles and titles), for source filters.
+    categories: tuple[str, ...] = ()
     # Extra source fields (price, availability, ...) that a source setting may copy into catalog metadata.
     attributes: Mapping[str, str] = field(default_factory=dict)
     # Where the record came from (a GID, a feed line number): for error messages, never sent to the catalog.
@@ -149,21 +157,82 @@ class PageNumberPaginator:
         self.page += 1
 
 
-_TAG = re.compile(r"<[^>]*>")
-_BLOCK = re.compile(r"<\s*(br|/p|/div|/li|/h[1-6]|p|li|tr|/td|/th)\b[^>]*>", re.IGNORECASE)
-_SCRIPT = re.compile(r"<\s*(script|style)\b[^>]*>.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
+# Elements that start a new line in a browser: their text must not run into the text around them. Inline elements
+# (b, span, a, ...) add nothing, so `Bo<b>ld</b>` stays one word.
+_BLOCK_TAGS: Final = frozenset(
+    {*NEWLINE_TAGS, *DOUBLE_NEWLINE_TAGS, "td", "th", "section", "address", "caption", "center", "option"}
+)
 _SPACE = re.compile(r"\s+")
+# Characters that tell markup from plain text; without them there is nothing to parse.
+_MARKUP = re.compile(r"[<&]")
 
 
 def html_to_text(markup: str | None) -> str:
-    """Plain text from shop HTML: scripts dropped, tags stripped, entities decoded, whitespace collapsed."""
+    """Plain text from shop HTML, whitespace collapsed.
+
+    libxml2 parses the markup (through `html_text`, which also drops scripts, styles, comments and processing
+    instructions), so a `>` inside an attribute or a comment is never taken for the end of a tag, and entities are
+    decoded exactly once: a double-escaped `&amp;lt;b&amp;gt;` stays the literal text `&lt;b&gt;`. Block elements
+    and line breaks separate words; inline ones do not.
+    """
     if not markup:
         return ""
-    text = _SCRIPT.sub(" ", markup)
-    text = _BLOCK.sub(" ", text)
-    text = _TAG.sub("", text)
-    text = html.unescape(text).replace("\xa0", " ")
-    return _SPACE.sub(" ", text).strip()
+    if _MARKUP.search(markup) is None:
+        return _SPACE.sub(" ", markup).strip()
+    tree = html_text.cleaner.clean_html(html_text.parse_html(markup))
+    parts: list[str] = []
+    # iterwalk instead of recursion: a hostile document may nest thousands of elements.
+    for event, element in etree.iterwalk(tree, events=("start", "end")):
+        if not isinstance(element.tag, str):
+            continue
+        block = element.tag in _BLOCK_TAGS
+        if event == "start":
+            if block:
+                parts.append(" ")
+            parts.append(element.text or "")
+        else:
+            if block:
+                parts.append(" ")
+            parts.append(element.tail or "")
+    return _SPACE.sub(" ", "".join(parts).replace("\xa0", " ")).strip()
+
+
+def filter_reason(product: SourceProduct, include: ProductFilter | None, exclude: ProductFilter | None) -> str | None:
+    """Why a source's filter keeps `product` out of the catalog (the rule, for the operator), or None when it may go
+    in. Every `include` field must match one of its values; any `exclude` value that matches keeps it out."""
+    for name, patterns in include.fields().items() if include is not None else ():
+        values = _filter_values(product, name)
+        if not any(_matches(pattern, value) for pattern in patterns for value in values):
+            shown = ", ".join(repr(value) for value in values[:5]) or "none"
+            return f"include.{name} {list(patterns)} matches none of the product's ({shown})"
+    for name, patterns in exclude.fields().items() if exclude is not None else ():
+        for value in _filter_values(product, name):
+            for pattern in patterns:
+                if _matches(pattern, value):
+                    return f"exclude.{name} {pattern!r} matches {value!r}"
+    return None
+
+
+def _filter_values(product: SourceProduct, name: str) -> tuple[str, ...]:
+    if name == "tag":
+        return product.tags
+    if name in ("category", "collection"):
+        return product.categories
+    if name == "google_product_category":
+        value = product.attributes.get("google_product_category")
+    else:
+        value = getattr(product, name)
+    return (value,) if value else ()
+
+
+@lru_cache(maxsize=1024)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    # Only `*` is special: shop values hold brackets and question marks as plain text.
+    return re.compile(".*".join(re.escape(part) for part in pattern.casefold().split("*")), re.DOTALL)
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return _pattern(pattern).fullmatch(value.strip().casefold()) is not None
 
 
 def normalize_images(images: Iterable[ImageRef], limit: int = MAX_IMAGES) -> tuple[ImageRef, ...]:

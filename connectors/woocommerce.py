@@ -180,6 +180,7 @@ def normalize_product(source: str, raw: Mapping[str, Any], extra_images: Iterabl
         product_type=categories[0] if categories else None,
         tags=tags,
         handle=_text(raw.get("slug")) or None,
+        categories=_category_keys(raw.get("categories")),
         attributes=_attributes(raw, categories),
         raw_ref=f"{API_PATH}/products/{product_id}",
     )
@@ -207,6 +208,17 @@ def _attributes(raw: Mapping[str, Any], categories: Sequence[str]) -> dict[str, 
     if categories:
         out["categories"] = ", ".join(categories)
     return out
+
+
+def _category_keys(terms: Any) -> tuple[str, ...]:
+    """Each category's name and slug, so a source filter may name either."""
+    keys: list[str] = []
+    for term in _list(terms):
+        if isinstance(term, Mapping):
+            for key in (html_to_text(_text(term.get("name"))), _text(term.get("slug")).strip()):
+                if key and key not in keys:
+                    keys.append(key)
+    return tuple(keys)
 
 
 def _names(terms: Any, *, skip_slug: str | None = None) -> list[str]:

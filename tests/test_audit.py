@@ -23,7 +23,8 @@ HEADERS = {"x-api-key": API_KEY}
 
 def feeds_toml(tmp_path: Path, names: tuple[str, ...] = ("a", "b"), extra: str = "") -> str:
     return "".join(
-        f'[[sources]]\nname = "{n}"\nkind = "feed"\nurl = "{tmp_path / f"{n}.json"}"\nformat = "json"\n{extra}\n'
+        f'[[sources]]\nname = "{n}"\nkind = "feed"\nurl = "{tmp_path / f"{n}.json"}"\nformat = "json"\n'
+        f"check_images = false\n{extra}\n"
         for n in names
     )
 

@@ -27,9 +27,9 @@ from worker.webhooks import create_app
 def two_feeds(tmp_path: Path, *, template_a: str = "{id}", template_b: str = "{id}", extra_b: str = "") -> str:
     return (
         f'[[sources]]\nname = "a"\nkind = "feed"\nurl = "{tmp_path / "a.json"}"\nformat = "json"\n'
-        f'external_id = "{template_a}"\n\n'
+        f'external_id = "{template_a}"\ncheck_images = false\n\n'
         f'[[sources]]\nname = "b"\nkind = "feed"\nurl = "{tmp_path / "b.json"}"\nformat = "json"\n'
-        f'external_id = "{template_b}"\n{extra_b}\n'
+        f'external_id = "{template_b}"\ncheck_images = false\n{extra_b}\n'
     )
 
 
@@ -66,7 +66,7 @@ def test_a_product_whose_id_another_source_owns_is_skipped_naming_it_in_either_o
     assert colliding.stats()["upserts"] == 1  # only product 2: the conflicting one never reached the catalog
     row = colliding.runtime.store.get(second, "395")
     assert row is not None and row.status == "skipped" and row.skip_reason == EXTERNAL_ID_CONFLICT
-    assert f"source {first!r}" in (row.last_error_message or "")
+    assert f"source {first!r}" in (row.skip_detail or "")
 
 
 def test_a_product_refused_again_for_the_same_owner_is_unchanged(colliding: SyncWorld, tmp_path: Path) -> None:
@@ -115,9 +115,9 @@ def test_an_id_becomes_free_once_its_owner_left_the_catalog(colliding: SyncWorld
 def test_a_webhook_for_the_second_source_is_refused_too(tmp_path: Path, database_url: str) -> None:
     sources = (
         f'[[sources]]\nname = "a"\nkind = "feed"\nurl = "{tmp_path / "a.json"}"\nformat = "json"\n'
-        'external_id = "{id}"\n\n'
+        'external_id = "{id}"\ncheck_images = false\n\n'
         '[[sources]]\nname = "shop"\nkind = "shopify"\nurl = "https://shop.example"\naccess_token = "t"\n'
-        f'webhook_secret = "{SHOPIFY_SECRET}"\nexternal_id = "{{id}}"\n'
+        f'webhook_secret = "{SHOPIFY_SECRET}"\nexternal_id = "{{id}}"\ncheck_images = false\n'
     )
     write_feed(tmp_path / "a.json", [feed_item("395")])
     with sync_world(tmp_path, sources=sources, database_url=database_url) as world:
@@ -133,7 +133,7 @@ def test_a_webhook_for_the_second_source_is_refused_too(tmp_path: Path, database
         assert answer.status_code == 200
         row = world.runtime.store.get("shop", "395")
         assert row is not None and row.skip_reason == EXTERNAL_ID_CONFLICT
-        assert "source 'a'" in (row.last_error_message or "")
+        assert "source 'a'" in (row.skip_detail or "")
         assert world.catalog_products()["395"]["metadata"]["source"] == "a"
         assert world.stats()["upserts"] == 0
 

@@ -304,9 +304,11 @@ def _product_table(rows: Sequence[Any], *, title: str) -> Table:
     for column in ("source", "product", "status", "reason", "attempts"):
         table.add_column(column)
     for row in rows:
-        reason = row.last_error_code or ""
-        if row.last_error_message:
-            reason = f"{reason}: {row.last_error_message}" if reason else row.last_error_message
+        code, message = (row.skip_reason, row.skip_detail) if row.status == "skipped" else (None, None)
+        code, message = code or row.last_error_code, message or row.last_error_message
+        reason = code or ""
+        if message:
+            reason = f"{reason}: {message}" if reason else message
         table.add_row(row.source, row.product_id, row.status, reason[:120], str(row.attempts))
     return table
 
@@ -369,10 +371,16 @@ def status(
 
 @app.command()
 def failures(
-    source: Annotated[str | None, typer.Argument(help="Only this source.")] = None, as_json: JsonOption = False
+    source: Annotated[str | None, typer.Argument(help="Only this source.")] = None,
+    as_json: JsonOption = False,
+    skipped: Annotated[
+        bool, typer.Option("--skipped", help="List the products kept out on purpose instead, with why.")
+    ] = False,
 ) -> None:
-    """Products that failed: the API's code, message and attempts."""
-    rows = _runtime().store.failures(source)
+    """Products that failed: the API's code, message and attempts (with --skipped: products kept out of the
+    catalog, filtered or unusable, and why)."""
+    store = _runtime().store
+    rows = store.skipped(source) if skipped else store.failures(source)
     if as_json:
         out.print_json(
             json.dumps(
@@ -380,8 +388,8 @@ def failures(
                     {
                         "source": r.source,
                         "product": r.product_id,
-                        "code": r.last_error_code,
-                        "message": r.last_error_message,
+                        "code": r.skip_reason if skipped else r.last_error_code,
+                        "message": r.skip_detail if skipped else r.last_error_message,
                         "attempts": r.attempts,
                     }
                     for r in rows
@@ -390,9 +398,9 @@ def failures(
         )
         return
     if not rows:
-        out.print("no failures")
+        out.print("no skipped products" if skipped else "no failures")
         return
-    out.print(_product_table(rows, title="Failures"))
+    out.print(_product_table(rows, title="Skipped" if skipped else "Failures"))
 
 
 @app.command()

@@ -9,9 +9,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from config.sources import SourceConfig
+from connectors.base import SourceProduct
 from worker.audit import AuditReport, audit
 from worker.errors import ConfigError, SkippedProduct, SyncError
 from worker.feeder import feed
+from worker.images import ImageChecker, ImageVerdict
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
 from worker.state import DEFAULT_ACCOUNT, RunMode, utcnow
@@ -105,20 +108,25 @@ def _plan(
     bulk: bool | None = None,
     force: bool = False,
 ) -> RunReport:
+    source = runtime.source(source_name)
     connector = runtime.connector(source_name, bulk=bulk)
+    checker = ImageChecker(runtime.store) if source.check_images else None
     try:
         return plan_source(
             runtime.store,
             connector,
-            runtime.source(source_name),
+            source,
             mode=mode,
             on_changed=_feeding(runtime, dispatcher),
             mass_delete_share=runtime.settings.mass_delete_share,
             allow_mass_delete=allow_mass_delete,
+            image_checker=checker,
             resend=force,
         )
     finally:
         connector.close()
+        if checker is not None:
+            checker.close()
 
 
 def sync_product(
@@ -157,7 +165,7 @@ def sync_product(
             runtime.store.resend_rows(source_name, [product_id])
     else:
         try:
-            row = desired_row(product, source)
+            row = desired_row(product, source, _image_verdicts(runtime, source, product))
         except SkippedProduct as skip:
             skipped = skipped_row(skip, source, product.updated_at)
             if skipped is None:
@@ -215,6 +223,14 @@ def _feeding(runtime: Runtime, dispatcher: Dispatcher) -> Callable[[str, Sequenc
         feed(runtime, dispatcher)
 
     return on_changed
+
+
+def _image_verdicts(runtime: Runtime, source: SourceConfig, product: SourceProduct) -> dict[str, ImageVerdict] | None:
+    """The image check for one product the admin command syncs, as a run would do it."""
+    if not source.check_images or product.status != "active":
+        return None
+    with ImageChecker(runtime.store) as checker:
+        return checker.check(image.url for image in product.images)
 
 
 def reconcile(runtime: Runtime, dispatcher: Dispatcher) -> int:

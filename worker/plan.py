@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -23,9 +23,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.sources import SourceConfig
-from connectors.base import MAX_IMAGES, Connector, SourceProduct
+from connectors.base import MAX_IMAGES, Connector, SourceProduct, filter_reason
 from worker.catalog import ProductUpsert
 from worker.errors import SkippedProduct, SourceError
+from worker.images import ImageChecker, ImageVerdict
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ PAGE_SIZE = 500
 WATERMARK_OVERLAP = timedelta(minutes=5)
 # Catalog metadata keys for the stable descriptors (volatile fields like price stay out unless configured).
 _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
+
+# The skip reason of a product the source's include/exclude filter keeps out of the catalog.
+FILTERED_OUT = "filtered_out"
+# The skip reason of a product whose every image failed the image check.
+NO_USABLE_IMAGES = "no_usable_images"
+# Reasons decided by this project's rules (a filter, the image check), not by the shop: a full run holds such removals
+# behind the deletion brake, so a filter typo or an image host that is down cannot empty the catalog.
+HELD_REASONS = frozenset({FILTERED_OUT, NO_USABLE_IMAGES})
+# Unusable images named in a skip detail at most.
+MAX_IMAGES_IN_DETAIL = 3
 
 # Called with (source, product ids) after each committed page, to enqueue their pushes.
 OnChanged = Callable[[str, Sequence[str]], None]
@@ -70,19 +81,21 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
         "images": [{"source": {"url": image.url}} for image in product.images[:MAX_IMAGES]],
         "metadata": metadata,
         "validForDays": source.valid_for_days,
+        # Omitted unless set, so sources that never chose keep their payload (and its hash) as it was.
+        **({} if source.auto_detect_image_roles is None else {"autoDetectImageRoles": source.auto_detect_image_roles}),
     }
 
 
-def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
-    """The desired state of one product. Inactive products and products without images are not in the catalog
-    (the latter recorded `skipped: no_images`)."""
+def desired_row(
+    product: SourceProduct, source: SourceConfig, images: Mapping[str, ImageVerdict] | None = None
+) -> DesiredRow:
+    """The desired state of one product. Inactive products, products the source's filter keeps out (recorded
+    `skipped: filtered_out` with the rule) and products without images (`skipped: no_images`) are not in the
+    catalog. With `images` (the image check's verdicts by URL), unusable images are dropped, and a product left
+    with none is `skipped: no_usable_images`; a URL without a verdict is kept."""
     external_id = external_id_for(product.product_id, product.handle, source)
-    account = source.account
-    if product.status != "active":
-        return DesiredRow(
-            source.name, product.product_id, external_id, None, DELETED, product.updated_at, account=account
-        )
-    if not product.images:
+
+    def kept_out(reason: str | None = None, detail: str | None = None) -> DesiredRow:
         return DesiredRow(
             source.name,
             product.product_id,
@@ -90,9 +103,27 @@ def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
             None,
             DELETED,
             product.updated_at,
-            skip_reason="no_images",
-            account=account,
+            reason,
+            detail,
+            account=source.account,
         )
+
+    if product.status != "active":
+        return kept_out()
+    rule = filter_reason(product, source.include, source.exclude)
+    if rule is not None:
+        return kept_out(FILTERED_OUT, rule)
+    if not product.images:
+        return kept_out("no_images")
+    if images is not None:
+        dead = _unusable(product, images)
+        if dead:
+            usable = tuple(image for image in product.images if image.url not in {v.url for v in dead})
+            if not usable:
+                named = "; ".join(f"{v.url}: {v.describe()}" for v in dead[:MAX_IMAGES_IN_DETAIL])
+                more = f" (and {len(dead) - MAX_IMAGES_IN_DETAIL} more)" if len(dead) > MAX_IMAGES_IN_DETAIL else ""
+                return kept_out(NO_USABLE_IMAGES, named + more)
+            product = replace(product, images=usable)
     upsert = _validated(catalog_payload(product, source), product.product_id)
     return DesiredRow(
         source.name,
@@ -101,8 +132,13 @@ def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
         upsert.payload(),
         upsert.content_hash(),
         product.updated_at,
-        account=account,
+        account=source.account,
     )
+
+
+def _unusable(product: SourceProduct, images: Mapping[str, ImageVerdict]) -> list[ImageVerdict]:
+    verdicts = (images.get(image.url) for image in product.images)
+    return [verdict for verdict in verdicts if verdict is not None and verdict.ok is False]
 
 
 def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime | None) -> DesiredRow | None:
@@ -121,6 +157,7 @@ def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime
         DELETED,
         updated_at,
         skip_reason=skip.reason[:64],
+        skip_detail=skip.detail or None,
         account=source.account,
     )
 
@@ -170,10 +207,12 @@ def plan_source(
     allow_mass_delete: bool = False,
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
+    image_checker: ImageChecker | None = None,
     resend: bool = False,
 ) -> RunReport:
     """Read a source and record its desired state; enqueue (through `on_changed`) what changed, or with `resend`
-    every product read, whatever the hashes say (`resync --full --force`).
+    every product read, whatever the hashes say (`resync --full --force`). With an `image_checker`, each page's
+    image URLs are checked (or found in its cache) before its rows are built.
 
     A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
     """
@@ -184,17 +223,18 @@ def plan_source(
     run_id = store.start_run(source.name, mode, started_at=started_at)
     report = RunReport(run_id, source.name, mode, started_at)
     full = mode == "full"
+    # Products in the catalog that a filter or the image check now keeps out: a full run leaves them unseen, so the
+    # deletion brake counts them with the products the source dropped.
+    held: list[DesiredRow] = []
     try:
         for page in paged(connector.iter_products(since), page_size):
-            rows = page_rows(page, source, report.counts)
-            result = store.write_desired(rows, run_id=run_id if full else None, resend=resend)
-            report.counts["changed"] += result.changed
-            report.counts["unchanged"] += result.unchanged
-            report.counts["stale"] += result.stale
-            if result.changed_ids:
-                on_changed(source.name, result.changed_ids)
+            verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
+            rows = page_rows(page, source, report.counts, verdicts)
+            if full:
+                rows = _hold_kept_out(store, source.name, rows, held)
+            _write(store, report, rows, on_changed, run_id=run_id if full else None, resend=resend)
         if full:
-            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete)
+            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
     except Exception as exc:
         report.outcome = "failed"
         report.error = _describe(exc)
@@ -209,8 +249,55 @@ def plan_source(
     return report
 
 
+def _write(
+    store: Store,
+    report: RunReport,
+    rows: Sequence[DesiredRow],
+    on_changed: OnChanged,
+    *,
+    run_id: int | None,
+    resend: bool = False,
+) -> None:
+    result = store.write_desired(rows, run_id=run_id, resend=resend)
+    report.counts["changed"] += result.changed
+    report.counts["unchanged"] += result.unchanged
+    report.counts["stale"] += result.stale
+    if result.changed_ids:
+        on_changed(report.source, result.changed_ids)
+
+
+def _hold_kept_out(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:
+    """The rows to write now; rows that would take a product out of the catalog for a `HELD_REASONS` reason go to
+    `held`."""
+    candidates = [row.product_id for row in rows if row.skip_reason in HELD_REASONS]
+    live = store.live_ids(source, candidates) if candidates else set()
+    if not live:
+        return rows
+    held.extend(row for row in rows if row.skip_reason in HELD_REASONS and row.product_id in live)
+    return [row for row in rows if not (row.skip_reason in HELD_REASONS and row.product_id in live)]
+
+
+def _check_images(
+    page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, checker: ImageChecker
+) -> dict[str, ImageVerdict]:
+    """Verdicts for the images of the page's products that may go to the catalog (not those of inactive or
+    filtered-out products: checking them would cost requests for nothing)."""
+    urls = [
+        image.url
+        for item in page
+        if isinstance(item, SourceProduct)
+        and item.status == "active"
+        and filter_reason(item, source.include, source.exclude) is None
+        for image in item.images
+    ]
+    return checker.check(urls)
+
+
 def page_rows(
-    page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, counts: Counter[str]
+    page: Sequence[SourceProduct | SkippedProduct],
+    source: SourceConfig,
+    counts: Counter[str],
+    images: Mapping[str, ImageVerdict] | None = None,
 ) -> list[DesiredRow]:
     rows: list[DesiredRow] = []
     for item in page:
@@ -223,8 +310,10 @@ def page_rows(
             if row is None:
                 counts["skipped_without_id"] += 1
         else:
+            if images:
+                counts["images_dropped"] += len(_unusable(item, images))
             try:
-                row = desired_row(item, source)
+                row = desired_row(item, source, images)
             except SkippedProduct as skip:
                 counts["skipped"] += 1
                 counts[f"skipped:{skip.reason}"] += 1
@@ -248,15 +337,17 @@ def _delete_missing(
     on_changed: OnChanged,
     default_share: float,
     allow_mass_delete: bool,
+    held: Sequence[DesiredRow] = (),
 ) -> None:
+    """Delete what the run did not see (and the `held` rows), unless that is too much at once."""
     missing, total = store.count_missing(source.name, report.run_id, report.started_at)
-    if missing == 0:
-        return
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
-    if not allow_mass_delete and missing > share * total:
+    if missing and not allow_mass_delete and missing > share * total:
         report.outcome = "deletion_blocked"
         report.deletion_blocked = (missing, total)
         report.counts["deletion_blocked"] = missing
+        if held:
+            report.counts["kept_out_held"] = len(held)
         log.warning(
             "%s: the full run would delete %d of %d products (more than %.0f%%); nothing deleted. "
             "If this is intended, run `catalog-sync resync %s --full --allow-mass-delete`",
@@ -266,6 +357,11 @@ def _delete_missing(
             share * 100,
             source.name,
         )
+        return
+    # The held rows first, so they are seen and keep their reason; what is left unseen the source dropped.
+    if held:
+        _write(store, report, held, on_changed, run_id=report.run_id)
+    if missing == 0:
         return
     ids = store.mark_missing_for_deletion(source.name, report.run_id, report.started_at)
     report.counts["removed"] += len(ids)

@@ -1,7 +1,7 @@
 """identity: accounts, externalId ownership, what the catalog holds, deferred syncs
 
 Revision ID: 0002
-Revises: 0006 (written on 0001; chained after 0006, which landed first)
+Revises: 0004 (written on 0001; chained after 0006 and 0004, which landed first)
 Create Date: 2026-12-01 05:20:00
 
 Adds `products.account` ("default" for every row), `products.catalog_external_id` (the externalId the catalog was
@@ -32,7 +32,7 @@ from alembic import op
 
 
 revision = '0002'
-down_revision = '0006'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
@@ -71,7 +71,7 @@ def _assign_owners(conn: Any) -> None:
         sa.column('source'), sa.column('product_id'), sa.column('external_id'), sa.column('account'),
         sa.column('desired_hash'), sa.column('synced_hash'), sa.column('last_synced_at'),
         sa.column('desired_payload', sa.JSON()), sa.column('status'), sa.column('skip_reason'),
-        sa.column('last_error_code'), sa.column('last_error_message'), sa.column('catalog_external_id'),
+        sa.column('last_error_code'), sa.column('skip_detail'), sa.column('catalog_external_id'),
         sa.column('changed_at'),
     )
     external_ids = sa.table(
@@ -107,7 +107,7 @@ def _assign_owners(conn: Any) -> None:
                 .values(
                     desired_payload=None, desired_hash=DELETED, synced_hash=DELETED, catalog_external_id=None,
                     status='skipped', skip_reason=CONFLICT, last_error_code=CONFLICT,
-                    last_error_message=(
+                    skip_detail=(
                         f"externalId {external_id!r} belongs to source {owner[2]!r} (product {owner[3]}); give the "
                         "sources templates that cannot collide, e.g. external_id = \"{source}-{id}\""
                     ),
