@@ -10,12 +10,13 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from config.redact import redact_url
 from worker.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,16 @@ class SourceConfig(BaseModel):
     )
     include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
     exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A feed URL may carry a password or an access key; the secret fields are SecretStr already.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" and isinstance(value, str) else value
+
+    @property
+    def display_url(self) -> str:
+        """The source's URL fit to show: no password, token or query-string key."""
+        return redact_url(self.url)
 
     @field_validator("name")
     @classmethod
@@ -274,8 +285,10 @@ def _explain(exc: ValidationError, label: str, origin: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling"
-        shown = "" if field in _SECRET_FIELDS else f" (got {error.get('input')!r})"
-        if field == "(source)":
+        given = error.get("input")
+        shown = f" (got {redact_url(given) if field == 'url' and isinstance(given, str) else given!r})"
+        # A misspelled field may be a misspelled secret: its value is never echoed, nor a secret's, nor a table's.
+        if field in _SECRET_FIELDS or field == "(source)" or error["type"] == "extra_forbidden":
             shown = ""
         lines.append(f"  {field}: {message}{shown}")
     return "\n".join(lines)

@@ -49,7 +49,14 @@ object). A product without a usable image is still yielded, with no images: the 
 `no_images`. A broken document (malformed XML, an unreadable file, an HTTP 404, an empty CSV) raises `SourceError`,
 which fails the run before anything is deleted. Feeds send no webhooks; `get_product` scans the document.
 
-HTTP: `connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
+Limits: a document may expand to at most `MAX_DOCUMENT_BYTES` once decompressed, and XML may run at most
+`MAX_ITEM_BYTES` without an item ending (the parser holds one item whole); past either the read fails with
+`SourceError`, so a few KB of gzip cannot take the worker's memory or keep a run reading for ever. A CSV/TSV quote
+that never closes (its cell swallows the rows after it) fails the read rather than losing those rows unnoticed.
+
+HTTP: redirects are followed one hop at a time (at most `MAX_REDIRECTS`), never from a public host to a private,
+loopback or link-local address, and an error answer reached through a redirect is not quoted in the message.
+`connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
 budget, backoff and `Retry-After` cap) before the body starts; a body that breaks midway fails the read instead of
 restarting, since products already yielded cannot be taken back.
 """
@@ -59,9 +66,11 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import ipaddress
 import json
 import os
 import re
+import socket
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -71,7 +80,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -86,6 +95,7 @@ from connectors.base import (
     ProductStatus,
     SourceProduct,
     WebhookEvent,
+    clean_text,
     html_to_text,
     normalize_images,
     parse_datetime,
@@ -122,8 +132,15 @@ CHUNK_SIZE = 64 * 1024
 SNIFF_BYTES = 2048
 # Column names quoted when a feed lacks a structural column (a wide export has hundreds).
 MAX_SHOWN_COLUMNS = 40
-# Bytes of an HTTP error body quoted in the error message.
-ERROR_EXCERPT = 300
+# Characters of an HTTP error body quoted in the error message (control characters and markup removed).
+ERROR_EXCERPT = 160
+# Bytes of a document after decompression: a few KB of gzip can expand to gigabytes, and a run must end.
+MAX_DOCUMENT_BYTES = 2 * 1024**3
+# Bytes of XML between the end of one item and the end of the next: a real item is a few KB, and the parser holds
+# an item whole, so one endless element must fail the run instead of the worker's memory.
+MAX_ITEM_BYTES = 16 * 1024**2
+# Redirects followed before the fetch fails (CDNs use one or two).
+MAX_REDIRECTS = 5
 
 FORMAT_BY_SUFFIX: Final[Mapping[str, FeedFormat]] = {
     ".xml": "google-merchant",
@@ -229,6 +246,8 @@ SPLIT_SEPARATOR: Final = "~"
 _NOT_ALNUM = re.compile(r"[\W_]+")
 # Characters no usable URL holds once inner spaces are encoded (Google rejects them too).
 _UNSAFE_URL_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
+# Markup in a quoted error body: the excerpt says what the server said, not how its page was built.
+_MARKUP = re.compile(r"<[^>]{0,200}>")
 
 
 def _now() -> datetime:
@@ -367,6 +386,35 @@ class _Fields:
         return {name: tuple(values) for name, values in self.values.items()}
 
 
+class _Metered(io.RawIOBase):
+    """A byte stream that refuses to hand out more than `limit` bytes between two `restart()`s (or in all, when
+    never restarted): the bound on what a parser may be made to hold or a run to read."""
+
+    def __init__(self, stream: IO[bytes], limit: int, refusal: str) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._refusal = refusal
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._stream.read(len(view))
+        size = len(data)
+        self._count += size
+        if self._count > self._limit:
+            raise SourceError(self._refusal)
+        view[:size] = data
+        return size
+
+    def restart(self, refusal: str | None = None) -> None:
+        self._count = 0
+        if refusal is not None:
+            self._refusal = refusal
+
+
 # ---- readers: a document's bytes -> FeedRecords ------------------------------------------------------------------
 
 
@@ -400,15 +448,21 @@ def _xml_record(element: Element, ref: str, names: Callable[[str], str]) -> Feed
 
 
 def read_xml_records(
-    stream: IO[bytes], *, names: Callable[[str], str] = normalize_field_name
+    stream: IO[bytes], *, names: Callable[[str], str] = normalize_field_name, max_item_bytes: int = MAX_ITEM_BYTES
 ) -> Generator[FeedRecord, None, None]:
-    """Stream the items of an RSS 2.0 or Atom feed; each item's elements are freed once it is read.
-    `names` turns an element's local name into an attribute (a source's `ColumnMap`)."""
+    """Stream the items of an RSS 2.0 or Atom feed; each item's elements are freed once it is read, and more than
+    `max_item_bytes` of XML without an item ending fails the read. `names` turns an element's local name into an
+    attribute (a source's `ColumnMap`)."""
     open_elements: list[Element] = []
     item_depth: int | None = None  # depth of the item being read: elements named "item" inside it are its fields
     count = 0
+    refusal = (
+        f"more than {max_item_bytes // 1024**2} MB of XML without the end of an item (after item {{count}}); a feed "
+        f"item is a few KB, so the document is refused"
+    )
+    metered = _Metered(stream, max_item_bytes, refusal.format(count=0))
     try:
-        for event, element in iterparse(stream, events=("start", "end")):
+        for event, element in iterparse(metered, events=("start", "end")):
             if event == "start":
                 if not open_elements:
                     _, root = _split_tag(element.tag)
@@ -423,6 +477,7 @@ def read_xml_records(
                 continue
             item_depth = None
             count += 1
+            metered.restart(refusal.format(count=count))
             yield _xml_record(element, f"item {count}", names)
             # Drop the item from the tree so a long feed costs one item of memory, not the whole document.
             element.clear()
@@ -447,7 +502,8 @@ def read_delimited_records(
     without an id column, or with `strict` without a title or an image column, fails the read before any row."""
     column_map = columns or ColumnMap()
     text = io.TextIOWrapper(stream, encoding=encoding, newline="")
-    reader = csv.reader(text, delimiter=delimiter)
+    lines = _QuoteCounter(text)
+    reader = csv.reader(lines, delimiter=delimiter)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         header = next(reader, None)
@@ -459,7 +515,18 @@ def read_delimited_records(
         advice = ". Check too that the format is right: csv separates columns with commas, tsv with tabs"
         column_map.require(found, f"{kind} header", strict=strict, advice=advice)
         names = [column_map(cell) for cell in header]
+        last_line = reader.line_num
+        lines.quotes = 0
         for row in reader:
+            first_line, last_line = last_line + 1, reader.line_num
+            if last_line > first_line and lines.quotes % 2:
+                # A quoted cell may span lines, but then its quotes pair up. An odd count means a quote that never
+                # closed, and the cell swallowed the rows after it: they are not in the feed as the merchant meant.
+                raise SourceError(
+                    f"unterminated quote in the {kind} record starting at line {first_line}: the lines after it "
+                    f'(to line {last_line}) were read as one cell; close the quote or escape it as ""'
+                )
+            lines.quotes = 0
             if not any(cell.strip() for cell in row):
                 continue
             fields = _Fields(split_lists=True)
@@ -476,6 +543,22 @@ def read_delimited_records(
     finally:
         # Leave the binary stream to its owner (closing the wrapper would close it under the caller).
         text.detach()
+
+
+class _QuoteCounter:
+    """The lines of a text stream, counting the quote characters handed to the CSV reader since the last reset."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.quotes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.quotes += line.count('"')
+        return line
 
 
 def read_json_records(
@@ -804,7 +887,33 @@ def _excerpt(response: httpx.Response) -> str:
                 break
     except httpx.HTTPError:
         pass
-    return body[:ERROR_EXCERPT].decode("utf-8", "replace").replace("\n", " ").strip() or "(empty body)"
+    text = _MARKUP.sub(" ", clean_text(body[: ERROR_EXCERPT * 4].decode("utf-8", "replace")))
+    text = " ".join(text.split())[:ERROR_EXCERPT]
+    return text or "(empty body)"
+
+
+def _is_private_host(host: str) -> bool:
+    """Whether a host name or address is (or resolves to) a loopback, private, link-local or reserved address."""
+    host = host.strip("[]")
+    if not host:
+        return False
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            return False  # unresolvable: the request itself fails with a clear error
+        addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    return any(
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+        for address in addresses
+    )
 
 
 class FeedConnector:
@@ -909,7 +1018,7 @@ class FeedConnector:
         if fmt is None:
             fmt = guess_format(document.name, document.content_type, document.stream.peek(SNIFF_BYTES))
         if fmt == "google-merchant":
-            return read_xml_records(document.stream, names=self._columns)
+            return read_xml_records(document.stream, names=self._columns, max_item_bytes=MAX_ITEM_BYTES)
         if fmt == "json":
             return read_json_records(document.stream, columns=self._columns, require_columns=True)
         encoding = document.charset if document.charset and document.charset.lower() not in ("utf-8", "utf8") else None
@@ -945,15 +1054,42 @@ class FeedConnector:
                 compressed = raw.peek(2)[:2] == b"\x1f\x8b"
             except (OSError, SourceError) as exc:
                 raise SourceError(f"{self._what}: cannot read the document: {exc}") from None
-            if compressed:
-                raw = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), CHUNK_SIZE)  # type: ignore[arg-type]
-            yield _Document(raw, name, modified, content_type, charset)
+            inner = cast("IO[bytes]", gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw)
+            refusal = (
+                f"the document is larger than {MAX_DOCUMENT_BYTES // 1024**2} MB"
+                + (" once decompressed" if compressed else "")
+                + "; refused rather than read without end"
+            )
+            stream = io.BufferedReader(_Metered(inner, MAX_DOCUMENT_BYTES, refusal), CHUNK_SIZE)
+            yield _Document(stream, name, modified, content_type, charset)
 
     def _http(self) -> httpx.Client:
         if self._client is None:
-            # Feed URLs carry no credential headers, and CDNs redirect: follow them.
-            self._client = make_client(self._config.timeout, follow_redirects=True)
+            # Redirects are followed by `_fetch`, one hop at a time, so each target is checked first.
+            self._client = make_client(self._config.timeout)
         return self._client
+
+    def _fetch(self, client: httpx.Client) -> tuple[httpx.Response, bool]:
+        """GET the feed as a stream, following redirects (CDNs use them) but never from a public host to a private
+        address: a feed URL must not become a way to read the worker's own network. Returns the response and
+        whether it came through a redirect."""
+        assert self._url is not None
+        origin_private = _is_private_host(urlsplit(self._url).hostname or "")
+        response = client.send(client.build_request("GET", self._url), stream=True, follow_redirects=False)
+        hops = 0
+        while response.is_redirect and response.next_request is not None:
+            target = response.next_request
+            response.close()
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise SourceError(f"{self._what}: more than {MAX_REDIRECTS} redirects; giving up")
+            if not origin_private and _is_private_host(target.url.host):
+                raise SourceError(
+                    f"{self._what}: redirected to a private address ({target.url.host}); refused, a public feed "
+                    f"must not lead into the worker's own network"
+                )
+            response = client.send(target, stream=True, follow_redirects=False)
+        return response, hops > 0
 
     def _get(self) -> httpx.Response:
         """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (as `connectors.http.send`)."""
@@ -963,7 +1099,7 @@ class FeedConnector:
         while True:
             attempt += 1
             try:
-                response = client.send(client.build_request("GET", self._url), stream=True)
+                response, redirected = self._fetch(client)
             except httpx.TransportError as exc:
                 if attempt >= MAX_ATTEMPTS:
                     raise SourceError(f"{self._what}: cannot reach the feed: {type(exc).__name__}: {exc}") from None
@@ -974,7 +1110,8 @@ class FeedConnector:
             status = response.status_code
             if status < 300:
                 return response
-            excerpt = _excerpt(response)
+            # A redirect target's body is not ours to show (an internal page, a cloud metadata answer).
+            excerpt = "(body not shown: the answer came through a redirect)" if redirected else _excerpt(response)
             response.close()
             if status in (401, 403):
                 raise AuthError(

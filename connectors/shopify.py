@@ -51,8 +51,11 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
+    is_deletion_body,
+    json_payload,
     normalize_images,
     parse_datetime,
+    platform_id,
     split_tags,
 )
 from connectors.http import MAX_RETRY_AFTER, make_client, retry_after_seconds, send
@@ -160,16 +163,9 @@ _BULK_POLL = (
 
 def numeric_id(value: Any) -> str | None:
     """The numeric Shopify id from an int, a digit string or a GID (`gid://shopify/Product/123` → `"123"`)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return str(value) if value > 0 else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.startswith(_GID_PREFIX):
-        text = text.rsplit("/", 1)[-1].split("?", 1)[0]
-    return text if text.isdigit() and int(text) > 0 else None
+    if isinstance(value, str) and value.strip().startswith(_GID_PREFIX):
+        value = value.strip().rsplit("/", 1)[-1].split("?", 1)[0]
+    return platform_id(value)
 
 
 def _map_status(value: Any) -> ProductStatus | None:
@@ -395,8 +391,8 @@ def group_bulk_lines(lines: Iterable[str]) -> Iterator[tuple[dict[str, Any], lis
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"bulk result line {number} is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, a number too long to convert, nesting too deep
+            raise SourceError(f"bulk result line {number} is not usable JSON: {str(exc)[:120]}") from None
         if not isinstance(record, dict):
             raise SourceError(f"bulk result line {number} is not a JSON object")
         parent = record.get("__parentId")
@@ -454,13 +450,8 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, *, shop_
     triggered_at = parse_datetime(lowered.get("x-shopify-triggered-at"))
     if topic not in _UPSERT_TOPICS and topic != _DELETE_TOPIC:
         raise SkippedProduct(None, "unknown_topic", f"Shopify topic {topic!r} is not a product topic")
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not a JSON object")
-    if topic == _DELETE_TOPIC:
+    payload = json_payload(body, topic)
+    if topic == _DELETE_TOPIC and is_deletion_body(payload):
         product_id = numeric_id(payload.get("id"))
         if product_id is None:
             raise SkippedProduct(None, "malformed_payload", "products/delete without a usable id")
@@ -665,7 +656,7 @@ class _ShopifyBase:
     def _json(self, response: httpx.Response) -> Any:
         try:
             return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, nesting too deep
             raise SourceError(
                 f"{self._what}: {response.request.url.copy_with(query=None)} answered {response.status_code} "
                 f"with a body that is not JSON"

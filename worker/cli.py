@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,10 +41,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO; some shops' URLs carry credentials (WooCommerce OAuth over HTTP).
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Commands are quiet unless CATALOG_SYNC_LOG_LEVEL asks for more (DEBUG to see every request, URLs redacted).
+    level = logging.getLevelName(os.environ.get("CATALOG_SYNC_LOG_LEVEL", "WARNING").upper())
+    level = level if isinstance(level, int) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         app()
     except ConfigError as exc:
@@ -542,7 +546,7 @@ def sources() -> None:
         except SyncError as exc:
             bad = True
             check = f"[red]{type(exc).__name__}:[/red] {exc}"
-        table.add_row(source.name, source.kind, source.url.split("?", 1)[0], check)
+        table.add_row(source.name, source.kind, source.display_url, check)
     out.print(table)
     _print_template_collisions(runtime.sources)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
@@ -616,9 +620,11 @@ def run(
     with ExitStack() as stack:
         stack.enter_context(embedded_worker(runtime, concurrency=concurrency, beat=True))
         if webhook_port:
+            from worker.http_guard import server_options
             from worker.webhooks import create_app
 
-            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port).start()
+            options = server_options(runtime.settings)
+            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port, **options).start()
             stack.callback(server.stop)
             console.print(f"webhooks: POST {server.url}/webhooks/<source>; health: {server.url}/healthz")
         try:

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.sources import SourceConfig
-from connectors.base import MAX_IMAGES, Connector, SourceProduct, filter_reason
+from connectors.base import MAX_IMAGES, Connector, SourceProduct, clean_text, filter_reason, product_id_problem
 from worker.catalog import ProductUpsert
 from worker.errors import SkippedProduct, SourceError
 from worker.images import ImageChecker, ImageVerdict
@@ -38,6 +38,12 @@ PAGE_SIZE = 500
 WATERMARK_OVERLAP = timedelta(minutes=5)
 # Catalog metadata keys for the stable descriptors (volatile fields like price stay out unless configured).
 _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
+# The state database's externalId column; a template filled with a long handle must not overflow it.
+MAX_EXTERNAL_ID_LENGTH = 512
+# How far ahead of ours a source's clock may run before its timestamps are treated as wrong (and clamped to now).
+MAX_CLOCK_SKEW = timedelta(hours=1)
+# Characters of a failed run's error kept in the runs table and shown by `status`.
+MAX_ERROR_LENGTH = 2000
 
 # The skip reason of a product the source's include/exclude filter keeps out of the catalog.
 FILTERED_OUT = "filtered_out"
@@ -57,7 +63,27 @@ def external_id_for(product_id: str, handle: str | None, source: SourceConfig) -
     """The catalog externalId from the source's template (`{id}`, `{handle}`, `{source}`)."""
     if "{handle}" in source.external_id and not handle:
         raise SkippedProduct(product_id, "missing_handle", f"the external_id template {source.external_id!r} needs it")
-    return source.external_id.format(id=product_id, handle=handle or "", source=source.name)
+    external_id = source.external_id.format(id=product_id, handle=handle or "", source=source.name)
+    problem = product_id_problem(external_id, max_length=MAX_EXTERNAL_ID_LENGTH)
+    if problem is not None:
+        raise SkippedProduct(product_id, "invalid_external_id", f"externalId {external_id[:80]!r}…: {problem}")
+    return external_id
+
+
+def usable_id(product_id: str) -> None:
+    """Raise `SkippedProduct` without a product id when `product_id` cannot key a row: the id itself is what is
+    wrong, so nothing may be stored under it."""
+    problem = product_id_problem(product_id)
+    if problem is not None:
+        raise SkippedProduct(None, "invalid_id", f"id {product_id[:80]!r}: {problem}")
+
+
+def source_time(moment: datetime) -> datetime:
+    """A source's timestamp, clamped to now when it is further ahead than any clock skew: a product dated 2999 would
+    make every later correction look older than it and be dropped as stale for ever. Times within the skew are kept,
+    so updates from a shop whose clock runs a little ahead still order among themselves."""
+    now = utcnow()
+    return now if moment > now + MAX_CLOCK_SKEW else moment
 
 
 def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, Any]:
@@ -74,7 +100,7 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
     for name in source.metadata_fields:
         if name in product.attributes:
             metadata[name] = product.attributes[name]
-    return {
+    payload = {
         "externalId": external_id_for(product.product_id, product.handle, source),
         "title": product.title,
         "description": product.description,
@@ -84,6 +110,20 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
         # Omitted unless set, so sources that never chose keep their payload (and its hash) as it was.
         **({} if source.auto_detect_image_roles is None else {"autoDetectImageRoles": source.auto_detect_image_roles}),
     }
+    cleaned: dict[str, Any] = _cleaned(payload)
+    return cleaned
+
+
+def _cleaned(value: Any) -> Any:
+    """Every string of a payload through `clean_text`: one NUL or lone surrogate must not fail a page write or
+    the hash of the payload."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {key: _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
 
 
 def desired_row(
@@ -92,8 +132,11 @@ def desired_row(
     """The desired state of one product. Inactive products, products the source's filter keeps out (recorded
     `skipped: filtered_out` with the rule) and products without images (`skipped: no_images`) are not in the
     catalog. With `images` (the image check's verdicts by URL), unusable images are dropped, and a product left
-    with none is `skipped: no_usable_images`; a URL without a verdict is kept."""
+    with none is `skipped: no_usable_images`; a URL without a verdict is kept. Raises `SkippedProduct` for a
+    product the catalog cannot take."""
+    usable_id(product.product_id)
     external_id = external_id_for(product.product_id, product.handle, source)
+    updated_at = source_time(product.updated_at)
 
     def kept_out(reason: str | None = None, detail: str | None = None) -> DesiredRow:
         return DesiredRow(
@@ -102,7 +145,7 @@ def desired_row(
             external_id,
             None,
             DELETED,
-            product.updated_at,
+            updated_at,
             reason,
             detail,
             account=source.account,
@@ -131,7 +174,7 @@ def desired_row(
         external_id,
         upsert.payload(),
         upsert.content_hash(),
-        product.updated_at,
+        updated_at,
         account=source.account,
     )
 
@@ -143,19 +186,20 @@ def _unusable(product: SourceProduct, images: Mapping[str, ImageVerdict]) -> lis
 
 def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime | None) -> DesiredRow | None:
     """A record the source lists but that cannot be a catalog product: recorded, and kept out of the catalog."""
-    if not skip.product_id:
+    if not skip.product_id or product_id_problem(skip.product_id) is not None:
         return None
     try:
         external_id = external_id_for(skip.product_id, None, source)
     except SkippedProduct:
         external_id = skip.product_id  # the template needs a handle this record does not have; nothing is sent
+    moment = source_time(updated_at) if updated_at is not None else None
     return DesiredRow(
         source.name,
         skip.product_id,
         external_id,
         None,
         DELETED,
-        updated_at,
+        moment,
         skip_reason=skip.reason[:64],
         skip_detail=skip.detail or None,
         account=source.account,
@@ -319,6 +363,8 @@ def page_rows(
                 counts[f"skipped:{skip.reason}"] += 1
                 log.info("%s: %s", source.name, skip)
                 row = skipped_row(skip, source, item.updated_at)
+                if row is None:
+                    counts["skipped_without_id"] += 1
             else:
                 if row.skip_reason:
                     counts["skipped"] += 1
@@ -376,6 +422,6 @@ def paged(items: Iterable[SourceProduct | SkippedProduct], size: int) -> Iterato
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SourceError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    text = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+    # Stored in a text column and printed by `status`: a quoted NUL or a megabyte of feed must fit in neither.
+    return clean_text(text)[:MAX_ERROR_LENGTH]
