@@ -31,7 +31,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import ValidationError
@@ -134,7 +134,7 @@ def push(
         store.mark_dequeued(source, product_id)
         return Outcome.NOOP
     try:
-        outcome = _converge(catalog, claim)
+        outcome, expires_at = _converge(catalog, claim)
     except BaseException as exc:
         action = action_for(exc)
         if action is None:
@@ -142,7 +142,8 @@ def push(
             store.release(claim, retry_at=utcnow() + backoff(claim.attempts + 1, jitter))
             raise
         return _handle(store, claim, exc, action, settings, jitter)
-    if not store.record_success(claim, called=outcome is not Outcome.CONVERGED_WITHOUT_CALL):
+    called = outcome is not Outcome.CONVERGED_WITHOUT_CALL
+    if not store.record_success(claim, expires_at=expires_at, called=called):
         return Outcome.SUPERSEDED
     return outcome
 
@@ -217,15 +218,23 @@ def _message_of(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _converge(catalog: CatalogClient, claim: Claim) -> Outcome:
+def _converge(catalog: CatalogClient, claim: Claim) -> tuple[Outcome, datetime | None]:
+    """Make the catalog hold the claim's desired state; returns what was done and the catalog's `expiresAt`.
+
+    After a template change the product moves: the new externalId is written first and the old one deleted
+    second, so the product is never missing from the catalog and a failure in between is finished by the retry
+    (the row still remembers the old id)."""
+    held = claim.catalog_external_id
     if claim.payload is None:
         if claim.synced_hash is None:
             # We never put it in the catalog: nothing to remove.
-            return Outcome.CONVERGED_WITHOUT_CALL
-        catalog.delete(claim.external_id, priority=claim.priority)
-        return Outcome.DELETED
-    catalog.upsert(ProductUpsert.model_validate(claim.payload), priority=claim.priority)
-    return Outcome.UPSERTED
+            return Outcome.CONVERGED_WITHOUT_CALL, None
+        catalog.delete(held or claim.external_id, priority=claim.priority)
+        return Outcome.DELETED, None
+    product = catalog.upsert(ProductUpsert.model_validate(claim.payload), priority=claim.priority)
+    if held is not None and held != claim.external_id:
+        catalog.delete(held, priority=claim.priority)
+    return Outcome.UPSERTED, product.expires_at
 
 
 def backoff(attempt: int, jitter: Callable[[], float] = random.random) -> timedelta:
