@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, postgres_schema, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, postgres_schema, sync_world, write_feed
 from tests.worker_helpers import broker_world, catalog_sync
 from worker.state import utcnow
 
@@ -357,13 +357,18 @@ def test_retry_after_a_fixed_key_says_how_many_products_go_out_again(world: Sync
     assert retried.returncode == 0, retried.stderr
     assert f"pushes of {SOURCE} resumed, 3 pending product(s) go out again" in retried.stderr
     assert "refused the API key" in retried.stderr
-    assert sorted(world.catalog_products()) == ["1", "2", "3"]
+    assert sorted(world.catalog_products()) == [ext("1"), ext("2"), ext("3")]
 
 
 # ------------------------------------------------------------------------------ 7. every skip says why
 
 
-def test_every_skip_says_why_in_failures_status_and_json(world: SyncWorld) -> None:
+def test_every_skip_says_why_in_failures_status_and_json(tmp_path: Path) -> None:
+    with sync_world(tmp_path, toml_extra='external_id = "{id}"') as world:
+        _every_skip_says_why(world)
+
+
+def _every_skip_says_why(world: SyncWorld) -> None:
     write_feed(
         world.feed,
         [feed_item("ok"), feed_item("ftp", images=0, image_link="ftp://cdn.example/a.jpg"), feed_item("_anon_7")],
