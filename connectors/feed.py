@@ -56,9 +56,9 @@ that never closes (its cell swallows the rows after it) fails the read rather th
 
 HTTP: redirects are followed one hop at a time (at most `MAX_REDIRECTS`), never from a public host to a private,
 loopback or link-local address, and an error answer reached through a redirect is not quoted in the message.
-`connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
-budget, backoff and `Retry-After` cap) before the body starts; a body that breaks midway fails the read instead of
-restarting, since products already yielded cannot be taken back.
+The streamed GET goes through the connectors' one retry loop (`connectors.http.retrying`: same attempt budget, backoff
+and `Retry-After` cap as every shop request) until the body starts; a body that breaks midway fails the read instead
+of restarting, since products already yielded cannot be taken back.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ from connectors.base import (
     parse_datetime,
     split_tags,
 )
-from connectors.http import MAX_ATTEMPTS, MAX_RETRY_AFTER, Sleep, backoff_delay, make_client, retry_after_seconds
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from connectors.http import Sleep, Target, error_for_status, make_client, retry_after_seconds, retrying, unreachable
+from worker.errors import ConfigError, InvalidSignature, SkippedProduct, SourceError
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element
@@ -1092,19 +1092,18 @@ class FeedConnector:
         return response, hops > 0
 
     def _get(self) -> httpx.Response:
-        """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (as `connectors.http.send`)."""
+        """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (`connectors.http.retrying`)."""
         assert self._url is not None
         client = self._http()
-        attempt = 0
-        while True:
-            attempt += 1
+        target = Target(
+            self._what, unreachable="the feed", refused="the server refused access ({status}); check the feed URL"
+        )
+
+        def attempt() -> httpx.Response:
             try:
                 response, redirected = self._fetch(client)
             except httpx.TransportError as exc:
-                if attempt >= MAX_ATTEMPTS:
-                    raise SourceError(f"{self._what}: cannot reach the feed: {type(exc).__name__}: {exc}") from None
-                self._sleep(backoff_delay(attempt))
-                continue
+                raise unreachable(target, exc) from None
             except httpx.HTTPError as exc:
                 raise SourceError(f"{self._what}: {type(exc).__name__}: {exc}") from None
             status = response.status_code
@@ -1113,20 +1112,10 @@ class FeedConnector:
             # A redirect target's body is not ours to show (an internal page, a cloud metadata answer).
             excerpt = "(body not shown: the answer came through a redirect)" if redirected else _excerpt(response)
             response.close()
-            if status in (401, 403):
-                raise AuthError(
-                    f"{self._what}: the server refused access ({status}); check the feed URL", status=status
-                )
-            if status == 429 or status >= 500:
-                wait = retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
-                if attempt >= MAX_ATTEMPTS or (wait is not None and wait > MAX_RETRY_AFTER):
-                    message = f"{self._what}: answered {status} {attempt} time(s); giving up for this run"
-                    if status == 429:
-                        raise RateLimited(message, retry_after=wait)
-                    raise SourceError(message)
-                self._sleep(wait if wait is not None else backoff_delay(attempt))
-                continue
-            raise SourceError(f"{self._what}: answered {status}: {excerpt}")
+            retry_after = retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
+            raise error_for_status(status, target, excerpt=excerpt, retry_after=retry_after)
+
+        return retrying(attempt, target, sleep=self._sleep)
 
 
 def _http_date(value: str | None) -> datetime | None:
