@@ -101,7 +101,7 @@ from connectors.base import (
     parse_datetime,
     split_tags,
 )
-from connectors.http import Sleep, Target, error_for_status, make_client, retry_after_seconds, retrying, unreachable
+from connectors.http import HttpConnector, Sleep, Target, error_for_status, retry_after_seconds, retrying, unreachable
 from worker.errors import ConfigError, InvalidSignature, SkippedProduct, SourceError
 
 if TYPE_CHECKING:
@@ -916,7 +916,7 @@ def _is_private_host(host: str) -> bool:
     )
 
 
-class FeedConnector:
+class FeedConnector(HttpConnector):
     """A product feed (see the module docstring). Every read fetches and parses the whole document again."""
 
     kind = "feed"
@@ -933,8 +933,7 @@ class FeedConnector:
             raise ConfigError(f"source {source.name!r}: FeedConnector reads kind 'feed', not {source.kind!r}")
         self.source = source.name
         self._config = source
-        self._client = client
-        self._owns_client = client is None
+        super().__init__(client, timeout=source.timeout)
         self._sleep = sleep
         self._clock = clock
         location = source.url.strip()
@@ -1006,11 +1005,6 @@ class FeedConnector:
             f"feeds do not send webhooks: source {self.source!r} is a feed, it is read on its sync schedule"
         )
 
-    def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
-
     # ---- reading -------------------------------------------------------------------------------------------------
 
     def _records(self, document: _Document) -> Generator[FeedRecord, None, None]:
@@ -1063,12 +1057,6 @@ class FeedConnector:
             stream = io.BufferedReader(_Metered(inner, MAX_DOCUMENT_BYTES, refusal), CHUNK_SIZE)
             yield _Document(stream, name, modified, content_type, charset)
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            # Redirects are followed by `_fetch`, one hop at a time, so each target is checked first.
-            self._client = make_client(self._config.timeout)
-        return self._client
-
     def _fetch(self, client: httpx.Client) -> tuple[httpx.Response, bool]:
         """GET the feed as a stream, following redirects (CDNs use them) but never from a public host to a private
         address: a feed URL must not become a way to read the worker's own network. Returns the response and
@@ -1094,7 +1082,8 @@ class FeedConnector:
     def _get(self) -> httpx.Response:
         """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (`connectors.http.retrying`)."""
         assert self._url is not None
-        client = self._http()
+        # Redirects are followed by `_fetch`, one hop at a time, so each target is checked first.
+        client = self._client
         target = Target(
             self._what, unreachable="the feed", refused="the server refused access ({status}); check the feed URL"
         )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
@@ -34,6 +34,7 @@ __all__ = [
     "MAX_TOTAL_WAIT",
     "STATUS_ERRORS",
     "USER_AGENT",
+    "HttpConnector",
     "RedactUrls",
     "Target",
     "error_class",
@@ -106,6 +107,35 @@ def make_client(
     another host, so custom credential headers and query-string keys would travel along."""
     merged = {"User-Agent": USER_AGENT, **(headers or {})}
     return httpx.Client(timeout=timeout, headers=merged, follow_redirects=follow_redirects, **kwargs)
+
+
+class HttpConnector:
+    """What owns a connector's HTTP client. A client the caller gives is theirs to close; otherwise one is made on
+    first use (a connector that only checks webhooks, or a feed read from a file, opens no pool) and `close()`
+    closes it. A connector is also a context manager that closes on exit."""
+
+    def __init__(self, client: httpx.Client | None, *, timeout: float) -> None:
+        self._given_client = client is not None
+        self._open_client = client
+        self._timeout = timeout
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self._open_client is None:
+            self._open_client = make_client(self._timeout)
+        return self._open_client
+
+    def close(self) -> None:
+        """Release connections (of a client this connector made; a given one stays open)."""
+        if not self._given_client and self._open_client is not None:
+            self._open_client.close()
+            self._open_client = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:

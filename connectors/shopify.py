@@ -56,7 +56,7 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import MAX_RETRY_AFTER, make_client, retry_after_seconds, send
+from connectors.http import MAX_RETRY_AFTER, HttpConnector, retry_after_seconds, send
 from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator, iter_pages
 from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
@@ -574,7 +574,7 @@ class _CostTooHigh(Exception):
 # Connectors
 
 
-class _ShopifyBase:
+class _ShopifyBase(HttpConnector):
     """What the three flavours share: the HTTP client, the source's name and settings, webhooks, closing."""
 
     kind: str = ""
@@ -597,8 +597,7 @@ class _ShopifyBase:
         parts = urlsplit(self.shop_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"source {config.name!r}: url {config.url!r} is not an http(s) shop address")
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(config.timeout)
+        super().__init__(client, timeout=config.timeout)
         self._sleep = sleep
         self._clock = clock
         self._what = f"Shopify source {config.name!r}"
@@ -638,16 +637,6 @@ class _ShopifyBase:
         """Verify `X-Shopify-Hmac-Sha256` over the raw bytes, then parse the product topic."""
         check_webhook_signature(headers, body, self.config.webhook_secrets)
         return parse_webhook(self.source, headers, body, shop_url=self.shop_url)
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> _ShopifyBase:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r}, url={self.shop_url!r})"

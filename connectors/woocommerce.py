@@ -70,7 +70,7 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import make_client, send
+from connectors.http import HttpConnector, send
 from connectors.paging import ListPage, PageNumberPaginator, Paginator, iter_pages
 from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
 
@@ -439,7 +439,7 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, secrets_
 # --- the connector ------------------------------------------------------------------------------------------------
 
 
-class WooCommerceConnector:
+class WooCommerceConnector(HttpConnector):
     """A WooCommerce store over REST API v3. See the module docstring for paging, credentials and webhooks."""
 
     kind = "woocommerce"
@@ -467,8 +467,7 @@ class WooCommerceConnector:
         self.store_url = source.url.strip().rstrip("/")
         self.secure = parts.scheme.lower() == "https"
         self.page_size = min(source.page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(source.timeout)
+        super().__init__(client, timeout=source.timeout)
         self._sleep = sleep
         self._what = f"WooCommerce source {source.name!r}"
         oauth = _OAuth1(
@@ -527,16 +526,6 @@ class WooCommerceConnector:
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify `X-WC-Webhook-Signature` over the raw bytes (or recognize the unsigned creation ping), then parse."""
         return parse_webhook(self.source, headers, body, self.config.webhook_secrets)
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> WooCommerceConnector:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"WooCommerceConnector(source={self.source!r}, url={self.store_url!r})"
