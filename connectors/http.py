@@ -26,26 +26,6 @@ from config.redact import redact_url
 from worker import __version__
 from worker.errors import AuthError, RateLimited, RetryableError, SourceError, SyncError
 
-__all__ = [
-    "BACKOFF_BASE",
-    "BACKOFF_CAP",
-    "MAX_ATTEMPTS",
-    "MAX_RETRY_AFTER",
-    "MAX_TOTAL_WAIT",
-    "STATUS_ERRORS",
-    "USER_AGENT",
-    "HttpConnector",
-    "RedactUrls",
-    "Target",
-    "error_class",
-    "error_for_status",
-    "make_client",
-    "retry_after_seconds",
-    "retrying",
-    "send",
-    "unreachable",
-]
-
 log = logging.getLogger(__name__)
 
 USER_AGENT: Final = f"catalog-sync/{__version__}"
@@ -70,7 +50,9 @@ STATUS_ERRORS: Final[Mapping[int, type[SyncError]]] = MappingProxyType(
     }
 )
 
+# How connectors wait and read the time: injected, so tests run without waiting.
 Sleep = Callable[[float], None]
+Clock = Callable[[], float]
 Result = TypeVar("Result")
 _BACKOFF: Final = wait_random_exponential(multiplier=BACKOFF_BASE, max=BACKOFF_CAP)
 
@@ -296,7 +278,7 @@ def send(
         if status < 300 or status in ok_statuses:
             return response
         retry_after = retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
-        raise error_for_status(status, target, excerpt=_excerpt(response), retry_after=retry_after)
+        raise error_for_status(status, target, excerpt=excerpt(response), retry_after=retry_after)
 
     return retrying(attempt, target, sleep=sleep, max_attempts=max_attempts)
 
@@ -306,7 +288,8 @@ def _safe(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-def _excerpt(response: httpx.Response, limit: int = 300) -> str:
+def excerpt(response: httpx.Response, limit: int = 300) -> str:
+    """The start of a body for an error message, on one line."""
     try:
         text = response.text
     except (httpx.ResponseNotRead, UnicodeDecodeError):

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -56,7 +56,7 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import MAX_RETRY_AFTER, HttpConnector, retry_after_seconds, send
+from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, retry_after_seconds, send
 from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator, iter_pages
 from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
@@ -78,8 +78,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], None]
-Clock = Callable[[], float]
 
 # Shopify refuses any single query whose requested cost is above this (MAX_COST_EXCEEDED).
 MAX_QUERY_COST: Final = 1000
@@ -598,6 +596,8 @@ class _ShopifyBase(HttpConnector):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"source {config.name!r}: url {config.url!r} is not an http(s) shop address")
         super().__init__(client, timeout=config.timeout)
+        # The Admin API root, REST and GraphQL alike (the storefront reads the shop's public pages instead).
+        self.base = f"{self.shop_url}/admin/api/{config.api_version}"
         self._sleep = sleep
         self._clock = clock
         self._what = f"Shopify source {config.name!r}"
@@ -671,7 +671,7 @@ class ShopifyGraphQL(_ShopifyBase):
     ) -> None:
         super().__init__(config, client=client, sleep=sleep, clock=clock)
         self.bulk = bulk
-        self.endpoint = f"{self.shop_url}/admin/api/{config.api_version}/graphql.json"
+        self.endpoint = f"{self.base}/graphql.json"
         self.bucket = CostBucket(sleep=sleep, clock=clock)
         self._with_prices = bool(_PRICE_ATTRIBUTES & set(config.metadata_fields))
         # Collections cost a connection per product: asked only when the source filters on them.
@@ -960,17 +960,6 @@ class ShopifyRest(_ShopifyBase):
     """The legacy REST Admin API (`kind = "shopify-rest"`): Link-header paging and the call-limit header."""
 
     kind = "shopify-rest"
-
-    def __init__(
-        self,
-        config: SourceConfig,
-        *,
-        client: httpx.Client | None = None,
-        sleep: Sleep = time.sleep,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(config, client=client, sleep=sleep, clock=clock)
-        self.base = f"{self.shop_url}/admin/api/{config.api_version}"
 
     def _get(self, url: str, *, params: Mapping[str, str] | None = None, ok: tuple[int, ...] = ()) -> httpx.Response:
         response = self._send_admin("GET", url, ok=ok, params=params)

@@ -70,7 +70,7 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import HttpConnector, send
+from connectors.http import Clock, HttpConnector, Sleep, excerpt, send
 from connectors.paging import ListPage, PageNumberPaginator, Paginator, iter_pages
 from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
 
@@ -88,8 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], None]
-Clock = Callable[[], float]
 
 # The REST API v3 root, below the store's base URL.
 API_PATH: Final = "/wp-json/wc/v3"
@@ -685,7 +683,7 @@ class WooCommerceConnector(HttpConnector):
         code = body.get("code") if isinstance(body.get("code"), str) else None
         message = str(body.get("message") or "")[:300]
         where = response.request.url.copy_with(query=None)
-        said = f"{status} {code}: {message}" if code else f"{status}: {_excerpt(response)}"
+        said = f"{status} {code}: {message}" if code else f"{status}: {excerpt(response)}"
         redirect = self._redirect_note(response)
         if code == "woocommerce_rest_cannot_view":
             anonymous = status == 401
@@ -731,7 +729,7 @@ class WooCommerceConnector(HttpConnector):
         try:
             return response.json()
         except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, nesting too deep
-            start = _excerpt(response, 80)
+            start = excerpt(response, 80)
             hint = ""
             if start.lstrip().startswith("<"):
                 hint = " (an HTML page: a maintenance, security or caching plugin may answer instead of WooCommerce)"
@@ -802,11 +800,3 @@ def _older(raw: Any, moment: datetime) -> bool:
 def _int_header(response: httpx.Response, name: str) -> int | None:
     value = response.headers.get(name, "").strip()
     return int(value) if value.isdigit() else None
-
-
-def _excerpt(response: httpx.Response, limit: int = 300) -> str:
-    try:
-        text = response.text
-    except (httpx.ResponseNotRead, UnicodeDecodeError):
-        return "(unreadable body)"
-    return text[:limit].replace("\n", " ")
