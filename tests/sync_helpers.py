@@ -4,9 +4,10 @@ emulator, and a look at what the emulator holds."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ def feed_item(
         item["additional_image_links"] = [f"https://cdn.example/{pid}/{n}.jpg" for n in range(1, images)]
     item.update(extra)
     return item
+
+
+def ext(product_id: str, source: str = SOURCE) -> str:
+    """The externalId the default template (`{source}-{id}`) gives a product."""
+    return f"{source}-{product_id}"
 
 
 def write_feed(path: Path, items: Sequence[dict[str, Any]]) -> None:
@@ -77,6 +83,29 @@ class SyncWorld:
                 return products
 
 
+def invoke_cli(world: SyncWorld, *args: str) -> Any:
+    """`catalog-sync ARGS` in this process (typer's runner), configured for the world's database and emulator."""
+    from typer.testing import CliRunner
+
+    from config.settings import get_settings
+    from worker import cli
+
+    settings = world.runtime.settings
+    env = {
+        "CATALOG_SYNC_CONFIG": str(settings.config),
+        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
+        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
+        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
+        "CATALOG_SYNC_CATALOG_BURST": "100",
+    }
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(cli.app, list(args), env=env)
+    finally:
+        get_settings.cache_clear()
+
+
 def sources_toml(feed: Path, *, name: str = SOURCE, extra: str = "") -> str:
     # The feeds' image URLs are placeholders on hosts that do not exist: tests of the image check turn it on.
     return (
@@ -105,13 +134,16 @@ def sync_world(
     toml_extra: str = "",
     sources: str | None = None,
     database_url: str | None = None,
+    catalog_clock: Callable[[], datetime] | None = None,
     **overrides: Any,
 ) -> Iterator[SyncWorld]:
     """The catalog emulator, a migrated state database and a runtime; the sources file holds one JSON feed source
-    (`feed.json`, empty) unless `sources` gives the file's text."""
+    (`feed.json`, empty) unless `sources` gives the file's text. `catalog_clock` is the emulator's clock."""
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
-    with running(catalog_emulator.create_app([API_KEY], catalog_emulator.Faults(account_limit=None))) as catalog:
+    clock = {"clock": catalog_clock} if catalog_clock is not None else {}
+    faults = catalog_emulator.Faults(account_limit=None)
+    with running(catalog_emulator.create_app([API_KEY], faults, **clock)) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
         text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
         Path(settings.config).write_text(text, encoding="utf-8")

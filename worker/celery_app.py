@@ -66,6 +66,8 @@ def configure(
         task_default_queue=QUEUE_PUSH,
         task_routes={
             "catalog_sync.sync_source": {"queue": QUEUE_SYNC},
+            # Listing a catalog is long, low-priority reading, like reading a source.
+            "catalog_sync.audit": {"queue": QUEUE_SYNC},
             "catalog_sync.sync_product": {"queue": QUEUE_PRIORITY},
             "catalog_sync.reconcile": {"queue": QUEUE_PRIORITY},
             "catalog_sync.housekeeping": {"queue": QUEUE_PRIORITY},
@@ -94,6 +96,14 @@ def beat_schedule(settings: Settings, sources: dict[str, SourceConfig]) -> dict[
         "reconcile": {"task": "catalog_sync.reconcile", "schedule": settings.reconcile_interval},
         "housekeeping": {"task": "catalog_sync.housekeeping", "schedule": HOUSEKEEPING_INTERVAL.total_seconds()},
     }
+    if settings.audit_interval is not None:
+        for account in sorted({source.account for source in sources.values()}):
+            schedule[f"audit:{account}"] = {
+                "task": "catalog_sync.audit",
+                "schedule": settings.audit_interval,
+                "args": (account,),
+                "kwargs": {"repair": True},
+            }
     for source in sources.values():
         if not source.enabled:
             continue

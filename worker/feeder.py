@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from config.sources import DEFAULT_ACCOUNT
 from worker.ratelimit import Grants, pacing
 from worker.state import Store, utcnow
 
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The default account: every source writes to it until the sources file names accounts of its own.
-DEFAULT_ACCOUNT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +146,13 @@ def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = Non
 def accounts(runtime: Runtime) -> list[AccountBudget]:
     """The accounts this deployment writes to, with their sources and steady rates."""
     rate, _, _ = pacing(runtime.settings)
-    return [AccountBudget(DEFAULT_ACCOUNT, rate, tuple(sorted(runtime.sources)))]
+    by_account: dict[str, list[str]] = {}
+    for name, source in sorted(runtime.sources.items()):
+        by_account.setdefault(source.account, []).append(name)
+    if not by_account:
+        by_account[DEFAULT_ACCOUNT] = []
+    # One rate for every account until accounts carry their own limits.
+    return [AccountBudget(account, rate, tuple(names)) for account, names in sorted(by_account.items())]
 
 
 @dataclass(frozen=True, slots=True)

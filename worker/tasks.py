@@ -84,26 +84,35 @@ def _push_one(source: str, product_id: str, force: bool) -> Outcome:
 
 @app.task(name="catalog_sync.sync_source")
 def sync_source_task(
-    source: str, mode: RunMode = "incremental", allow_mass_delete: bool = False, bulk: bool | None = None
+    source: str,
+    mode: RunMode = "incremental",
+    allow_mass_delete: bool = False,
+    bulk: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     try:
         report = operations.run_sync(
-            get_runtime(), source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk
+            get_runtime(), source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk, force=force
         )
     except operations.SyncInProgress as exc:
-        log.info("%s", exc)
-        return {"outcome": "skipped", "reason": str(exc)}
+        return {"outcome": "deferred", "waiting": exc.waiting, "reason": str(exc)}
     return {"run_id": report.run_id, "outcome": report.outcome, "counts": dict(report.counts)}
 
 
 @app.task(name="catalog_sync.sync_product")
-def sync_product_task(source: str, product_id: str, force: bool = False) -> bool:
-    return operations.sync_product(get_runtime(), source, product_id, dispatcher, force=force)
+def sync_product_task(source: str, product_id: str, force: bool = False, resend: bool = False) -> bool:
+    return operations.sync_product(get_runtime(), source, product_id, dispatcher, force=force, resend=resend)
 
 
 @app.task(name="catalog_sync.reconcile")
 def reconcile_task() -> int:
     return operations.reconcile(get_runtime(), dispatcher)
+
+
+@app.task(name="catalog_sync.audit")
+def audit_task(account: str, repair: bool = True) -> dict[str, Any]:
+    report = operations.run_audit(get_runtime(), dispatcher, account=account, repair=repair)
+    return report.as_dict()
 
 
 @app.task(name="catalog_sync.housekeeping")
