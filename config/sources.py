@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from config.accounts import DEFAULT_ACCOUNT
 from config.redact import redact_url
 from worker.errors import ConfigError
 
@@ -26,8 +27,6 @@ FeedFormat = Literal["google-merchant", "csv", "tsv", "json"]
 
 # Sources sharing an account must not render the same externalId; the source's name in front keeps them apart.
 DEFAULT_EXTERNAL_ID = "{source}-{id}"
-# The catalog account of every source until the sources file can name accounts.
-DEFAULT_ACCOUNT = "default"
 # A current stable Admin API version; merchants may pin another per source.
 DEFAULT_SHOPIFY_API_VERSION = "2025-07"
 _TEMPLATE_FIELD = re.compile(r"\{(\w*)\}")
@@ -98,6 +97,9 @@ class SourceConfig(BaseModel):
     mass_delete_share: float | None = Field(None, ge=0, le=1)
     restore_expired: bool = Field(
         True, description="Whether an audit restores a product the catalog let expire (valid_for_days)."
+    )
+    account: str = Field(
+        DEFAULT_ACCOUNT, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="The catalog account it writes to."
     )
     # Shop credentials; each may be "env:NAME".
     access_token: SecretStr | None = None
@@ -180,11 +182,6 @@ class SourceConfig(BaseModel):
                 if kinds is not None and self.kind not in kinds:
                     raise ValueError(f"{side}.{name} applies to kind {' or '.join(sorted(kinds))}, not {self.kind!r}")
         return self
-
-    @property
-    def account(self) -> str:
-        """The catalog account this source writes to: one per deployment until the sources file names accounts."""
-        return DEFAULT_ACCOUNT
 
     @property
     def webhook_secrets(self) -> tuple[SecretStr, ...]:
