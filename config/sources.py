@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from config.accounts import DEFAULT_ACCOUNT
 from config.redact import redact_url
 from worker.errors import ConfigError
 
@@ -27,8 +28,6 @@ FeedFormat = Literal["google-merchant", "csv", "tsv", "json"]
 
 # Sources sharing an account must not render the same externalId; the source's name in front keeps them apart.
 DEFAULT_EXTERNAL_ID = "{source}-{id}"
-# The catalog account of every source until the sources file can name accounts.
-DEFAULT_ACCOUNT = "default"
 # A current stable Admin API version; merchants may pin another per source.
 DEFAULT_SHOPIFY_API_VERSION = "2025-07"
 _TEMPLATE_FIELD = re.compile(r"\{(\w*)\}")
@@ -36,7 +35,7 @@ TEMPLATE_VARIABLES = frozenset({"id", "handle", "source"})
 _SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "consumer_key", "consumer_secret")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # The keys a sources file may hold at its top level.
-TOP_LEVEL_KEYS = ("sources",)
+TOP_LEVEL_KEYS = ("sources", "accounts")
 
 
 class ProductFilter(BaseModel):
@@ -101,6 +100,9 @@ class SourceConfig(BaseModel):
     mass_delete_share: float | None = Field(None, ge=0, le=1)
     restore_expired: bool = Field(
         True, description="Whether an audit restores a product the catalog let expire (valid_for_days)."
+    )
+    account: str = Field(
+        DEFAULT_ACCOUNT, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="The catalog account it writes to."
     )
     # Shop credentials; each may be "env:NAME".
     access_token: SecretStr | None = None
@@ -185,11 +187,6 @@ class SourceConfig(BaseModel):
         return self
 
     @property
-    def account(self) -> str:
-        """The catalog account this source writes to: one per deployment until the sources file names accounts."""
-        return DEFAULT_ACCOUNT
-
-    @property
     def webhook_secrets(self) -> tuple[SecretStr, ...]:
         return tuple(s for s in (self.webhook_secret, self.webhook_secret_previous) if s is not None)
 
@@ -217,7 +214,7 @@ def parse_sources(document: Mapping[str, Any], *, origin: str = "sources file") 
         lines = [f"{origin}: unknown top-level key(s):"]
         for key in unknown:
             guess = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1, cutoff=0.5)
-            hint = f"did you mean [[{guess[0]}]]?" if guess else "a sources file holds only [[sources]] tables"
+            hint = f"did you mean [[{guess[0]}]]?" if guess else "a sources file holds only [[sources]] and [[accounts]] tables"
             lines.append(f"  {key}: {hint}")
         raise ConfigError("\n".join(lines))
     tables = document.get("sources", [])

@@ -68,14 +68,15 @@ class SyncWorld:
     def faults(self, **faults: Any) -> None:
         self.admin.post("/_emulator/config", json=faults).raise_for_status()
 
-    def catalog_products(self) -> dict[str, dict[str, Any]]:
+    def catalog_products(self, api_key: str = API_KEY) -> dict[str, dict[str, Any]]:
+        """What the catalog account of `api_key` holds, by externalId."""
         products: dict[str, dict[str, Any]] = {}
         cursor = None
         while True:
             params: dict[str, Any] = {"limit": 200}
             if cursor:
                 params["cursor"] = cursor
-            page = self.admin.get("/tryon/v1/products", params=params, headers={"x-api-key": API_KEY}).json()
+            page = self.admin.get("/tryon/v1/products", params=params, headers={"x-api-key": api_key}).json()
             for item in page["items"]:
                 products[item["externalId"]] = item
             cursor = page.get("nextCursor")
@@ -151,15 +152,17 @@ def sync_world(
     sources: str | None = None,
     database_url: str | None = None,
     catalog_clock: Callable[[], datetime] | None = None,
+    api_keys: Sequence[str] = (API_KEY,),
     **overrides: Any,
 ) -> Iterator[SyncWorld]:
     """The catalog emulator, a migrated state database and a runtime; the sources file holds one JSON feed source
-    (`feed.json`, empty) unless `sources` gives the file's text. `catalog_clock` is the emulator's clock."""
+    (`feed.json`, empty) unless `sources` gives the file's text. `catalog_clock` is the emulator's clock; `api_keys`
+    the accounts it serves."""
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
     clock = {"clock": catalog_clock} if catalog_clock is not None else {}
     faults = catalog_emulator.Faults(account_limit=None)
-    with running(catalog_emulator.create_app([API_KEY], faults, **clock)) as catalog:
+    with running(catalog_emulator.create_app(list(api_keys), faults, **clock)) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
         text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
         Path(settings.config).write_text(text, encoding="utf-8")

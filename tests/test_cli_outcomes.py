@@ -548,3 +548,17 @@ def test_a_mistyped_key_in_the_env_file_is_named_too(world: SyncWorld, tmp_path:
         "CATALOG_SYNC_CATALOG_APIKEY (in .env): not a catalog-sync setting; did you mean CATALOG_SYNC_CATALOG_API_KEY?"
         in result.stderr
     )
+
+
+def test_accounts_are_a_known_top_level_key_and_a_typo_of_them_is_named(world: SyncWorld, tmp_path: Path) -> None:
+    typo = tmp_path / "account.toml"
+    typo.write_text(
+        f'[[account]]\nname = "eu"\napi_key = "env:EU_KEY"\n\n[[sources]]\nname = "{SOURCE}"\nkind = "feed"\n'
+        f'url = "{world.feed}"\n',
+        encoding="utf-8",
+    )
+
+    result = cli(world, "status", env={"CATALOG_SYNC_CONFIG": str(typo)})
+
+    assert result.returncode == 2
+    assert "  account: did you mean [[accounts]]?" in result.stderr

@@ -3,8 +3,10 @@
 - JSON only; no result backend (the state database records outcomes).
 - `acks_late` + `task_reject_on_worker_lost` + prefetch 1: a message is acknowledged after its task ran, so a worker
   killed mid-task has its message re-delivered; push is idempotent, so that is safe.
-- Queues `push.priority` (webhooks, admin single products, reconcile), `push` (bulk convergence) and `sync`
-  (paging a source), consumed priority-first (`queue_order_strategy: priority` keeps the `-Q` order).
+- Queues `push.priority` (webhooks, admin single products, reconcile), `sync` (paging a source) and `push` (bulk
+  convergence), consumed in that order (`queue_order_strategy: priority` keeps the `-Q` order on Redis). Bulk comes
+  last: the feeder keeps its queue a few seconds deep, so a sync queued behind it would otherwise wait for a moment
+  the queue is empty, which with many accounts never comes.
 - Redis `visibility_timeout` longer than the longest task, so a slow sync is not delivered twice.
 - No countdown/ETA tasks anywhere (celery#5935, kombu#337): retries are scheduled in the database.
 """

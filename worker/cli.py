@@ -679,7 +679,7 @@ def _print_template_collisions(configured: dict[str, Any]) -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    queues: Annotated[str, typer.Option(help="Queues, highest priority first.")] = "push.priority,push,sync",
+    queues: Annotated[str, typer.Option(help="Queues, highest priority first.")] = "push.priority,sync,push",
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[
         str | None, typer.Option(help="Node name, e.g. push1@%h: give each worker on one host its own.")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from config.sources import DEFAULT_ACCOUNT
+from config.accounts import DEFAULT_ACCOUNT
 from worker.ratelimit import Grants, pacing
 from worker.state import Store, utcnow
 
@@ -144,15 +144,16 @@ def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = Non
 
 
 def accounts(runtime: Runtime) -> list[AccountBudget]:
-    """The accounts this deployment writes to, with their sources and steady rates."""
-    rate, _, _ = pacing(runtime.settings)
+    """The accounts this deployment writes to, each with its sources and its own steady rate."""
     by_account: dict[str, list[str]] = {}
     for name, source in sorted(runtime.sources.items()):
         by_account.setdefault(source.account, []).append(name)
     if not by_account:
         by_account[DEFAULT_ACCOUNT] = []
-    # One rate for every account until accounts carry their own limits.
-    return [AccountBudget(account, rate, tuple(names)) for account, names in sorted(by_account.items())]
+    return [
+        AccountBudget(name, pacing(runtime.account(name))[0], tuple(sources))
+        for name, sources in sorted(by_account.items())
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,16 +184,16 @@ def budget_status(runtime: Runtime) -> list[BudgetStatus]:
     from worker.errors import RetryableError
 
     statuses = []
-    try:
-        grants: Grants | None = runtime.limiter.grants()
-    except RetryableError:
-        grants = None
     for account in accounts(runtime):
+        try:
+            grants: Grants | None = runtime.limiter_for(account.name).grants()
+        except RetryableError:
+            grants = None
         waiting = runtime.store.waiting(account.sources)
         statuses.append(
             BudgetStatus(
                 account=account.name,
-                limit=runtime.settings.catalog_rate_limit,
+                limit=runtime.account(account.name).rate_limit,
                 rate=account.rate,
                 used_this_minute=None if grants is None else grants.current,
                 used_last_minute=None if grants is None else grants.previous,

@@ -160,7 +160,9 @@ def sync_product(
     finally:
         connector.close()
     if product is None:
-        changed = runtime.store.mark_deleted(source_name, product_id, updated_at=None if force else utcnow())
+        changed = runtime.store.mark_deleted(
+            source_name, product_id, updated_at=None if force else utcnow(), account=source.account
+        )
         if resend:
             runtime.store.resend_rows(source_name, [product_id])
     else:
@@ -178,8 +180,8 @@ def sync_product(
 
 
 def accounts(runtime: Runtime) -> list[str]:
-    """The catalog accounts the configured sources write to."""
-    return sorted({source.account for source in runtime.sources.values()} | {DEFAULT_ACCOUNT})
+    """The catalog accounts of the deployment: the default one and those the sources file names."""
+    return sorted(runtime.accounts)
 
 
 def run_audit(
@@ -204,7 +206,7 @@ def run_audit(
         raise ConfigError(f"unknown catalog account {account!r} (known: {', '.join(accounts(runtime))})")
     return audit(
         runtime.store,
-        runtime.catalog(),
+        runtime.catalog(account),
         runtime.sources,
         account=account,
         source=source,

@@ -49,7 +49,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 # externalIds are unique per catalog account; every source writes to this one until the sources file names accounts.
-from config.sources import DEFAULT_ACCOUNT
+from config.accounts import DEFAULT_ACCOUNT
 
 # The desired/synced hash of "not in the catalog".
 DELETED = "deleted"
@@ -739,7 +739,13 @@ class Store:
             )
 
     def mark_deleted(
-        self, source: str, product_id: str, *, updated_at: datetime | None, external_id: str | None = None
+        self,
+        source: str,
+        product_id: str,
+        *,
+        updated_at: datetime | None,
+        external_id: str | None = None,
+        account: str = DEFAULT_ACCOUNT,
     ) -> bool:
         """A webhook or admin deletion. Returns False when the stored row is newer than the deletion.
 
@@ -770,6 +776,7 @@ class Store:
                 "enqueued_at": utcnow(),
                 "changed_at": utcnow(),
                 "priority": True,
+                "account": current.account if current is not None else account,
             }
             return bool(self._upsert_rows(session, [values], force=updated_at is None))
 

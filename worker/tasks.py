@@ -75,7 +75,8 @@ def push_many_task(source: str, product_ids: list[str], force: bool = False) -> 
 
 def _push_one(source: str, product_id: str, force: bool) -> Outcome:
     runtime = get_runtime()
-    outcome = push(runtime.store, runtime.catalog(), source, product_id, settings=runtime.push_settings, force=force)
+    catalog = runtime.catalog_for(source)
+    outcome = push(runtime.store, catalog, source, product_id, settings=runtime.push_settings, force=force)
     if outcome is Outcome.SUPERSEDED:
         # The row changed while we pushed: converge the newer state right away instead of waiting for reconcile.
         dispatcher.push(source, [product_id], priority=True)
