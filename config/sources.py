@@ -214,7 +214,7 @@ def parse_sources(document: Mapping[str, Any], *, origin: str = "sources file") 
         lines = [f"{origin}: unknown top-level key(s):"]
         for key in unknown:
             guess = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1, cutoff=0.5)
-            hint = f"did you mean [[{guess[0]}]]?" if guess else "a sources file holds [[sources]] and [[accounts]] only"
+            hint = f"did you mean [[{guess[0]}]]?" if guess else "the file holds [[sources]] and [[accounts]] only"
             lines.append(f"  {key}: {hint}")
         raise ConfigError("\n".join(lines))
     tables = document.get("sources", [])
