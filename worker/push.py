@@ -213,7 +213,7 @@ def _code_of(exc: BaseException) -> str:
 
 def _message_of(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
-        problems = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{field_path(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         return f"the stored catalog payload is no longer valid ({problems}); re-sync the product to rebuild it"
     return str(exc) or type(exc).__name__
 
