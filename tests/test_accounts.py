@@ -150,3 +150,27 @@ def test_an_accounts_missing_environment_key_says_which_variable(monkeypatch: py
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE"):
         parse_accounts(tomllib.loads('[[accounts]]\nname = "acme"\napi_key = "env:NOT_SET_ANYWHERE"\n'))
+
+
+def test_bulk_pushes_of_several_accounts_take_turns_in_the_queue(world: SyncWorld) -> None:
+    from worker.feeder import feed
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.sources: list[str] = []
+
+        def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> bool:
+            self.sources.append(source)
+            return True
+
+    recorder = Recorder()
+    for name in ("a", "b"):
+        run_sync(world.runtime, name, "full", Recorder())  # plans the rows; this dispatcher drops what it is given
+    for name in ("a", "b"):
+        world.runtime.store.clear_enqueued(name, ["1", "2", "3"])  # as if those messages were lost
+
+    feed(world.runtime, recorder)
+
+    # A FIFO queue of a's pushes then b's would put every worker slot behind a's budget first.
+    assert recorder.sources[:4] in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
+    assert sorted(recorder.sources) == ["a", "a", "b", "b", "b"]

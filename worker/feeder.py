@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -85,6 +85,67 @@ def fair_shares(room: int, waiting: Mapping[str, int], in_flight: Mapping[str, i
     return shares
 
 
+@dataclass(slots=True)
+class _Taken:
+    """Rows one pass took (and stamped as enqueued) for one account, not yet handed to the queue."""
+
+    priority: list[tuple[str, list[str]]] = field(default_factory=list)
+    bulk: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+def _take(
+    store: Store,
+    account: AccountBudget,
+    *,
+    horizon: float,
+    requeue_after: float,
+    priority_batch: int,
+    now: datetime,
+) -> _Taken:
+    taken = _Taken()
+    sources = account.sources
+    if not sources:
+        return taken
+    urgent = store.take_due(limit=priority_batch, requeue_after=requeue_after, now=now, sources=sources, priority=True)
+    taken.priority.extend(_by_source(urgent).items())
+    in_flight = store.in_flight_by_source(sources, requeue_after=requeue_after, now=now)
+    room = account.capacity(horizon) - sum(in_flight.values())
+    if room <= 0:
+        return taken
+    waiting = store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
+    for source, share in fair_shares(room, waiting, in_flight).items():
+        if share <= 0:
+            continue
+        due = store.take_due(limit=share, requeue_after=requeue_after, now=now, source=source, priority=False)
+        if due:
+            taken.bulk.append((source, [product_id for _, product_id in due]))
+    return taken
+
+
+def _hand_over(store: Store, dispatcher: Dispatcher, taken: Sequence[_Taken]) -> FeedReport:
+    """Priority batches first; then bulk pushes one product at a time, taking turns between sources and accounts.
+
+    The queue is FIFO and a push holds its worker slot while it waits for its own account's next request: pushes
+    grouped by account would put every slot behind one account's budget while the others' go unused."""
+    report = FeedReport()
+    for batch in taken:
+        for source, ids in batch.priority:
+            _dispatch(store, dispatcher, source, ids, priority=True)
+            report.priority += len(ids)
+    turns = [(source, iter(bulk_ids)) for batch in taken for source, bulk_ids in batch.bulk]
+    while turns:
+        still: list[tuple[str, Iterator[str]]] = []
+        for source, remaining in turns:
+            product_id = next(remaining, None)
+            if product_id is None:
+                continue
+            _dispatch(store, dispatcher, source, [product_id], priority=False)
+            report.bulk[source] = report.bulk.get(source, 0) + 1
+            still.append((source, remaining))
+        turns = still
+    return report
+
+
 def feed_account(
     store: Store,
     dispatcher: Dispatcher,
@@ -96,51 +157,31 @@ def feed_account(
     now: datetime | None = None,
 ) -> FeedReport:
     """One pass for one account: priority rows, then bulk rows up to the account's capacity, shared fairly."""
-    now = now or utcnow()
-    report = FeedReport()
-    sources = account.sources
-    if not sources:
-        return report
-    urgent = store.take_due(limit=priority_batch, requeue_after=requeue_after, now=now, sources=sources, priority=True)
-    for source, ids in _by_source(urgent).items():
-        _dispatch(store, dispatcher, source, ids, priority=True)
-        report.priority += len(ids)
-    in_flight = store.in_flight_by_source(sources, requeue_after=requeue_after, now=now)
-    room = account.capacity(horizon) - sum(in_flight.values())
-    if room <= 0:
-        return report
-    waiting = store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
-    for source, share in fair_shares(room, waiting, in_flight).items():
-        if share <= 0:
-            continue
-        due = store.take_due(limit=share, requeue_after=requeue_after, now=now, source=source, priority=False)
-        ids = [product_id for _, product_id in due]
-        if ids:
-            _dispatch(store, dispatcher, source, ids, priority=False)
-            report.bulk[source] = len(ids)
-    return report
+    taken = _take(
+        store, account, horizon=horizon, requeue_after=requeue_after, priority_batch=priority_batch, now=now or utcnow()
+    )
+    return _hand_over(store, dispatcher, [taken])
 
 
 def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = None) -> FeedReport:
     """One feeder pass over every account of this deployment."""
     settings = runtime.settings
-    total = FeedReport()
-    for account in accounts(runtime):
-        report = feed_account(
+    moment = now or utcnow()
+    taken = [
+        _take(
             runtime.store,
-            dispatcher,
             account,
             horizon=settings.push_horizon,
             requeue_after=settings.requeue_after,
             priority_batch=settings.reconcile_batch,
-            now=now,
+            now=moment,
         )
-        total.priority += report.priority
-        for source, count in report.bulk.items():
-            total.bulk[source] = total.bulk.get(source, 0) + count
-    if total.total:
-        log.info("fed %d priority and %d bulk push(es)", total.priority, sum(total.bulk.values()))
-    return total
+        for account in accounts(runtime)
+    ]
+    report = _hand_over(runtime.store, dispatcher, taken)
+    if report.total:
+        log.info("fed %d priority and %d bulk push(es)", report.priority, sum(report.bulk.values()))
+    return report
 
 
 def accounts(runtime: Runtime) -> list[AccountBudget]:
