@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,9 @@ class Settings(BaseSettings):
     webhook_max_body: int = Field(2 * 1024 * 1024, ge=1024, description="Largest webhook body accepted, bytes.")
     webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
     log_level: str = Field("INFO", description="Python log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (with source, product, run where known)."
+    )
 
 
 @lru_cache(maxsize=1)

@@ -74,6 +74,9 @@ def configure(
         },
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_hijack_root_logger=False,
+        # Task events (sent, started, succeeded, ...) so Flower and `celery events` show what workers are doing.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         beat_schedule=beat_schedule(settings, sources or {}),
         timezone="UTC",
         enable_utc=True,

@@ -35,15 +35,18 @@ out = Console()
 # How often `--wait` looks at the state database.
 WAIT_POLL_SECONDS = 0.5
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# How long `worker --check` waits for the worker's answer: a busy prefork worker answers pings from its main
+# process, so a few seconds is plenty; an orchestrator's probe timeout must be longer.
+WORKER_PING_TIMEOUT = 5.0
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO; some shops' URLs carry credentials (WooCommerce OAuth over HTTP).
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from worker.logs import configure_from_settings
+
+    # Text or JSON lines (CATALOG_SYNC_LOG_FORMAT); the admin commands speak through rich, logs are for trouble.
+    configure_from_settings(logging.WARNING)
     try:
         app()
     except ConfigError as exc:
@@ -397,11 +400,20 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option(help="Node name, e.g. push1@%h: give each worker on one host its own.")
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Health check: exit 0 if this host's worker (--hostname) answers a ping."),
+    ] = False,
 ) -> None:
     """A Celery worker (run as many as you like, on any hosts)."""
     from worker.celery_app import app as celery
     from worker.celery_app import configure
 
+    if check:
+        raise typer.Exit(_ping_worker(hostname))
+    from worker.logs import install_celery_hooks
+
+    install_celery_hooks()
     runtime = _runtime()  # refuses an out-of-date schema before any task runs
     configure(celery, runtime.settings, runtime.sources)
     runtime.close()
@@ -411,12 +423,37 @@ def worker(
     celery.worker_main(argv)
 
 
+def _ping_worker(hostname: str | None) -> int:
+    """`worker --check`: ping the worker this host runs under that node name, over the broker (Celery's
+    `inspect ping` for one destination); exit 0 when it answers, 1 otherwise."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    from config.settings import get_settings
+    from worker.celery_app import app as celery
+    from worker.celery_app import configure
+
+    configure(celery, get_settings())
+    node = host_format(default_nodename(hostname))
+    try:
+        replies = celery.control.ping(destination=[node], timeout=WORKER_PING_TIMEOUT)
+    except Exception as exc:  # kombu's connection errors have no common base worth naming
+        console.print(f"[red]{node}: cannot reach the broker[/red] ({type(exc).__name__})", highlight=False)
+        return EXIT_FAILED
+    if not any(node in reply for reply in replies):
+        console.print(f"[red]{node} did not answer within {WORKER_PING_TIMEOUT:.0f}s[/red]", highlight=False)
+        return EXIT_FAILED
+    console.print(f"{node}: ok", highlight=False)
+    return EXIT_OK
+
+
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO") -> None:
     """The scheduler (run exactly one): syncs on each source's intervals and reconciles every few seconds."""
     from worker.celery_app import app as celery
     from worker.celery_app import configure
+    from worker.logs import install_celery_hooks
 
+    install_celery_hooks()
     runtime = _runtime()
     configure(celery, runtime.settings, runtime.sources)
     runtime.close()
@@ -485,7 +522,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
-    """The webhook server: POST /webhooks/{source}, GET /healthz, GET /metrics."""
+    """The webhook server: POST /webhooks/{source}, GET /healthz, GET /readyz, GET /metrics."""
     from worker.webhooks import serve as serve_webhooks
 
     serve_webhooks(host=host, port=port)
