@@ -420,6 +420,9 @@ def worker(
     argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}"]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    if runtime.settings.log_format == "json":
+        # The startup banner is plain text on stdout: a JSON log stream must hold JSON lines only.
+        argv.insert(0, "--quiet")
     celery.worker_main(argv)
 
 

@@ -15,8 +15,11 @@ a few lines a second per key at most, and the next line that passes says how man
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -110,12 +113,15 @@ def configure_logging(level: str | int, fmt: LogFormat = "text", *, stream: IO[s
         root.addHandler(handler)
         _installed = handler
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # Library warnings (Celery's superuser warning, deprecations) become log lines too, not raw stderr text.
+    logging.captureWarnings(True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def configure_from_settings(level: str | int | None = None) -> None:
-    """Logging for a `catalog-sync` process from `CATALOG_SYNC_LOG_LEVEL` / `CATALOG_SYNC_LOG_FORMAT`.
+def configure_from_settings(level: str | int | None = None) -> LogFormat:
+    """Logging for a `catalog-sync` process from `CATALOG_SYNC_LOG_LEVEL` / `CATALOG_SYNC_LOG_FORMAT`; returns the
+    format in force.
 
     Invalid settings fall back to text at WARNING: the command that needs the settings reports the mistake itself.
     """
@@ -126,8 +132,9 @@ def configure_from_settings(level: str | int | None = None) -> None:
         settings = get_settings()
     except ConfigError:
         configure_logging(level or logging.WARNING)
-        return
+        return "text"
     configure_logging(level or settings.log_level, settings.log_format)
+    return settings.log_format
 
 
 class Throttle:
@@ -169,7 +176,24 @@ def install_celery_hooks() -> None:
 
 
 def _celery_setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
-    configure_from_settings(loglevel)
+    if configure_from_settings(loglevel) == "json":
+        _route_celery_notices_as_json()
+
+
+def _route_celery_notices_as_json() -> None:
+    """Celery's worker writes its shutdown notices ("worker: Warm shutdown") straight to a file descriptor from its
+    signal handlers, bypassing logging; in JSON mode they are written as JSON lines instead, with the same raw
+    `os.write` (no logging lock taken inside a signal handler)."""
+    import celery.apps.worker as celery_worker
+
+    def say(msg: str, f: IO[str] = sys.__stderr__) -> None:  # type: ignore[assignment]
+        now = time.time()
+        stamp = f"{time.strftime(DATE_FORMAT, time.gmtime(now))}.{int(now % 1 * 1000):03d}Z"
+        line = {"time": stamp, "level": "WARNING", "logger": "celery.apps.worker", "message": msg.strip()}
+        with contextlib.suppress(OSError, ValueError):
+            os.write(f.fileno(), (json.dumps(line) + "\n").encode())
+
+    celery_worker.safe_say = say
 
 
 _task_tokens: dict[str, contextvars.Token[Mapping[str, str]]] = {}
