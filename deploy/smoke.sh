@@ -13,11 +13,15 @@ if [ -z "${BASE_IMAGE:-}" ] && docker image inspect local/python:bookworm >/dev/
   BASE_IMAGE=local/python:bookworm
 fi
 if [ "${BASE_IMAGE:-}" = local/python:bookworm ]; then
-  # That image (local-docker.sh) is imported from a debootstrap directory whose root is mode 0700: a non-root
-  # user could not reach any file. Opened up in a derived image; official bases need nothing of the kind.
-  printf 'FROM local/python:bookworm\nRUN chmod 0755 /\n' \
-    | docker build --quiet --network host -t local/python:bookworm-smoke - >/dev/null
-  BASE_IMAGE=local/python:bookworm-smoke
+  # That image (local-docker.sh) is imported from a debootstrap directory whose root is mode 0700, so a non-root
+  # user reaches no file, and a `RUN chmod` cannot change the root of an image. Re-imported from a container's
+  # export, which leaves the root out (0755 then); official bases need nothing of the kind.
+  if ! docker image inspect local/python:bookworm-rootfix >/dev/null 2>&1; then
+    container=$(docker create local/python:bookworm /bin/true)
+    docker export "$container" | docker import -c 'ENV LANG=C.UTF-8' - local/python:bookworm-rootfix >/dev/null
+    docker rm "$container" >/dev/null
+  fi
+  BASE_IMAGE=local/python:bookworm-rootfix
 fi
 build_args=()
 [ -n "${BASE_IMAGE:-}" ] && build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")

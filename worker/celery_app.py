@@ -90,6 +90,10 @@ def _drop_connections(celery: Celery) -> None:
     amqp = celery.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
+        # The task sender and its event dispatcher are cached with the settings and the transport of their first
+        # use (the event exchange is `fanout` on Redis, `topic` on RabbitMQ): built again for the new broker.
+        for cached in ("send_task_message", "_event_dispatcher"):
+            amqp.__dict__.pop(cached, None)
 
 
 def beat_schedule(settings: Settings, sources: dict[str, SourceConfig]) -> dict[str, dict[str, Any]]:
