@@ -67,7 +67,8 @@ def run(command: Sequence[str], *, check: bool = True, quiet: bool = False) -> s
     return result
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float, stack: Stack | None = None) -> None:
+    """Poll `check` until it holds; fail at once when one of the stack's long-running services crashed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -75,6 +76,10 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
                 return
         except (httpx.HTTPError, OSError):
             pass
+        if stack is not None:
+            crashed = stack.crashed()
+            if crashed:
+                raise SmokeFailure(f"{', '.join(crashed)} crashed while waiting for {what}")
         time.sleep(1.0)
     raise SmokeFailure(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -207,6 +212,18 @@ class Stack:
         state: dict[str, Any] = json.loads(inspected.stdout)
         return state
 
+    def crashed(self) -> list[str]:
+        """Long-running services whose container exited or restarted."""
+        names = []
+        for service in ("worker", "beat", "webhooks", "catalog", "shop"):
+            for container in self.compose("ps", "-q", service, quiet=True).stdout.split():
+                state = ["docker", "inspect", "--format", "{{.State.Status}} {{.RestartCount}}", container]
+                inspected = run(state, quiet=True)
+                status, restarts = inspected.stdout.split()
+                if status in ("exited", "dead", "restarting") or int(restarts) > 0:
+                    names.append(service)
+        return sorted(set(names))
+
     def dump_logs(self) -> None:
         result = self.compose("logs", "--no-color", "--tail", "60", check=False, quiet=True)
         print(result.stdout[-20000:], file=sys.stderr)
@@ -234,12 +251,13 @@ def smoke(stack: Stack) -> None:
     catalog = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['catalog']}", headers={"x-api-key": API_KEY})
     shop = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['shop']}")
     ready = lambda: httpx.get(f"{webhooks}/readyz").status_code == 200  # noqa: E731
-    wait_for("the webhook server to be ready", ready, START_TIMEOUT)
+    wait_for("the webhook server to be ready", ready, START_TIMEOUT, stack)
     log(f"webhooks: /readyz {httpx.get(f'{webhooks}/readyz').json()}")
     wait_for(
         "the webhook container to be healthy",
         lambda: stack.state("webhooks").get("Health", {}).get("Status") == "healthy",
         START_TIMEOUT,
+        stack,
     )
     log("webhooks: docker health status healthy")
 
@@ -270,6 +288,7 @@ def smoke(stack: Stack) -> None:
         "the webhook's edit to reach the catalog",
         lambda: catalog.get(f"/products/{external_id}").json().get("title") == title,
         CONVERGE_TIMEOUT,
+        stack,
     )
     log(f"webhook: {external_id} reached the catalog as {title!r}")
     access = [
