@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.rates import parse_rate
 from worker.errors import ConfigError
 
 DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
+# The vendor's documented default: 100 requests per minute per account.
+DEFAULT_CATALOG_RATE = parse_rate("100/minute")
+# Requests per second, written as "100/minute", "2/second" or a bare number per second.
+Rate = Annotated[float, BeforeValidator(parse_rate)]
 
 
 class Settings(BaseSettings):
@@ -32,8 +37,22 @@ class Settings(BaseSettings):
     )
     catalog_url: str = Field(DEFAULT_CATALOG_URL, description="Base URL of the catalog API.")
     catalog_api_key: SecretStr | None = Field(None, description="The catalog API key (x-api-key).")
-    catalog_rate_limit: float = Field(10.0, gt=0, le=10_000, description="Catalog requests per second, global.")
-    catalog_burst: int = Field(10, ge=1, le=10_000, description="Requests allowed at once above the steady rate.")
+    catalog_rate_limit: Rate = Field(
+        DEFAULT_CATALOG_RATE,
+        gt=0,
+        le=10_000,
+        description="The catalog's limit for the account, e.g. '100/minute' (a bare number is per second).",
+    )
+    catalog_burst: int = Field(2, ge=1, le=10_000, description="Requests allowed at once above the steady rate.")
+    catalog_priority_reserve: int = Field(
+        1, ge=0, le=9_999, description="Slots of the burst only webhooks and admin single products may take."
+    )
+    catalog_rate_window: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="The catalog counts requests in windows this long; the burst is paid for within one.",
+    )
     catalog_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before one catalog request times out.")
     catalog_max_attempts: int = Field(4, ge=1, le=20, description="Tries of one catalog call for short faults.")
     catalog_max_retry_after: float = Field(
@@ -47,7 +66,16 @@ class Settings(BaseSettings):
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")
     lease_seconds: float = Field(300.0, gt=0, le=86_400, description="How long a push owns a row.")
     requeue_after: float = Field(
-        900.0, ge=0, description="Seconds after which reconcile re-sends a push whose message never ran (lost)."
+        60.0,
+        ge=0,
+        le=86_400,
+        description="Seconds after which a push handed to the queue and never run counts as lost and is sent again.",
+    )
+    push_horizon: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Bulk pushes handed to the queue per account: what the budget serves in this many seconds.",
     )
     sync_lock_seconds: float = Field(
         6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."

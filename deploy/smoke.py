@@ -130,8 +130,8 @@ class Stack:
             "POSTGRES_DB": self.database,
             "CATALOG_SYNC_CATALOG_URL": f"http://127.0.0.1:{self.ports['catalog']}",
             "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-            "CATALOG_SYNC_CATALOG_RATE_LIMIT": "50",
-            "CATALOG_SYNC_CATALOG_BURST": "20",
+            # The vendor's default limit, which the catalog emulator enforces too.
+            "CATALOG_SYNC_CATALOG_RATE_LIMIT": "100/minute",
             "CATALOG_SYNC_SOURCES_FILE": str(self.work / "catalog-sync.toml"),
             "CATALOG_SYNC_LOG_FORMAT": "json",
         }

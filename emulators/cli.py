@@ -6,6 +6,16 @@ from typing import Annotated
 
 import typer
 
+# graphql-core is installed with the `emulators` extra (which `dev` includes), not with the worker: only the Shopify
+# emulator runs GraphQL.
+GRAPHQL_MODULE = "graphql"
+MISSING_GRAPHQL = (
+    "The Shopify emulator needs graphql-core, which the worker does not install. Install the emulators extra: "
+    "pip install 'catalog-sync[emulators]' (in a checkout: pip install -e '.[emulators]', or '.[dev]')."
+)
+# The exit status when an emulator cannot start for want of a package (the worker CLI's "failed", not "usage").
+EXIT_MISSING_DEPENDENCY = 1
+
 emulate = typer.Typer(
     help="Run a local emulator of the catalog API or a shop (for tests, benchmarks, demos).", no_args_is_help=True
 )
@@ -18,6 +28,10 @@ def catalog(
     api_key: Annotated[
         list[str] | None, typer.Option("--api-key", help="An accepted API key (repeatable; default: test-key).")
     ] = None,
+    account_limit: Annotated[
+        int, typer.Option(min=0, help="Requests per account per --account-window, the vendor's limit (0: off).")
+    ] = 100,
+    account_window: Annotated[float, typer.Option(help="Seconds in one window of --account-limit.")] = 60.0,
     rate_limit: Annotated[float | None, typer.Option(help="Requests per second before answering 429.")] = None,
     burst: Annotated[int | None, typer.Option(help="Token bucket size for --rate-limit (default: the rate).")] = None,
     latency_ms: Annotated[float, typer.Option(help="Delay added to every API response, in ms.")] = 0.0,
@@ -32,6 +46,8 @@ def catalog(
 
     try:
         faults = Faults(
+            account_limit=account_limit or None,
+            account_window=account_window,
             rate_limit=rate_limit,
             burst=burst,
             latency_ms=latency_ms,
@@ -45,6 +61,8 @@ def catalog(
     keys = api_key or ["test-key"]
     typer.echo(f"Catalog emulator: http://{host}:{port}/tryon/v1")
     typer.echo(f"API keys (header x-api-key): {', '.join(keys)}")
+    if account_limit:
+        typer.echo(f"Rate limit: {account_limit} requests per {account_window:g} s per account (0 turns it off)")
     serve(host, port, keys, faults)
 
 
@@ -57,7 +75,7 @@ def woocommerce(
     consumer_key: Annotated[str, typer.Option(help="The REST key's consumer key.")] = "ck_test",
     consumer_secret: Annotated[str, typer.Option(help="The REST key's consumer secret.")] = "cs_test",  # noqa: S107
 ) -> None:
-    """A WooCommerce store: REST API v3 (`/wp-json/wc/v3/products`) and a control API. See emulators/woocommerce.py."""
+    """A WooCommerce store: REST API v3 (`/wp-json/wc/v3/products`) and a control API. See emulators/woocommerce/."""
     from emulators.woocommerce import serve
 
     typer.echo(f"WooCommerce emulator: http://{host}:{port}/wp-json/wc/v3 ({products} products, seed {seed})")
@@ -77,8 +95,14 @@ def shopify(
     bucket_size: Annotated[float, typer.Option(min=1, help="GraphQL cost bucket size (maximumAvailable).")] = 1_000.0,
 ) -> None:
     """A Shopify shop: Admin GraphQL (cost throttling, bulk export), legacy REST, storefront products.json and a
-    control API. See emulators/shopify.py."""
-    from emulators.shopify import DEFAULT_API_VERSION, serve
+    control API. See emulators/shopify/."""
+    try:
+        from emulators.shopify import DEFAULT_API_VERSION, serve
+    except ModuleNotFoundError as exc:
+        if exc.name != GRAPHQL_MODULE:
+            raise
+        typer.echo(MISSING_GRAPHQL, err=True)
+        raise typer.Exit(EXIT_MISSING_DEPENDENCY) from None
 
     typer.echo(f"Shopify emulator: http://{host}:{port} ({products} products, seed {seed})")
     typer.echo(f"Admin GraphQL: http://{host}:{port}/admin/api/{DEFAULT_API_VERSION}/graphql.json")

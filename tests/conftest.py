@@ -17,6 +17,22 @@ POSTGRES_URL = os.environ.get("CATALOG_SYNC_TEST_POSTGRES_URL", "postgresql+psyc
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+# Fixtures that reach each service; a test using one (directly or through another fixture) carries its marker, so
+# `-m "not postgres"` selects what runs without that server. Markers select; they never skip.
+SERVICE_MARKERS = {"redis_url": "redis", "postgres_url": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in SERVICE_MARKERS.items():
+            if fixture in fixtures:
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgres":
+            item.add_marker("postgres")
+
+
 @pytest.fixture
 def unique() -> str:
     """A short random token for key prefixes, queue names and schema names."""

@@ -108,7 +108,7 @@ def sync_world(
     (`feed.json`, empty) unless `sources` gives the file's text."""
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
-    with running(catalog_emulator.create_app([API_KEY])) as catalog:
+    with running(catalog_emulator.create_app([API_KEY], catalog_emulator.Faults(account_limit=None))) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
         text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
         Path(settings.config).write_text(text, encoding="utf-8")

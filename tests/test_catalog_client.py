@@ -106,11 +106,13 @@ class RecordingSleep:
 class RecordingLimiter:
     def __init__(self, refuse_with: RateLimited | None = None) -> None:
         self.acquired: list[float | None] = []
+        self.priorities: list[bool] = []
         self.cool_downs: list[float] = []
         self.refuse_with = refuse_with
 
-    def acquire(self, max_wait: float | None = None) -> None:
+    def acquire(self, max_wait: float | None = None, *, priority: bool = False) -> None:
         self.acquired.append(max_wait)
+        self.priorities.append(priority)
         if self.refuse_with is not None:
             raise self.refuse_with
 
@@ -321,6 +323,27 @@ def test_the_limiter_is_asked_before_every_attempt_and_told_about_429s(
     assert limiter.cool_downs == [3.0, 1.0]
     # The cool-down is waited out by the limiter's acquire, not a second time by the retry loop
     assert sleep.delays[0] == 0.0
+    server.assert_done()
+
+
+def test_priority_calls_ask_the_limiter_for_the_reserve_and_bulk_calls_do_not(
+    make_client: Callable[..., CatalogClient],
+) -> None:
+    limiter = RecordingLimiter()
+    server = ScriptedServer(
+        json_response(200, product_body()),
+        json_response(200, product_body()),
+        httpx.Response(204),
+        httpx.Response(204),
+    )
+    client = make_client(server, limiter=limiter)
+
+    client.upsert(simple_product(), priority=True)
+    client.upsert(simple_product())
+    client.delete("sku-1", priority=True)
+    client.delete("sku-1")
+
+    assert limiter.priorities == [True, False, True, False]
     server.assert_done()
 
 

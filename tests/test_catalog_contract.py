@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from emulators.catalog import create_app
+from emulators.catalog import Faults, create_app
 from emulators.server import BackgroundServer, running
 from worker.catalog import CatalogClient, ImageInput, ProductUpsert
 from worker.errors import AuthError, RateLimited, RejectedError
@@ -59,7 +59,8 @@ def fake_time() -> FakeTime:
 
 @pytest.fixture(scope="module")
 def emulator(fake_time: FakeTime) -> Iterator[BackgroundServer]:
-    with running(create_app(api_keys=(API_KEY, OTHER_KEY), monotonic=fake_time)) as server:
+    app = create_app(api_keys=(API_KEY, OTHER_KEY), faults=Faults(account_limit=None), monotonic=fake_time)
+    with running(app) as server:
         yield server
 
 

@@ -28,6 +28,8 @@ KEY = "test-key"
 OTHER_KEY = "other-key"
 PRODUCTS = "/tryon/v1/products"
 START = datetime(2026, 5, 13, 10, 0, tzinfo=UTC)
+# Most tests here are about something else than the vendor's 100 requests a minute; the limit has tests of its own.
+UNLIMITED = Faults(account_limit=None)
 
 
 class FakeClock:
@@ -96,7 +98,7 @@ class Emulator:
 def running_emulator() -> Iterator[Emulator]:
     """One server for the module (starting and stopping uvicorn is not free); each test resets it."""
     clock, monotonic, sleeps = FakeClock(START), FakeMonotonic(), SleepRecorder()
-    app = create_app([KEY, OTHER_KEY], clock=clock, monotonic=monotonic, sleep=sleeps)
+    app = create_app([KEY, OTHER_KEY], UNLIMITED, clock=clock, monotonic=monotonic, sleep=sleeps)
     with running(app) as server:
         emulator = Emulator(server.url, clock, monotonic, sleeps)
         yield emulator
@@ -917,7 +919,8 @@ def test_reset_stats_only_keeps_products_and_a_full_reset_clears_everything(emul
     assert after_stats_reset["products"][account_id(KEY)] == 1
     assert kept == 200
     assert emulator.client.get(f"{PRODUCTS}/a").status_code == 404
-    assert emulator.configure() == Faults().model_dump()
+    # A full reset returns to the faults the server was started with (this module's: no account limit).
+    assert emulator.configure() == UNLIMITED.model_dump()
     assert emulator.stats()["products"][account_id(KEY)] == 0
 
 
@@ -958,3 +961,74 @@ def test_the_cli_command_refuses_a_bad_fault_flag() -> None:
 
     assert result.exit_code != 0
     assert "--drop-rate" in result.output
+
+
+# --- the vendor's account limit -------------------------------------------------------------------------------------
+
+
+def test_by_default_an_account_gets_100_requests_a_minute_then_the_documented_429() -> None:
+    monotonic = FakeMonotonic(value=120.0)
+    with running(create_app([KEY, OTHER_KEY], monotonic=monotonic)) as server:
+        client = httpx.Client(base_url=server.url, headers={"x-api-key": KEY}, timeout=30)
+        other = httpx.Client(base_url=server.url, headers={"x-api-key": OTHER_KEY}, timeout=30)
+        allowed = [client.get(PRODUCTS).status_code for _ in range(100)]
+        refused = client.get(PRODUCTS)
+        other_account = other.get(PRODUCTS).status_code
+        monotonic.value += 60
+        next_window = client.get(PRODUCTS).status_code
+        client.close()
+        other.close()
+
+    assert allowed == [200] * 100
+    assert refused.status_code == 429
+    assert refused.json() == {
+        "code": "RATE_LIMITED",
+        "message": "Rate limit exceeded: 100 requests per 60 s.",
+        "status": 429,
+    }
+    # The vendor documents no rate-limit headers.
+    assert not {"retry-after", "x-ratelimit-limit", "x-ratelimit-remaining"} & set(refused.headers)
+    assert other_account == 200, "each account has its own budget"
+    assert next_window == 200
+
+
+def test_the_account_limit_counts_in_fixed_windows_aligned_on_the_clock(emulator: Emulator) -> None:
+    emulator.configure(account_limit=3, account_window=60)
+    emulator.monotonic.value = 1019.0  # one second before a window boundary (1020 = 17 x 60)
+
+    end_of_window = [emulator.client.get(PRODUCTS).status_code for _ in range(4)]
+    emulator.monotonic.value = 1020.0
+    start_of_next = [emulator.client.get(PRODUCTS).status_code for _ in range(4)]
+
+    assert end_of_window == [200, 200, 200, 429]
+    assert start_of_next == [200, 200, 200, 429]
+    assert emulator.stats()["rate_limited"] == 2
+
+
+def test_requests_without_a_known_key_do_not_spend_an_accounts_budget(emulator: Emulator) -> None:
+    emulator.configure(account_limit=2)
+
+    unauthorized = [emulator.as_key("nobody").get(PRODUCTS).status_code for _ in range(3)]
+    own = [emulator.client.get(PRODUCTS).status_code for _ in range(2)]
+
+    assert unauthorized == [401, 401, 401]
+    assert own == [200, 200]
+
+
+def test_the_cli_turns_the_account_limit_off_with_zero() -> None:
+    captured: dict[str, Any] = {}
+
+    def fake_serve(host: str, port: int, keys: list[str], faults: Faults) -> None:
+        captured["faults"] = faults
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("emulators.catalog.serve", fake_serve)
+        off = CliRunner().invoke(cli_app, ["emulate", "catalog", "--account-limit", "0"])
+        off_faults = captured["faults"]
+        default = CliRunner().invoke(cli_app, ["emulate", "catalog"])
+
+    assert off.exit_code == 0, off.output
+    assert off_faults.account_limit is None
+    assert default.exit_code == 0, default.output
+    assert captured["faults"].account_limit == 100
+    assert "100 requests per 60 s per account" in default.output

@@ -96,10 +96,45 @@ def test_retryable_failures_wait_until_due_then_fail_after_max_attempts(store: S
 
 
 def test_take_due_skips_rows_already_enqueued_until_the_message_counts_as_lost(store: Store) -> None:
-    store.write_desired([row("1")])  # written with enqueued_at = now
+    store.write_desired([row("1")], priority=True)  # a webhook's write: its caller enqueues it at once
 
     assert store.take_due(limit=10, requeue_after=600) == []
     assert store.take_due(limit=10, requeue_after=600, now=utcnow() + timedelta(seconds=601)) == [("shop", "1")]
+
+
+def test_bulk_rows_wait_for_the_feeder_and_are_stamped_when_taken(store: Store) -> None:
+    store.write_desired([row("1"), row("2")])
+
+    taken = store.take_due(limit=1, requeue_after=600, priority=False)
+
+    assert taken == [("shop", "1")]
+    assert store.in_flight(["shop"], requeue_after=600) == 1
+    assert store.due_counts(["shop"], requeue_after=600) == {"shop": 1}
+
+
+def test_priority_is_kept_through_a_failure_and_a_bulk_rewrite_and_ends_with_convergence(store: Store) -> None:
+    store.write_desired([row("1", "h2")], priority=True)
+    claim = store.claim("shop", "1", lease_seconds=60)
+    assert claim is not None and claim.priority
+    store.record_failure(claim, code="HTTP_503", message="down", retry_at=utcnow(), max_attempts=5)
+    store.write_desired([row("1", "h2")])  # the same state read again by a full sync
+
+    assert store.take_due(limit=10, requeue_after=0, priority=False) == []
+    assert store.take_due(limit=10, requeue_after=0, priority=True) == [("shop", "1")]
+    again = store.claim("shop", "1", lease_seconds=60)
+    assert again is not None and again.priority
+    assert store.record_success(again)
+    assert store.get("shop", "1").priority is False  # type: ignore[union-attr]
+
+
+def test_retry_puts_failed_rows_back_in_line_at_priority(store: Store) -> None:
+    store.write_desired([row("1")])
+    claim = store.claim("shop", "1", lease_seconds=60)
+    assert claim is not None and not claim.priority
+    store.record_failure(claim, code="INVALID_IMAGE", message="bad", retry_at=None, max_attempts=5)
+
+    assert store.retry_failed("shop") == 1
+    assert store.take_due(limit=10, requeue_after=0, priority=True) == [("shop", "1")]
 
 
 def test_take_due_skips_paused_sources(store: Store) -> None:

@@ -4,7 +4,7 @@ real feed connector and a real SQLite state database (PostgreSQL where marked)."
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import pytest
 from connectors.base import ImageRef, SourceProduct
 from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
 from worker.errors import SourceError
+from worker.feeder import feed
 from worker.inline import InlineDispatcher
 from worker.operations import reconcile, run_sync, sync_product
 from worker.plan import desired_row
@@ -219,6 +220,33 @@ def test_a_rate_limited_push_waits_without_counting_an_attempt(world: SyncWorld)
     assert row.next_attempt_at > utcnow()
 
 
+def test_a_webhook_row_keeps_its_priority_through_a_429_and_a_retry_until_it_converges(world: SyncWorld) -> None:
+    write_feed(world.feed, [feed_item("1")])
+    recorder = _RecordingDispatcher()
+    catalog, store, settings = world.runtime.catalog(), world.runtime.store, world.runtime.push_settings
+    sync_product(world.runtime, SOURCE, "1", recorder)  # the path of a webhook's fetch and an admin re-sync
+    catalog.max_retry_after = 0.0
+    world.faults(account_limit=1, account_window=3600)
+    world.admin.post("/tryon/v1/products", json={}, headers={"x-api-key": "test-key"})  # spends the account's budget
+
+    limited = push(store, catalog, SOURCE, "1", settings=settings)
+    world.faults(account_limit=None, fail_next=10)
+    catalog.max_retry_after = 5.0  # the next push waits out the 429's short cool-down inside the call
+    resent_after_429 = feed(world.runtime, recorder, now=utcnow() + timedelta(seconds=200))
+    retried = push(store, catalog, SOURCE, "1", settings=settings, force=True)
+    world.faults(fail_next=0)
+    resent_after_retry = feed(world.runtime, recorder, now=utcnow() + timedelta(hours=1))
+    converged = push(store, catalog, SOURCE, "1", settings=settings, force=True)
+
+    assert recorder.calls[0] == (SOURCE, ("1",), True)
+    assert (limited, retried, converged) == (Outcome.RATE_LIMITED, Outcome.RETRY, Outcome.UPSERTED)
+    # Reconcile sent it on the priority queue both times, never among bulk work.
+    assert (resent_after_429.priority, resent_after_429.bulk) == (1, {})
+    assert (resent_after_retry.priority, resent_after_retry.bulk) == (1, {})
+    assert [call[2] for call in recorder.calls] == [True, True, True]
+    assert store.get(SOURCE, "1").priority is False  # type: ignore[union-attr]
+
+
 def test_a_refused_api_key_pauses_the_source_and_says_why(tmp_path: Path) -> None:
     from pydantic import SecretStr
 
@@ -296,6 +324,17 @@ class _NullDispatcher:
     """A broker that takes every message and loses it."""
 
     def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> bool:
+        return True
+
+
+class _RecordingDispatcher:
+    """A broker that takes every message and remembers (source, ids, priority)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, ...], bool]] = []
+
+    def push(self, source: str, product_ids: Sequence[str], *, priority: bool = False, force: bool = False) -> bool:
+        self.calls.append((source, tuple(product_ids), priority))
         return True
 
 

@@ -480,20 +480,27 @@ class CatalogClient:
 
     # -- endpoints -------------------------------------------------------------------------------------------
 
-    def upsert(self, product: ProductUpsert, files: Mapping[str, FileSpec] | None = None) -> CatalogProduct:
+    def upsert(
+        self, product: ProductUpsert, files: Mapping[str, FileSpec] | None = None, *, priority: bool = False
+    ) -> CatalogProduct:
         """Create or update `product`. JSON when `files` is empty; multipart when image bytes are shipped.
 
         Every fileKey must have a file and every file a fileKey; files over 10 MB are refused before sending.
+        `priority` (a webhook, an admin command) may take the budget's reserve, ahead of bulk work.
         """
         if not isinstance(product, ProductUpsert):
             raise TypeError(f"upsert expects a ProductUpsert, got {type(product).__name__}")
         uploads = _prepare_files(product, files or {})
         body = product.payload_json()
         if uploads:
-            response = self._request("POST", "products", data={DATA_FIELD: body}, files=uploads)
+            response = self._request("POST", "products", priority=priority, data={DATA_FIELD: body}, files=uploads)
         else:
             response = self._request(
-                "POST", "products", content=body.encode("utf-8"), headers={"Content-Type": "application/json"}
+                "POST",
+                "products",
+                priority=priority,
+                content=body.encode("utf-8"),
+                headers={"Content-Type": "application/json"},
             )
         return self._parse(response, CatalogProduct)
 
@@ -504,12 +511,12 @@ class CatalogClient:
             return None
         return self._parse(response, CatalogProduct)
 
-    def delete(self, external_id: str) -> bool:
+    def delete(self, external_id: str, *, priority: bool = False) -> bool:
         """Remove the product; True when it existed, False when it was already gone (deleting is idempotent).
 
         A delete whose answer was lost and is retried reports False although this call removed it.
         """
-        response = self._request("DELETE", _product_path(external_id), absent_ok=True)
+        response = self._request("DELETE", _product_path(external_id), absent_ok=True, priority=priority)
         return response.status_code != 404
 
     def list_page(self, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None) -> CatalogPage:
@@ -540,7 +547,9 @@ class CatalogClient:
 
     # -- transport and retries -------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, absent_ok: bool = False, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, absent_ok: bool = False, priority: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         """Send with retries; return a 2xx response (or a 404 PRODUCT_NOT_FOUND when `absent_ok`)."""
         started = self._clock()
 
@@ -554,7 +563,7 @@ class CatalogClient:
             sleep=self._sleep,
             # Before each attempt, not inside it: a limiter refusal (the wait would exceed the cap) is raised to
             # the caller as is, never retried.
-            before=self._acquire,
+            before=lambda state: self._acquire(priority),
             before_sleep=lambda state: self._log_retry(state, method, path),
             reraise=True,
         )
@@ -597,9 +606,9 @@ class CatalogClient:
         # Stop before a sleep that would end past the deadline rather than after a wasted wait.
         return self._clock() - started + state.upcoming_sleep > self.max_total_time
 
-    def _acquire(self, state: RetryCallState) -> None:
+    def _acquire(self, priority: bool) -> None:
         if self._limiter is not None:
-            self._limiter.acquire(max_wait=self.max_retry_after)
+            self._limiter.acquire(max_wait=self.max_retry_after, priority=priority)
 
     def _log_retry(self, state: RetryCallState, method: str, path: str) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

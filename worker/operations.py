@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from worker.errors import SkippedProduct, SyncError
+from worker.feeder import feed
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
 from worker.state import RunMode, utcnow
@@ -66,6 +67,11 @@ def run_sync(
 ) -> RunReport:
     """Read a source, record its desired state, dispatch pushes for what changed."""
     source = runtime.source(source_name)
+
+    def on_changed(_source: str, _ids: Sequence[str]) -> None:
+        # The rows wait in the database; the feeder hands the queue what the budget serves next.
+        feed(runtime, dispatcher)
+
     with _sync_lock(runtime, source_name):
         connector = runtime.connector(source_name, bulk=bulk)
         try:
@@ -74,7 +80,7 @@ def run_sync(
                 connector,
                 source,
                 mode=mode,
-                on_changed=lambda name, ids: dispatch(runtime, dispatcher, name, ids),
+                on_changed=on_changed,
                 mass_delete_share=runtime.settings.mass_delete_share,
                 allow_mass_delete=allow_mass_delete,
             )
@@ -96,7 +102,7 @@ def sync_product(
     except SkippedProduct as skip:
         # The source lists it but the record is unusable: recorded, and kept out of the catalog.
         row = skipped_row(skip, source, utcnow())
-        changed = row is not None and runtime.store.write_desired([row], force=force).changed > 0
+        changed = row is not None and runtime.store.write_desired([row], force=force, priority=True).changed > 0
         if changed:
             dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
         return changed
@@ -112,20 +118,12 @@ def sync_product(
             if skipped is None:
                 return False
             row = skipped
-        changed = runtime.store.write_desired([row], force=force).changed > 0
+        changed = runtime.store.write_desired([row], force=force, priority=True).changed > 0
     if changed or force:
         dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
     return changed
 
 
 def reconcile(runtime: Runtime, dispatcher: Dispatcher) -> int:
-    """Dispatch the unconverged rows that are due and not in flight; returns how many."""
-    due = runtime.store.take_due(limit=runtime.settings.reconcile_batch, requeue_after=runtime.settings.requeue_after)
-    by_source: dict[str, list[str]] = {}
-    for source, product_id in due:
-        by_source.setdefault(source, []).append(product_id)
-    for source, ids in by_source.items():
-        dispatch(runtime, dispatcher, source, ids)
-    if due:
-        log.info("reconcile dispatched %d push(es)", len(due))
-    return len(due)
+    """Hand the queue what is due: every priority row, and bulk rows up to each account's budget; returns how many."""
+    return feed(runtime, dispatcher).total

@@ -125,9 +125,9 @@ def _converge(catalog: CatalogClient, claim: Claim) -> Outcome:
         if claim.synced_hash is None:
             # We never put it in the catalog: nothing to remove.
             return Outcome.CONVERGED_WITHOUT_CALL
-        catalog.delete(claim.external_id)
+        catalog.delete(claim.external_id, priority=claim.priority)
         return Outcome.DELETED
-    catalog.upsert(ProductUpsert.model_validate(claim.payload))
+    catalog.upsert(ProductUpsert.model_validate(claim.payload), priority=claim.priority)
     return Outcome.UPSERTED
 
 

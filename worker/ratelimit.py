@@ -15,6 +15,12 @@ clocks are skewed by seconds still agree on the schedule; only one clock has to 
 backwards (NTP) costs at most one interval, because the script never lets the stored TAT run further ahead of the
 server's now than a full burst.
 
+Priority: webhooks and admin single-product pushes must not wait behind a full sync's bulk pushes. Two rules,
+both inside the same script: `reserve` slots of the burst are kept for priority callers (a bulk caller is refused
+when it would leave fewer than `reserve` slots free), so a webhook arriving while bulk work saturates the budget
+finds a slot at once; and a priority caller that must wait anyway marks `<key>:priority` for the length of its wait,
+during which bulk callers are refused, so a flood of webhooks is served before bulk work resumes.
+
 The cool-down (`<key>:cooldown`, the server-time epoch millisecond until which everyone pauses) is set when the
 catalog answers 429 with `Retry-After`; it only ever moves later, and expires on its own.
 
@@ -33,12 +39,14 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from config.rates import format_rate
 from worker.errors import ConfigError, RateLimited, RetryableError
 
 if TYPE_CHECKING:
@@ -50,6 +58,15 @@ log = logging.getLogger(__name__)
 DEFAULT_KEY = "catalog-sync:ratelimit:catalog"
 # Suffix of the shared 429 cool-down key.
 COOLDOWN_SUFFIX = ":cooldown"
+# Suffix of the marker a waiting priority caller sets: bulk callers step aside while it lives.
+PRIORITY_SUFFIX = ":priority"
+# Suffix of the hash counting requests allowed per minute of server time, for `status`.
+GRANTS_SUFFIX = ":grants"
+# Minutes of grant counts kept; older ones are dropped as new minutes are counted.
+GRANTS_KEPT_MINUTES = 3
+# How much longer than its own wait a priority caller's marker lives: it must outlast the caller's sleep and the round
+# trip that follows, or a bulk caller could take the slot the priority caller was waiting for.
+PRIORITY_MARK_MARGIN = 0.05
 # A limiter round trip takes well under a millisecond; this much silence means Redis is gone and the caller reschedules.
 REDIS_SOCKET_TIMEOUT = 2.0
 # One immediate retry re-opens a pooled connection Redis closed (restart, idle timeout); more would stack on the
@@ -66,22 +83,37 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """Requests the limiter allowed: in the current minute (`seconds_into` it so far) and in the whole previous one."""
+
+    current: int
+    previous: int
+    seconds_into: float
+
+
 class Limiter(Protocol):
     """Paces catalog calls across every worker process and host.
 
     `acquire(max_wait)` blocks until one request may be sent (the steady budget and any shared cool-down);
     when that would take longer than `max_wait` seconds it raises `RateLimited(retry_after=...)` instead, so the
-    caller can reschedule rather than hold a worker. `cool_down(seconds)` is called when the API answered 429:
-    every process pauses for that long.
+    caller can reschedule rather than hold a worker. `priority=True` (webhooks, admin commands) may take the
+    reserved slots and makes bulk callers wait while it waits. `cool_down(seconds)` is called when the API answered
+    429: every process pauses for that long.
     """
 
-    def acquire(self, max_wait: float | None = None) -> None: ...
+    def acquire(self, max_wait: float | None = None, *, priority: bool = False) -> None: ...
 
     def cool_down(self, seconds: float) -> None: ...
 
+    def grants(self) -> Grants: ...
 
-# KEYS[1]: the TAT, server microseconds. KEYS[2]: the cool-down end, server epoch milliseconds.
-# ARGV[1]: emission interval (1/rate) in microseconds. ARGV[2]: burst.
+
+# KEYS[1]: the TAT, server microseconds. KEYS[2]: the cool-down end, server epoch milliseconds. KEYS[3]: the
+# priority marker. KEYS[4]: the grants per minute (a hash: minute number -> requests allowed).
+# ARGV[1]: emission interval (1/rate) in microseconds. ARGV[2]: burst. ARGV[3]: slots of the burst
+# reserved for priority callers. ARGV[4]: 1 for a priority caller. ARGV[5]: margin of the priority marker, in ms.
+# ARGV[6]: minutes of grant counts kept.
 # Returns {0, 0} when allowed (one slot consumed), else {wait in microseconds, 1 if the wait is the cool-down}.
 _ACQUIRE_LUA = """
 -- Redis < 5 replicates scripts verbatim, which forbids writes after TIME; since 5 this is a no-op.
@@ -92,6 +124,13 @@ local cooldown = tonumber(redis.call('GET', KEYS[2]))
 if cooldown and cooldown * 1000 > now then
   return {math.ceil(cooldown * 1000 - now), 1}
 end
+local priority = ARGV[4] == '1'
+if not priority then
+  local marked = redis.call('PTTL', KEYS[3])
+  if marked > 0 then
+    return {marked * 1000, 0}
+  end
+end
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2]) * interval
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
@@ -99,12 +138,35 @@ if tat < now then tat = now end
 -- A server clock stepped back, or a burst lowered since the TAT was written, must not stall everyone.
 if tat > now + window then tat = now + window end
 local new_tat = tat + interval
-local wait = new_tat - window - now
+local limit = window
+if not priority then limit = window - tonumber(ARGV[3]) * interval end
+local wait = new_tat - limit - now
 if wait > 0 then
+  if priority then
+    redis.call('SET', KEYS[3], '1', 'PX', math.ceil(wait / 1000) + tonumber(ARGV[5]))
+  end
   return {math.ceil(wait), 0}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+local minute = math.floor(now / 60000000)
+local kept = tonumber(ARGV[6])
+if redis.call('HINCRBY', KEYS[4], minute, 1) == 1 then
+  -- A new minute: drop the counts too old to show (a few fields, so reading them all is cheap).
+  for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if tonumber(field) <= minute - kept then redis.call('HDEL', KEYS[4], field) end
+  end
+end
+redis.call('EXPIRE', KEYS[4], 60 * (kept + 1))
 return {0, 0}
+"""
+
+# KEYS[1]: the grants hash. Returns {server minute number, seconds into it, allowed this minute, allowed last minute}.
+_GRANTS_LUA = """
+local t = redis.call('TIME')
+local minute = math.floor(tonumber(t[1]) / 60)
+local current = tonumber(redis.call('HGET', KEYS[1], minute)) or 0
+local previous = tonumber(redis.call('HGET', KEYS[1], minute - 1)) or 0
+return {minute, tonumber(t[1]) % 60, current, previous}
 """
 
 # KEYS[1]: the cool-down key, KEYS[2]: the budget (TAT) key. ARGV[1]: the pause in milliseconds (>= 1), ARGV[2]:
@@ -159,31 +221,39 @@ class RedisLimiter:
         key: str = DEFAULT_KEY,
         rate: float,
         burst: int,
+        reserve: int = 0,
         sleep: Sleep = time.sleep,
     ) -> None:
-        _check_budget(rate, burst)
+        _check_budget(rate, burst, reserve)
         if not key:
             raise ValueError("the rate limit key must be a non-empty string")
         self.key = key
         self.cooldown_key = key + COOLDOWN_SUFFIX
+        self.priority_key = key + PRIORITY_SUFFIX
+        self.grants_key = key + GRANTS_SUFFIX
         self.rate = float(rate)
         self.burst = burst
+        self.reserve = reserve
         self._redis = redis
         self._sleep = sleep
         self._interval_us = 1_000_000.0 / self.rate
         self._acquire_script = redis.register_script(_ACQUIRE_LUA)
         self._cool_down_script = redis.register_script(_COOL_DOWN_LUA)
         self._remaining_script = redis.register_script(_COOLDOWN_REMAINING_LUA)
+        self._grants_script = redis.register_script(_GRANTS_LUA)
 
     def __repr__(self) -> str:
-        return f"RedisLimiter(key={self.key!r}, rate={self.rate}, burst={self.burst}, redis={self._where()})"
+        return (
+            f"RedisLimiter(key={self.key!r}, rate={self.rate}, burst={self.burst}, reserve={self.reserve}, "
+            f"redis={self._where()})"
+        )
 
-    def try_acquire(self) -> float:
+    def try_acquire(self, *, priority: bool = False) -> float:
         """Take one slot if one is free now: 0.0 when allowed, else the seconds to wait (nothing is consumed)."""
-        return self._check()[0]
+        return self._check(priority)[0]
 
-    def acquire(self, max_wait: float | None = None) -> None:
-        _acquire(self._check, self._sleep, max_wait)
+    def acquire(self, max_wait: float | None = None, *, priority: bool = False) -> None:
+        _acquire(lambda: self._check(priority), self._sleep, max_wait)
 
     def cool_down(self, seconds: float) -> None:
         """Pause every process on this key for `seconds` (never shortens a pause already set)."""
@@ -203,11 +273,23 @@ class RedisLimiter:
         remaining_us = self._call(self._remaining_script, [self.cooldown_key], [], "read the cool-down")
         return int(remaining_us) / 1_000_000
 
-    def _check(self) -> tuple[float, bool]:
+    def grants(self) -> Grants:
+        """Requests allowed in the current and the previous minute, by every process on this key."""
+        _, into, current, previous = self._call(self._grants_script, [self.grants_key], [], "read the grants")
+        return Grants(int(current), int(previous), float(into))
+
+    def _check(self, priority: bool) -> tuple[float, bool]:
         answer = self._call(
             self._acquire_script,
-            [self.key, self.cooldown_key],
-            [repr(self._interval_us), self.burst],
+            [self.key, self.cooldown_key, self.priority_key, self.grants_key],
+            [
+                repr(self._interval_us),
+                self.burst,
+                self.reserve,
+                1 if priority else 0,
+                math.ceil(PRIORITY_MARK_MARGIN * 1000),
+                GRANTS_KEPT_MINUTES,
+            ],
             "check the budget",
         )
         wait_us, cooling = answer
@@ -236,27 +318,38 @@ class LocalLimiter:
     Shared by the threads of one process only; for the embedded mode (one process) and tests (a fake clock).
     """
 
-    def __init__(self, rate: float, burst: int, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> None:
-        _check_budget(rate, burst)
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        reserve: int = 0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        _check_budget(rate, burst, reserve)
         self.rate = float(rate)
         self.burst = burst
+        self.reserve = reserve
         self._clock = clock
         self._sleep = sleep
         self._interval = 1.0 / self.rate
         self._window = self.burst * self._interval
         self._tat = -math.inf
         self._cooldown_until = -math.inf
+        self._priority_until = -math.inf
+        self._grants: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"LocalLimiter(rate={self.rate}, burst={self.burst})"
+        return f"LocalLimiter(rate={self.rate}, burst={self.burst}, reserve={self.reserve})"
 
-    def try_acquire(self) -> float:
+    def try_acquire(self, *, priority: bool = False) -> float:
         """Take one slot if one is free now: 0.0 when allowed, else the seconds to wait (nothing is consumed)."""
-        return self._check()[0]
+        return self._check(priority)[0]
 
-    def acquire(self, max_wait: float | None = None) -> None:
-        _acquire(self._check, self._sleep, max_wait)
+    def acquire(self, max_wait: float | None = None, *, priority: bool = False) -> None:
+        _acquire(lambda: self._check(priority), self._sleep, max_wait)
 
     def cool_down(self, seconds: float) -> None:
         """Pause every thread of this process for `seconds` (never shortens a pause already set)."""
@@ -276,18 +369,35 @@ class LocalLimiter:
         with self._lock:
             return max(0.0, self._cooldown_until - self._clock())
 
-    def _check(self) -> tuple[float, bool]:
+    def grants(self) -> Grants:
+        """Requests allowed in the current and the previous minute of this process's clock."""
+        with self._lock:
+            now = self._clock()
+            minute = math.floor(now / 60)
+            return Grants(self._grants.get(minute, 0), self._grants.get(minute - 1, 0), now - minute * 60)
+
+    def _check(self, priority: bool) -> tuple[float, bool]:
         with self._lock:
             now = self._clock()
             if self._cooldown_until > now:
                 return self._cooldown_until - now, True
+            if not priority and self._priority_until > now:
+                return self._priority_until - now, False
             # Same arithmetic as the Lua script, including the clamp that keeps a lowered burst from stalling.
             tat = min(max(self._tat, now), now + self._window)
             new_tat = tat + self._interval
-            wait = new_tat - self._window - now
+            limit = self._window if priority else self._window - self.reserve * self._interval
+            wait = new_tat - limit - now
             if wait > LOCAL_TOLERANCE:
+                if priority:
+                    self._priority_until = max(self._priority_until, now + wait + PRIORITY_MARK_MARGIN)
                 return wait, False
             self._tat = new_tat
+            minute = math.floor(now / 60)
+            if minute not in self._grants:
+                for old in [m for m in self._grants if m <= minute - GRANTS_KEPT_MINUTES]:
+                    del self._grants[old]
+            self._grants[minute] = self._grants.get(minute, 0) + 1
             return 0.0, False
 
 
@@ -298,9 +408,9 @@ def build_limiter(settings: Settings, *, embedded: bool = False, key: str = DEFA
     A non-Redis broker without `CATALOG_SYNC_REDIS_URL` is a `ConfigError`: a per-process budget would multiply the
     catalog's limit by the number of workers.
     """
-    rate, burst = settings.catalog_rate_limit, settings.catalog_burst
+    rate, burst, reserve = pacing(settings)
     if embedded:
-        return LocalLimiter(rate, burst)
+        return LocalLimiter(rate, burst, reserve=reserve)
     url = settings.redis_url
     if not url and settings.broker_url.startswith(REDIS_SCHEMES):
         url = settings.broker_url
@@ -319,7 +429,30 @@ def build_limiter(settings: Settings, *, embedded: bool = False, key: str = DEFA
     except ValueError as exc:
         # The URL may carry a password: name the setting, not the value.
         raise ConfigError(f"CATALOG_SYNC_REDIS_URL / CATALOG_SYNC_BROKER_URL is not a Redis URL: {exc}") from None
-    return RedisLimiter(client, key=key, rate=rate, burst=burst)
+    return RedisLimiter(client, key=key, rate=rate, burst=burst, reserve=reserve)
+
+
+def pacing(settings: Settings) -> tuple[float, int, int]:
+    """(steady rate per second, burst, priority reserve) that never exceed the catalog's limit in any window.
+
+    The catalog counts requests per window (a minute); a GCRA budget lets `burst` requests through at once and then
+    `rate` per second, so in one window it may send `burst + rate x window`. Pacing at the limit minus the burst's
+    share of a window keeps that at or under the limit, so saturation never earns a 429: at 100/minute with a burst
+    of 2, 98 requests a minute.
+    """
+    limit, burst, reserve = settings.catalog_rate_limit, settings.catalog_burst, settings.catalog_priority_reserve
+    steady = limit - burst / settings.catalog_rate_window
+    if steady <= 0:
+        raise ConfigError(
+            f"CATALOG_SYNC_CATALOG_BURST={burst} uses up the whole CATALOG_SYNC_CATALOG_RATE_LIMIT "
+            f"({format_rate(limit)}) within one {settings.catalog_rate_window:g} s window: lower the burst"
+        )
+    if reserve >= burst:
+        raise ConfigError(
+            f"CATALOG_SYNC_CATALOG_PRIORITY_RESERVE={reserve} must be less than CATALOG_SYNC_CATALOG_BURST={burst}: "
+            "bulk pushes need at least one slot of the burst"
+        )
+    return steady, burst, reserve
 
 
 def _acquire(check: Callable[[], tuple[float, bool]], sleep: Sleep, max_wait: float | None) -> None:
@@ -343,11 +476,13 @@ def _acquire(check: Callable[[], tuple[float, bool]], sleep: Sleep, max_wait: fl
         waited += wait
 
 
-def _check_budget(rate: float, burst: int) -> None:
+def _check_budget(rate: float, burst: int, reserve: int = 0) -> None:
     if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
         raise ValueError(f"rate must be a positive number of requests per second, got {rate!r}")
     if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
         raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+    if isinstance(reserve, bool) or not isinstance(reserve, int) or not 0 <= reserve < burst:
+        raise ValueError(f"reserve must be an integer from 0 to burst - 1 ({burst - 1}), got {reserve!r}")
 
 
 def _cool_down_ms(seconds: float) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Engine,
     Index,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     literal,
     or_,
@@ -110,6 +112,9 @@ class ProductRow(Base):
     # message costs a delay and a backlog in the queue is not duplicated every few seconds.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Touched by a webhook or an admin command: served ahead of bulk work, through every wait and retry, until the
+    # row converges.
+    priority: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_products_due", "status", "next_attempt_at"),
@@ -252,6 +257,7 @@ class Claim:
     attempts: int
     skip_reason: str | None
     lease_token: str
+    priority: bool = False
 
 
 class Store:
@@ -284,7 +290,7 @@ class Store:
     # ---------------------------------------------------------------------------------------------- desired rows
 
     def write_desired(
-        self, rows: Sequence[DesiredRow], *, run_id: int | None = None, force: bool = False
+        self, rows: Sequence[DesiredRow], *, run_id: int | None = None, force: bool = False, priority: bool = False
     ) -> WriteResult:
         """Record desired states in one transaction per batch.
 
@@ -292,19 +298,23 @@ class Store:
         converged, when the catalog already holds it), its attempts reset. An incoming row older than the stored
         one (by the source's `updated_at`) is ignored unless `force`: a slow full-sync page never undoes a newer
         webhook. The guard is in the SQL itself (`ON CONFLICT … DO UPDATE … WHERE`) so concurrent writers agree.
+
+        `priority` rows (a webhook, an admin command) are marked as on their way, since the caller hands them to
+        the queue at once, and keep their priority until they converge. Bulk rows wait for the feeder
+        (`take_bulk`), which hands the queue only what the budget can serve.
         """
         changed: list[str] = []
         unchanged = stale = 0
         for start in range(0, len(rows), BATCH_SIZE):
             batch = _dedupe(rows[start : start + BATCH_SIZE])
             with self.session() as session:
-                ids, u, s = self._write_batch(session, batch, run_id=run_id, force=force)
+                ids, u, s = self._write_batch(session, batch, run_id=run_id, force=force, priority=priority)
             changed.extend(ids)
             unchanged, stale = unchanged + u, stale + s
         return WriteResult(tuple(changed), unchanged, stale)
 
     def _write_batch(
-        self, session: Session, batch: Sequence[DesiredRow], *, run_id: int | None, force: bool
+        self, session: Session, batch: Sequence[DesiredRow], *, run_id: int | None, force: bool, priority: bool
     ) -> tuple[list[str], int, int]:
         if not batch:
             return [], 0, 0
@@ -346,8 +356,9 @@ class Store:
                     "last_error_code": row.skip_reason,
                     "last_error_message": None,
                     "seen_run_id": run_id,
-                    "enqueued_at": now,
+                    "enqueued_at": now if priority else None,
                     "changed_at": now,
+                    "priority": priority,
                 }
             )
         written = self._upsert_rows(session, to_write, force=force) if to_write else []
@@ -386,6 +397,8 @@ class Store:
             "last_error_message": None,
             "enqueued_at": excluded.enqueued_at,
             "changed_at": excluded.changed_at,
+            # A bulk write never takes a webhook's priority away before the row converges.
+            "priority": or_(table.priority, excluded.priority),
         }
         where = None
         if not force:
@@ -424,7 +437,7 @@ class Store:
                     next_attempt_at=None,
                     last_error_code="removed_from_source",
                     last_error_message=None,
-                    enqueued_at=utcnow(),
+                    enqueued_at=None,
                     changed_at=utcnow(),
                 )
                 .returning(ProductRow.product_id)
@@ -491,6 +504,7 @@ class Store:
                 "seen_run_id": None,
                 "enqueued_at": utcnow(),
                 "changed_at": utcnow(),
+                "priority": True,
             }
             return bool(self._upsert_rows(session, [values], force=updated_at is None))
 
@@ -522,11 +536,12 @@ class Store:
                     ProductRow.synced_hash,
                     ProductRow.attempts,
                     ProductRow.skip_reason,
+                    ProductRow.priority,
                 )
             ).first()
         if row is None:
             return None
-        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token)
+        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token, bool(row[6]))
 
     def record_success(self, claim: Claim) -> bool:
         """The catalog now holds `claim.desired_hash`. Returns True when the row is converged; False when the
@@ -557,6 +572,7 @@ class Store:
                     ),
                     last_error_message=None,
                     last_synced_at=now,
+                    priority=case((ProductRow.desired_hash == claim.desired_hash, False), else_=ProductRow.priority),
                 )
                 .returning(ProductRow.desired_hash)
             ).first()
@@ -617,29 +633,42 @@ class Store:
                 .values(lease_until=None, lease_token=None, enqueued_at=None, next_attempt_at=retry_at)
             )
 
-    def take_due(
-        self, *, limit: int, requeue_after: float, now: datetime | None = None, source: str | None = None
-    ) -> list[tuple[str, str]]:
-        """The reconcile batch: unconverged rows that are due, not leased, not already on their way through the
-        queue (or sent longer than `requeue_after` seconds ago, so the message was lost), whose source is not
-        paused. They are stamped as enqueued in the same transaction."""
-        now = now or utcnow()
+    @staticmethod
+    def _due(now: datetime, requeue_after: float) -> list[Any]:
+        """Rows to push now: unconverged, due, not leased, not already on their way through the queue (or sent
+        longer than `requeue_after` seconds ago, so the message was lost), whose source is not paused."""
         paused = select(SourceStateRow.source).where(SourceStateRow.paused_until > now)
+        return [
+            ProductRow.status.in_(("pending", "skipped")),
+            or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+            or_(ProductRow.next_attempt_at.is_(None), ProductRow.next_attempt_at <= now),
+            or_(ProductRow.lease_until.is_(None), ProductRow.lease_until < now),
+            or_(ProductRow.enqueued_at.is_(None), ProductRow.enqueued_at < now - timedelta(seconds=requeue_after)),
+            ProductRow.source.not_in(paused),
+        ]
+
+    def take_due(
+        self,
+        *,
+        limit: int,
+        requeue_after: float,
+        now: datetime | None = None,
+        source: str | None = None,
+        sources: Sequence[str] | None = None,
+        priority: bool | None = None,
+    ) -> list[tuple[str, str]]:
+        """The next pushes to send, oldest change first (see `_due`): only priority rows, only bulk rows, or both
+        (`priority=None`). They are stamped as enqueued in the same transaction."""
+        now = now or utcnow()
+        conditions = [*self._due(now, requeue_after), *self._scope(source, None, None)]
+        if sources is not None:
+            conditions.append(ProductRow.source.in_(list(sources)))
+        if priority is not None:
+            conditions.append(ProductRow.priority.is_(priority))
         with self.session() as session:
             rows = session.execute(
                 select(ProductRow.source, ProductRow.product_id)
-                .where(
-                    ProductRow.status.in_(("pending", "skipped")),
-                    or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
-                    or_(ProductRow.next_attempt_at.is_(None), ProductRow.next_attempt_at <= now),
-                    or_(ProductRow.lease_until.is_(None), ProductRow.lease_until < now),
-                    or_(
-                        ProductRow.enqueued_at.is_(None),
-                        ProductRow.enqueued_at < now - timedelta(seconds=requeue_after),
-                    ),
-                    ProductRow.source.not_in(paused),
-                    *self._scope(source, None, None),
-                )
+                .where(*conditions)
                 .order_by(ProductRow.changed_at)
                 .limit(limit)
             ).all()
@@ -654,6 +683,61 @@ class Store:
                 )
         return [(r[0], r[1]) for r in rows]
 
+    def due_counts(
+        self, sources: Sequence[str], *, requeue_after: float, now: datetime | None = None, limit: int | None = None
+    ) -> dict[str, int]:
+        """{source: bulk rows due now} for these sources, each capped at `limit`."""
+        now = now or utcnow()
+        query = (
+            select(ProductRow.source, func.count())
+            .where(
+                *self._due(now, requeue_after),
+                ProductRow.source.in_(list(sources)),
+                ProductRow.priority.is_(False),
+            )
+            .group_by(ProductRow.source)
+        )
+        with self.read_session() as session:
+            counts = {row[0]: row[1] for row in session.execute(query)}
+        return {source: min(count, limit) if limit is not None else count for source, count in counts.items()}
+
+    def in_flight(self, sources: Sequence[str], *, requeue_after: float, now: datetime | None = None) -> int:
+        """Pushes of these sources handed to the queue and not yet done (see `in_flight_by_source`)."""
+        return sum(self.in_flight_by_source(sources, requeue_after=requeue_after, now=now).values())
+
+    def in_flight_by_source(
+        self, sources: Sequence[str], *, requeue_after: float, now: datetime | None = None
+    ) -> dict[str, int]:
+        """{source: pushes handed to the queue and not yet done}: sent within `requeue_after` seconds, or running
+        (leased). The feeder keeps their sum under what the budget serves in the next few seconds."""
+        now = now or utcnow()
+        query = (
+            select(ProductRow.source, func.count())
+            .where(
+                ProductRow.source.in_(list(sources)),
+                or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+                or_(ProductRow.enqueued_at >= now - timedelta(seconds=requeue_after), ProductRow.lease_until >= now),
+            )
+            .group_by(ProductRow.source)
+        )
+        with self.read_session() as session:
+            return {row[0]: row[1] for row in session.execute(query)}
+
+    def waiting(self, sources: Sequence[str], *, now: datetime | None = None) -> dict[bool, int]:
+        """{priority: rows} still to push for these sources (unconverged, not failed), for `status`."""
+        query = (
+            select(ProductRow.priority, func.count())
+            .where(
+                ProductRow.source.in_(list(sources)),
+                ProductRow.status.in_(("pending", "skipped")),
+                or_(ProductRow.synced_hash.is_(None), ProductRow.desired_hash != ProductRow.synced_hash),
+            )
+            .group_by(ProductRow.priority)
+        )
+        with self.read_session() as session:
+            counts = {bool(row[0]): row[1] for row in session.execute(query)}
+        return {True: counts.get(True, 0), False: counts.get(False, 0)}
+
     def retry_failed(self, source: str | None = None, product_ids: Iterable[str] | None = None) -> int:
         """Put failed rows back in line (the admin `retry` command)."""
         conditions = [ProductRow.status == "failed"]
@@ -666,7 +750,7 @@ class Store:
             result = session.execute(
                 update(ProductRow)
                 .where(*conditions)
-                .values(status="pending", attempts=0, next_attempt_at=None)
+                .values(status="pending", attempts=0, next_attempt_at=None, priority=True)
                 .returning(ProductRow.product_id)
             )
             return len(result.all())

@@ -468,7 +468,7 @@ class Intake:
 
         def write_upserts() -> None:
             for round_ in _rounds(upserts):
-                changed_ids = set(store.write_desired([row for _, row in round_]).changed_ids)
+                changed_ids = set(store.write_desired([row for _, row in round_], priority=True).changed_ids)
                 for index, row in round_:
                     if row.product_id in changed_ids:
                         outcome = Outcome.UPDATED

@@ -1,0 +1,196 @@
+"""The Admin GraphQL schema subset the emulator serves."""
+
+from __future__ import annotations
+
+from graphql import GraphQLSchema, build_schema
+
+SCHEMA_SDL = """
+schema { query: QueryRoot mutation: Mutation }
+
+scalar DateTime
+scalar URL
+scalar HTML
+scalar Money
+scalar UnsignedInt64
+scalar Decimal
+
+enum ProductStatus { ACTIVE ARCHIVED DRAFT }
+enum ProductSortKeys { CREATED_AT ID INVENTORY_TOTAL PRODUCT_TYPE PUBLISHED_AT RELEVANCE TITLE UPDATED_AT VENDOR }
+enum MediaContentType { EXTERNAL_VIDEO IMAGE MODEL_3D VIDEO }
+enum MediaStatus { FAILED PROCESSING READY UPLOADED }
+enum MediaPreviewImageStatus { FAILED PROCESSING READY UPLOADED }
+enum CropRegion { BOTTOM CENTER LEFT REGION RIGHT TOP }
+enum ImageContentType { JPG PNG WEBP }
+enum CountPrecision { AT_LEAST EXACT }
+enum CurrencyCode { CAD EUR GBP JPY USD }
+enum BulkOperationStatus { CANCELED CANCELING COMPLETED CREATED EXPIRED FAILED RUNNING }
+enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
+enum BulkOperationType { MUTATION QUERY }
+enum BulkOperationUserErrorCode { INVALID OPERATION_IN_PROGRESS }
+
+input ImageTransformInput {
+  crop: CropRegion
+  maxWidth: Int
+  maxHeight: Int
+  scale: Int = 1
+  preferredContentType: ImageContentType
+}
+
+interface Node { id: ID! }
+
+interface Media {
+  alt: String
+  id: ID!
+  mediaContentType: MediaContentType!
+  preview: MediaPreviewImage
+  status: MediaStatus!
+}
+
+type PageInfo {
+  hasNextPage: Boolean!
+  hasPreviousPage: Boolean!
+  startCursor: String
+  endCursor: String
+}
+
+type Image {
+  id: ID
+  altText: String
+  url(transform: ImageTransformInput): URL!
+  src: URL!
+  originalSrc: URL!
+  transformedSrc: URL!
+  width: Int
+  height: Int
+}
+
+type MediaPreviewImage { image: Image status: MediaPreviewImageStatus! }
+
+type MediaImage implements Media & Node {
+  alt: String
+  id: ID!
+  image: Image
+  mediaContentType: MediaContentType!
+  preview: MediaPreviewImage
+  status: MediaStatus!
+  mimeType: String
+  createdAt: DateTime!
+  updatedAt: DateTime!
+}
+
+type VideoSource { url: String! mimeType: String! format: String! width: Int! height: Int! }
+
+type Video implements Media & Node {
+  alt: String
+  id: ID!
+  mediaContentType: MediaContentType!
+  preview: MediaPreviewImage
+  status: MediaStatus!
+  filename: String!
+  sources: [VideoSource!]!
+}
+
+type MediaEdge { cursor: String! node: Media! }
+type MediaConnection { edges: [MediaEdge!]! nodes: [Media!]! pageInfo: PageInfo! }
+type ImageEdge { cursor: String! node: Image! }
+type ImageConnection { edges: [ImageEdge!]! nodes: [Image!]! pageInfo: PageInfo! }
+
+type ProductVariant implements Node {
+  id: ID!
+  legacyResourceId: UnsignedInt64!
+  title: String!
+  price: Money!
+  compareAtPrice: Money
+  sku: String
+  availableForSale: Boolean!
+  inventoryQuantity: Int
+  position: Int!
+  createdAt: DateTime!
+  updatedAt: DateTime!
+}
+type ProductVariantEdge { cursor: String! node: ProductVariant! }
+type ProductVariantConnection { edges: [ProductVariantEdge!]! nodes: [ProductVariant!]! pageInfo: PageInfo! }
+
+type Count { count: Int! precision: CountPrecision! }
+type MoneyV2 { amount: Decimal! currencyCode: CurrencyCode! }
+type ProductPriceRangeV2 { minVariantPrice: MoneyV2! maxVariantPrice: MoneyV2! }
+
+type Product implements Node {
+  id: ID!
+  legacyResourceId: UnsignedInt64!
+  title: String!
+  handle: String!
+  descriptionHtml: HTML!
+  description(truncateAt: Int): String!
+  vendor: String!
+  productType: String!
+  status: ProductStatus!
+  tags: [String!]!
+  onlineStoreUrl: URL
+  createdAt: DateTime!
+  updatedAt: DateTime!
+  publishedAt: DateTime
+  totalInventory: Int!
+  priceRangeV2: ProductPriceRangeV2!
+  featuredImage: Image
+  featuredMedia: Media
+  mediaCount: Count
+  variantsCount: Count
+  media(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): MediaConnection!
+  images(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ImageConnection!
+  variants(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ProductVariantConnection!
+}
+type ProductEdge { cursor: String! node: Product! }
+type ProductConnection { edges: [ProductEdge!]! nodes: [Product!]! pageInfo: PageInfo! }
+
+type Domain { host: String! url: URL! }
+type Shop implements Node {
+  id: ID!
+  name: String!
+  myshopifyDomain: String!
+  primaryDomain: Domain!
+  url: URL!
+  currencyCode: String!
+  ianaTimezone: String!
+}
+
+type BulkOperation implements Node {
+  id: ID!
+  status: BulkOperationStatus!
+  errorCode: BulkOperationErrorCode
+  createdAt: DateTime!
+  completedAt: DateTime
+  objectCount: UnsignedInt64!
+  rootObjectCount: UnsignedInt64!
+  fileSize: UnsignedInt64
+  url: URL
+  partialDataUrl: URL
+  query: String!
+  type: BulkOperationType!
+}
+type BulkOperationUserError { field: [String!] message: String! code: BulkOperationUserErrorCode }
+type BulkOperationRunQueryPayload { bulkOperation: BulkOperation userErrors: [BulkOperationUserError!]! }
+type UserError { field: [String!] message: String! }
+type BulkOperationCancelPayload { bulkOperation: BulkOperation userErrors: [UserError!]! }
+
+type QueryRoot {
+  products(
+    first: Int, after: String, last: Int, before: String, reverse: Boolean = false,
+    sortKey: ProductSortKeys = ID, query: String
+  ): ProductConnection!
+  product(id: ID!): Product
+  node(id: ID!): Node
+  productsCount(query: String, limit: Int = 10000): Count
+  currentBulkOperation(type: BulkOperationType = QUERY): BulkOperation
+  shop: Shop!
+}
+
+type Mutation {
+  bulkOperationRunQuery(query: String!, groupObjects: Boolean): BulkOperationRunQueryPayload
+  bulkOperationCancel(id: ID!): BulkOperationCancelPayload
+}
+"""
+
+
+
+SCHEMA: GraphQLSchema = build_schema(SCHEMA_SDL)

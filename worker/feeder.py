@@ -1,0 +1,212 @@
+"""Feeding the queue just in time: the state database is the queue, the broker carries only what the budget serves
+in the next few seconds.
+
+The catalog allows an account 100 requests a minute. Publishing every changed product of a 100,000-product sync at
+once would park 100,000 messages in the broker for 17 hours, put a webhook's push behind them on a broker that does
+not order queues (RabbitMQ), and leave worker slots asleep on the limiter. Instead, each `feed` pass (after every page
+a sync writes, and on every reconcile tick) looks at each account and hands the queue:
+
+1. every due **priority** row (a webhook, an admin command) of the account's sources, on `push.priority`: few, and
+   the limiter's reserve serves them ahead of bulk work;
+2. then **bulk** rows, oldest change first, only up to the account's capacity: the requests its budget serves in
+   `push_horizon` seconds, minus the pushes already on their way (`Store.in_flight`), so the broker's depth stays
+   bounded whatever the size of the sync;
+3. shared fairly: each free slot goes to the source with bulk work waiting that has the fewest pushes on their way,
+   so every source holds an even share of the capacity whatever the timing of the passes, and what a source cannot
+   use goes to the others: a 100-product shop converges in its fair time beside a 100,000-product one.
+
+A message lost with the broker, or a worker killed mid-push, leaves its row stamped `enqueued_at`; after
+`requeue_after` seconds the row counts as lost and is fed again. Because the queue is short, that delay can be short
+too. Two feeders running at once (a sync and a reconcile tick) may together exceed the capacity by one pass; the
+bound is on the order of the capacity, not the backlog.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from worker.ratelimit import Grants, pacing
+from worker.state import Store, utcnow
+
+if TYPE_CHECKING:
+    from worker.operations import Dispatcher
+    from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# The default account: every source writes to it until the sources file names accounts of its own.
+DEFAULT_ACCOUNT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBudget:
+    """One catalog account as the feeder sees it: its steady rate and the sources that write to it."""
+
+    name: str
+    rate: float
+    sources: tuple[str, ...]
+
+    def capacity(self, horizon: float) -> int:
+        """Pushes the account's budget serves in the next `horizon` seconds (at least one)."""
+        return max(1, math.ceil(self.rate * horizon))
+
+
+@dataclass(slots=True)
+class FeedReport:
+    priority: int = 0
+    bulk: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.priority + sum(self.bulk.values())
+
+
+def fair_shares(room: int, waiting: Mapping[str, int], in_flight: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Give `room` free slots to sources with `waiting[source]` rows due: each slot to the source with the fewest
+    pushes on their way (`in_flight` plus what it was given so far), until it has no row left (max-min fairness by
+    water-filling). Counting what is already in flight keeps shares even when passes hand out one slot at a time.
+    Deterministic: ties go to sources in name order."""
+    shares = dict.fromkeys(waiting, 0)
+    levels = [
+        ((in_flight or {}).get(name, 0), name) for name, count in sorted(waiting.items()) if count > 0
+    ]
+    heapq.heapify(levels)
+    while room > 0 and levels:
+        level, name = heapq.heappop(levels)
+        shares[name] += 1
+        room -= 1
+        if shares[name] < waiting[name]:
+            heapq.heappush(levels, (level + 1, name))
+    return shares
+
+
+def feed_account(
+    store: Store,
+    dispatcher: Dispatcher,
+    account: AccountBudget,
+    *,
+    horizon: float,
+    requeue_after: float,
+    priority_batch: int,
+    now: datetime | None = None,
+) -> FeedReport:
+    """One pass for one account: priority rows, then bulk rows up to the account's capacity, shared fairly."""
+    now = now or utcnow()
+    report = FeedReport()
+    sources = account.sources
+    if not sources:
+        return report
+    urgent = store.take_due(limit=priority_batch, requeue_after=requeue_after, now=now, sources=sources, priority=True)
+    for source, ids in _by_source(urgent).items():
+        _dispatch(store, dispatcher, source, ids, priority=True)
+        report.priority += len(ids)
+    in_flight = store.in_flight_by_source(sources, requeue_after=requeue_after, now=now)
+    room = account.capacity(horizon) - sum(in_flight.values())
+    if room <= 0:
+        return report
+    waiting = store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
+    for source, share in fair_shares(room, waiting, in_flight).items():
+        if share <= 0:
+            continue
+        due = store.take_due(limit=share, requeue_after=requeue_after, now=now, source=source, priority=False)
+        ids = [product_id for _, product_id in due]
+        if ids:
+            _dispatch(store, dispatcher, source, ids, priority=False)
+            report.bulk[source] = len(ids)
+    return report
+
+
+def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = None) -> FeedReport:
+    """One feeder pass over every account of this deployment."""
+    settings = runtime.settings
+    total = FeedReport()
+    for account in accounts(runtime):
+        report = feed_account(
+            runtime.store,
+            dispatcher,
+            account,
+            horizon=settings.push_horizon,
+            requeue_after=settings.requeue_after,
+            priority_batch=settings.reconcile_batch,
+            now=now,
+        )
+        total.priority += report.priority
+        for source, count in report.bulk.items():
+            total.bulk[source] = total.bulk.get(source, 0) + count
+    if total.total:
+        log.info("fed %d priority and %d bulk push(es)", total.priority, sum(total.bulk.values()))
+    return total
+
+
+def accounts(runtime: Runtime) -> list[AccountBudget]:
+    """The accounts this deployment writes to, with their sources and steady rates."""
+    rate, _, _ = pacing(runtime.settings)
+    return [AccountBudget(DEFAULT_ACCOUNT, rate, tuple(sorted(runtime.sources)))]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One account's budget as `status` shows it."""
+
+    account: str
+    limit: float  # the account's limit, requests per second
+    rate: float  # what the limiter paces to, requests per second
+    used_this_minute: int | None  # None when the limiter cannot be read (Redis down)
+    used_last_minute: int | None
+    in_flight: int
+    waiting_priority: int
+    waiting_bulk: int
+
+    @property
+    def backlog(self) -> int:
+        return self.waiting_priority + self.waiting_bulk
+
+    @property
+    def converges_in(self) -> float:
+        """Seconds until the current backlog has reached the catalog at this rate (one call per product)."""
+        return self.backlog / self.rate
+
+
+def budget_status(runtime: Runtime) -> list[BudgetStatus]:
+    """Per account: the budget in use, what waits (priority and bulk), and when the backlog converges."""
+    from worker.errors import RetryableError
+
+    statuses = []
+    try:
+        grants: Grants | None = runtime.limiter.grants()
+    except RetryableError:
+        grants = None
+    for account in accounts(runtime):
+        waiting = runtime.store.waiting(account.sources)
+        statuses.append(
+            BudgetStatus(
+                account=account.name,
+                limit=runtime.settings.catalog_rate_limit,
+                rate=account.rate,
+                used_this_minute=None if grants is None else grants.current,
+                used_last_minute=None if grants is None else grants.previous,
+                in_flight=runtime.store.in_flight(account.sources, requeue_after=runtime.settings.requeue_after),
+                waiting_priority=waiting[True],
+                waiting_bulk=waiting[False],
+            )
+        )
+    return statuses
+
+
+def _by_source(rows: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for source, product_id in rows:
+        grouped.setdefault(source, []).append(product_id)
+    return grouped
+
+
+def _dispatch(store: Store, dispatcher: Dispatcher, source: str, ids: list[str], *, priority: bool) -> None:
+    if not dispatcher.push(source, ids, priority=priority):
+        # The broker refused them: the next pass may send them again at once.
+        store.clear_enqueued(source, ids)
