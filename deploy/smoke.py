@@ -96,6 +96,8 @@ class Stack:
         self.database = f"catalog_smoke_{uuid.uuid4().hex[:8]}"
         self.redis_db: int | None = None
         self.file = work / "compose.smoke.yaml"
+        # The emulator serves the API under the same path as the real one.
+        self.catalog_url = f"http://127.0.0.1:{self.ports['catalog']}/tryon/v1"
 
     # ---- host services ------------------------------------------------------------------------------------
 
@@ -128,7 +130,7 @@ class Stack:
             "POSTGRES_USER": "postgres",
             "POSTGRES_PASSWORD": "unused-with-trust-auth",
             "POSTGRES_DB": self.database,
-            "CATALOG_SYNC_CATALOG_URL": f"http://127.0.0.1:{self.ports['catalog']}",
+            "CATALOG_SYNC_CATALOG_URL": self.catalog_url,
             "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
             # The vendor's default limit, which the catalog emulator enforces too.
             "CATALOG_SYNC_CATALOG_RATE_LIMIT": "100/minute",
@@ -248,7 +250,7 @@ def smoke(stack: Stack) -> None:
     log("migrate: `db upgrade` exited 0")
 
     webhooks = f"http://127.0.0.1:{stack.ports['webhooks']}"
-    catalog = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['catalog']}", headers={"x-api-key": API_KEY})
+    catalog = httpx.Client(base_url=stack.catalog_url, headers={"x-api-key": API_KEY})
     shop = httpx.Client(base_url=f"http://127.0.0.1:{stack.ports['shop']}")
     ready = lambda: httpx.get(f"{webhooks}/readyz").status_code == 200  # noqa: E731
     wait_for("the webhook server to be ready", ready, START_TIMEOUT, stack)
