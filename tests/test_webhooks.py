@@ -601,6 +601,64 @@ def test_metrics_count_deliveries_by_source_topic_and_outcome_and_show_rows_by_s
     assert samples[("catalog_sync_state_database_up", ())] == 1
 
 
+def test_metrics_show_each_sources_last_run_pause_held_deletions_and_the_queue_depths(env: Env) -> None:
+    store = env.runtime.store
+    held = store.start_run(env.shop, "full")
+    store.finish_run(held, outcome="deletion_blocked", counts={"deletion_blocked": 7})
+    done = store.start_run(env.woo, "incremental")
+    store.finish_run(done, outcome="completed", counts={"synced": 3})
+    store.pause_source(env.woo, until=datetime.now(UTC) + timedelta(minutes=5), reason="AuthError: key refused")
+    body = body_of(shopify_product(18, title="Scarf", updated_at="2024-05-01T10:00:00Z"))
+    assert env.shopify(body, event_id="e-1").json() == {"outcome": "updated"}  # one push waits on push.priority
+    waiting = env.queues.client.llen("push.priority")
+
+    response = env.client.get("/metrics")
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    finished = store.get_run(done).finished_at.timestamp()
+    last_run = "catalog_sync_last_run_timestamp_seconds"
+    woo_run = (last_run, (("mode", "incremental"), ("outcome", "completed"), ("source", env.woo)))
+    assert samples[woo_run] == pytest.approx(finished)
+    assert (last_run, (("mode", "full"), ("outcome", "deletion_blocked"), ("source", env.shop))) in samples
+    assert samples[("catalog_sync_deletions_held", (("source", env.shop),))] == 7
+    assert samples[("catalog_sync_deletions_held", (("source", env.woo),))] == 0
+    assert samples[("catalog_sync_source_paused", (("source", env.woo),))] == 1
+    assert samples[("catalog_sync_source_paused", (("source", env.shop),))] == 0
+    assert samples[("catalog_sync_queue_messages", (("queue", "push.priority"),))] == waiting >= 1
+    assert {q for (name, labels), _ in samples.items() if name == "catalog_sync_queue_messages" for _, q in labels} == {
+        "push.priority",
+        "push",
+        "sync",
+    }
+    assert samples[("catalog_sync_broker_up", ())] == 1
+
+
+def test_a_broker_that_does_not_answer_gives_broker_up_0_and_no_queue_depths(
+    clean_env: None, redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    engine.dispose()
+    runtime = make_runtime(url, make_sources(unique), broker_url(), tmp_path)
+
+    def dead_broker() -> dict[str, int]:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    try:
+        with running(create_app(runtime, queue_depths=dead_broker)) as server:
+            text_body = httpx.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        runtime.close()
+
+    assert "catalog_sync_broker_up 0.0" in text_body
+    assert "catalog_sync_queue_messages" not in text_body
+
+
 # ------------------------------------------------------------------------------------------- database unavailable
 
 

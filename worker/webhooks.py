@@ -68,6 +68,7 @@ from connectors.base import Connector, WebhookEvent
 from worker.errors import InvalidSignature, SkippedProduct
 from worker.logs import Throttle, configure_logging
 from worker.plan import desired_row, external_id_for, skipped_row
+from worker.source_metrics import QueueDepths, SourceStateCollector, celery_queue_depths
 from worker.state import DELETED, DesiredRow, utcnow
 
 if TYPE_CHECKING:
@@ -700,7 +701,7 @@ class _ProductStatusCollector(Collector):
 class WebhookMetrics:
     """The app's own registry, so several apps in one process (tests) do not collide."""
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake, queue_depths: QueueDepths | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.deliveries = Counter(
             "catalog_sync_webhook_deliveries",
@@ -716,6 +717,7 @@ class WebhookMetrics:
             registry=self.registry,
         )
         self.registry.register(_ProductStatusCollector(intake))
+        self.registry.register(SourceStateCollector(lambda: intake.runtime, queue_depths or celery_queue_depths))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -731,15 +733,17 @@ def create_app(
     fetch: Fetch | None = None,
     broker_check: BrokerCheck | None = None,
     refusal_throttle: Throttle | None = None,
+    queue_depths: QueueDepths | None = None,
 ) -> Starlette:
     """The webhook server's ASGI app.
 
     Defaults (all None) are what `catalog-sync serve` runs: the process runtime, the Celery dispatcher, the
     `sync_product` task for partial payloads, a ping of the Celery broker for `/readyz` and a throttle of
-    refused-signature warnings of `REFUSAL_LOG_BURST` then `REFUSAL_LOG_RATE` a second per source.
+    refused-signature warnings of `REFUSAL_LOG_BURST` then `REFUSAL_LOG_RATE` a second per source, and the
+    Celery broker's queue depths for `/metrics`.
     """
     intake = Intake(runtime, dispatcher, fetch=fetch)
-    metrics = WebhookMetrics(intake)
+    metrics = WebhookMetrics(intake, queue_depths)
     refusals = refusal_throttle or Throttle(REFUSAL_LOG_RATE, REFUSAL_LOG_BURST)
     check_broker = broker_check or celery_broker_check
 
