@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 
@@ -120,3 +121,33 @@ def test_compose_migrates_first_and_runs_one_beat(compose: dict[str, Any]) -> No
     assert compose["beat"]["deploy"]["replicas"] == 1
     assert "--appendonly" in compose["redis"]["command"]
     assert compose["flower"]["profiles"] == ["flower"]
+
+
+def metric_names(node: Any) -> set[str]:
+    """The metric names a PromQL expression selects."""
+    if type(node).__name__ == "VectorSelector":
+        return {node.name}
+    names: set[str] = set()
+    for attribute in ("lhs", "rhs", "expr", "param", "vector_selector"):
+        child = getattr(node, attribute, None)
+        if child is not None:
+            names |= metric_names(child)
+    for argument in getattr(node, "args", None) or []:
+        names |= metric_names(argument)
+    return names
+
+
+def test_every_alert_rule_parses_and_uses_only_metrics_the_project_exports() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    exported = "".join(
+        (DEPLOY.parent / "worker" / name).read_text() for name in ("webhooks.py", "source_metrics.py")
+    )
+    used: set[str] = set()
+    for rule in rules:
+        used |= metric_names(promql_parser.parse(rule["expr"]))
+
+    assert len(rules) >= 5
+    assert used, "no metric selected by any rule"
+    assert {name for name in used if f'"{name}"' not in exported} == set()
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
