@@ -162,6 +162,10 @@ class Stack:
                 environment["CELERY_BROKER_URL"] = broker_url
         services["redis"] = self.stand_in(6379)
         services["postgres"] = self.stand_in(5432)
+        # Two workers on the host's network cannot both listen on the metrics port: the first one does.
+        worker = services["worker"]
+        position = worker["command"].index("--metrics-port")
+        worker["command"] = worker["command"][:position] + worker["command"][position + 2 :]
         port = str(self.ports["webhooks"])
         webhooks = services["webhooks"]
         webhooks["command"] = [port if part == "8080" else part for part in webhooks["command"]]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -404,8 +406,15 @@ def worker(
         bool,
         typer.Option("--check", help="Health check: exit 0 if this host's worker (--hostname) answers a ping."),
     ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve the worker's metrics (all its processes) on this port at /metrics.")
+    ] = None,
 ) -> None:
     """A Celery worker (run as many as you like, on any hosts)."""
+    if metrics_port is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before anything imports prometheus_client (it reads this once): every process of this worker counts in
+        # files of a fresh directory, which the main process adds up (worker/work_metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="catalog-sync-metrics-")
     from worker.celery_app import app as celery
     from worker.celery_app import configure
 
@@ -423,7 +432,23 @@ def worker(
     if runtime.settings.log_format == "json":
         # The startup banner is plain text on stdout: a JSON log stream must hold JSON lines only.
         argv.insert(0, "--quiet")
+    if metrics_port is not None:
+        _serve_worker_metrics(metrics_port)
     celery.worker_main(argv)
+
+
+def _serve_worker_metrics(port: int) -> None:
+    from celery.signals import worker_process_shutdown
+
+    from worker.work_metrics import process_exited, serve_multiprocess
+
+    def child_exited(pid: int | None = None, **_: Any) -> None:
+        if pid is not None:
+            process_exited(pid)
+
+    worker_process_shutdown.connect(child_exited, weak=False)
+    serve_multiprocess(port)
+    logging.getLogger(__name__).info("worker metrics: http://0.0.0.0:%d/metrics", port)
 
 
 def _ping_worker(hostname: str | None) -> int:
