@@ -171,7 +171,7 @@ def sources_toml(feed: Path, interval: float) -> str:
     # Scheduled syncs far beyond the run, so beat only reconciles; the benchmark publishes the one full sync.
     return (
         f'[[sources]]\nname = "{SOURCE}"\nkind = "feed"\nurl = "{feed}"\nformat = "google-merchant"\n'
-        f"full_interval = {interval}\nincremental_interval = {interval}\n"
+        f"full_interval = {interval}\nincremental_interval = {interval}\ncheck_images = false\n"
     )
 
 

@@ -183,6 +183,24 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     )
 
 
+@contextlib.contextmanager
+def shop_server(
+    workdir: Path, database_url: str, broker_url: str, source: str, secret: str = WEBHOOK_SECRET
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A healthy `catalog-sync serve` whose sources file holds one Shopify source with `secret`: (port, process)."""
+    (workdir / "catalog-sync.toml").write_text(
+        f'[[sources]]\nname = "{source}"\nkind = "shopify"\nurl = "https://bench.example"\n'
+        f'access_token = "shpat_bench"\nwebhook_secret = "{secret}"\n',
+        encoding="utf-8",
+    )
+    port = free_port()
+    log = workdir / "serve.log"
+    env = environment(workdir, database_url, broker_url)
+    with subprocess_group([CLI, "serve", "--host", "127.0.0.1", "--port", str(port)], env, log) as server:
+        wait_healthy(f"http://127.0.0.1:{port}", server, log)
+        yield port, server
+
+
 def remove_messages(broker_url: str, sources: set[str]) -> int:
     """Delete the Celery messages of `sources` from the project's queues; returns how many."""
     client = redis.Redis.from_url(broker_url)
@@ -290,18 +308,8 @@ def run(args: argparse.Namespace, database: str) -> dict[str, float]:
     source = f"bench-shop-{token}"
     broker_url = f"redis://{REDIS_HOST}/{args.redis_db}"
     with tempfile.TemporaryDirectory(prefix="bench-webhook-intake-") as tmp, state_database(database, Path(tmp)) as db:
-        workdir = Path(tmp)
-        (workdir / "catalog-sync.toml").write_text(
-            f'[[sources]]\nname = "{source}"\nkind = "shopify"\nurl = "https://bench.example"\n'
-            f'access_token = "shpat_bench"\nwebhook_secret = "{WEBHOOK_SECRET}"\n',
-            encoding="utf-8",
-        )
-        port = free_port()
-        log = workdir / "serve.log"
-        env = environment(workdir, db, broker_url)
         try:
-            with subprocess_group([CLI, "serve", "--host", "127.0.0.1", "--port", str(port)], env, log) as server:
-                wait_healthy(f"http://127.0.0.1:{port}", server, log)
+            with shop_server(Path(tmp), db, broker_url, source) as (port, server):
                 unknown = deliveries(f"nobody-{token}", args.requests + WARMUP_REQUESTS, 1)
                 drive(port, unknown[:WARMUP_REQUESTS], args.connections)
                 cpu = cpu_seconds(server.pid)

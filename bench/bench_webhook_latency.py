@@ -178,9 +178,10 @@ def main() -> None:
         catalog = Catalog(catalog_app)
         write_feed(workdir / "feed.csv", args.products, token)
         (workdir / "catalog-sync.toml").write_text(
-            f'[[sources]]\nname = "{feed}"\nkind = "feed"\nurl = "{workdir / "feed.csv"}"\nformat = "csv"\n\n'
+            f'[[sources]]\nname = "{feed}"\nkind = "feed"\nurl = "{workdir / "feed.csv"}"\nformat = "csv"\n'
+            "check_images = false\n\n"
             f'[[sources]]\nname = "{shop}"\nkind = "shopify"\nurl = "https://bench.example"\n'
-            f'access_token = "shpat_bench"\nwebhook_secret = "{WEBHOOK_SECRET}"\n',
+            f'access_token = "shpat_bench"\nwebhook_secret = "{WEBHOOK_SECRET}"\ncheck_images = false\n',
             encoding="utf-8",
         )
         env = environment(

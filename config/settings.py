@@ -6,14 +6,16 @@ Precedence: environment variables, then a `.env` file in the working directory, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.rates import parse_rate
+from config.redact import MASK, redact_url
 from worker.errors import ConfigError
 
 DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
@@ -21,6 +23,10 @@ DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
 DEFAULT_CATALOG_RATE = parse_rate("100/minute")
 # Requests per second, written as "100/minute", "2/second" or a bare number per second.
 Rate = Annotated[float, BeforeValidator(parse_rate)]
+# Settings that are URLs and may carry a password: redacted wherever settings are shown.
+URL_FIELDS = frozenset({"database_url", "broker_url", "redis_url", "catalog_url"})
+# Settings never echoed in an error, even redacted.
+SECRET_FIELDS = frozenset({"catalog_api_key"})
 
 
 class Settings(BaseSettings):
@@ -82,10 +88,30 @@ class Settings(BaseSettings):
     )
     webhook_max_body: int = Field(2 * 1024 * 1024, ge=1024, description="Largest webhook body accepted, bytes.")
     webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
+    webhook_max_in_flight: int = Field(
+        512, ge=1, le=100_000, description="Deliveries being read or applied at once, all sources; more get 503."
+    )
+    webhook_max_in_flight_per_source: int = Field(
+        256, ge=1, le=100_000, description="Deliveries being read or applied at once for one source; more get 429."
+    )
+    webhook_header_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds a connection may take to send a request's headers before it is closed."
+    )
+    webhook_body_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds a delivery may take to send its body before it is answered 408."
+    )
+    webhook_max_connections: int = Field(
+        4096, ge=16, le=1_000_000, description="Open connections to the webhook server; more are closed on arrival."
+    )
     log_level: str = Field("INFO", description="Python log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="`json`: one JSON object per log line (with source, product, run where known)."
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The repr is what a traceback, a debugger or a stray print shows: no database or broker password in it.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in URL_FIELDS and isinstance(value, str) else value
 
 
 @lru_cache(maxsize=1)
@@ -99,6 +125,13 @@ def get_settings() -> Settings:
 def _explain(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for error in exc.errors():
-        name = "_".join(str(part) for part in error["loc"]).upper()
-        lines.append(f"  CATALOG_SYNC_{name}: {error['msg']} (got {error.get('input')!r})")
+        field = "_".join(str(part) for part in error["loc"])
+        given = error.get("input")
+        if field in SECRET_FIELDS:
+            shown = MASK
+        elif field in URL_FIELDS and isinstance(given, str):
+            shown = repr(redact_url(given))
+        else:
+            shown = repr(given)
+        lines.append(f"  CATALOG_SYNC_{field.upper()}: {error['msg']} (got {shown})")
     return "\n".join(lines)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from config.redact import redact_url
 from worker.errors import ConfigError
 
 SourceKind = Literal["feed", "shopify", "shopify-rest", "shopify-storefront", "woocommerce"]
@@ -26,6 +27,47 @@ _TEMPLATE_FIELD = re.compile(r"\{(\w*)\}")
 TEMPLATE_VARIABLES = frozenset({"id", "handle", "source"})
 _SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "consumer_key", "consumer_secret")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+class ProductFilter(BaseModel):
+    """One side of a source's filter: per field, the values (`*` matches any run of characters) that match,
+    compared without regard to case. A product matches when, for every field listed, one of its values does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product_type: tuple[str, ...] = ()
+    tag: tuple[str, ...] = ()
+    vendor: tuple[str, ...] = ()
+    collection: tuple[str, ...] = Field((), description="Shopify (Admin GraphQL) collections, by handle or title.")
+    category: tuple[str, ...] = Field((), description="WooCommerce categories, by slug or name.")
+    google_product_category: tuple[str, ...] = Field((), description="Feeds: the g:google_product_category.")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _one_or_many(cls, values: Any) -> Any:
+        # `tag = "no-tryon"` means the list of that one value.
+        return (values,) if isinstance(values, str) else values
+
+    @field_validator("*")
+    @classmethod
+    def _check_values(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(value.strip() for value in values)
+        if any(not value for value in cleaned):
+            raise ValueError("an empty value matches nothing; remove it")
+        return cleaned
+
+    def fields(self) -> dict[str, tuple[str, ...]]:
+        """The fields this side constrains, with their values."""
+        return {name: values for name, values in self.model_dump().items() if values}
+
+
+# Filter fields that only one kind of source can answer; elsewhere they would silently match nothing.
+FILTER_FIELD_KINDS: dict[str, frozenset[str]] = {
+    # The REST and storefront product payloads carry no collections.
+    "collection": frozenset({"shopify"}),
+    "category": frozenset({"woocommerce"}),
+    "google_product_category": frozenset({"feed"}),
+}
 
 
 class SourceConfig(BaseModel):
@@ -54,6 +96,33 @@ class SourceConfig(BaseModel):
     bulk_threshold: int = Field(10_000, ge=0, description="Shopify: full syncs of shops this large use bulk export.")
     page_size: int | None = Field(None, ge=1, le=250)
     timeout: float = Field(30.0, gt=0, le=600)
+    # What goes to the catalog, and how a feed names it.
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
+    )
+    check_images: bool = Field(
+        True, description="Check each new image URL (reachable, image/*, at most 10 MB) before it is sent."
+    )
+    auto_detect_image_roles: bool | None = Field(
+        None, description="The catalog's autoDetectImageRoles for this source's products; omitted when unset."
+    )
+    split_by: str | None = Field(
+        None,
+        description='Feeds: one catalog product per value of this attribute ("color") within an item group.',
+    )
+    include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
+    exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A feed URL may carry a password or an access key; the secret fields are SecretStr already.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" and isinstance(value, str) else value
+
+    @property
+    def display_url(self) -> str:
+        """The source's URL fit to show: no password, token or query-string key."""
+        return redact_url(self.url)
 
     @field_validator("name")
     @classmethod
@@ -80,6 +149,23 @@ class SourceConfig(BaseModel):
             raise ValueError("kind 'woocommerce' needs consumer_key and consumer_secret (a REST key with Read access)")
         if self.format is not None and self.kind != "feed":
             raise ValueError("format applies to kind 'feed' only")
+        return self
+
+    @model_validator(mode="after")
+    def _check_catalog_options(self) -> SourceConfig:
+        """Options that only some kinds of source can honour are refused elsewhere, not silently ignored."""
+        if self.columns and self.kind != "feed":
+            raise ValueError("columns applies to kind 'feed' only")
+        if self.split_by is not None and self.kind != "feed":
+            raise ValueError("split_by is supported for kind 'feed' only so far")
+        if self.split_by is not None and not self.split_by.strip():
+            raise ValueError('split_by names an attribute, e.g. "color"')
+        for side in ("include", "exclude"):
+            rules = getattr(self, side)
+            for name in rules.fields() if rules is not None else ():
+                kinds = FILTER_FIELD_KINDS.get(name)
+                if kinds is not None and self.kind not in kinds:
+                    raise ValueError(f"{side}.{name} applies to kind {' or '.join(sorted(kinds))}, not {self.kind!r}")
         return self
 
     @property
@@ -140,8 +226,10 @@ def _explain(exc: ValidationError, label: str, origin: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling"
-        shown = "" if field in _SECRET_FIELDS else f" (got {error.get('input')!r})"
-        if field == "(source)":
+        given = error.get("input")
+        shown = f" (got {redact_url(given) if field == 'url' and isinstance(given, str) else given!r})"
+        # A misspelled field may be a misspelled secret: its value is never echoed, nor a secret's, nor a table's.
+        if field in _SECRET_FIELDS or field == "(source)" or error["type"] == "extra_forbidden":
             shown = ""
         lines.append(f"  {field}: {message}{shown}")
     return "\n".join(lines)

@@ -14,6 +14,12 @@ Formats (the source's `format`, else guessed from the file name, then the HTTP `
   dependency, so JSON feeds are read whole and refused above `MAX_JSON_BYTES`; XML, CSV and TSV stream, so a
   100 MB feed never sits in memory. Gzip-compressed documents of any format are recognised by their first bytes.
 
+Column names: a column or element names an attribute whatever its case and punctuation, under its Google name or an
+unambiguous alias (`Image`, `image_url`, `picture` for `image_link`; `URL` for `link`; `name` for `title`: the table
+`FIELD_ALIASES`, documented in the README); a source's `columns` mapping names its own (`ColumnMap`). A CSV/TSV header
+or a JSON feed with no id, no title or no image attribute at all fails the read with the columns found and the
+mapping that would fix it, instead of skipping every item.
+
 Mapping: `g:image_link` then the `g:additional_image_link`s become the images (at most `MAX_IMAGES`; URLs that are
 not absolute http(s) are dropped); `g:brand` is the vendor; `g:product_type`, else `g:google_product_category`, the
 product type; `tags` (comma-separated) the tags; availability, prices and a few stable descriptors go to
@@ -31,6 +37,10 @@ document ends, so memory grows with the number of groups (one compact product ea
 most ten image URLs), never with the document or its items. Ungrouped items are yielded as they are read; their ids
 are remembered (strings only) so a repeated id is caught.
 
+Colourways: with the source's `split_by` (an attribute, e.g. `color`), a group is keyed by the group id and that
+attribute's value (`split_id`: `WD~navy-blue`), so each colour becomes its own product with its own items' images;
+items without the value stay in the group's own product.
+
 Bad data: a record that cannot be a product is yielded as `SkippedProduct(product_id, reason, detail)` and the rest go
 on. Reasons: `missing_id` (neither id nor item_group_id), `missing_title`, `invalid_link` (a link that is not an
 absolute http(s) URL), `invalid_status`, `duplicate_id` (the id was listed before; the first one is kept, and the
@@ -39,7 +49,14 @@ object). A product without a usable image is still yielded, with no images: the 
 `no_images`. A broken document (malformed XML, an unreadable file, an HTTP 404, an empty CSV) raises `SourceError`,
 which fails the run before anything is deleted. Feeds send no webhooks; `get_product` scans the document.
 
-HTTP: `connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
+Limits: a document may expand to at most `MAX_DOCUMENT_BYTES` once decompressed, and XML may run at most
+`MAX_ITEM_BYTES` without an item ending (the parser holds one item whole); past either the read fails with
+`SourceError`, so a few KB of gzip cannot take the worker's memory or keep a run reading for ever. A CSV/TSV quote
+that never closes (its cell swallows the rows after it) fails the read rather than losing those rows unnoticed.
+
+HTTP: redirects are followed one hop at a time (at most `MAX_REDIRECTS`), never from a public host to a private,
+loopback or link-local address, and an error answer reached through a redirect is not quoted in the message.
+`connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
 budget, backoff and `Retry-After` cap) before the body starts; a body that breaks midway fails the read instead of
 restarting, since products already yielded cannot be taken back.
 """
@@ -49,19 +66,21 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import ipaddress
 import json
 import os
 import re
+import socket
 import time
 import zlib
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -76,6 +95,7 @@ from connectors.base import (
     ProductStatus,
     SourceProduct,
     WebhookEvent,
+    clean_text,
     html_to_text,
     normalize_images,
     parse_datetime,
@@ -90,7 +110,9 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = [
+    "FEED_ATTRIBUTES",
     "MAX_JSON_BYTES",
+    "ColumnMap",
     "FeedConnector",
     "FeedRecord",
     "build_products",
@@ -98,6 +120,7 @@ __all__ = [
     "read_delimited_records",
     "read_json_records",
     "read_xml_records",
+    "split_id",
 ]
 
 GOOGLE_NS: Final = "http://base.google.com/ns/1.0"
@@ -107,8 +130,17 @@ MAX_JSON_BYTES = 200 * 1024 * 1024
 CHUNK_SIZE = 64 * 1024
 # Bytes of a sniffed prefix when neither the name nor the Content-Type tells the format.
 SNIFF_BYTES = 2048
-# Bytes of an HTTP error body quoted in the error message.
-ERROR_EXCERPT = 300
+# Column names quoted when a feed lacks a structural column (a wide export has hundreds).
+MAX_SHOWN_COLUMNS = 40
+# Characters of an HTTP error body quoted in the error message (control characters and markup removed).
+ERROR_EXCERPT = 160
+# Bytes of a document after decompression: a few KB of gzip can expand to gigabytes, and a run must end.
+MAX_DOCUMENT_BYTES = 2 * 1024**3
+# Bytes of XML between the end of one item and the end of the next: a real item is a few KB, and the parser holds
+# an item whole, so one endless element must fail the run instead of the worker's memory.
+MAX_ITEM_BYTES = 16 * 1024**2
+# Redirects followed before the fetch fails (CDNs use one or two).
+MAX_REDIRECTS = 5
 
 FORMAT_BY_SUFFIX: Final[Mapping[str, FeedFormat]] = {
     ".xml": "google-merchant",
@@ -146,18 +178,76 @@ ATTRIBUTE_FIELDS: Final = (
 )
 # Google's availability value for an item that can be bought now.
 IN_STOCK: Final = "in stock"
-# Other names a feed uses for the attributes above (keys are already lower case without the `g:` prefix).
-FIELD_ALIASES: Final[Mapping[str, str]] = {
-    "additional_image_links": "additional_image_link",
-    "updated_at": "updated",
-    "pubdate": "updated",
-    "last_updated": "updated",
+# The attributes a feed row may name, as the Google Merchant spec spells them (plus `tags`, `status` and `updated`).
+# A source's `columns` mapping may point any of them at a column of its own.
+FEED_ATTRIBUTES: Final = (
+    "id",
+    "item_group_id",
+    "title",
+    "description",
+    "link",
+    "image_link",
+    "additional_image_link",
+    "brand",
+    "product_type",
+    "tags",
+    "status",
+    "updated",
+    *ATTRIBUTE_FIELDS,
+)
+# Other names feeds use for those attributes, compared case- and punctuation-insensitively (`Image URL`, `image-url`
+# and `ImageURL` are one name). Only names that cannot mean anything else: `sku` (a variant's code, not the
+# product's) or `images` (a list in one cell) are left to the source's `columns` mapping.
+FIELD_ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
+    "id": ("product_id", "item_id", "offer_id"),
+    "item_group_id": ("group_id", "item_group", "parent_id"),
+    "title": ("name", "product_name", "product_title"),
+    "description": ("desc", "product_description", "long_description", "body_html"),
+    "link": ("url", "product_url", "product_link", "page_url", "permalink"),
+    "image_link": (
+        "image",
+        "image_url",
+        "image_src",
+        "main_image",
+        "main_image_url",
+        "picture",
+        "picture_url",
+        "photo",
+        "photo_url",
+        "img",
+        "img_url",
+    ),
+    "additional_image_link": (
+        "additional_image_links",
+        "additional_image_url",
+        "additional_image_urls",
+        "additional_images",
+        "extra_images",
+        "more_images",
+        "other_images",
+    ),
+    "brand": ("vendor", "manufacturer", "brand_name"),
+    "product_type": ("type", "category", "categories", "product_category"),
+    "tags": ("tag", "keywords"),
+    "status": ("product_status",),
+    "updated": ("updated_at", "pubdate", "last_updated", "last_modified", "modified", "modified_at", "date_modified"),
+    "availability": ("stock_status",),
+    "price": ("regular_price",),
+    "sale_price": ("special_price",),
+    "color": ("colour",),
+    "gtin": ("ean", "upc", "barcode"),
 }
 DATE_FIELDS: Final = ("updated",)
 # Fields whose single text value may hold a comma-separated list (in CSV/TSV cells and JSON strings).
 LIST_FIELDS: Final = frozenset({"additional_image_link"})
+# Between a group id and a split value in a colourway's product id: URL-safe, and rare in shop ids.
+SPLIT_SEPARATOR: Final = "~"
+# Runs of anything but letters and digits: ignored when column names are compared, `-` in a split value's slug.
+_NOT_ALNUM = re.compile(r"[\W_]+")
 # Characters no usable URL holds once inner spaces are encoded (Google rejects them too).
 _UNSAFE_URL_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
+# Markup in a quoted error body: the excerpt says what the server said, not how its page was built.
+_MARKUP = re.compile(r"<[^>]{0,200}>")
 
 
 def _now() -> datetime:
@@ -188,12 +278,92 @@ class FeedRecord:
         return self.fields.get(name, ())
 
 
+def _compact(name: str) -> str:
+    """The comparison key of a column name: `g:Image Link`, `image_link` and `ImageLink` give `imagelink`."""
+    key = name.strip().lstrip("\ufeff").lower().removeprefix("g:")
+    return _NOT_ALNUM.sub("", key)
+
+
+_ALIAS_INDEX: Final[Mapping[str, str]] = {
+    _compact(alias): attribute
+    for attribute in FEED_ATTRIBUTES
+    for alias in (attribute, *FIELD_ALIASES.get(attribute, ()))
+}
+
+
 @lru_cache(maxsize=4096)
 def normalize_field_name(name: str) -> str:
-    """`g:Image Link` and `image_link` name the same attribute."""
-    key = name.strip().lstrip("\ufeff").lower().replace(" ", "_")
-    key = key.removeprefix("g:")
-    return FIELD_ALIASES.get(key, key)
+    """The attribute a column names (aliases resolved), else the column's own name in lower case, `g:` dropped."""
+    attribute = _ALIAS_INDEX.get(_compact(name))
+    if attribute is not None:
+        return attribute
+    return name.strip().lstrip("\ufeff").lower().replace(" ", "_").removeprefix("g:")
+
+
+# How a missing structural attribute is named in the error.
+_COLUMN_LABELS: Final[Mapping[str, str]] = {"id": "'id' column", "title": "title column", "image_link": "image column"}
+# Column-name fragments that hint at an attribute, for the suggestion when a feed lacks it.
+_HINTS: Final[Mapping[str, tuple[str, ...]]] = {
+    "id": ("sku", "code", "ref", "number", "artikel", "nummer"),
+    "title": ("titel", "titre", "titulo", "nombre", "bezeichnung", "label", "heading"),
+    "image_link": ("image", "img", "photo", "picture", "foto", "bild", "imagen", "immagine"),
+}
+
+
+class ColumnMap:
+    """How one source's feed names its attributes: the source's `columns` mapping first, then the alias table.
+
+    A mapped attribute is read from the mapped column only; another column the aliases would also read as that
+    attribute is ignored, so `columns = { id = "SKU" }` is not undone by an `ID` column.
+    """
+
+    def __init__(self, columns: Mapping[str, str] | None = None, *, source: str = "") -> None:
+        self.columns = dict(columns or {})
+        unknown = sorted(set(self.columns) - set(FEED_ATTRIBUTES))
+        if unknown:
+            raise ConfigError(
+                f"source {source!r}: field 'columns': unknown attribute(s) {unknown}; the keys are attributes "
+                f"({', '.join(FEED_ATTRIBUTES)}) and the values the feed's column names"
+            )
+        self._mapped = {_compact(column): attribute for attribute, column in self.columns.items()}
+
+    def __call__(self, name: str) -> str:
+        attribute = self._mapped.get(_compact(name))
+        if attribute is not None:
+            return attribute
+        normalized = normalize_field_name(name)
+        # The empty name makes `_Fields.add` drop the column.
+        return "" if normalized in self.columns else normalized
+
+    def require(self, found: Sequence[str], kind: str, *, strict: bool, advice: str = "") -> None:
+        """Fail the read when the feed has no id attribute at all (with `strict`: no title or no image either):
+        every item would be skipped for the same reason, and the fix is a mapping, not a product edit."""
+        names = {self(name) for name in found}
+        missing = []
+        if "id" not in names and "item_group_id" not in names:
+            missing.append("id")
+        if strict and "title" not in names:
+            missing.append("title")
+        if strict and "image_link" not in names and "additional_image_link" not in names:
+            missing.append("image_link")
+        if not missing:
+            return
+        shown = ", ".join(repr(name) for name in found[:MAX_SHOWN_COLUMNS])
+        if len(found) > MAX_SHOWN_COLUMNS:
+            shown += ", ..."
+        labels = " and no ".join(_COLUMN_LABELS[attribute] for attribute in missing)
+        fix = ", ".join(f'{attribute} = "{_suggest(attribute, found)}"' for attribute in missing)
+        raise SourceError(
+            f"the {kind} has no {labels} (found {shown}), so every item would be skipped; name the columns in the "
+            f"source's settings: columns = {{ {fix} }}{advice}"
+        )
+
+
+def _suggest(attribute: str, found: Sequence[str]) -> str:
+    for name in found:
+        if any(hint in _compact(name) for hint in _HINTS.get(attribute, ())):
+            return name
+    return "<column name>"
 
 
 class _Fields:
@@ -216,6 +386,35 @@ class _Fields:
         return {name: tuple(values) for name, values in self.values.items()}
 
 
+class _Metered(io.RawIOBase):
+    """A byte stream that refuses to hand out more than `limit` bytes between two `restart()`s (or in all, when
+    never restarted): the bound on what a parser may be made to hold or a run to read."""
+
+    def __init__(self, stream: IO[bytes], limit: int, refusal: str) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._refusal = refusal
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._stream.read(len(view))
+        size = len(data)
+        self._count += size
+        if self._count > self._limit:
+            raise SourceError(self._refusal)
+        view[:size] = data
+        return size
+
+    def restart(self, refusal: str | None = None) -> None:
+        self._count = 0
+        if refusal is not None:
+            self._refusal = refusal
+
+
 # ---- readers: a document's bytes -> FeedRecords ------------------------------------------------------------------
 
 
@@ -231,12 +430,12 @@ def _is_item(element: Element) -> bool:
     return namespace != GOOGLE_NS and local in ("item", "entry")
 
 
-def _xml_record(element: Element, ref: str) -> FeedRecord:
+def _xml_record(element: Element, ref: str, names: Callable[[str], str]) -> FeedRecord:
     google = _Fields(split_lists=False)
     plain = _Fields(split_lists=False)
     for child in element:
         namespace, local = _split_tag(child.tag)
-        name = normalize_field_name(local)
+        name = names(local)
         if namespace != GOOGLE_NS and name == "link" and child.get("href") is not None:
             # Atom links are attributes; only the page itself (no rel, or rel="alternate") is the product's link.
             if child.get("rel", "alternate") == "alternate":
@@ -248,13 +447,22 @@ def _xml_record(element: Element, ref: str) -> FeedRecord:
     return FeedRecord(ref, {**plain.frozen(), **google.frozen()})
 
 
-def read_xml_records(stream: IO[bytes]) -> Generator[FeedRecord, None, None]:
-    """Stream the items of an RSS 2.0 or Atom feed; each item's elements are freed once it is read."""
+def read_xml_records(
+    stream: IO[bytes], *, names: Callable[[str], str] = normalize_field_name, max_item_bytes: int = MAX_ITEM_BYTES
+) -> Generator[FeedRecord, None, None]:
+    """Stream the items of an RSS 2.0 or Atom feed; each item's elements are freed once it is read, and more than
+    `max_item_bytes` of XML without an item ending fails the read. `names` turns an element's local name into an
+    attribute (a source's `ColumnMap`)."""
     open_elements: list[Element] = []
     item_depth: int | None = None  # depth of the item being read: elements named "item" inside it are its fields
     count = 0
+    refusal = (
+        f"more than {max_item_bytes // 1024**2} MB of XML without the end of an item (after item {{count}}); a feed "
+        f"item is a few KB, so the document is refused"
+    )
+    metered = _Metered(stream, max_item_bytes, refusal.format(count=0))
     try:
-        for event, element in iterparse(stream, events=("start", "end")):
+        for event, element in iterparse(metered, events=("start", "end")):
             if event == "start":
                 if not open_elements:
                     _, root = _split_tag(element.tag)
@@ -269,7 +477,8 @@ def read_xml_records(stream: IO[bytes]) -> Generator[FeedRecord, None, None]:
                 continue
             item_depth = None
             count += 1
-            yield _xml_record(element, f"item {count}")
+            metered.restart(refusal.format(count=count))
+            yield _xml_record(element, f"item {count}", names)
             # Drop the item from the tree so a long feed costs one item of memory, not the whole document.
             element.clear()
             if open_elements:
@@ -282,11 +491,19 @@ def read_xml_records(stream: IO[bytes]) -> Generator[FeedRecord, None, None]:
 
 
 def read_delimited_records(
-    stream: IO[bytes], *, delimiter: str, encoding: str = "utf-8-sig"
+    stream: IO[bytes],
+    *,
+    delimiter: str,
+    encoding: str = "utf-8-sig",
+    columns: ColumnMap | None = None,
+    strict: bool = False,
 ) -> Generator[FeedRecord, None, None]:
-    """Stream the rows of a CSV or TSV feed whose first row names the attributes."""
+    """Stream the rows of a CSV or TSV feed whose first row names the attributes (through `columns`). A header
+    without an id column, or with `strict` without a title or an image column, fails the read before any row."""
+    column_map = columns or ColumnMap()
     text = io.TextIOWrapper(stream, encoding=encoding, newline="")
-    reader = csv.reader(text, delimiter=delimiter)
+    lines = _QuoteCounter(text)
+    reader = csv.reader(lines, delimiter=delimiter)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         header = next(reader, None)
@@ -294,14 +511,22 @@ def read_delimited_records(
             header = next(reader, None)
         if header is None:
             raise SourceError(f"the {kind} feed is empty: the first line must name the columns (id, title, ...)")
-        names = [normalize_field_name(cell) for cell in header]
-        if "id" not in names and "item_group_id" not in names:
-            shown = ", ".join(repr(cell) for cell in header[:6])
-            raise SourceError(
-                f"the {kind} header has no 'id' column (found {shown}); check the column names and that the "
-                f"format is right: csv separates columns with commas, tsv with tabs"
-            )
+        found = [cell.strip().lstrip("\ufeff") for cell in header if cell.strip()]
+        advice = ". Check too that the format is right: csv separates columns with commas, tsv with tabs"
+        column_map.require(found, f"{kind} header", strict=strict, advice=advice)
+        names = [column_map(cell) for cell in header]
+        last_line = reader.line_num
+        lines.quotes = 0
         for row in reader:
+            first_line, last_line = last_line + 1, reader.line_num
+            if last_line > first_line and lines.quotes % 2:
+                # A quoted cell may span lines, but then its quotes pair up. An odd count means a quote that never
+                # closed, and the cell swallowed the rows after it: they are not in the feed as the merchant meant.
+                raise SourceError(
+                    f"unterminated quote in the {kind} record starting at line {first_line}: the lines after it "
+                    f'(to line {last_line}) were read as one cell; close the quote or escape it as ""'
+                )
+            lines.quotes = 0
             if not any(cell.strip() for cell in row):
                 continue
             fields = _Fields(split_lists=True)
@@ -320,8 +545,32 @@ def read_delimited_records(
         text.detach()
 
 
-def read_json_records(stream: IO[bytes], *, max_bytes: int = MAX_JSON_BYTES) -> Generator[FeedRecord, None, None]:
-    """The products of a JSON feed: a list of objects, or `{"products": [...]}`. Read whole, up to `max_bytes`."""
+class _QuoteCounter:
+    """The lines of a text stream, counting the quote characters handed to the CSV reader since the last reset."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.quotes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.quotes += line.count('"')
+        return line
+
+
+def read_json_records(
+    stream: IO[bytes],
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
+    columns: ColumnMap | None = None,
+    require_columns: bool = False,
+) -> Generator[FeedRecord, None, None]:
+    """The products of a JSON feed: a list of objects, or `{"products": [...]}`. Read whole, up to `max_bytes`.
+    With `require_columns`, a feed none of whose objects has an id, a title or an image fails before any product."""
+    column_map = columns or ColumnMap()
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise SourceError(
@@ -338,6 +587,9 @@ def read_json_records(stream: IO[bytes], *, max_bytes: int = MAX_JSON_BYTES) -> 
         document = document["products"]
     if not isinstance(document, list):
         raise SourceError('a JSON feed must be a list of products or an object {"products": [...]}')
+    if require_columns and document:
+        keys = dict.fromkeys(str(key) for entry in document if isinstance(entry, dict) for key in entry)
+        column_map.require(list(keys), "JSON feed's objects", strict=True)
     for index, entry in enumerate(document, start=1):
         ref = f"element {index}"
         if not isinstance(entry, dict):
@@ -346,7 +598,7 @@ def read_json_records(stream: IO[bytes], *, max_bytes: int = MAX_JSON_BYTES) -> 
             continue
         fields = _Fields(split_lists=True)
         for key, value in entry.items():
-            name = normalize_field_name(str(key))
+            name = column_map(str(key))
             for scalar in value if isinstance(value, list) else (value,):
                 text = _json_text(scalar)
                 if text is not None:
@@ -493,12 +745,27 @@ class _Draft:
         return "draft" if "draft" in found else "archived"
 
 
+def split_id(group_id: str, value: str) -> str:
+    """The product id of one value (a colour) of a split group: the group id, `~`, the value in lower case with
+    runs of other characters than letters and digits as `-` (`TS-1001~navy-blue`). An item without the value stays
+    in the group's own product."""
+    slug = _NOT_ALNUM.sub("-", value.casefold()).strip("-")
+    return f"{group_id}{SPLIT_SEPARATOR}{slug}" if slug else group_id
+
+
 def build_products(
-    records: Iterable[FeedRecord], *, source: str, document_time: datetime, since: datetime | None = None
+    records: Iterable[FeedRecord],
+    *,
+    source: str,
+    document_time: datetime,
+    since: datetime | None = None,
+    split_by: str | None = None,
 ) -> Generator[SourceProduct | SkippedProduct, None, None]:
-    """Turn feed records into products: group variants, skip what cannot be a product, keep what changed since."""
+    """Turn feed records into products: group variants, skip what cannot be a product, keep what changed since.
+    With `split_by` (an attribute such as `color`), a group becomes one product per value of that attribute."""
     seen_ids: set[str] = set()
     groups: dict[str, _Draft] = {}
+    split = normalize_field_name(split_by) if split_by else None
 
     def wanted(moment: datetime) -> bool:
         return since is None or moment >= since
@@ -510,9 +777,12 @@ def build_products(
             continue
         group_id = record.first("item_group_id")
         if group_id:
-            draft = groups.get(group_id)
+            key = split_id(group_id, record.first(split)) if split else group_id
+            draft = groups.get(key)
             if draft is None:
-                draft = groups[group_id] = _Draft(group_id, record.ref)
+                draft = groups[key] = _Draft(key, record.ref)
+                if key != group_id:
+                    draft.attributes["item_group_id"] = group_id
             draft.absorb(record)
             continue
         item_id = record.first("id")
@@ -532,10 +802,10 @@ def build_products(
         if wanted(moment):
             yield item
 
-    for group_id, draft in groups.items():
+    for key, draft in groups.items():
         item, moment = draft.finish(source, document_time)
-        if group_id in seen_ids:
-            detail = f"{draft.ref}: item_group_id {group_id[:80]!r} is also the id of an ungrouped item"
+        if key in seen_ids:
+            detail = f"{draft.ref}: item_group_id {key[:80]!r} is also the id of an ungrouped item"
             item = SkippedProduct(None, "duplicate_id", detail)
         if wanted(moment):
             yield item
@@ -617,7 +887,33 @@ def _excerpt(response: httpx.Response) -> str:
                 break
     except httpx.HTTPError:
         pass
-    return body[:ERROR_EXCERPT].decode("utf-8", "replace").replace("\n", " ").strip() or "(empty body)"
+    text = _MARKUP.sub(" ", clean_text(body[: ERROR_EXCERPT * 4].decode("utf-8", "replace")))
+    text = " ".join(text.split())[:ERROR_EXCERPT]
+    return text or "(empty body)"
+
+
+def _is_private_host(host: str) -> bool:
+    """Whether a host name or address is (or resolves to) a loopback, private, link-local or reserved address."""
+    host = host.strip("[]")
+    if not host:
+        return False
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            return False  # unresolvable: the request itself fails with a clear error
+        addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    return any(
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+        for address in addresses
+    )
 
 
 class FeedConnector:
@@ -660,6 +956,7 @@ class FeedConnector:
         else:
             self._path = Path(location).expanduser()
         self._what = f"feed source {self.source!r} ({_display(location)})"
+        self._columns = ColumnMap(source.columns, source=source.name)
 
     def __repr__(self) -> str:
         return f"FeedConnector(source={self.source!r})"
@@ -670,7 +967,13 @@ class FeedConnector:
         with self._open() as document:
             try:
                 records = self._records(document)
-                products = build_products(records, source=self.source, document_time=document.modified, since=since_utc)
+                products = build_products(
+                    records,
+                    source=self.source,
+                    document_time=document.modified,
+                    since=since_utc,
+                    split_by=self._config.split_by,
+                )
                 try:
                     yield from products
                 finally:
@@ -715,12 +1018,16 @@ class FeedConnector:
         if fmt is None:
             fmt = guess_format(document.name, document.content_type, document.stream.peek(SNIFF_BYTES))
         if fmt == "google-merchant":
-            return read_xml_records(document.stream)
+            return read_xml_records(document.stream, names=self._columns, max_item_bytes=MAX_ITEM_BYTES)
         if fmt == "json":
-            return read_json_records(document.stream)
+            return read_json_records(document.stream, columns=self._columns, require_columns=True)
         encoding = document.charset if document.charset and document.charset.lower() not in ("utf-8", "utf8") else None
         return read_delimited_records(
-            document.stream, delimiter="\t" if fmt == "tsv" else ",", encoding=encoding or "utf-8-sig"
+            document.stream,
+            delimiter="\t" if fmt == "tsv" else ",",
+            encoding=encoding or "utf-8-sig",
+            columns=self._columns,
+            strict=True,
         )
 
     @contextmanager
@@ -747,15 +1054,42 @@ class FeedConnector:
                 compressed = raw.peek(2)[:2] == b"\x1f\x8b"
             except (OSError, SourceError) as exc:
                 raise SourceError(f"{self._what}: cannot read the document: {exc}") from None
-            if compressed:
-                raw = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), CHUNK_SIZE)  # type: ignore[arg-type]
-            yield _Document(raw, name, modified, content_type, charset)
+            inner = cast("IO[bytes]", gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw)
+            refusal = (
+                f"the document is larger than {MAX_DOCUMENT_BYTES // 1024**2} MB"
+                + (" once decompressed" if compressed else "")
+                + "; refused rather than read without end"
+            )
+            stream = io.BufferedReader(_Metered(inner, MAX_DOCUMENT_BYTES, refusal), CHUNK_SIZE)
+            yield _Document(stream, name, modified, content_type, charset)
 
     def _http(self) -> httpx.Client:
         if self._client is None:
-            # Feed URLs carry no credential headers, and CDNs redirect: follow them.
-            self._client = make_client(self._config.timeout, follow_redirects=True)
+            # Redirects are followed by `_fetch`, one hop at a time, so each target is checked first.
+            self._client = make_client(self._config.timeout)
         return self._client
+
+    def _fetch(self, client: httpx.Client) -> tuple[httpx.Response, bool]:
+        """GET the feed as a stream, following redirects (CDNs use them) but never from a public host to a private
+        address: a feed URL must not become a way to read the worker's own network. Returns the response and
+        whether it came through a redirect."""
+        assert self._url is not None
+        origin_private = _is_private_host(urlsplit(self._url).hostname or "")
+        response = client.send(client.build_request("GET", self._url), stream=True, follow_redirects=False)
+        hops = 0
+        while response.is_redirect and response.next_request is not None:
+            target = response.next_request
+            response.close()
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise SourceError(f"{self._what}: more than {MAX_REDIRECTS} redirects; giving up")
+            if not origin_private and _is_private_host(target.url.host):
+                raise SourceError(
+                    f"{self._what}: redirected to a private address ({target.url.host}); refused, a public feed "
+                    f"must not lead into the worker's own network"
+                )
+            response = client.send(target, stream=True, follow_redirects=False)
+        return response, hops > 0
 
     def _get(self) -> httpx.Response:
         """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (as `connectors.http.send`)."""
@@ -765,7 +1099,7 @@ class FeedConnector:
         while True:
             attempt += 1
             try:
-                response = client.send(client.build_request("GET", self._url), stream=True)
+                response, redirected = self._fetch(client)
             except httpx.TransportError as exc:
                 if attempt >= MAX_ATTEMPTS:
                     raise SourceError(f"{self._what}: cannot reach the feed: {type(exc).__name__}: {exc}") from None
@@ -776,7 +1110,8 @@ class FeedConnector:
             status = response.status_code
             if status < 300:
                 return response
-            excerpt = _excerpt(response)
+            # A redirect target's body is not ours to show (an internal page, a cloud metadata answer).
+            excerpt = "(body not shown: the answer came through a redirect)" if redirected else _excerpt(response)
             response.close()
             if status in (401, 403):
                 raise AuthError(

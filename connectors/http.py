@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from config.redact import redact_url
 from worker import __version__
 from worker.errors import AuthError, RateLimited, RetryableError, SourceError
 
@@ -31,6 +32,27 @@ BACKOFF_CAP = 8.0
 MAX_RETRY_AFTER = 60.0
 
 Sleep = Callable[[float], None]
+
+
+class RedactUrls(logging.Filter):
+    """Masks credentials in the URLs httpx logs with every request (`HTTP Request: GET <url> …`, at INFO): feed
+    URLs carry keys and passwords, and WooCommerce over plain HTTP carries its consumer key in the query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) or _looks_like_url(arg) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _looks_like_url(value: object) -> bool:
+    return isinstance(value, str) and "://" in value
+
+
+# On the logger itself, so it holds whatever handlers a process (CLI, worker, server) configures.
+logging.getLogger("httpx").addFilter(RedactUrls())
 
 
 def make_client(

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -50,8 +51,11 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
+    is_deletion_body,
+    json_payload,
     normalize_images,
     parse_datetime,
+    platform_id,
     split_tags,
 )
 from connectors.http import MAX_RETRY_AFTER, make_client, retry_after_seconds, send
@@ -135,6 +139,12 @@ _PRICE_FIELDS = "priceRangeV2 { minVariantPrice { amount currencyCode } }"
 _PRICE_COST = 2
 # Attributes that make the GraphQL query ask for prices (they cost two objects per product).
 _PRICE_ATTRIBUTES = frozenset({"price", "currency"})
+# Collections read per product, only for a source that filters on them: a product in more is matched on these.
+COLLECTIONS_PER_PRODUCT: Final = 25
+_COLLECTION_FIELDS = "id handle title"
+# Cost of `collections(first: N) { edges { node { … } } }`: a connection, 2 + N nodes of one object each.
+_COLLECTIONS_COST = 2 + COLLECTIONS_PER_PRODUCT
+_COLLECTION_GID = "gid://shopify/Collection/"
 
 _COUNT_QUERY = "query ProductsCount { productsCount%s { count } }"
 _BULK_RUN = (
@@ -153,16 +163,9 @@ _BULK_POLL = (
 
 def numeric_id(value: Any) -> str | None:
     """The numeric Shopify id from an int, a digit string or a GID (`gid://shopify/Product/123` → `"123"`)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return str(value) if value > 0 else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.startswith(_GID_PREFIX):
-        text = text.rsplit("/", 1)[-1].split("?", 1)[0]
-    return text if text.isdigit() and int(text) > 0 else None
+    if isinstance(value, str) and value.strip().startswith(_GID_PREFIX):
+        value = value.strip().rsplit("/", 1)[-1].split("?", 1)[0]
+    return platform_id(value)
 
 
 def _map_status(value: Any) -> ProductStatus | None:
@@ -333,6 +336,12 @@ def normalize_graphql_product(
             attributes["currency"] = currency
     description = node.get("descriptionHtml")
     tags = node.get("tags")
+    if media is None:
+        collections = _connection_nodes(node.get("collections"))
+    else:
+        # Bulk output: collection lines and media lines are both children of the product line.
+        collections = [child for child in media if _is_collection(child)]
+        media = [child for child in media if not _is_collection(child)]
     return SourceProduct(
         source=source,
         product_id=product_id,
@@ -346,9 +355,25 @@ def normalize_graphql_product(
         product_type=_text(node.get("productType")),
         tags=split_tags(tags if isinstance(tags, str | list) else None),
         handle=_text(node.get("handle")),
+        categories=_collection_keys(collections),
         attributes=attributes,
         raw_ref=str(node.get("id")),
     )
+
+
+def _is_collection(child: Any) -> bool:
+    return isinstance(child, Mapping) and str(child.get("id") or "").startswith(_COLLECTION_GID)
+
+
+def _collection_keys(collections: Iterable[Any]) -> tuple[str, ...]:
+    """Each collection's handle and title, so a source filter may name either."""
+    keys: list[str] = []
+    for collection in collections:
+        if isinstance(collection, Mapping):
+            for key in (_text(collection.get("handle")), _text(collection.get("title"))):
+                if key and key not in keys:
+                    keys.append(key)
+    return tuple(keys)
 
 
 def group_bulk_lines(lines: Iterable[str]) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -366,8 +391,8 @@ def group_bulk_lines(lines: Iterable[str]) -> Iterator[tuple[dict[str, Any], lis
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"bulk result line {number} is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, a number too long to convert, nesting too deep
+            raise SourceError(f"bulk result line {number} is not usable JSON: {str(exc)[:120]}") from None
         if not isinstance(record, dict):
             raise SourceError(f"bulk result line {number} is not a JSON object")
         parent = record.get("__parentId")
@@ -425,13 +450,8 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, *, shop_
     triggered_at = parse_datetime(lowered.get("x-shopify-triggered-at"))
     if topic not in _UPSERT_TOPICS and topic != _DELETE_TOPIC:
         raise SkippedProduct(None, "unknown_topic", f"Shopify topic {topic!r} is not a product topic")
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not a JSON object")
-    if topic == _DELETE_TOPIC:
+    payload = json_payload(body, topic)
+    if topic == _DELETE_TOPIC and is_deletion_body(payload):
         product_id = numeric_id(payload.get("id"))
         if product_id is None:
             raise SkippedProduct(None, "malformed_payload", "products/delete without a usable id")
@@ -636,7 +656,7 @@ class _ShopifyBase:
     def _json(self, response: httpx.Response) -> Any:
         try:
             return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, nesting too deep
             raise SourceError(
                 f"{self._what}: {response.request.url.copy_with(query=None)} answered {response.status_code} "
                 f"with a body that is not JSON"
@@ -666,9 +686,17 @@ class ShopifyGraphQL(_ShopifyBase):
         self.endpoint = f"{self.shop_url}/admin/api/{config.api_version}/graphql.json"
         self.bucket = CostBucket(sleep=sleep, clock=clock)
         self._with_prices = bool(_PRICE_ATTRIBUTES & set(config.metadata_fields))
+        # Collections cost a connection per product: asked only when the source filters on them.
+        filters = [rules for rules in (config.include, config.exclude) if rules is not None]
+        self._with_collections = any(rules.collection for rules in filters)
+        collections = (
+            f"collections(first: {COLLECTIONS_PER_PRODUCT}) {{ edges {{ node {{ {_COLLECTION_FIELDS} }} }} }}"
+            if self._with_collections
+            else ""
+        )
         self._product_fields = (
             f"{_PRODUCT_SCALARS} {_PRICE_FIELDS if self._with_prices else ''} "
-            f"media(first: {MEDIA_PER_PRODUCT}) {{ edges {{ node {{ {_MEDIA_FIELDS} }} }} }}"
+            f"media(first: {MEDIA_PER_PRODUCT}) {{ edges {{ node {{ {_MEDIA_FIELDS} }} }} }} {collections}"
         )
         self._products_query = (
             "query Products($first: Int!, $after: String, $query: String) { "
@@ -677,7 +705,8 @@ class ShopifyGraphQL(_ShopifyBase):
         )
         self._product_query = f"query Product($id: ID!) {{ product(id: $id) {{ {self._product_fields} }} }}"
         # Cost of one product in a page, learned from the server's requestedQueryCost once it answers.
-        self._per_product: float = product_node_cost(extra_objects=_PRICE_COST if self._with_prices else 0)
+        extra = (_PRICE_COST if self._with_prices else 0) + (_COLLECTIONS_COST if self._with_collections else 0)
+        self._per_product: float = product_node_cost(extra_objects=extra)
         self._last_requested: float | None = None
         # THROTTLED answers seen by this connector: pacing should keep this near zero.
         self.throttled = 0
@@ -849,7 +878,9 @@ class ShopifyGraphQL(_ShopifyBase):
         search = _updated_since(since)
         argument = f"(query: {json.dumps(search)})" if search else ""
         # No `first` on connections: a bulk query reads them all.
-        fields = self._product_fields.replace(f"media(first: {MEDIA_PER_PRODUCT})", "media")
+        fields = self._product_fields.replace(f"media(first: {MEDIA_PER_PRODUCT})", "media").replace(
+            f"collections(first: {COLLECTIONS_PER_PRODUCT})", "collections"
+        )
         return f"{{ products{argument} {{ edges {{ node {{ {fields} }} }} }} }}"
 
     def _start_bulk(self, since: datetime | None) -> str:
@@ -921,6 +952,13 @@ class ShopifyGraphQL(_ShopifyBase):
     def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
         items = self._iter_bulk(since) if self._use_bulk(since) else self._iter_pages(since)
         yield from _at_or_after(items, since)
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        event = super().verify_webhook(headers, body)
+        if self._with_collections and event.product is not None:
+            # A webhook's product has no collections, which the source's filter needs: the worker fetches it whole.
+            return replace(event, product=None)
+        return event
 
     def get_product(self, product_id: str) -> SourceProduct | None:
         number = _require_id(product_id, self._what)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -65,8 +64,11 @@ from connectors.base import (
     SourceProduct,
     WebhookEvent,
     html_to_text,
+    is_deletion_body,
+    json_payload,
     normalize_images,
     parse_datetime,
+    platform_id,
     split_tags,
 )
 from connectors.http import make_client, send
@@ -138,6 +140,8 @@ _HTML_SPECIALCHARS: Final = (
 # Characters left as they are when repairing an image URL: the reserved set, and '%' so encoded URLs stay encoded.
 _URL_SAFE: Final = ":/?#[]@!$&'()*+,;=%~"
 _ONE_SECOND: Final = timedelta(seconds=1)
+# Modification dates before this year are placeholders, not dates.
+MIN_YEAR: Final = 1970
 
 
 # --- normalization -----------------------------------------------------------------------------------------------
@@ -180,6 +184,7 @@ def normalize_product(source: str, raw: Mapping[str, Any], extra_images: Iterabl
         product_type=categories[0] if categories else None,
         tags=tags,
         handle=_text(raw.get("slug")) or None,
+        categories=_category_keys(raw.get("categories")),
         attributes=_attributes(raw, categories),
         raw_ref=f"{API_PATH}/products/{product_id}",
     )
@@ -209,6 +214,17 @@ def _attributes(raw: Mapping[str, Any], categories: Sequence[str]) -> dict[str, 
     return out
 
 
+def _category_keys(terms: Any) -> tuple[str, ...]:
+    """Each category's name and slug, so a source filter may name either."""
+    keys: list[str] = []
+    for term in _list(terms):
+        if isinstance(term, Mapping):
+            for key in (html_to_text(_text(term.get("name"))), _text(term.get("slug")).strip()):
+                if key and key not in keys:
+                    keys.append(key)
+    return tuple(keys)
+
+
 def _names(terms: Any, *, skip_slug: str | None = None) -> list[str]:
     """The plain-text names of a list of terms (`[{"id", "name", "slug"}]`)."""
     names = [
@@ -220,14 +236,7 @@ def _names(terms: Any, *, skip_slug: str | None = None) -> list[str]:
 
 
 def _product_id(raw: Mapping[str, Any]) -> str | None:
-    value = raw.get("id")
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value > 0:
-        return str(value)
-    if isinstance(value, str) and value.isdigit() and int(value) > 0:
-        return str(int(value))
-    return None
+    return platform_id(raw.get("id"))
 
 
 def _modified(raw: Mapping[str, Any]) -> datetime | None:
@@ -236,7 +245,9 @@ def _modified(raw: Mapping[str, Any]) -> datetime | None:
         value = raw.get(name)
         if isinstance(value, str):
             parsed = parse_datetime(value)
-            if parsed is not None:
+            # WordPress writes 0000-00-00 for "no date"; anything before 1970 is such a placeholder, and would
+            # overflow the paging arithmetic one second below it.
+            if parsed is not None and parsed.year >= MIN_YEAR:
                 return parsed.replace(microsecond=0)
     return None
 
@@ -400,19 +411,14 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, secrets_
         return WebhookEvent(source=source, topic="ping", product_id=None, platform_topic="ping")
     if topic not in UPSERT_TOPICS and topic != DELETE_TOPIC:
         raise SkippedProduct(None, "unknown_topic", f"WooCommerce topic {topic!r} is not a product topic")
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise SkippedProduct(None, "malformed_payload", f"{topic} body is not a JSON object")
+    payload = json_payload(body, topic)
     product_id = _product_id(payload)
     if product_id is None:
         raise SkippedProduct(None, "malformed_payload", f"{topic} body has no numeric `id`")
     delivery = (lowered.get("x-wc-webhook-delivery-id") or "").strip()
     event_id = f"{delivery}:{hashlib.sha256(body).hexdigest()[:16]}" if delivery else None
     common: dict[str, Any] = {"source": source, "event_id": event_id, "platform_topic": topic}
-    if topic == DELETE_TOPIC:
+    if topic == DELETE_TOPIC and is_deletion_body(payload):
         return WebhookEvent(topic="delete", product_id=product_id, **common)
     parent = _product_id({"id": payload.get("parent_id")})
     if payload.get("type") == "variation" and parent is not None:
@@ -687,7 +693,7 @@ class WooCommerceConnector:
     def _error_body(response: httpx.Response) -> dict[str, Any] | None:
         try:
             body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        except (ValueError, RecursionError):
             return None
         return body if isinstance(body, dict) else None
 
@@ -743,7 +749,7 @@ class WooCommerceConnector:
     def _json(self, response: httpx.Response) -> Any:
         try:
             return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, nesting too deep
             start = _excerpt(response, 80)
             hint = ""
             if start.lstrip().startswith("<"):

@@ -32,6 +32,7 @@ def world(tmp_path: Path, shop: BackgroundServer, redis_url: str) -> Iterator[Sy
     sources = (
         f'[[sources]]\nname = "{SOURCE}"\nkind = "shopify"\nurl = "{shop.url}"\n'
         f'access_token = "{shopify_emulator.DEFAULT_ACCESS_TOKEN}"\nexternal_id = "shopify-{{id}}"\n'
+        "check_images = false\n"
     )
     with broker_world(tmp_path, redis_url, sources=sources) as w:
         yield w
@@ -92,7 +93,7 @@ def test_the_legacy_rest_and_storefront_kinds_sync_a_shop_through_a_worker(
         token = "" if kind == "shopify-storefront" else f'access_token = "{shopify_emulator.DEFAULT_ACCESS_TOKEN}"\n'
         sources = (
             f'[[sources]]\nname = "{kind}"\nkind = "{kind}"\nurl = "{small.url}"\n{token}'
-            f'external_id = "{{source}}-{{id}}"\n'
+            f'external_id = "{{source}}-{{id}}"\ncheck_images = false\n'
         )
         with broker_world(tmp_path, redis_url, sources=sources) as world, worker_running(world, tmp_path):
             sync_through_worker(world, kind, "full")

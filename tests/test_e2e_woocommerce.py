@@ -29,7 +29,7 @@ def world(tmp_path: Path, store: BackgroundServer, redis_url: str) -> Iterator[S
     key, secret = woo_emulator.DEFAULT_CONSUMER_KEY, woo_emulator.DEFAULT_CONSUMER_SECRET
     sources = (
         f'[[sources]]\nname = "{SOURCE}"\nkind = "woocommerce"\nurl = "{store.url}"\n'
-        f'consumer_key = "{key}"\nconsumer_secret = "{secret}"\n'
+        f'consumer_key = "{key}"\nconsumer_secret = "{secret}"\ncheck_images = false\n'
     )
     with broker_world(tmp_path, redis_url, sources=sources) as w:
         yield w

@@ -668,7 +668,7 @@ def test_the_format_is_guessed_from_the_name_then_content_type_then_first_bytes(
 
 
 def test_an_explicit_format_wins_over_the_file_name(tmp_path: Path) -> None:
-    path = write(tmp_path, "feed.xml", "id,title\n1,Tee\n")
+    path = write(tmp_path, "feed.xml", "id,title,image\n1,Tee,https://cdn.example.com/1.jpg\n")
 
     products, _ = by_id(feed_connector(path, format="csv"))
 
@@ -785,7 +785,11 @@ def test_get_product_finds_groups_and_reports_an_unusable_record() -> None:
 
 
 def test_a_naive_since_is_taken_as_utc(tmp_path: Path) -> None:
-    path = write(tmp_path, "feed.csv", "id,title,updated\n1,Old,2025-01-01T00:00:00Z\n2,New,2025-03-01T00:00:00Z\n")
+    path = write(
+        tmp_path,
+        "feed.csv",
+        "id,title,updated,image\n1,Old,2025-01-01T00:00:00Z,https://c.example/1.jpg\n2,New,2025-03-01T00:00:00Z,https://c.example/2.jpg\n",
+    )
 
     products, _ = by_id(feed_connector(path), since=datetime(2025, 2, 1))
 
@@ -855,9 +859,9 @@ def test_the_first_product_arrives_before_the_document_is_read(
 @pytest.mark.parametrize(
     ("name", "content"),
     [
-        ("feed.csv", "id,title\n1,A\n2,B\n"),
-        ("feed.tsv", "id\ttitle\n1\tA\n2\tB\n"),
-        ("feed.json", '[{"id": 1, "title": "A"}, {"id": 2, "title": "B"}]'),
+        ("feed.csv", "id,title,image\n1,A,https://c.example/a.jpg\n2,B,\n"),
+        ("feed.tsv", "id\ttitle\timage\n1\tA\thttps://c.example/a.jpg\n2\tB\t\n"),
+        ("feed.json", '[{"id": 1, "title": "A", "image": "https://c.example/a.jpg"}, {"id": 2, "title": "B"}]'),
         ("feed.xml", rss(g_item("1"), g_item("2"))),
         ("feed.xml.gz", gzip.compress(rss(g_item("1"), g_item("2")).encode())),
     ],
@@ -892,7 +896,10 @@ def test_a_long_xml_feed_does_not_sit_in_memory() -> None:
 
 def test_an_http_feed_takes_its_time_from_last_modified_and_its_format_from_content_type(site: FeedSite) -> None:
     url = site.publish(
-        "/export", "id\ttitle\n1\tTee\n", Content_Type="text/tab-separated-values", Last_Modified=LAST_MODIFIED
+        "/export",
+        "id\ttitle\timage\n1\tTee\thttps://c.example/t.jpg\n",
+        Content_Type="text/tab-separated-values",
+        Last_Modified=LAST_MODIFIED,
     )
 
     products, _ = by_id(feed_connector(url))
@@ -910,7 +917,9 @@ def test_an_http_feed_without_last_modified_takes_the_fetch_time(site: FeedSite)
 
 def test_an_http_feed_in_a_declared_charset_is_decoded(site: FeedSite) -> None:
     url = site.publish(
-        "/feed.csv", "id,title\n1,Café crème\n".encode("latin-1"), Content_Type="text/csv; charset=latin-1"
+        "/feed.csv",
+        "id,title,image\n1,Café crème,https://c.example/c.jpg\n".encode("latin-1"),
+        Content_Type="text/csv; charset=latin-1",
     )
 
     products, _ = by_id(feed_connector(url))

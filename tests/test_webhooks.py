@@ -207,7 +207,7 @@ def test_a_late_update_after_a_deletion_is_dropped(env: Env) -> None:
 def test_a_woocommerce_deletion_is_dated_on_arrival_so_an_older_update_cannot_undo_it(env: Env) -> None:
     updated = fixture_bytes("woocommerce", "wp-api-v3_products__03_retrieve_a_product.json")
     env.post(env.woo, updated, woo_headers(updated, delivery_id="d-1"))
-    deleted = fixture_bytes("woocommerce", "wp-api-v3_products__06_delete_a_product.json")
+    deleted = b'{"id":794}'  # what WooCommerce sends for a deletion (WC_Webhook::build_payload)
 
     assert env.post(env.woo, deleted, woo_headers(deleted, topic="product.deleted", delivery_id="d-2")).json() == {
         "outcome": "deleted"
@@ -693,3 +693,25 @@ def test_a_database_that_is_down_answers_503_and_readyz_says_so_while_healthz_st
     assert live.status_code == 200
     assert "catalog_sync_state_database_up 0.0" in metrics.text
     assert published == []
+
+
+def test_a_signed_update_body_replayed_as_a_deletion_is_read_as_the_update_it_proves(env: Env) -> None:
+    body = body_of(shopify_product(8, title="Coat", updated_at="2024-05-03T10:00:00Z"))
+    env.shopify(body, event_id="e-1")
+
+    replayed = env.shopify(body, topic="products/delete", event_id="e-2", triggered_at=datetime(2099, 1, 1, tzinfo=UTC))
+
+    assert replayed.json() == {"outcome": "unchanged"}
+    row = env.row(env.shop, "8")
+    assert row.desired_hash != DELETED and row.desired_payload["title"] == "Coat"
+
+
+def test_a_deletion_triggered_in_the_future_does_not_make_later_updates_stale(env: Env) -> None:
+    env.shopify(body_of(shopify_product(9, title="Hat", updated_at="2024-05-03T10:00:00Z")), event_id="e-1")
+    env.shopify(b'{"id":9}', topic="products/delete", event_id="e-2", triggered_at=datetime(2099, 1, 1, tzinfo=UTC))
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+
+    response = env.shopify(body_of(shopify_product(9, title="Hat again", updated_at=later)), event_id="e-3")
+
+    assert response.json() == {"outcome": "updated"}
+    assert env.row(env.shop, "9").desired_payload["title"] == "Hat again"

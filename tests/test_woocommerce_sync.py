@@ -85,6 +85,7 @@ def woo_source(url: str, *, secret: str | None = None, page_size: int | None = 7
         consumer_secret=secret or "cs_test",
         webhook_secret=WEBHOOK_SECRET,
         page_size=page_size,
+        check_images=False,
     )
 
 

@@ -118,6 +118,7 @@ def make_sources(
             access_token="shpat_token",
             webhook_secret=SHOPIFY_SECRET,
             webhook_secret_previous=SHOPIFY_PREVIOUS_SECRET,
+            check_images=False,
         ),
         SourceConfig(
             name=f"woo-{suffix}",
@@ -126,6 +127,7 @@ def make_sources(
             consumer_key="ck_key",
             consumer_secret="cs_secret",
             webhook_secret=WOO_SECRET,
+            check_images=False,
         ),
         SourceConfig(name=f"nosecret-{suffix}", kind="shopify", url=shop_url, access_token="t"),
         SourceConfig(name=f"feed-{suffix}", kind="feed", url="/nonexistent/feed.xml", webhook_secret="s"),

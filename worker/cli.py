@@ -47,8 +47,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 def main() -> None:
     from worker.logs import configure_from_settings
 
-    # Text or JSON lines (CATALOG_SYNC_LOG_FORMAT); the admin commands speak through rich, logs are for trouble.
-    configure_from_settings(logging.WARNING)
+    # Commands are quiet unless CATALOG_SYNC_LOG_LEVEL asks for more (DEBUG to see every request, URLs redacted);
+    # text or JSON lines (CATALOG_SYNC_LOG_FORMAT). The admin commands speak through rich; logs are for trouble.
+    level = logging.getLevelName(os.environ.get("CATALOG_SYNC_LOG_LEVEL", "WARNING").upper())
+    level = level if isinstance(level, int) else logging.WARNING
+    configure_from_settings(level)
     try:
         app()
     except ConfigError as exc:
@@ -238,9 +241,11 @@ def _product_table(rows: Sequence[Any], *, title: str) -> Table:
     for column in ("source", "product", "status", "reason", "attempts"):
         table.add_column(column)
     for row in rows:
-        reason = row.last_error_code or ""
-        if row.last_error_message:
-            reason = f"{reason}: {row.last_error_message}" if reason else row.last_error_message
+        code, message = (row.skip_reason, row.skip_detail) if row.status == "skipped" else (None, None)
+        code, message = code or row.last_error_code, message or row.last_error_message
+        reason = code or ""
+        if message:
+            reason = f"{reason}: {message}" if reason else message
         table.add_row(row.source, row.product_id, row.status, reason[:120], str(row.attempts))
     return table
 
@@ -292,10 +297,16 @@ def status(
 
 @app.command()
 def failures(
-    source: Annotated[str | None, typer.Argument(help="Only this source.")] = None, as_json: JsonOption = False
+    source: Annotated[str | None, typer.Argument(help="Only this source.")] = None,
+    as_json: JsonOption = False,
+    skipped: Annotated[
+        bool, typer.Option("--skipped", help="List the products kept out on purpose instead, with why.")
+    ] = False,
 ) -> None:
-    """Products that failed: the API's code, message and attempts."""
-    rows = _runtime().store.failures(source)
+    """Products that failed: the API's code, message and attempts (with --skipped: products kept out of the
+    catalog, filtered or unusable, and why)."""
+    store = _runtime().store
+    rows = store.skipped(source) if skipped else store.failures(source)
     if as_json:
         out.print_json(
             json.dumps(
@@ -303,8 +314,8 @@ def failures(
                     {
                         "source": r.source,
                         "product": r.product_id,
-                        "code": r.last_error_code,
-                        "message": r.last_error_message,
+                        "code": r.skip_reason if skipped else r.last_error_code,
+                        "message": r.skip_detail if skipped else r.last_error_message,
                         "attempts": r.attempts,
                     }
                     for r in rows
@@ -313,9 +324,9 @@ def failures(
         )
         return
     if not rows:
-        out.print("no failures")
+        out.print("no skipped products" if skipped else "no failures")
         return
-    out.print(_product_table(rows, title="Failures"))
+    out.print(_product_table(rows, title="Skipped" if skipped else "Failures"))
 
 
 @app.command()
@@ -386,7 +397,7 @@ def sources() -> None:
         except SyncError as exc:
             bad = True
             check = f"[red]{type(exc).__name__}:[/red] {exc}"
-        table.add_row(source.name, source.kind, source.url.split("?", 1)[0], check)
+        table.add_row(source.name, source.kind, source.display_url, check)
     out.print(table)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
@@ -510,9 +521,11 @@ def run(
     with ExitStack() as stack:
         stack.enter_context(embedded_worker(runtime, concurrency=concurrency, beat=True))
         if webhook_port:
+            from worker.http_guard import server_options
             from worker.webhooks import create_app
 
-            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port).start()
+            options = server_options(runtime.settings)
+            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port, **options).start()
             stack.callback(server.stop)
             console.print(f"webhooks: POST {server.url}/webhooks/<source>; health: {server.url}/healthz")
         try:

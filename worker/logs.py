@@ -112,11 +112,14 @@ def configure_logging(level: str | int, fmt: LogFormat = "text", *, stream: IO[s
             root.removeHandler(_installed)
         root.addHandler(handler)
         _installed = handler
-    root.setLevel(level.upper() if isinstance(level, str) else level)
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    root.setLevel(numeric)
     # Library warnings (Celery's superuser warning, deprecations) become log lines too, not raw stderr text.
     logging.captureWarnings(True)
+    # At DEBUG every request is wanted (its URL is redacted by the clients' own logging).
+    quiet = not isinstance(numeric, int) or numeric > logging.DEBUG
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
 
 
 def configure_from_settings(level: str | int | None = None) -> LogFormat:

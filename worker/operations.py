@@ -10,8 +10,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
+from config.sources import SourceConfig
+from connectors.base import SourceProduct
 from worker.errors import SkippedProduct, SyncError
 from worker.feeder import feed
+from worker.images import ImageChecker, ImageVerdict
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
 from worker.state import RunMode, utcnow
@@ -74,6 +77,7 @@ def run_sync(
 
     with _sync_lock(runtime, source_name):
         connector = runtime.connector(source_name, bulk=bulk)
+        checker = ImageChecker(runtime.store) if source.check_images else None
         try:
             return plan_source(
                 runtime.store,
@@ -83,9 +87,12 @@ def run_sync(
                 on_changed=on_changed,
                 mass_delete_share=runtime.settings.mass_delete_share,
                 allow_mass_delete=allow_mass_delete,
+                image_checker=checker,
             )
         finally:
             connector.close()
+            if checker is not None:
+                checker.close()
 
 
 def sync_product(
@@ -112,7 +119,7 @@ def sync_product(
         changed = runtime.store.mark_deleted(source_name, product_id, updated_at=None if force else utcnow())
     else:
         try:
-            row = desired_row(product, source)
+            row = desired_row(product, source, _image_verdicts(runtime, source, product))
         except SkippedProduct as skip:
             skipped = skipped_row(skip, source, product.updated_at)
             if skipped is None:
@@ -122,6 +129,14 @@ def sync_product(
     if changed or force:
         dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
     return changed
+
+
+def _image_verdicts(runtime: Runtime, source: SourceConfig, product: SourceProduct) -> dict[str, ImageVerdict] | None:
+    """The image check for one product the admin command syncs, as a run would do it."""
+    if not source.check_images or product.status != "active":
+        return None
+    with ImageChecker(runtime.store) as checker:
+        return checker.check(image.url for image in product.images)
 
 
 def reconcile(runtime: Runtime, dispatcher: Dispatcher) -> int:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -23,9 +23,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.sources import SourceConfig
-from connectors.base import MAX_IMAGES, Connector, SourceProduct
+from connectors.base import MAX_IMAGES, Connector, SourceProduct, clean_text, filter_reason, product_id_problem
 from worker.catalog import ProductUpsert
 from worker.errors import SkippedProduct, SourceError
+from worker.images import ImageChecker, ImageVerdict
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,22 @@ PAGE_SIZE = 500
 WATERMARK_OVERLAP = timedelta(minutes=5)
 # Catalog metadata keys for the stable descriptors (volatile fields like price stay out unless configured).
 _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
+# The state database's externalId column; a template filled with a long handle must not overflow it.
+MAX_EXTERNAL_ID_LENGTH = 512
+# How far ahead of ours a source's clock may run before its timestamps are treated as wrong (and clamped to now).
+MAX_CLOCK_SKEW = timedelta(hours=1)
+# Characters of a failed run's error kept in the runs table and shown by `status`.
+MAX_ERROR_LENGTH = 2000
+
+# The skip reason of a product the source's include/exclude filter keeps out of the catalog.
+FILTERED_OUT = "filtered_out"
+# The skip reason of a product whose every image failed the image check.
+NO_USABLE_IMAGES = "no_usable_images"
+# Reasons decided by this project's rules (a filter, the image check), not by the shop: a full run holds such removals
+# behind the deletion brake, so a filter typo or an image host that is down cannot empty the catalog.
+HELD_REASONS = frozenset({FILTERED_OUT, NO_USABLE_IMAGES})
+# Unusable images named in a skip detail at most.
+MAX_IMAGES_IN_DETAIL = 3
 
 # Called with (source, product ids) after each committed page, to enqueue their pushes.
 OnChanged = Callable[[str, Sequence[str]], None]
@@ -46,7 +63,27 @@ def external_id_for(product_id: str, handle: str | None, source: SourceConfig) -
     """The catalog externalId from the source's template (`{id}`, `{handle}`, `{source}`)."""
     if "{handle}" in source.external_id and not handle:
         raise SkippedProduct(product_id, "missing_handle", f"the external_id template {source.external_id!r} needs it")
-    return source.external_id.format(id=product_id, handle=handle or "", source=source.name)
+    external_id = source.external_id.format(id=product_id, handle=handle or "", source=source.name)
+    problem = product_id_problem(external_id, max_length=MAX_EXTERNAL_ID_LENGTH)
+    if problem is not None:
+        raise SkippedProduct(product_id, "invalid_external_id", f"externalId {external_id[:80]!r}…: {problem}")
+    return external_id
+
+
+def usable_id(product_id: str) -> None:
+    """Raise `SkippedProduct` without a product id when `product_id` cannot key a row: the id itself is what is
+    wrong, so nothing may be stored under it."""
+    problem = product_id_problem(product_id)
+    if problem is not None:
+        raise SkippedProduct(None, "invalid_id", f"id {product_id[:80]!r}: {problem}")
+
+
+def source_time(moment: datetime) -> datetime:
+    """A source's timestamp, clamped to now when it is further ahead than any clock skew: a product dated 2999 would
+    make every later correction look older than it and be dropped as stale for ever. Times within the skew are kept,
+    so updates from a shop whose clock runs a little ahead still order among themselves."""
+    now = utcnow()
+    return now if moment > now + MAX_CLOCK_SKEW else moment
 
 
 def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, Any]:
@@ -63,38 +100,88 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
     for name in source.metadata_fields:
         if name in product.attributes:
             metadata[name] = product.attributes[name]
-    return {
+    payload = {
         "externalId": external_id_for(product.product_id, product.handle, source),
         "title": product.title,
         "description": product.description,
         "images": [{"source": {"url": image.url}} for image in product.images[:MAX_IMAGES]],
         "metadata": metadata,
         "validForDays": source.valid_for_days,
+        # Omitted unless set, so sources that never chose keep their payload (and its hash) as it was.
+        **({} if source.auto_detect_image_roles is None else {"autoDetectImageRoles": source.auto_detect_image_roles}),
     }
+    cleaned: dict[str, Any] = _cleaned(payload)
+    return cleaned
 
 
-def desired_row(product: SourceProduct, source: SourceConfig) -> DesiredRow:
-    """The desired state of one product. Inactive products and products without images are not in the catalog
-    (the latter recorded `skipped: no_images`)."""
+def _cleaned(value: Any) -> Any:
+    """Every string of a payload through `clean_text`: one NUL or lone surrogate must not fail a page write or
+    the hash of the payload."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {key: _cleaned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    return value
+
+
+def desired_row(
+    product: SourceProduct, source: SourceConfig, images: Mapping[str, ImageVerdict] | None = None
+) -> DesiredRow:
+    """The desired state of one product. Inactive products, products the source's filter keeps out (recorded
+    `skipped: filtered_out` with the rule) and products without images (`skipped: no_images`) are not in the
+    catalog. With `images` (the image check's verdicts by URL), unusable images are dropped, and a product left
+    with none is `skipped: no_usable_images`; a URL without a verdict is kept. Raises `SkippedProduct` for a
+    product the catalog cannot take."""
+    usable_id(product.product_id)
     external_id = external_id_for(product.product_id, product.handle, source)
-    if product.status != "active":
-        return DesiredRow(source.name, product.product_id, external_id, None, DELETED, product.updated_at)
-    if not product.images:
+    updated_at = source_time(product.updated_at)
+
+    def kept_out(reason: str | None = None, detail: str | None = None) -> DesiredRow:
         return DesiredRow(
-            source.name, product.product_id, external_id, None, DELETED, product.updated_at, skip_reason="no_images"
+            source.name, product.product_id, external_id, None, DELETED, updated_at, reason, detail
         )
+
+    if product.status != "active":
+        return kept_out()
+    rule = filter_reason(product, source.include, source.exclude)
+    if rule is not None:
+        return kept_out(FILTERED_OUT, rule)
+    if not product.images:
+        return kept_out("no_images")
+    if images is not None:
+        dead = _unusable(product, images)
+        if dead:
+            usable = tuple(image for image in product.images if image.url not in {v.url for v in dead})
+            if not usable:
+                named = "; ".join(f"{v.url}: {v.describe()}" for v in dead[:MAX_IMAGES_IN_DETAIL])
+                more = f" (and {len(dead) - MAX_IMAGES_IN_DETAIL} more)" if len(dead) > MAX_IMAGES_IN_DETAIL else ""
+                return kept_out(NO_USABLE_IMAGES, named + more)
+            product = replace(product, images=usable)
     upsert = _validated(catalog_payload(product, source), product.product_id)
-    return DesiredRow(
-        source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), product.updated_at
-    )
+    return DesiredRow(source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), updated_at)
+
+
+def _unusable(product: SourceProduct, images: Mapping[str, ImageVerdict]) -> list[ImageVerdict]:
+    verdicts = (images.get(image.url) for image in product.images)
+    return [verdict for verdict in verdicts if verdict is not None and verdict.ok is False]
 
 
 def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime | None) -> DesiredRow | None:
     """A record the source lists but that cannot be a catalog product: recorded, and kept out of the catalog."""
-    if not skip.product_id:
+    if not skip.product_id or product_id_problem(skip.product_id) is not None:
         return None
+    moment = source_time(updated_at) if updated_at is not None else None
     return DesiredRow(
-        source.name, skip.product_id, skip.product_id, None, DELETED, updated_at, skip_reason=skip.reason[:64]
+        source.name,
+        skip.product_id,
+        skip.product_id,
+        None,
+        DELETED,
+        moment,
+        skip_reason=skip.reason[:64],
+        skip_detail=skip.detail or None,
     )
 
 
@@ -143,8 +230,10 @@ def plan_source(
     allow_mass_delete: bool = False,
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
+    image_checker: ImageChecker | None = None,
 ) -> RunReport:
-    """Read a source and record its desired state; enqueue (through `on_changed`) what changed.
+    """Read a source and record its desired state; enqueue (through `on_changed`) what changed. With an
+    `image_checker`, each page's image URLs are checked (or found in its cache) before its rows are built.
 
     A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
     """
@@ -155,17 +244,18 @@ def plan_source(
     run_id = store.start_run(source.name, mode, started_at=started_at)
     report = RunReport(run_id, source.name, mode, started_at)
     full = mode == "full"
+    # Products in the catalog that a filter or the image check now keeps out: a full run leaves them unseen, so the
+    # deletion brake counts them with the products the source dropped.
+    held: list[DesiredRow] = []
     try:
         for page in _pages(connector.iter_products(since), page_size):
-            rows = _rows(page, source, report.counts)
-            result = store.write_desired(rows, run_id=run_id if full else None)
-            report.counts["changed"] += result.changed
-            report.counts["unchanged"] += result.unchanged
-            report.counts["stale"] += result.stale
-            if result.changed_ids:
-                on_changed(source.name, result.changed_ids)
+            verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
+            rows = _rows(page, source, report.counts, verdicts)
+            if full:
+                rows = _hold_kept_out(store, source.name, rows, held)
+            _write(store, report, rows, on_changed, run_id=run_id if full else None)
         if full:
-            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete)
+            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
     except Exception as exc:
         report.outcome = "failed"
         report.error = _describe(exc)
@@ -180,8 +270,49 @@ def plan_source(
     return report
 
 
+def _write(
+    store: Store, report: RunReport, rows: Sequence[DesiredRow], on_changed: OnChanged, *, run_id: int | None
+) -> None:
+    result = store.write_desired(rows, run_id=run_id)
+    report.counts["changed"] += result.changed
+    report.counts["unchanged"] += result.unchanged
+    report.counts["stale"] += result.stale
+    if result.changed_ids:
+        on_changed(report.source, result.changed_ids)
+
+
+def _hold_kept_out(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:
+    """The rows to write now; rows that would take a product out of the catalog for a `HELD_REASONS` reason go to
+    `held`."""
+    candidates = [row.product_id for row in rows if row.skip_reason in HELD_REASONS]
+    live = store.live_ids(source, candidates) if candidates else set()
+    if not live:
+        return rows
+    held.extend(row for row in rows if row.skip_reason in HELD_REASONS and row.product_id in live)
+    return [row for row in rows if not (row.skip_reason in HELD_REASONS and row.product_id in live)]
+
+
+def _check_images(
+    page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, checker: ImageChecker
+) -> dict[str, ImageVerdict]:
+    """Verdicts for the images of the page's products that may go to the catalog (not those of inactive or
+    filtered-out products: checking them would cost requests for nothing)."""
+    urls = [
+        image.url
+        for item in page
+        if isinstance(item, SourceProduct)
+        and item.status == "active"
+        and filter_reason(item, source.include, source.exclude) is None
+        for image in item.images
+    ]
+    return checker.check(urls)
+
+
 def _rows(
-    page: Sequence[SourceProduct | SkippedProduct], source: SourceConfig, counts: Counter[str]
+    page: Sequence[SourceProduct | SkippedProduct],
+    source: SourceConfig,
+    counts: Counter[str],
+    images: Mapping[str, ImageVerdict] | None = None,
 ) -> list[DesiredRow]:
     rows: list[DesiredRow] = []
     for item in page:
@@ -194,13 +325,17 @@ def _rows(
             if row is None:
                 counts["skipped_without_id"] += 1
         else:
+            if images:
+                counts["images_dropped"] += len(_unusable(item, images))
             try:
-                row = desired_row(item, source)
+                row = desired_row(item, source, images)
             except SkippedProduct as skip:
                 counts["skipped"] += 1
                 counts[f"skipped:{skip.reason}"] += 1
                 log.info("%s: %s", source.name, skip)
                 row = skipped_row(skip, source, item.updated_at)
+                if row is None:
+                    counts["skipped_without_id"] += 1
             else:
                 if row.skip_reason:
                     counts["skipped"] += 1
@@ -219,15 +354,17 @@ def _delete_missing(
     on_changed: OnChanged,
     default_share: float,
     allow_mass_delete: bool,
+    held: Sequence[DesiredRow] = (),
 ) -> None:
+    """Delete what the run did not see (and the `held` rows), unless that is too much at once."""
     missing, total = store.count_missing(source.name, report.run_id, report.started_at)
-    if missing == 0:
-        return
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
-    if not allow_mass_delete and missing > share * total:
+    if missing and not allow_mass_delete and missing > share * total:
         report.outcome = "deletion_blocked"
         report.deletion_blocked = (missing, total)
         report.counts["deletion_blocked"] = missing
+        if held:
+            report.counts["kept_out_held"] = len(held)
         log.warning(
             "%s: the full run would delete %d of %d products (more than %.0f%%); nothing deleted. "
             "If this is intended, run `catalog-sync resync %s --full --allow-mass-delete`",
@@ -237,6 +374,11 @@ def _delete_missing(
             share * 100,
             source.name,
         )
+        return
+    # The held rows first, so they are seen and keep their reason; what is left unseen the source dropped.
+    if held:
+        _write(store, report, held, on_changed, run_id=report.run_id)
+    if missing == 0:
         return
     ids = store.mark_missing_for_deletion(source.name, report.run_id, report.started_at)
     report.counts["removed"] += len(ids)
@@ -253,6 +395,6 @@ def _pages(
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SourceError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    text = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+    # Stored in a text column and printed by `status`: a quoted NUL or a megabyte of feed must fit in neither.
+    return clean_text(text)[:MAX_ERROR_LENGTH]

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Engine,
@@ -99,6 +100,8 @@ class ProductRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     # Why a product is not in the catalog although the source lists it (e.g. `no_images`).
     skip_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The same in words: the filter rule that matched, the feed line that was unusable (migration 0004).
+    skip_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -159,6 +162,21 @@ class DeliveryRow(Base):
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ImageCheckRow(Base):
+    """What the last check of an image URL found (worker/images.py), keyed by the URL's sha256: URLs are long."""
+
+    __tablename__ = "image_checks"
+
+    url_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    # Why the image is unusable (`http_404`, `not_an_image`, `too_large`, `unreachable`), None when ok.
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 # --------------------------------------------------------------------------------------------- engine and sessions
@@ -227,6 +245,8 @@ class DesiredRow:
     content_hash: str
     updated_at: datetime | None
     skip_reason: str | None = None
+    # Why, in words (the filter rule, the feed line): shown by `failures --skipped`.
+    skip_detail: str | None = None
 
     @property
     def is_deletion(self) -> bool:
@@ -355,6 +375,7 @@ class Store:
                     "next_attempt_at": None,
                     "last_error_code": row.skip_reason,
                     "last_error_message": None,
+                    "skip_detail": row.skip_detail if row.skip_reason else None,
                     "seen_run_id": run_id,
                     "enqueued_at": now if priority else None,
                     "changed_at": now,
@@ -395,6 +416,7 @@ class Store:
             "next_attempt_at": None,
             "last_error_code": excluded.last_error_code,
             "last_error_message": None,
+            "skip_detail": excluded.skip_detail,
             "enqueued_at": excluded.enqueued_at,
             "changed_at": excluded.changed_at,
             # A bulk write never takes a webhook's priority away before the row converges.
@@ -432,6 +454,7 @@ class Store:
                     desired_payload=None,
                     desired_hash=DELETED,
                     skip_reason=None,
+                    skip_detail=None,
                     status=case((ProductRow.synced_hash == DELETED, "deleted"), else_="pending"),
                     attempts=0,
                     next_attempt_at=None,
@@ -443,6 +466,26 @@ class Store:
                 .returning(ProductRow.product_id)
             )
             return [r[0] for r in result]
+
+    def live_ids(self, source: str, product_ids: Sequence[str]) -> set[str]:
+        """Those of `product_ids` whose desired state is to be in the catalog."""
+        if not product_ids:
+            return set()
+        with self.read_session() as session:
+            query = select(ProductRow.product_id).where(
+                ProductRow.source == source,
+                ProductRow.product_id.in_(list(product_ids)),
+                ProductRow.desired_hash != DELETED,
+            )
+            return set(session.scalars(query))
+
+    def skipped(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
+        """Products kept out of the catalog on purpose (filtered, no usable images, bad source data), with why."""
+        query = select(ProductRow).where(ProductRow.status == "skipped").order_by(ProductRow.source).limit(limit)
+        if source is not None:
+            query = query.where(ProductRow.source == source)
+        with self.read_session() as session:
+            return list(session.scalars(query))
 
     def count_missing(self, source: str, run_id: int, started_at: datetime) -> tuple[int, int]:
         """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
@@ -496,6 +539,7 @@ class Store:
                 "desired_hash": DELETED,
                 "source_updated_at": updated_at or (current.source_updated_at if current is not None else None),
                 "skip_reason": None,
+                "skip_detail": None,
                 "status": "pending",
                 "attempts": 0,
                 "next_attempt_at": None,
@@ -943,6 +987,29 @@ class Store:
         with self.read_session() as session:
             return list(session.scalars(query))
 
+    # -------------------------------------------------------------------------------------------------- images
+
+    def image_checks(self, url_hashes: Sequence[str]) -> dict[str, ImageCheckRow]:
+        """The stored checks of these URL hashes, by hash."""
+        if not url_hashes:
+            return {}
+        with self.read_session() as session:
+            query = select(ImageCheckRow).where(ImageCheckRow.url_hash.in_(list(url_hashes)))
+            return {row.url_hash: row for row in session.scalars(query)}
+
+    def record_image_checks(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store check results (keys as `ImageCheckRow`'s columns), replacing older ones of the same URL."""
+        if not rows:
+            return
+        insert_fn = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert_fn(ImageCheckRow)
+        columns = ("url", "ok", "reason", "content_type", "size", "checked_at")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["url_hash"], set_={name: stmt.excluded[name] for name in columns}
+        )
+        with self.session() as session:
+            session.execute(stmt, list({row["url_hash"]: row for row in rows}.values()))
+
     # ------------------------------------------------------------------------------------------------ webhooks
 
     def remember_delivery(self, source: str, event_id: str, *, keep: timedelta) -> bool:
@@ -1030,6 +1097,7 @@ __all__ = [
     "Claim",
     "DeliveryRow",
     "DesiredRow",
+    "ImageCheckRow",
     "ProductRow",
     "RunRow",
     "SourceStateRow",

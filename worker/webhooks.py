@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -56,7 +56,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -64,10 +64,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from config.sources import SourceConfig
-from connectors.base import Connector, WebhookEvent
+from connectors.base import Connector, WebhookEvent, product_id_problem
 from worker.errors import InvalidSignature, SkippedProduct
 from worker.logs import Throttle, configure_logging
-from worker.plan import desired_row, external_id_for, skipped_row
+from worker.plan import desired_row, external_id_for, skipped_row, source_time
 from worker.source_metrics import QueueDepths, SourceStateCollector, celery_queue_depths
 from worker.state import DELETED, DesiredRow, utcnow
 
@@ -109,6 +109,8 @@ REFUSAL_LOG_RATE = 1.0
 # uvicorn's keep-alive: longer than a shop's gap between deliveries in a burst, shorter than a load balancer's idle
 # timeout (commonly 60 s) so the server, not the balancer, closes idle connections.
 KEEP_ALIVE_SECONDS = 30
+# Seconds a sender is asked to wait when the server is at its limit of deliveries in flight.
+RETRY_AFTER_SECONDS = 5
 
 Fetch = Callable[[str, str], None]
 BrokerCheck = Callable[[], None]
@@ -130,6 +132,9 @@ class Outcome(StrEnum):
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     BAD_REQUEST = "bad_request"
+    TOO_SLOW = "too_slow"
+    THROTTLED = "throttled"
+    OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
 
 
@@ -139,8 +144,15 @@ _STATUS: Mapping[Outcome, int] = {
     Outcome.UNAUTHORIZED: 401,
     Outcome.NOT_FOUND: 404,
     Outcome.TOO_LARGE: 413,
+    Outcome.TOO_SLOW: 408,
+    Outcome.THROTTLED: 429,
+    Outcome.OVERLOADED: 503,
     Outcome.UNAVAILABLE: 503,
 }
+# Refusals that tell the sender to come back later, with `Retry-After`.
+_BUSY = frozenset({Outcome.THROTTLED, Outcome.OVERLOADED})
+# Refusals after which the connection is closed: what is left of the request on the wire is not read.
+_CLOSE = frozenset({Outcome.TOO_LARGE, Outcome.TOO_SLOW})
 # Outcomes that changed a desired row and therefore send a push.
 _PUSHED = frozenset({Outcome.UPDATED, Outcome.DELETED})
 
@@ -170,6 +182,10 @@ _NOT_FOUND = Result(Outcome.NOT_FOUND, detail="no webhook endpoint for this sour
 
 
 _DATABASE_DOWN = "state database unavailable"
+# Errors that say the database is unreachable (every delivery of a batch would fail alike), and errors that say it
+# refused one value (only the delivery carrying it fails).
+_CONNECTION_ERRORS = (OperationalError, InterfaceError)
+_DATA_ERRORS = (DataError, ValueError)
 _QUEUE_DOWN = "queue unavailable"
 
 
@@ -317,12 +333,14 @@ class Intake:
             return self._unusable(source, skip)
         if event.topic == "ping":
             return Result(Outcome.PING, "ping")
-        if event.product_id is None:
+        if event.product_id is None or product_id_problem(event.product_id) is not None:
             log.warning(
-                "webhook %s rejected: malformed_payload (%s event without a product id)", source.name, event.topic
+                "webhook %s rejected: malformed_payload (%s event without a usable product id)",
+                source.name,
+                event.topic,
             )
             return Result(Outcome.MALFORMED, event.topic, "malformed_payload")
-        return event
+        return _clamped(event)
 
     def _unusable(self, source: SourceConfig, skip: SkippedProduct) -> Result | WebhookEvent:
         """A verified delivery the connector could not turn into an event."""
@@ -399,21 +417,50 @@ class Intake:
         events = [pending.event for pending in group]
         try:
             results, pushes = self._write(source, events)
-        except SQLAlchemyError as exc:
+        except Exception as exc:  # whatever went wrong, every waiting request gets an answer
+            return self._failed(group, exc)
+        processed = _processed(events, results)
+        with self._lock:
+            self._unremembered.update((source.name, event_id) for event_id in processed)
+        return _Applied(group, results, pushes, processed)
+
+    def _failed(self, group: list[_Pending], exc: Exception) -> _Applied:
+        """The answers to a group whose write failed. Unless the database is unreachable, the deliveries are applied
+        again one by one, so one the database refuses (a value it cannot store, a bug it triggers) does not cost its
+        neighbours their answer."""
+        source = group[0].source
+        topics = [pending.event.topic for pending in group]
+        if len(group) > 1 and not isinstance(exc, _CONNECTION_ERRORS):
+            return self._commit_one_by_one(group)
+        if isinstance(exc, _DATA_ERRORS):
+            log.warning(
+                "webhook %s: the state database refused a delivery (%s); answered 400", source.name, type(exc).__name__
+            )
+            return _Applied(group, [Result(Outcome.MALFORMED, t, "unstorable_payload") for t in topics], [], [])
+        if isinstance(exc, SQLAlchemyError):
             log.error(
                 "webhook %s: state database unavailable (%s); answered 503 to %d deliveries so the shop retries",
                 source.name,
                 type(exc).__name__,
                 len(group),
             )
-            return _Applied(group, [Result(Outcome.UNAVAILABLE, e.topic, _DATABASE_DOWN) for e in events], [], [])
-        except Exception:  # a bug must not leave requests hanging: answer 503, keep the committer alive
-            log.exception("webhook %s: unexpected error applying %d deliveries", source.name, len(group))
-            return _Applied(group, [Result(Outcome.UNAVAILABLE, e.topic) for e in events], [], [])
-        processed = _processed(events, results)
-        with self._lock:
-            self._unremembered.update((source.name, event_id) for event_id in processed)
-        return _Applied(group, results, pushes, processed)
+            return _Applied(group, [Result(Outcome.UNAVAILABLE, t, _DATABASE_DOWN) for t in topics], [], [])
+        log.error("webhook %s: unexpected error applying %d deliveries", source.name, len(group), exc_info=exc)
+        return _Applied(group, [Result(Outcome.UNAVAILABLE, t) for t in topics], [], [])
+
+    def _commit_one_by_one(self, group: list[_Pending]) -> _Applied:
+        parts = [self._commit_group([pending]) for pending in group]
+        results = [result for part in parts for result in part.results]
+        # The failed attempt may have committed some rows before it broke; applied again they read "unchanged",
+        # yet their push was never sent. Pushing a converged row costs nothing, so every applied product is pushed.
+        pushes = [
+            pending.event.product_id
+            for pending, result in zip(group, results, strict=True)
+            if pending.event.product_id is not None and result.outcome in (*_PUSHED, Outcome.UNCHANGED)
+        ]
+        return _Applied(
+            group, results, list(dict.fromkeys(pushes)), [event_id for part in parts for event_id in part.processed]
+        )
 
     def _publish_loop(self) -> None:
         """Publish each committed group's pushes, answer its requests, then remember its delivery ids.
@@ -623,6 +670,16 @@ def _pad_timing(body: bytes, secrets: int) -> None:
         hmac.compare_digest(hmac.new(_PADDING_KEY, body, hashlib.sha256).digest(), b"\0" * 32)
 
 
+def _clamped(event: WebhookEvent) -> WebhookEvent:
+    """The event with times from the future brought back to now: a trigger time of 2099 must not make every later
+    genuine update of the product look stale."""
+    triggered_at = source_time(event.triggered_at) if event.triggered_at is not None else None
+    updated_at = source_time(event.updated_at) if event.updated_at is not None else None
+    if triggered_at == event.triggered_at and updated_at == event.updated_at:
+        return event
+    return replace(event, triggered_at=triggered_at, updated_at=updated_at)
+
+
 def _older_than_stored(event: WebhookEvent, stored_at: datetime | None) -> bool:
     """The event describes a product state older than the desired row (by its `updated_at` or trigger time)."""
     if stored_at is None:
@@ -746,6 +803,7 @@ def create_app(
     metrics = WebhookMetrics(intake, queue_depths)
     refusals = refusal_throttle or Throttle(REFUSAL_LOG_RATE, REFUSAL_LOG_BURST)
     check_broker = broker_check or celery_broker_check
+    admission = _Admission()
 
     async def webhook(request: Request) -> Response:
         started = time.perf_counter()
@@ -754,14 +812,28 @@ def create_app(
         if source is None:
             result = _NOT_FOUND
         else:
-            result = await _receive(request, source, intake)
+            settings = intake.runtime.settings
+            refusal = admission.enter(
+                source.name, settings.webhook_max_in_flight, settings.webhook_max_in_flight_per_source
+            )
+            if refusal is not None:
+                result = refusal
+            else:
+                try:
+                    result = await _receive(request, source, intake)
+                finally:
+                    admission.leave(source.name)
         label = source.name if source is not None else UNKNOWN_SOURCE_LABEL
         elapsed = time.perf_counter() - started
         metrics.deliveries.labels(label, result.topic, result.outcome.value).inc()
         metrics.latency.labels("webhook").observe(elapsed)
         _log_delivery(request, label, result, elapsed, refusals)
-        headers = {"Connection": "close"} if result.outcome is Outcome.TOO_LARGE else None
-        return JSONResponse(result.body(), status_code=result.status, headers=headers)
+        headers: dict[str, str] = {}
+        if result.outcome in _CLOSE:
+            headers["Connection"] = "close"
+        if result.outcome in _BUSY:
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return JSONResponse(result.body(), status_code=result.status, headers=headers or None)
 
     async def healthz(request: Request) -> Response:
         # Liveness: the process serves requests. Nothing outside it is checked, so an orchestrator restarts a
@@ -809,26 +881,60 @@ def create_app(
     )
     app.state.intake = intake
     app.state.metrics = metrics
+    app.state.admission = admission
     return app
 
 
+class _Admission:
+    """Counts deliveries in flight (being read, verified or applied), in all and per source, on the event loop's
+    thread: past a limit a delivery is refused at once with `Retry-After`, so a flood costs an answer each instead
+    of a queue and memory that grow while the committer catches up. A per-source limit below the global one keeps
+    one noisy shop from taking every slot."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_source: dict[str, int] = {}
+
+    def enter(self, source: str, max_total: int, max_per_source: int) -> Result | None:
+        # The source's own limit first: a shop that floods us is told so (429), even when the server is full too.
+        if self.by_source.get(source, 0) >= max_per_source:
+            return Result(Outcome.THROTTLED, detail="too many deliveries in flight for this source; retry later")
+        if self.total >= max_total:
+            return Result(Outcome.OVERLOADED, detail="too many deliveries in flight; retry later")
+        self.total += 1
+        self.by_source[source] = self.by_source.get(source, 0) + 1
+        return None
+
+    def leave(self, source: str) -> None:
+        self.total -= 1
+        left = self.by_source[source] - 1
+        if left:
+            self.by_source[source] = left
+        else:
+            del self.by_source[source]
+
+
 async def _receive(request: Request, source: SourceConfig, intake: Intake) -> Result:
-    """Read the body within the limit, verify it, then wait for the committer to apply it."""
+    """Read the body within the size and time limits, verify it, then wait for the committer to apply it."""
     limit = intake.max_body
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        if not (declared.strip().isascii() and declared.strip().isdigit()):
             return Result(Outcome.BAD_REQUEST, detail="invalid Content-Length")
         if int(declared) > limit:
             return Result(Outcome.TOO_LARGE, detail=f"body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            # Whatever is still on the wire stays unread; the connection is closed after the answer.
-            return Result(Outcome.TOO_LARGE, detail=f"body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(intake.runtime.settings.webhook_body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    # Whatever is still on the wire stays unread; the connection is closed after the answer.
+                    return Result(Outcome.TOO_LARGE, detail=f"body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        return Result(Outcome.TOO_SLOW, detail="the body took too long to arrive")
     headers = {key.lower(): value for key, value in request.headers.items()}
     body = b"".join(chunks)
     if len(body) <= INLINE_VERIFY_MAX:
@@ -891,6 +997,7 @@ def serve(host: str, port: int) -> None:
 
     from worker.celery_app import app as celery
     from worker.celery_app import configure
+    from worker.http_guard import server_options
     from worker.runtime import get_runtime
 
     runtime = get_runtime()
@@ -905,6 +1012,7 @@ def serve(host: str, port: int) -> None:
         log_config=None,
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        **server_options(runtime.settings),
     )
 
 

@@ -7,6 +7,7 @@ import functools
 import random
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -24,6 +25,7 @@ PRODUCT_ID_STEP = 1_024
 MEDIA_ID_BASE = 31_277_000_000_000
 IMAGE_ID_BASE = 40_118_000_000_000
 VARIANT_ID_BASE = 45_902_000_000_000
+COLLECTION_ID_BASE = 29_410_000_000
 # Created (not generated) products draw media, image and variant ids from these counters, above generated ranges.
 CREATED_MEDIA_ID_BASE = 39_000_000_000_000
 CREATED_IMAGE_ID_BASE = 44_000_000_000_000
@@ -86,7 +88,6 @@ class Product:
         return tuple(item for item in self.media if item.kind == "IMAGE")
 
 
-
 # fmt: off
 _ADJECTIVES = (
     "Classic", "Linen", "Organic", "Vintage", "Oversized", "Slim", "Merino", "Recycled", "Silk", "Denim",
@@ -122,6 +123,31 @@ _PARAGRAPHS = (
     "5 &lt; 6 &amp;&amp; 7 &gt; 3: sizes run small, order one up.",
     "日本製の生地を使用しています。",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    id: int
+    handle: str
+    title: str
+
+
+# Collections a generated shop has besides one per product type: (handle, title, the tag that puts a product in it).
+_TAG_COLLECTIONS = (("sale", "Sale", "sale"), ("new-arrivals", "New arrivals", "new"))
+
+
+def product_collections(product: Product) -> tuple[Collection, ...]:
+    """The collections a product is in: its product type's (`dress` for `Dress`), and `sale` / `new-arrivals` by
+    tag. Derived, not stored, so every generated, created or edited product has them."""
+    found: list[Collection] = []
+    if product.product_type:
+        handle = slug(product.product_type)
+        number = COLLECTION_ID_BASE + zlib.crc32(handle.encode()) % 100_000
+        found.append(Collection(number, handle, product.product_type))
+    for position, (handle, title, tag) in enumerate(_TAG_COLLECTIONS):
+        if tag in product.tags:
+            found.append(Collection(COLLECTION_ID_BASE + 100_000 + position, handle, title))
+    return tuple(found)
 
 
 def slug(text: str) -> str:

@@ -111,6 +111,10 @@ type ProductVariant implements Node {
 type ProductVariantEdge { cursor: String! node: ProductVariant! }
 type ProductVariantConnection { edges: [ProductVariantEdge!]! nodes: [ProductVariant!]! pageInfo: PageInfo! }
 
+type Collection implements Node { id: ID! handle: String! title: String! }
+type CollectionEdge { cursor: String! node: Collection! }
+type CollectionConnection { edges: [CollectionEdge!]! nodes: [Collection!]! pageInfo: PageInfo! }
+
 type Count { count: Int! precision: CountPrecision! }
 type MoneyV2 { amount: Decimal! currencyCode: CurrencyCode! }
 type ProductPriceRangeV2 { minVariantPrice: MoneyV2! maxVariantPrice: MoneyV2! }
@@ -139,6 +143,7 @@ type Product implements Node {
   media(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): MediaConnection!
   images(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ImageConnection!
   variants(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ProductVariantConnection!
+  collections(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): CollectionConnection!
 }
 type ProductEdge { cursor: String! node: Product! }
 type ProductConnection { edges: [ProductEdge!]! nodes: [Product!]! pageInfo: PageInfo! }

@@ -23,7 +23,7 @@ from graphql import GraphQLError, GraphQLObjectType, GraphQLResolveInfo, default
 
 from connectors.base import html_to_text
 from emulators.shopify.ids import decode_cursor, encode_cursor, gid, graphql_time
-from emulators.shopify.products import MediaItem, Product, Variant
+from emulators.shopify.products import Collection, MediaItem, Product, Variant, product_collections
 from emulators.shopify.schema import SCHEMA
 
 
@@ -161,6 +161,12 @@ def _variants(fields: Fields, node: Node, args: Mapping[str, Any]) -> Connection
     return list_connection([Node("ProductVariant", v, product) for v in product.variants], keys, args, fields.bulk)
 
 
+def _collections(fields: Fields, node: Node, args: Mapping[str, Any]) -> Connection:
+    collections = product_collections(node.record)
+    keys = [(position, collection.id) for position, collection in enumerate(collections)]
+    return list_connection([Node("Collection", c) for c in collections], keys, args, fields.bulk)
+
+
 def _video_sources(fields: Fields, node: Node, args: Mapping[str, Any]) -> list[dict[str, Any]]:
     url = node.record.url.replace("preview_images/", "videos/").replace(".jpg", ".mp4")
     return [{"url": url, "mimeType": "video/mp4", "format": "mp4", "width": 1280, "height": 720}]
@@ -197,6 +203,7 @@ COMPUTED: dict[str, dict[str, Getter]] = {
         "media": _media,
         "images": _images,
         "variants": _variants,
+        "collections": _collections,
     },
     "ProductVariant": {
         "compareAtPrice": _constant(None),
@@ -219,9 +226,7 @@ COMPUTED: dict[str, dict[str, Getter]] = {
     },
     "BulkOperation": {
         "objectCount": lambda fields, node, args: node.record.object_count if node.record.status == "COMPLETED" else 0,
-        "rootObjectCount": lambda fields, node, args: (
-            len(node.record.refs) if node.record.status == "COMPLETED" else 0
-        ),
+        "rootObjectCount": lambda fields, node, args: len(node.record.refs) if node.record.status == "COMPLETED" else 0,
         "fileSize": lambda fields, node, args: (
             node.record.file_size if node.record.status == "COMPLETED" and node.record.object_count else None
         ),
@@ -335,5 +340,6 @@ for _type_name, _record in (
     ("MediaImage", MediaItem),
     ("Video", MediaItem),
     ("Image", MediaItem),
+    ("Collection", Collection),
 ):
     register(_type_name, _record)
