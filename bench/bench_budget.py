@@ -13,6 +13,8 @@ with 50 ms of latency. Scenarios:
   small one's time to converge ÷ the time it would take alone at half of the budget, and total throughput ÷ limit.
 - `depth`: plans a large feed (100,000 products) and samples the broker's queue lengths, Redis memory and the
   workers' RSS while it converges for `--seconds`; prints the maxima and the RSS growth (last ÷ first).
+- `accounts`: 20 catalog accounts, each with its own source of 200 products, converge at once; prints each account's
+  write rate ÷ its own limit (between its first and last accepted write) and the aggregate rate.
 
 `--time-scale S` runs the vendor's window shape S times faster: the emulator counts 100 requests per 60/S seconds and
 every time setting of the workers (rate window, push horizon, reconcile interval, longest in-call wait) is divided by
@@ -102,16 +104,19 @@ class CatalogProbe:
         self.app = app
         self.emulator: catalog_emulator.CatalogEmulator = app.state.emulator
         self.stamps: list[float] = []
+        self.stamps_by_key: dict[str, list[float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != catalog_emulator.PRODUCTS_PATH:
             await self.app(scope, receive, send)
             return
         arrived = time.monotonic()
+        key = next((bytes(v).decode() for k, v in scope["headers"] if k == b"x-api-key"), "")
 
         async def send_and_stamp(message: Message) -> None:
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 self.stamps.append(arrived)
+                self.stamps_by_key.setdefault(key, []).append(arrived)
             await send(message)
 
         await self.app(scope, receive, send_and_stamp)
@@ -170,13 +175,17 @@ class Stack:
 
 
 @contextmanager
-def production(args: argparse.Namespace, feeds: dict[str, int], *, webhooks: bool) -> Iterator[Stack]:
-    """Workers, beat, optionally the webhook server, and the emulator; feeds written, nothing started yet."""
+def production(
+    args: argparse.Namespace, feeds: dict[str, int], *, webhooks: bool, accounts: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """Workers, beat, optionally the webhook server, and the emulator; feeds written, nothing started yet.
+    `accounts` puts a feed in a catalog account of its own (feed name -> account name, whose API key is the name)."""
     scale = Scale(args.time_scale)
     token = uuid.uuid4().hex[:8]
     broker_url = f"redis://{REDIS_HOST}/{args.redis_db}"
+    accounts = accounts or {}
     faults = catalog_emulator.Faults(account_limit=LIMIT, account_window=scale.window, latency_ms=LATENCY_MS)
-    probe = CatalogProbe(catalog_emulator.create_app([API_KEY], faults))
+    probe = CatalogProbe(catalog_emulator.create_app([API_KEY, *accounts.values()], faults))
     names = {name: f"{name}-{token}" for name in feeds}
     shop = f"shop-{token}"
     with ExitStack() as stack:
@@ -186,17 +195,19 @@ def production(args: argparse.Namespace, feeds: dict[str, int], *, webhooks: boo
         stack.callback(lambda: remove_messages(broker_url, {*names.values(), shop}))
         database_url = stack.enter_context(state_database(args.database, workdir))
         catalog_server = stack.enter_context(running(probe))
-        sources = []
+        sources = [f'[[accounts]]\nname = "{account}"\napi_key = "{account}"\n' for account in accounts.values()]
         for name, count in feeds.items():
             write_feed(workdir / f"{name}.csv", name, count)
+            account = f'account = "{accounts[name]}"\n' if name in accounts else ""
             sources.append(
                 f'[[sources]]\nname = "{names[name]}"\nkind = "feed"\nurl = "{workdir / f"{name}.csv"}"\n'
                 f'format = "csv"\nexternal_id = "{{id}}"\nincremental_interval = 86400\nfull_interval = 864000\n'
+                f"check_images = false\n{account}"
             )
         sources.append(
             f'[[sources]]\nname = "{shop}"\nkind = "shopify"\nurl = "https://bench.example"\n'
             f'access_token = "shpat_bench"\nwebhook_secret = "{WEBHOOK_SECRET}"\nexternal_id = "{{id}}"\n'
-            "incremental_interval = 86400\nfull_interval = 864000\n"
+            "incremental_interval = 86400\nfull_interval = 864000\ncheck_images = false\n"
         )
         (workdir / "catalog-sync.toml").write_text("\n".join(sources), encoding="utf-8")
         extra = {
@@ -429,9 +440,50 @@ def depth(args: argparse.Namespace) -> None:
         )
 
 
+def many_accounts(args: argparse.Namespace) -> None:
+    scale = Scale(args.time_scale)
+    feeds = {f"shop{n:02d}": args.products for n in range(args.accounts)}
+    accounts = {name: f"account-{name}" for name in feeds}
+    with production(args, feeds, webhooks=False, accounts=accounts) as stack:
+        per_second = LIMIT / scale.window
+        print(
+            f"accounts: {args.accounts} accounts, each one source of {args.products} products, limit {LIMIT} per "
+            f"{scale.window:g} s each (time scale {args.time_scale:g}), {args.workers} workers x {args.concurrency}"
+        )
+        started = time.monotonic()
+        for name in feeds:
+            start_full_sync(stack.sources[name])
+        deadline = started + args.products / per_second * 3 + 300
+        while time.monotonic() < deadline:
+            counts = [len(stack.catalog.emulator.accounts[key]) for key in accounts.values()]
+            if min(counts) >= args.products:
+                break
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        ratios = []
+        for key in accounts.values():
+            stamps = sorted(stack.catalog.stamps_by_key.get(key, []))
+            # Between the first and the last accepted write: the account's steady rate, the first burst aside.
+            span = stamps[-1] - stamps[0] if len(stamps) > 1 else math.nan
+            ratios.append((len(stamps) - 1) / span / per_second)
+        total = sum(len(stack.catalog.stamps_by_key.get(key, [])) for key in accounts.values())
+        limited = stack.catalog.emulator.stats.rate_limited
+        print(f"  every account converged in {elapsed:.1f} s; {total} writes, {limited} answered 429")
+        print(
+            f"  per-account rate / its limit: min {min(ratios):.3f}, median {statistics.median(ratios):.3f}, "
+            f"max {max(ratios):.3f} (target: every account >= 0.95)"
+        )
+        print(
+            f"  aggregate {total / elapsed:.1f} writes/s against {args.accounts * per_second:.1f}/s of limits "
+            f"({total / elapsed / (args.accounts * per_second):.3f}, start-up included); load average "
+            f"{os.getloadavg()[0]:.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["saturation", "fairness", "depth"])
+    parser.add_argument("scenario", choices=["saturation", "fairness", "depth", "accounts"])
+    parser.add_argument("--accounts", type=int, default=20, help="accounts: how many catalog accounts.")
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="postgres")
     parser.add_argument("--products", type=int, default=None, help="Products of the (big) feed.")
     parser.add_argument("--small", type=int, default=100, help="fairness: products of the small feed.")
@@ -447,9 +499,10 @@ def main() -> None:
         parser.error("--rate-setting default is the vendor's 100/minute: only at --time-scale 1")
     if args.redis_db == 0:
         parser.error("use a dedicated Redis db number, not 0")
-    defaults = {"saturation": 3000, "fairness": 5000, "depth": 100_000}
+    defaults = {"saturation": 3000, "fairness": 5000, "depth": 100_000, "accounts": 200}
     args.products = args.products or defaults[args.scenario]
-    {"saturation": saturation, "fairness": fairness, "depth": depth}[args.scenario](args)
+    scenarios = {"saturation": saturation, "fairness": fairness, "depth": depth, "accounts": many_accounts}
+    scenarios[args.scenario](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark: webhook → catalog latency while a full sync saturates the catalog's rate limit.
 
 The whole production path, as separate processes: `catalog-sync serve` (the webhook server), `catalog-sync beat`,
-two `catalog-sync worker` processes (Celery on a Redis broker, queues `push.priority,push,sync` consumed
+two `catalog-sync worker` processes (Celery on a Redis broker, queues `push.priority,sync,push` consumed
 priority-first), a state database (a throwaway PostgreSQL schema, or SQLite), and the catalog emulator with a rate
 limit (50 requests a second by default, matched by the workers' global limiter). Two sources: a 5,000-product CSV
 feed (the full sync) and a Shopify source whose signed `products/update` deliveries this process POSTs.

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     sync_lock_seconds: float = Field(
         6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."
     )
+    audit_interval: float | None = Field(
+        None, gt=0, description="Seconds between scheduled audits (with repair) of each catalog account; unset: none."
+    )
     webhook_max_body: int = Field(2 * 1024 * 1024, ge=1024, description="Largest webhook body accepted, bytes.")
     webhook_dedupe_days: float = Field(7.0, gt=0, description="How long a processed delivery id is remembered.")
     webhook_max_in_flight: int = Field(

@@ -6,6 +6,7 @@ the field and the fix.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -15,12 +16,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from config.accounts import DEFAULT_ACCOUNT
 from config.redact import redact_url
 from worker.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SourceKind = Literal["feed", "shopify", "shopify-rest", "shopify-storefront", "woocommerce"]
 FeedFormat = Literal["google-merchant", "csv", "tsv", "json"]
 
+# Sources sharing an account must not render the same externalId; the source's name in front keeps them apart.
+DEFAULT_EXTERNAL_ID = "{source}-{id}"
 # A current stable Admin API version; merchants may pin another per source.
 DEFAULT_SHOPIFY_API_VERSION = "2025-07"
 _TEMPLATE_FIELD = re.compile(r"\{(\w*)\}")
@@ -77,7 +83,10 @@ class SourceConfig(BaseModel):
     kind: SourceKind
     url: str = Field(description="Feed path or URL; a shop's base URL.")
     format: FeedFormat | None = None
-    external_id: str = Field("{id}", description="Catalog externalId template: {id}, {handle}, {source}.")
+    external_id: str = Field(
+        DEFAULT_EXTERNAL_ID,
+        description="Catalog externalId template: {id}, {handle}, {source}. The default cannot collide across sources.",
+    )
     valid_for_days: int | None = Field(None, ge=1, le=365)
     metadata_fields: tuple[str, ...] = Field(
         (), description="Extra source attributes (price, availability, ...) copied into catalog metadata."
@@ -86,6 +95,12 @@ class SourceConfig(BaseModel):
     incremental_interval: float = Field(900.0, gt=0, description="Seconds between incremental syncs.")
     enabled: bool = True
     mass_delete_share: float | None = Field(None, ge=0, le=1)
+    restore_expired: bool = Field(
+        True, description="Whether an audit restores a product the catalog let expire (valid_for_days)."
+    )
+    account: str = Field(
+        DEFAULT_ACCOUNT, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="The catalog account it writes to."
+    )
     # Shop credentials; each may be "env:NAME".
     access_token: SecretStr | None = None
     webhook_secret: SecretStr | None = None
@@ -209,14 +224,55 @@ def parse_sources(document: Mapping[str, Any], *, origin: str = "sources file") 
 
 
 def load_sources(path: Path) -> dict[str, SourceConfig]:
-    """Read the sources file; a missing file means no sources."""
+    """Read the sources file; a missing file means no sources. Templates that can collide are logged as warnings."""
     if not path.exists():
         return {}
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_sources(document, origin=str(path))
+    sources = parse_sources(document, origin=str(path))
+    for warning in template_collisions(sources):
+        log.warning("%s: %s", path, warning)
+    return sources
+
+
+def template_collisions(sources: Mapping[str, SourceConfig]) -> list[str]:
+    """Pairs of sources of one account whose externalId templates can render the same id, each with the fix.
+
+    Two templates are kept apart only by their literal text: with `{source}` filled in, the text before the first
+    variable (or after the last) of one must not be a prefix (or suffix) of the other's. The state refuses a
+    collision anyway (`skipped: external_id_conflict`); this says so before any product is refused."""
+    warnings: list[str] = []
+    listed = sorted(sources.values(), key=lambda s: s.name)
+    for index, first in enumerate(listed):
+        for second in listed[index + 1 :]:
+            if first.account != second.account or not _can_collide(first, second):
+                continue
+            if "{source}" in first.external_id and "{source}" in second.external_id:
+                fix = "rename one source so neither name starts the other's, or end {source} with ':' in both"
+            else:
+                fix = f'put {{source}} in both templates, e.g. external_id = "{DEFAULT_EXTERNAL_ID}"'
+            warnings.append(
+                f"sources {first.name!r} ({first.external_id!r}) and {second.name!r} ({second.external_id!r}) write "
+                f"to one catalog account and their externalId templates can produce the same id; a product whose id "
+                f"the other source already owns is skipped (external_id_conflict): {fix}"
+            )
+    return warnings
+
+
+def _can_collide(first: SourceConfig, second: SourceConfig) -> bool:
+    a, b = _literal_ends(first), _literal_ends(second)
+    prefixes_apart = not (a[0].startswith(b[0]) or b[0].startswith(a[0]))
+    suffixes_apart = not (a[1].endswith(b[1]) or b[1].endswith(a[1]))
+    return not (prefixes_apart or suffixes_apart)
+
+
+def _literal_ends(source: SourceConfig) -> tuple[str, str]:
+    """The fixed text before the first and after the last product variable of the rendered template."""
+    rendered = source.external_id.replace("{source}", source.name)
+    parts = re.split(r"\{(?:id|handle)\}", rendered)
+    return parts[0], parts[-1]
 
 
 def _explain(exc: ValidationError, label: str, origin: str) -> str:

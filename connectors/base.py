@@ -1,5 +1,6 @@
-"""What every connector shares: the normalized product, the webhook event, the connector protocol,
-paging strategies and the text helpers that turn shop markup into plain catalog text.
+"""What every connector shares: the normalized product, the webhook event, the connector protocol and the text
+helpers that turn shop markup into plain catalog text. The paging strategies live in `connectors.paging`; the two
+that callers outside the connectors use are re-exported here.
 
 Connectors know shops and nothing of Celery, the state database or the catalog API.
 """
@@ -19,7 +20,8 @@ from html_text import DOUBLE_NEWLINE_TAGS, NEWLINE_TAGS
 from lxml import etree
 
 from config.sources import ProductFilter
-from worker.errors import SkippedProduct, SourceError
+from connectors.paging import CursorPaginator, PageNumberPaginator
+from worker.errors import SkippedProduct
 
 __all__ = [
     "MAX_IMAGES",
@@ -133,38 +135,6 @@ class Connector(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
-
-
-class CursorPaginator:
-    """Follows an opaque next-token and refuses one identical to the previous (a server paging loop)."""
-
-    def __init__(self) -> None:
-        self.token: str | None = None
-        self.finished = False
-        self._seen_first = False
-
-    def advance(self, next_token: str | None) -> None:
-        if not next_token:
-            self.finished = True
-            return
-        if self._seen_first and next_token == self.token:
-            raise SourceError(f"paging loop detected: the server returned the same cursor twice ({next_token!r})")
-        self._seen_first = True
-        self.token = next_token
-
-
-class PageNumberPaginator:
-    """Page numbers from `first`, stopping on an empty page or past a known page count."""
-
-    def __init__(self, first: int = 1) -> None:
-        self.page = first
-        self.finished = False
-
-    def advance(self, *, items_on_page: int, total_pages: int | None = None) -> None:
-        if items_on_page == 0 or (total_pages is not None and self.page >= total_pages):
-            self.finished = True
-            return
-        self.page += 1
 
 
 # Elements that start a new line in a browser: their text must not run into the text around them. Inline elements

@@ -56,9 +56,9 @@ that never closes (its cell swallows the rows after it) fails the read rather th
 
 HTTP: redirects are followed one hop at a time (at most `MAX_REDIRECTS`), never from a public host to a private,
 loopback or link-local address, and an error answer reached through a redirect is not quoted in the message.
-`connectors.http.send` reads whole bodies, so the streamed GET here repeats its short retry loop (same attempt
-budget, backoff and `Retry-After` cap) before the body starts; a body that breaks midway fails the read instead of
-restarting, since products already yielded cannot be taken back.
+The streamed GET goes through the connectors' one retry loop (`connectors.http.retrying`: same attempt budget, backoff
+and `Retry-After` cap as every shop request) until the body starts; a body that breaks midway fails the read instead
+of restarting, since products already yielded cannot be taken back.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ from connectors.base import (
     parse_datetime,
     split_tags,
 )
-from connectors.http import MAX_ATTEMPTS, MAX_RETRY_AFTER, Sleep, backoff_delay, make_client, retry_after_seconds
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from connectors.http import HttpConnector, Sleep, Target, error_for_status, retry_after_seconds, retrying, unreachable
+from worker.errors import ConfigError, InvalidSignature, SkippedProduct, SourceError
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element
@@ -916,7 +916,7 @@ def _is_private_host(host: str) -> bool:
     )
 
 
-class FeedConnector:
+class FeedConnector(HttpConnector):
     """A product feed (see the module docstring). Every read fetches and parses the whole document again."""
 
     kind = "feed"
@@ -933,8 +933,7 @@ class FeedConnector:
             raise ConfigError(f"source {source.name!r}: FeedConnector reads kind 'feed', not {source.kind!r}")
         self.source = source.name
         self._config = source
-        self._client = client
-        self._owns_client = client is None
+        super().__init__(client, timeout=source.timeout)
         self._sleep = sleep
         self._clock = clock
         location = source.url.strip()
@@ -1006,11 +1005,6 @@ class FeedConnector:
             f"feeds do not send webhooks: source {self.source!r} is a feed, it is read on its sync schedule"
         )
 
-    def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
-
     # ---- reading -------------------------------------------------------------------------------------------------
 
     def _records(self, document: _Document) -> Generator[FeedRecord, None, None]:
@@ -1063,12 +1057,6 @@ class FeedConnector:
             stream = io.BufferedReader(_Metered(inner, MAX_DOCUMENT_BYTES, refusal), CHUNK_SIZE)
             yield _Document(stream, name, modified, content_type, charset)
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            # Redirects are followed by `_fetch`, one hop at a time, so each target is checked first.
-            self._client = make_client(self._config.timeout)
-        return self._client
-
     def _fetch(self, client: httpx.Client) -> tuple[httpx.Response, bool]:
         """GET the feed as a stream, following redirects (CDNs use them) but never from a public host to a private
         address: a feed URL must not become a way to read the worker's own network. Returns the response and
@@ -1092,19 +1080,19 @@ class FeedConnector:
         return response, hops > 0
 
     def _get(self) -> httpx.Response:
-        """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (as `connectors.http.send`)."""
+        """GET the feed as a stream, retrying connection faults, 5xx and 429 briefly (`connectors.http.retrying`)."""
         assert self._url is not None
-        client = self._http()
-        attempt = 0
-        while True:
-            attempt += 1
+        # Redirects are followed by `_fetch`, one hop at a time, so each target is checked first.
+        client = self._client
+        target = Target(
+            self._what, unreachable="the feed", refused="the server refused access ({status}); check the feed URL"
+        )
+
+        def attempt() -> httpx.Response:
             try:
                 response, redirected = self._fetch(client)
             except httpx.TransportError as exc:
-                if attempt >= MAX_ATTEMPTS:
-                    raise SourceError(f"{self._what}: cannot reach the feed: {type(exc).__name__}: {exc}") from None
-                self._sleep(backoff_delay(attempt))
-                continue
+                raise unreachable(target, exc) from None
             except httpx.HTTPError as exc:
                 raise SourceError(f"{self._what}: {type(exc).__name__}: {exc}") from None
             status = response.status_code
@@ -1113,20 +1101,10 @@ class FeedConnector:
             # A redirect target's body is not ours to show (an internal page, a cloud metadata answer).
             excerpt = "(body not shown: the answer came through a redirect)" if redirected else _excerpt(response)
             response.close()
-            if status in (401, 403):
-                raise AuthError(
-                    f"{self._what}: the server refused access ({status}); check the feed URL", status=status
-                )
-            if status == 429 or status >= 500:
-                wait = retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
-                if attempt >= MAX_ATTEMPTS or (wait is not None and wait > MAX_RETRY_AFTER):
-                    message = f"{self._what}: answered {status} {attempt} time(s); giving up for this run"
-                    if status == 429:
-                        raise RateLimited(message, retry_after=wait)
-                    raise SourceError(message)
-                self._sleep(wait if wait is not None else backoff_delay(attempt))
-                continue
-            raise SourceError(f"{self._what}: answered {status}: {excerpt}")
+            retry_after = retry_after_seconds(response.headers.get("Retry-After")) if status == 429 else None
+            raise error_for_status(status, target, excerpt=excerpt, retry_after=retry_after)
+
+        return retrying(attempt, target, sleep=self._sleep)
 
 
 def _http_date(value: str | None) -> datetime | None:

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -44,9 +44,7 @@ from config.sources import SourceConfig
 from connectors.base import (
     MAX_IMAGES,
     Connector,
-    CursorPaginator,
     ImageRef,
-    PageNumberPaginator,
     ProductStatus,
     SourceProduct,
     WebhookEvent,
@@ -58,7 +56,8 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import MAX_RETRY_AFTER, make_client, retry_after_seconds, send
+from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, retry_after_seconds, send
+from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator, iter_pages
 from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 __all__ = [
@@ -79,8 +78,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], None]
-Clock = Callable[[], float]
 
 # Shopify refuses any single query whose requested cost is above this (MAX_COST_EXCEEDED).
 MAX_QUERY_COST: Final = 1000
@@ -575,7 +572,7 @@ class _CostTooHigh(Exception):
 # Connectors
 
 
-class _ShopifyBase:
+class _ShopifyBase(HttpConnector):
     """What the three flavours share: the HTTP client, the source's name and settings, webhooks, closing."""
 
     kind: str = ""
@@ -598,8 +595,9 @@ class _ShopifyBase:
         parts = urlsplit(self.shop_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"source {config.name!r}: url {config.url!r} is not an http(s) shop address")
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(config.timeout)
+        super().__init__(client, timeout=config.timeout)
+        # The Admin API root, REST and GraphQL alike (the storefront reads the shop's public pages instead).
+        self.base = f"{self.shop_url}/admin/api/{config.api_version}"
         self._sleep = sleep
         self._clock = clock
         self._what = f"Shopify source {config.name!r}"
@@ -640,16 +638,6 @@ class _ShopifyBase:
         check_webhook_signature(headers, body, self.config.webhook_secrets)
         return parse_webhook(self.source, headers, body, shop_url=self.shop_url)
 
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> _ShopifyBase:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r}, url={self.shop_url!r})"
 
@@ -683,7 +671,7 @@ class ShopifyGraphQL(_ShopifyBase):
     ) -> None:
         super().__init__(config, client=client, sleep=sleep, clock=clock)
         self.bulk = bulk
-        self.endpoint = f"{self.shop_url}/admin/api/{config.api_version}/graphql.json"
+        self.endpoint = f"{self.base}/graphql.json"
         self.bucket = CostBucket(sleep=sleep, clock=clock)
         self._with_prices = bool(_PRICE_ATTRIBUTES & set(config.metadata_fields))
         # Collections cost a connection per product: asked only when the source filters on them.
@@ -830,20 +818,16 @@ class ShopifyGraphQL(_ShopifyBase):
             # A one-point query first, so the first page is sized for the real bucket, not an assumed one.
             self.product_count()
         search = _updated_since(since)
-        paginator = CursorPaginator()
-        while not paginator.finished:
-            data = self._products_page(self.page_size(), paginator.token, search)
-            connection = data.get("products")
+
+        def fetch(after: str | None) -> Mapping[str, Any]:
+            connection = self._products_page(self.page_size(), after, search).get("products")
             if not isinstance(connection, Mapping):
                 raise SourceError(f"{self._what}: GraphQL answer without products")
+            return connection
+
+        for connection in iter_pages(RelayCursorPaginator(what=self._what), fetch):
             for node in _connection_nodes(connection):
                 yield normalize_graphql_product(self.source, node)
-            info = connection.get("pageInfo")
-            page_info: Mapping[str, Any] = info if isinstance(info, Mapping) else {}
-            has_next = bool(page_info.get("hasNextPage"))
-            paginator.advance(page_info.get("endCursor") if has_next else None)
-            if has_next and paginator.finished:
-                raise SourceError(f"{self._what}: hasNextPage without an endCursor")
 
     # -- bulk export ----------------------------------------------------------------------------------------------
 
@@ -977,17 +961,6 @@ class ShopifyRest(_ShopifyBase):
 
     kind = "shopify-rest"
 
-    def __init__(
-        self,
-        config: SourceConfig,
-        *,
-        client: httpx.Client | None = None,
-        sleep: Sleep = time.sleep,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(config, client=client, sleep=sleep, clock=clock)
-        self.base = f"{self.shop_url}/admin/api/{config.api_version}"
-
     def _get(self, url: str, *, params: Mapping[str, str] | None = None, ok: tuple[int, ...] = ()) -> httpx.Response:
         response = self._send_admin("GET", url, ok=ok, params=params)
         self._pace(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
@@ -1021,28 +994,14 @@ class ShopifyRest(_ShopifyBase):
         params = {"limit": str(self.config.page_size or MAX_PAGE_SIZE)}
         if since is not None:
             params["updated_at_min"] = _iso(since)
-        response = self._get(f"{self.base}/products.json", params=params)
-        paginator = CursorPaginator()
-        while True:
+        first = f"{self.base}/products.json"
+
+        def fetch(next_url: str | None) -> httpx.Response:
+            return self._get(first, params=params) if next_url is None else self._get(next_url)
+
+        for response in iter_pages(LinkHeaderPaginator(what=self._what), fetch):
             for raw in self._products(response):
                 yield normalize_rest_product(self.source, raw, shop_url=self.shop_url)
-            next_url = self._next_link(response)
-            paginator.advance(next_url)
-            if paginator.finished or next_url is None:
-                return
-            # Used exactly as given: page_info is opaque and carries the original filters.
-            response = self._get(next_url)
-
-    def _next_link(self, response: httpx.Response) -> str | None:
-        link = response.links.get("next")
-        url = link.get("url") if link else None
-        if not url:
-            return None
-        here, there = response.url, httpx.URL(url)
-        if (there.scheme, there.host, there.port) != (here.scheme, here.host, here.port):
-            # The token travels with every request; never to a host the merchant did not configure.
-            raise SourceError(f"{self._what}: the next-page link points to another host ({there.host})")
-        return url
 
     def get_product(self, product_id: str) -> SourceProduct | None:
         number = _require_id(product_id, self._what)
@@ -1065,7 +1024,7 @@ class ShopifyStorefront(_ShopifyBase):
 
     kind = "shopify-storefront"
 
-    def _page(self, page: int, limit: int) -> list[Any]:
+    def _page(self, page: int, limit: int) -> ListPage:
         response = send(
             self._client,
             "GET",
@@ -1078,25 +1037,12 @@ class ShopifyStorefront(_ShopifyBase):
         products = payload.get("products") if isinstance(payload, Mapping) else payload
         if not isinstance(products, list):
             raise SourceError(f"{self._what}: /products.json answered without a product list")
-        return products
+        return ListPage(products)
 
     def _iter_raw(self) -> Iterator[Any]:
         limit = self.config.page_size or MAX_PAGE_SIZE
-        paginator = PageNumberPaginator()
-        while True:
-            products = self._page(paginator.page, limit)
-            yield from products
-            paginator.advance(items_on_page=len(products))
-            if paginator.finished:
-                return
-            if paginator.page * limit > STOREFRONT_MAX_OFFSET:
-                if len(products) < limit:
-                    # A short page right at the cap is the shop's last one: nothing was cut off.
-                    return
-                raise SourceError(
-                    f"{self._what}: this shop has more than {STOREFRONT_MAX_OFFSET:,} products; the storefront "
-                    f'endpoint cannot list them all; use kind = "shopify"'
-                )
+        for page in iter_pages(_StorefrontPaginator(limit, what=self._what), lambda number: self._page(number, limit)):
+            yield from page.items
 
     def iter_products(self, since: datetime | None = None) -> Iterator[SourceProduct | SkippedProduct]:
         products = (
@@ -1133,6 +1079,27 @@ class ShopifyStorefront(_ShopifyBase):
         if isinstance(product, SkippedProduct):
             raise product
         return product
+
+
+class _StorefrontPaginator(PageNumberPaginator):
+    """Page numbers that stop at the storefront's page × limit cap: a clear error rather than a silent cut."""
+
+    def __init__(self, limit: int, *, what: str) -> None:
+        super().__init__(what=what)
+        self._limit = limit
+        self._what = what
+
+    def get_next(self, page: ListPage) -> int | None:
+        following = self.current_value + 1
+        if following * self._limit <= STOREFRONT_MAX_OFFSET:
+            return following
+        if len(page.items) < self._limit:
+            # A short page right at the cap is the shop's last one: nothing was cut off.
+            return None
+        raise SourceError(
+            f"{self._what}: this shop has more than {STOREFRONT_MAX_OFFSET:,} products; the storefront "
+            f'endpoint cannot list them all; use kind = "shopify"'
+        )
 
 
 def connector_for(source: SourceConfig, client: httpx.Client | None = None, *, bulk: bool | None = None) -> Connector:

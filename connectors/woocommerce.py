@@ -47,7 +47,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NoReturn
 from urllib.parse import quote, urljoin, urlsplit
@@ -59,7 +59,6 @@ from config.sources import SourceConfig
 from connectors.base import (
     MAX_IMAGES,
     ImageRef,
-    PageNumberPaginator,
     ProductStatus,
     SourceProduct,
     WebhookEvent,
@@ -71,7 +70,8 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import make_client, send
+from connectors.http import Clock, HttpConnector, Sleep, excerpt, send
+from connectors.paging import ListPage, PageNumberPaginator, Paginator, iter_pages
 from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
 
 __all__ = [
@@ -88,8 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], None]
-Clock = Callable[[], float]
 
 # The REST API v3 root, below the store's base URL.
 API_PATH: Final = "/wp-json/wc/v3"
@@ -439,7 +437,7 @@ def parse_webhook(source: str, headers: Mapping[str, str], body: bytes, secrets_
 # --- the connector ------------------------------------------------------------------------------------------------
 
 
-class WooCommerceConnector:
+class WooCommerceConnector(HttpConnector):
     """A WooCommerce store over REST API v3. See the module docstring for paging, credentials and webhooks."""
 
     kind = "woocommerce"
@@ -467,8 +465,7 @@ class WooCommerceConnector:
         self.store_url = source.url.strip().rstrip("/")
         self.secure = parts.scheme.lower() == "https"
         self.page_size = min(source.page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(source.timeout)
+        super().__init__(client, timeout=source.timeout)
         self._sleep = sleep
         self._what = f"WooCommerce source {source.name!r}"
         oauth = _OAuth1(
@@ -528,16 +525,6 @@ class WooCommerceConnector:
         """Verify `X-WC-Webhook-Signature` over the raw bytes (or recognize the unsigned creation ping), then parse."""
         return parse_webhook(self.source, headers, body, self.config.webhook_secrets)
 
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> WooCommerceConnector:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"WooCommerceConnector(source={self.source!r}, url={self.store_url!r})"
 
@@ -546,34 +533,33 @@ class WooCommerceConnector:
     def _listing(self, status: str, since: datetime | None) -> Iterator[SourceProduct | SkippedProduct]:
         """One status listing, walked as a modified-time keyset (see the module docstring)."""
         floor = since.astimezone(UTC).replace(microsecond=0) if since is not None else None
-        window = floor  # the lower bound (`modified_after`) of the current keyset window; None: unfiltered
-        keyset = True
-        # Ids yielded at or after `window`, with the modification yielded: skipped when read again unchanged.
+        pager = _ModifiedKeyset(floor, what=self._what)
+        # Ids yielded at or after the window's start, with the modification yielded: skipped when read again unchanged.
         seen: dict[str, datetime] = {}
-        newest: datetime | None = None
         resume_after: tuple[datetime, int] | None = None  # page-number fallback: what the keyset already yielded
-        pager = PageNumberPaginator()
         previous_ids: list[str] | None = None
-        while not pager.finished:
-            bound = window if keyset else floor
-            page, total_pages = self._list_page(status, pager.page, bound)
-            if keyset and window is not None and any(_older(raw, window) for raw in page):
+        for page in iter_pages(pager, lambda position: self._list_page(status, position)):
+            position = page.position
+            if pager.ignores_keyset(page):
                 log.warning(
                     "%s: the store ignores modified_after (WooCommerce before 5.8?); reading it page by page",
                     self._what,
                 )
-                keyset = False
                 resume_after = max(((m, int(pid)) for pid, m in seen.items()), default=None)
-                pager, previous_ids = PageNumberPaginator(), None
                 continue
-            ids = [pid for raw in page if (pid := _product_id(raw)) is not None]
+            if position.page == 1:
+                # A new window (or the page-number fallback): earlier products cannot come back.
+                previous_ids = None
+                if position.keyset and position.after is not None:
+                    seen = {pid: moment for pid, moment in seen.items() if moment >= position.after}
+            ids = [pid for raw in page.items if (pid := _product_id(raw)) is not None]
             if previous_ids is not None and ids and ids == previous_ids:
                 raise SourceError(
-                    f"{self._what}: page {pager.page} of the {status!r} listing repeated the previous page; "
+                    f"{self._what}: page {position.page} of the {status!r} listing repeated the previous page; "
                     f"the store (or a cache in front of it) ignores the `page` parameter"
                 )
             previous_ids = ids
-            for raw in page:
+            for raw in page.items:
                 pid, modified = _product_id(raw), _modified(raw)
                 if modified is not None and floor is not None and modified < floor:
                     continue
@@ -583,15 +569,8 @@ class WooCommerceConnector:
                     if resume_after is not None and (modified, int(pid)) <= resume_after:
                         continue
                 yield self._item(raw)
-                if keyset and pid is not None and modified is not None:
+                if position.keyset and pid is not None and modified is not None:
                     seen[pid] = modified
-                    newest = modified if newest is None or modified > newest else newest
-            pager.advance(items_on_page=len(page), total_pages=total_pages)
-            if keyset and not pager.finished and newest is not None and (window is None or newest > window):
-                # Start a new window at the newest second read: earlier products cannot come back.
-                window = newest
-                seen = {pid: moment for pid, moment in seen.items() if moment >= window}
-                pager, previous_ids = PageNumberPaginator(), None
 
     def _item(self, raw: Any) -> SourceProduct | SkippedProduct:
         if not isinstance(raw, Mapping):
@@ -608,20 +587,20 @@ class WooCommerceConnector:
         extra = self._variation_images(product, raw)
         return replace(product, images=normalize_images((*product.images, *extra))) if extra else product
 
-    def _list_page(self, status: str, page: int, modified_floor: datetime | None) -> tuple[list[Any], int | None]:
+    def _list_page(self, status: str, position: _Position) -> _ListingPage:
         params: dict[str, str | int] = {
             "per_page": self.page_size,
-            "page": page,
+            "page": position.page,
             "status": status,
             "orderby": "modified",
             "order": "asc",
             "dates_are_gmt": "true",
         }
-        if modified_floor is not None:
-            # Strictly after, to the second: one second earlier keeps the products of `modified_floor`'s second.
-            params["modified_after"] = (modified_floor - _ONE_SECOND).strftime("%Y-%m-%dT%H:%M:%S")
+        if position.after is not None:
+            # Strictly after, to the second: one second earlier keeps the products of `position.after`'s second.
+            params["modified_after"] = (position.after - _ONE_SECOND).strftime("%Y-%m-%dT%H:%M:%S")
         response = self._request("/products", params)
-        return self._page_of(response), _int_header(response, "X-WP-TotalPages")
+        return _ListingPage(self._page_of(response), _int_header(response, "X-WP-TotalPages"), position)
 
     def _variation_images(self, product: SourceProduct, raw: Mapping[str, Any]) -> list[ImageRef]:
         """A variable product's variation images, fetched only when it has variations and room for more images."""
@@ -631,22 +610,22 @@ class WooCommerceConnector:
         own = {image.url for image in product.images}
         product_id = product.product_id
         images: list[ImageRef] = []
-        pager = PageNumberPaginator()
-        while not pager.finished:
-            response = self._request(
-                f"/products/{product_id}/variations",
-                {"per_page": MAX_PAGE_SIZE, "page": pager.page},
-                ok_statuses=(404,),
-            )
-            if response.status_code == 404:
-                # The product went away between the listing and this request; its own record still stands.
-                return images
-            page = self._page_of(response)
-            images.extend(variation_images(page, base))
+        for page in iter_pages(
+            PageNumberPaginator(what=self._what), lambda number: self._variations(product_id, number)
+        ):
+            images.extend(variation_images(page.items, base))
             if len(own | {image.url for image in images}) >= MAX_IMAGES:
                 break
-            pager.advance(items_on_page=len(page), total_pages=_int_header(response, "X-WP-TotalPages"))
         return images
+
+    def _variations(self, product_id: str, page: int) -> ListPage:
+        response = self._request(
+            f"/products/{product_id}/variations", {"per_page": MAX_PAGE_SIZE, "page": page}, ok_statuses=(404,)
+        )
+        if response.status_code == 404:
+            # The product went away between the listing and this request: an empty page, its own record still stands.
+            return ListPage(())
+        return ListPage(self._page_of(response), _int_header(response, "X-WP-TotalPages"))
 
     # -- HTTP --
 
@@ -704,7 +683,7 @@ class WooCommerceConnector:
         code = body.get("code") if isinstance(body.get("code"), str) else None
         message = str(body.get("message") or "")[:300]
         where = response.request.url.copy_with(query=None)
-        said = f"{status} {code}: {message}" if code else f"{status}: {_excerpt(response)}"
+        said = f"{status} {code}: {message}" if code else f"{status}: {excerpt(response)}"
         redirect = self._redirect_note(response)
         if code == "woocommerce_rest_cannot_view":
             anonymous = status == 401
@@ -750,7 +729,7 @@ class WooCommerceConnector:
         try:
             return response.json()
         except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, nesting too deep
-            start = _excerpt(response, 80)
+            start = excerpt(response, 80)
             hint = ""
             if start.lstrip().startswith("<"):
                 hint = " (an HTML page: a maintenance, security or caching plugin may answer instead of WooCommerce)"
@@ -762,6 +741,57 @@ class WooCommerceConnector:
             ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a listing request starts: modified after `after` (None: unfiltered), at `page` within that window;
+    `keyset` is False once the store was found to ignore `modified_after`."""
+
+    after: datetime | None
+    page: int = 1
+    keyset: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _ListingPage(ListPage):
+    position: _Position = _Position(None)
+
+
+class _ModifiedKeyset(Paginator[_ListingPage, _Position]):
+    """WooCommerce's listing as a keyset on the modification time (see the module docstring): a page that ends a
+    window's second moves the window to the newest modification read; within one second, page numbers. A store that
+    ignores `modified_after` is read by page numbers from `floor` instead."""
+
+    position_name = "listing position"
+
+    def __init__(self, floor: datetime | None, *, what: str = "") -> None:
+        super().__init__(_Position(floor), what=what)
+        self._floor = floor
+        self._newest: datetime | None = None
+
+    def ignores_keyset(self, page: _ListingPage) -> bool:
+        """Whether the store answered products older than the window it was asked for."""
+        after = page.position.after
+        return page.position.keyset and after is not None and any(_older(raw, after) for raw in page.items)
+
+    def has_more(self, page: _ListingPage) -> bool:
+        if self.ignores_keyset(page):
+            return True
+        return bool(page.items) and (page.total_pages is None or page.position.page < page.total_pages)
+
+    def get_next(self, page: _ListingPage) -> _Position | None:
+        position = page.position
+        if self.ignores_keyset(page):
+            return _Position(self._floor, keyset=False)
+        if position.keyset:
+            for raw in page.items:
+                modified = _modified(raw) if _product_id(raw) is not None else None
+                if modified is not None and (self._newest is None or modified > self._newest):
+                    self._newest = modified
+            if self._newest is not None and (position.after is None or self._newest > position.after):
+                return _Position(self._newest)
+        return replace(position, page=position.page + 1)
+
+
 def _older(raw: Any, moment: datetime) -> bool:
     modified = _modified(raw) if isinstance(raw, Mapping) else None
     return modified is not None and modified < moment
@@ -770,11 +800,3 @@ def _older(raw: Any, moment: datetime) -> bool:
 def _int_header(response: httpx.Response, name: str) -> int | None:
     value = response.headers.get(name, "").strip()
     return int(value) if value.isdigit() else None
-
-
-def _excerpt(response: httpx.Response, limit: int = 300) -> str:
-    try:
-        text = response.text
-    except (httpx.ResponseNotRead, UnicodeDecodeError):
-        return "(unreadable body)"
-    return text[:limit].replace("\n", " ")

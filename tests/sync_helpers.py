@@ -4,9 +4,10 @@ emulator, and a look at what the emulator holds."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ def feed_item(
     return item
 
 
+def ext(product_id: str, source: str = SOURCE) -> str:
+    """The externalId the default template (`{source}-{id}`) gives a product."""
+    return f"{source}-{product_id}"
+
+
 def write_feed(path: Path, items: Sequence[dict[str, Any]]) -> None:
     path.write_text(json.dumps(list(items)), encoding="utf-8")
 
@@ -62,19 +68,43 @@ class SyncWorld:
     def faults(self, **faults: Any) -> None:
         self.admin.post("/_emulator/config", json=faults).raise_for_status()
 
-    def catalog_products(self) -> dict[str, dict[str, Any]]:
+    def catalog_products(self, api_key: str = API_KEY) -> dict[str, dict[str, Any]]:
+        """What the catalog account of `api_key` holds, by externalId."""
         products: dict[str, dict[str, Any]] = {}
         cursor = None
         while True:
             params: dict[str, Any] = {"limit": 200}
             if cursor:
                 params["cursor"] = cursor
-            page = self.admin.get("/tryon/v1/products", params=params, headers={"x-api-key": API_KEY}).json()
+            page = self.admin.get("/tryon/v1/products", params=params, headers={"x-api-key": api_key}).json()
             for item in page["items"]:
                 products[item["externalId"]] = item
             cursor = page.get("nextCursor")
             if not cursor:
                 return products
+
+
+def invoke_cli(world: SyncWorld, *args: str) -> Any:
+    """`catalog-sync ARGS` in this process (typer's runner), configured for the world's database and emulator."""
+    from typer.testing import CliRunner
+
+    from config.settings import get_settings
+    from worker import cli
+
+    settings = world.runtime.settings
+    env = {
+        "CATALOG_SYNC_CONFIG": str(settings.config),
+        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
+        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
+        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
+        "CATALOG_SYNC_CATALOG_BURST": "100",
+    }
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(cli.app, list(args), env=env)
+    finally:
+        get_settings.cache_clear()
 
 
 def sources_toml(feed: Path, *, name: str = SOURCE, extra: str = "") -> str:
@@ -105,13 +135,18 @@ def sync_world(
     toml_extra: str = "",
     sources: str | None = None,
     database_url: str | None = None,
+    catalog_clock: Callable[[], datetime] | None = None,
+    api_keys: Sequence[str] = (API_KEY,),
     **overrides: Any,
 ) -> Iterator[SyncWorld]:
     """The catalog emulator, a migrated state database and a runtime; the sources file holds one JSON feed source
-    (`feed.json`, empty) unless `sources` gives the file's text."""
+    (`feed.json`, empty) unless `sources` gives the file's text. `catalog_clock` is the emulator's clock; `api_keys`
+    the accounts it serves."""
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
-    with running(catalog_emulator.create_app([API_KEY], catalog_emulator.Faults(account_limit=None))) as catalog:
+    clock = {"clock": catalog_clock} if catalog_clock is not None else {}
+    faults = catalog_emulator.Faults(account_limit=None)
+    with running(catalog_emulator.create_app(list(api_keys), faults, **clock)) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
         text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
         Path(settings.config).write_text(text, encoding="utf-8")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_failed_products_give_exit_status_1_and_are_listed(world: SyncWorld) -> 
     world.faults(fail_next=0)
     retried = cli(world, "retry", SOURCE, "--inline")
     assert retried.returncode == 0, retried.stderr
-    assert "1" in world.catalog_products()
+    assert ext("1") in world.catalog_products()
 
 
 def test_a_configuration_error_names_the_field_and_exits_2(world: SyncWorld, tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_a_mass_deletion_is_held_and_then_confirmed(world: SyncWorld) -> None:
 
     confirmed = as_json(cli(world, "resync", SOURCE, "--full", "--inline", "--json", "--allow-mass-delete"))
     assert confirmed["deleted"] == 4
-    assert sorted(world.catalog_products()) == ["0"]
+    assert sorted(world.catalog_products()) == [ext("0")]
 
 
 def test_a_broken_feed_fails_the_run_with_exit_status_1(world: SyncWorld) -> None:

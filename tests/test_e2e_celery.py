@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, write_feed
 from tests.worker_helpers import (
     broker_world,
     catalog_sync,
@@ -35,9 +35,9 @@ def test_a_feed_reaches_the_catalog_through_a_real_worker(world: SyncWorld, tmp_
         sync_through_worker(world, SOURCE, "full")
 
     catalog = world.catalog_products()
-    assert sorted(catalog) == sorted(str(n) for n in range(60))
-    assert catalog["7"]["title"] == "Product 7"
-    assert len(catalog["7"]["images"]) == 4
+    assert sorted(catalog) == sorted(ext(str(n)) for n in range(60))
+    assert catalog[ext("7")]["title"] == "Product 7"
+    assert len(catalog[ext("7")]["images"]) == 4
     assert world.stats()["upserts"] == 60
 
 

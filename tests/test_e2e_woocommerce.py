@@ -11,7 +11,7 @@ import pytest
 
 from emulators import woocommerce as woo_emulator
 from emulators.server import BackgroundServer, running
-from tests.sync_helpers import SyncWorld
+from tests.sync_helpers import SyncWorld, ext
 from tests.worker_helpers import broker_world, sync_through_worker, worker_running
 
 SOURCE = "woo"
@@ -63,13 +63,13 @@ def test_a_store_syncs_and_its_edits_trashes_and_restores_reach_the_catalog(
         stats = world.stats()
         assert (stats["upserts"], stats["deletes"]) == (20, 3)
         catalog = world.catalog_products()
-        assert catalog[str(edited[0])]["title"] == f"Edited {edited[0]}"
-        assert not set(map(str, trashed)) & set(catalog)
+        assert catalog[ext(str(edited[0]), SOURCE)]["title"] == f"Edited {edited[0]}"
+        assert not {ext(str(t), SOURCE) for t in trashed} & set(catalog)
 
         admin.post(f"/_emulator/products/{trashed[0]}/restore").raise_for_status()
         world.reset_stats()
         sync_through_worker(world, SOURCE, "incremental", after_run=second)
 
         assert (world.stats()["upserts"], world.stats()["deletes"]) == (1, 0)
-        assert str(trashed[0]) in world.catalog_products()
+        assert ext(str(trashed[0]), SOURCE) in world.catalog_products()
     admin.close()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from emulators.server import free_port
-from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
 
 # A guard against a hung process, not a performance assertion.
 TIMEOUT = 90.0
@@ -68,7 +68,7 @@ def test_run_embedded_syncs_on_schedule_and_serves_webhook_health(world: SyncWor
         process.terminate()
         process.wait(timeout=30)
 
-    assert sorted(world.catalog_products()) == sorted(str(n) for n in range(12))
+    assert sorted(world.catalog_products()) == sorted(ext(str(n)) for n in range(12))
     assert world.runtime.store.status_counts(SOURCE)[SOURCE] == {"synced": 12}
     assert health.status_code == 200
     assert health.json()["database"] == "ok"

@@ -17,7 +17,7 @@ from emulators.shopify import sign_webhook
 from emulators.shopify.products import product_collections
 from emulators.shopify.shapes import webhook_product
 from tests.conftest import FIXTURES
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sources_toml, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sources_toml, sync_world, write_feed
 from tests.test_cli import cli
 from tests.test_shopify_connector import Emulator, emulator
 from worker import schema
@@ -212,7 +212,7 @@ def test_filtered_products_never_reach_the_catalog_and_say_why(world: SyncWorld)
 
     report = full_sync(world)
 
-    assert sorted(world.catalog_products()) == ["dress-0", "dress-1", "dress-2"]
+    assert sorted(world.catalog_products()) == [ext("dress-0"), ext("dress-1"), ext("dress-2")]
     assert report.counts[f"skipped:{FILTERED_OUT}"] == 2
     skipped = {row.product_id: row for row in world.runtime.store.skipped(SOURCE)}
     assert skipped["mug"].last_error_code == FILTERED_OUT

@@ -24,7 +24,7 @@ from connectors import feed as feed_module
 from connectors.base import SourceProduct, html_to_text
 from connectors.feed import FeedConnector
 from emulators.server import running
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
 from worker.errors import SourceError
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
@@ -76,7 +76,7 @@ def test_one_bad_item_does_not_cost_its_forty_good_neighbours(world: SyncWorld, 
 
     assert report.outcome == "completed", report.error
     catalog = world.catalog_products()
-    assert {f"good-{n}" for n in range(GOOD)} <= set(catalog)
+    assert {ext(f"good-{n}") for n in range(GOOD)} <= set(catalog)
     assert report.counts["seen"] == GOOD + 1
     assert all("\x00" not in product["title"] for product in catalog.values())
 
@@ -86,7 +86,7 @@ def test_a_lone_surrogate_and_nul_in_text_are_cleaned_not_fatal(world: SyncWorld
 
     full_sync(world)
 
-    assert world.catalog_products()["odd-title"]["title"] == "Shirt \ufffd"
+    assert world.catalog_products()[ext("odd-title")]["title"] == "Shirt \ufffd"
 
 
 def test_an_unterminated_csv_quote_fails_the_run_instead_of_swallowing_rows(world: SyncWorld, tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_a_feed_dated_in_the_year_2999_does_not_make_later_corrections_stale(wor
     report = full_sync(world)
 
     assert report.counts["stale"] == 0
-    assert world.catalog_products()["p"]["title"] == "Right"
+    assert world.catalog_products()[ext("p")]["title"] == "Right"
 
 
 def test_double_escaped_markup_does_not_become_markup_in_the_description(world: SyncWorld, tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_double_escaped_markup_does_not_become_markup_in_the_description(world: 
 
     full_sync(world)
 
-    text = world.catalog_products()["x"]["description"]
+    text = world.catalog_products()[ext("x")]["description"]
     assert "<" not in text and "alert(1)" not in text
     assert text == "Soft cotton tee"
 

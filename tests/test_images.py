@@ -13,7 +13,7 @@ import pytest
 
 from emulators import images as image_host
 from emulators.server import BackgroundServer, running
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
 from worker import schema
 from worker.images import BAD_TTL, MAX_IMAGE_BYTES, HostPacer, ImageChecker
 from worker.inline import InlineDispatcher
@@ -179,8 +179,8 @@ def test_a_run_drops_dead_images_and_skips_a_product_with_none_left(world: SyncW
     report = checked_sync(world)
 
     catalog = world.catalog_products()
-    assert sorted(catalog) == ["fine", "mixed"]
-    assert [image["sourceUrl"] for image in catalog["mixed"]["images"]] == [f"{base}/ok/m2.jpg"]
+    assert sorted(catalog) == [ext("fine"), ext("mixed")]
+    assert [image["sourceUrl"] for image in catalog[ext("mixed")]["images"]] == [f"{base}/ok/m2.jpg"]
     dead = world.runtime.store.get(SOURCE, "dead")
     assert dead is not None and (dead.status, dead.skip_reason) == ("skipped", NO_USABLE_IMAGES)
     assert dead.skip_detail == f"{base}/missing/d1.jpg: http_404; {base}/huge/d2.jpg: too_large (11.0 MB)"
@@ -204,7 +204,7 @@ def test_auto_detect_image_roles_is_sent_when_the_source_sets_it(world: SyncWorl
 
     checked_sync(world)
 
-    assert world.catalog_products()["1"]["autoDetectImageRoles"] is True
+    assert world.catalog_products()[ext("1")]["autoDetectImageRoles"] is True
 
 
 def test_images_that_all_die_at_once_are_held_by_the_deletion_brake(world: SyncWorld, host: BackgroundServer) -> None:

@@ -9,7 +9,7 @@ import pytest
 from config.rates import format_rate, parse_rate
 from config.settings import Settings, get_settings
 from worker.errors import ConfigError
-from worker.ratelimit import pacing
+from worker.ratelimit import default_account, pacing
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_a_rate_is_shown_in_the_unit_that_reads_best(per_second: float, text: st
 def test_the_default_is_the_vendors_documented_limit_paced_to_never_exceed_it_in_a_minute() -> None:
     settings = Settings(_env_file=None)
 
-    rate, burst, reserve = pacing(settings)
+    rate, burst, reserve = pacing(default_account(settings))
 
     assert settings.catalog_rate_limit == pytest.approx(100 / 60)
     assert (burst, reserve) == (2, 1)
@@ -76,10 +76,10 @@ def test_a_mistyped_rate_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.usefixtures("clean_env")
 def test_a_burst_that_spends_the_whole_window_is_refused() -> None:
     with pytest.raises(ConfigError, match="CATALOG_SYNC_CATALOG_BURST"):
-        pacing(Settings(_env_file=None, catalog_rate_limit="10/minute", catalog_burst=10))
+        pacing(default_account(Settings(_env_file=None, catalog_rate_limit="10/minute", catalog_burst=10)))
 
 
 @pytest.mark.usefixtures("clean_env")
 def test_a_reserve_as_large_as_the_burst_is_refused() -> None:
     with pytest.raises(ConfigError, match="CATALOG_SYNC_CATALOG_PRIORITY_RESERVE"):
-        pacing(Settings(_env_file=None, catalog_burst=2, catalog_priority_reserve=2))
+        pacing(default_account(Settings(_env_file=None, catalog_burst=2, catalog_priority_reserve=2)))

@@ -12,7 +12,7 @@ import pytest
 from config.sources import parse_sources
 from connectors.base import SourceProduct
 from connectors.feed import FeedRecord, build_products, split_id
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
 from worker.errors import ConfigError
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
@@ -87,8 +87,8 @@ def test_each_colour_becomes_its_own_catalog_product_with_its_own_images(world: 
     split_sync(world)
 
     catalog = world.catalog_products()
-    assert sorted(catalog) == ["WD~blue", "WD~red", "solo"]
-    red = catalog["WD~red"]
+    assert sorted(catalog) == [ext("WD~blue"), ext("WD~red"), ext("solo")]
+    red = catalog[ext("WD~red")]
     assert [image["sourceUrl"] for image in red["images"]] == [
         "https://cdn.example/wd/Red-front.jpg",
         "https://cdn.example/wd/Red-S.jpg",
@@ -102,7 +102,7 @@ def test_a_colour_that_disappears_is_deleted_like_a_product(world: SyncWorld) ->
     items = [*dress("Red", "Blue", "Green", "Black", "White")] + [feed_item(str(n)) for n in range(10)]
     write_feed(world.feed, items)
     split_sync(world)
-    assert "WD~green" in world.catalog_products()
+    assert ext("WD~green") in world.catalog_products()
 
     write_feed(world.feed, [item for item in items if item.get("color") != "Green"])
     report = split_sync(world)
@@ -110,8 +110,8 @@ def test_a_colour_that_disappears_is_deleted_like_a_product(world: SyncWorld) ->
     assert report.outcome == "completed"
     assert report.counts["removed"] == 1
     catalog = world.catalog_products()
-    assert "WD~green" not in catalog
-    assert {"WD~red", "WD~blue", "WD~black", "WD~white"} <= set(catalog)
+    assert ext("WD~green") not in catalog
+    assert {ext("WD~red"), ext("WD~blue"), ext("WD~black"), ext("WD~white")} <= set(catalog)
 
 
 def test_items_of_a_group_without_the_attribute_stay_one_product(world: SyncWorld) -> None:
@@ -125,7 +125,7 @@ def test_items_of_a_group_without_the_attribute_stay_one_product(world: SyncWorl
 
     split_sync(world)
 
-    assert [image["sourceUrl"] for image in world.catalog_products()["A"]["images"]] == [
+    assert [image["sourceUrl"] for image in world.catalog_products()[ext("A")]["images"]] == [
         "https://cdn.example/a1.jpg",
         "https://cdn.example/a2.jpg",
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectors.base import ImageRef, SourceProduct
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
 from worker.errors import SourceError
 from worker.feeder import feed
 from worker.inline import InlineDispatcher
@@ -42,8 +42,8 @@ def test_a_full_sync_makes_the_catalog_equal_to_the_feeds_active_products(world:
     full_sync(world)
 
     catalog = world.catalog_products()
-    assert sorted(catalog) == sorted(str(n) for n in range(20))
-    product = catalog["11"]
+    assert sorted(catalog) == sorted(ext(str(n)) for n in range(20))
+    product = catalog[ext("11")]
     assert product["title"] == "Product 11"
     assert product["description"] == "About 11 & more"
     assert [image["sourceUrl"] for image in product["images"]] == [f"https://cdn.example/11/{n}.jpg" for n in range(10)]
@@ -73,7 +73,7 @@ def test_only_the_changed_product_is_pushed_again(world: SyncWorld) -> None:
     full_sync(world)
 
     assert world.stats()["upserts"] == 1
-    assert world.catalog_products()["3"]["title"] == "Renamed"
+    assert world.catalog_products()[ext("3")]["title"] == "Renamed"
 
 
 def test_products_gone_from_a_full_feed_and_deactivated_ones_are_deleted(world: SyncWorld) -> None:
@@ -84,7 +84,7 @@ def test_products_gone_from_a_full_feed_and_deactivated_ones_are_deleted(world: 
     write_feed(world.feed, [*items[1:9], feed_item("0", status="archived")])
     full_sync(world)
 
-    assert sorted(world.catalog_products()) == [str(n) for n in range(1, 9)]
+    assert sorted(world.catalog_products()) == sorted(ext(str(n)) for n in range(1, 9))
     assert world.runtime.store.get(SOURCE, "9").status == "deleted"  # type: ignore[union-attr]
     assert world.runtime.store.get(SOURCE, "0").status == "deleted"  # type: ignore[union-attr]
 
@@ -138,7 +138,7 @@ def test_malformed_items_are_skipped_with_a_reason_while_the_rest_sync(world: Sy
 
     full_sync(world)
 
-    assert sorted(world.catalog_products()) == ["ok-1", "ok-2"]
+    assert sorted(world.catalog_products()) == [ext("ok-1"), ext("ok-2")]
     row = world.runtime.store.get(SOURCE, "no-title")
     assert row is not None and row.status == "skipped" and row.skip_reason == "missing_title"
     run = world.runtime.store.latest_run(SOURCE)
@@ -161,7 +161,7 @@ def test_a_slow_full_sync_page_never_undoes_a_newer_webhook_update(world: SyncWo
 
     full_sync(world)
 
-    assert world.catalog_products()["1"]["title"] == "From the webhook"
+    assert world.catalog_products()[ext("1")]["title"] == "From the webhook"
 
 
 def test_an_incremental_run_reads_from_the_last_watermark_with_an_overlap(world: SyncWorld) -> None:
@@ -182,8 +182,8 @@ def test_an_incremental_run_reads_from_the_last_watermark_with_an_overlap(world:
     dispatcher.drain(SOURCE, timeout=10)
 
     assert report.counts["seen"] == 1  # only the product updated since the watermark
-    assert "new2" in world.catalog_products()
-    assert world.catalog_products()["old"]["title"] == "Product old"
+    assert ext("new2") in world.catalog_products()
+    assert world.catalog_products()[ext("old")]["title"] == "Product old"
 
 
 def test_a_retryable_failure_is_rescheduled_then_fails_after_max_attempts(tmp_path: Path) -> None:
@@ -295,7 +295,7 @@ def test_lost_messages_are_redelivered_by_reconcile(tmp_path: Path) -> None:
         dispatched = reconcile(world.runtime, dispatcher)
 
         assert dispatched == 5
-        assert sorted(world.catalog_products()) == [str(n) for n in range(5)]
+        assert sorted(world.catalog_products()) == [ext(str(n)) for n in range(5)]
 
 
 def test_pushes_a_dead_broker_refused_are_resent_by_the_next_reconcile(world: SyncWorld) -> None:
@@ -313,7 +313,7 @@ def test_a_single_product_resync_fetches_and_pushes_it(world: SyncWorld) -> None
 
     sync_product(world.runtime, SOURCE, "2", dispatcher, force=True)
 
-    assert sorted(world.catalog_products()) == ["2"]
+    assert sorted(world.catalog_products()) == [ext("2")]
     write_feed(world.feed, [feed_item("1")])
     sync_product(world.runtime, SOURCE, "2", dispatcher, force=True)
     assert sorted(world.catalog_products()) == []

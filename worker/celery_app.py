@@ -3,8 +3,10 @@
 - JSON only; no result backend (the state database records outcomes).
 - `acks_late` + `task_reject_on_worker_lost` + prefetch 1: a message is acknowledged after its task ran, so a worker
   killed mid-task has its message re-delivered; push is idempotent, so that is safe.
-- Queues `push.priority` (webhooks, admin single products, reconcile), `push` (bulk convergence) and `sync`
-  (paging a source), consumed priority-first (`queue_order_strategy: priority` keeps the `-Q` order).
+- Queues `push.priority` (webhooks, admin single products, reconcile), `sync` (paging a source) and `push` (bulk
+  convergence), consumed in that order (`queue_order_strategy: priority` keeps the `-Q` order on Redis). Bulk comes
+  last: the feeder keeps its queue a few seconds deep, so a sync queued behind it would otherwise wait for a moment
+  the queue is empty, which with many accounts never comes.
 - Redis `visibility_timeout` longer than the longest task, so a slow sync is not delivered twice.
 - No countdown/ETA tasks anywhere (celery#5935, kombu#337): retries are scheduled in the database.
 """
@@ -66,6 +68,8 @@ def configure(
         task_default_queue=QUEUE_PUSH,
         task_routes={
             "catalog_sync.sync_source": {"queue": QUEUE_SYNC},
+            # Listing a catalog is long, low-priority reading, like reading a source.
+            "catalog_sync.audit": {"queue": QUEUE_SYNC},
             "catalog_sync.sync_product": {"queue": QUEUE_PRIORITY},
             "catalog_sync.reconcile": {"queue": QUEUE_PRIORITY},
             "catalog_sync.housekeeping": {"queue": QUEUE_PRIORITY},
@@ -101,6 +105,14 @@ def beat_schedule(settings: Settings, sources: dict[str, SourceConfig]) -> dict[
         "reconcile": {"task": "catalog_sync.reconcile", "schedule": settings.reconcile_interval},
         "housekeeping": {"task": "catalog_sync.housekeeping", "schedule": HOUSEKEEPING_INTERVAL.total_seconds()},
     }
+    if settings.audit_interval is not None:
+        for account in sorted({source.account for source in sources.values()}):
+            schedule[f"audit:{account}"] = {
+                "task": "catalog_sync.audit",
+                "schedule": settings.audit_interval,
+                "args": (account,),
+                "kwargs": {"repair": True},
+            }
     for source in sources.values():
         if not source.enabled:
             continue

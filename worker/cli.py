@@ -83,10 +83,19 @@ def resync(
     bulk: Annotated[
         bool | None, typer.Option("--bulk/--no-bulk", help="Shopify: force or forbid a bulk export.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Push every product read, whatever the state believes the catalog holds.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would change; send nothing, change nothing.")
+    ] = False,
 ) -> None:
     """Re-sync a source (incremental unless --full), or single products with --product."""
     runtime = _runtime()
     runtime.source(source)
+    if dry_run:
+        _dry_run(runtime, source, "full" if full else "incremental", product or None, as_json)
+        return
     started = utcnow()
     mode: RunMode = "product" if product else ("full" if full else "incremental")
     run_id: int | None = None
@@ -94,17 +103,23 @@ def resync(
         from worker.inline import InlineDispatcher
 
         dispatcher = InlineDispatcher(runtime)
+        from worker.operations import SyncInProgress
+
         try:
             if product:
                 for product_id in product:
-                    _sync_one(runtime, source, product_id, dispatcher)
+                    _sync_one(runtime, source, product_id, dispatcher, resend=force)
             else:
                 from worker.operations import run_sync
 
-                report = run_sync(runtime, source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk)
+                report = run_sync(
+                    runtime, source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk, force=force
+                )
                 run_id = report.run_id
         except SourceError as exc:
             _fail_run(runtime, source, started, as_json, str(exc))
+        except SyncInProgress as exc:
+            _report_deferred(source, exc, as_json)
         dispatcher.drain(source, timeout=timeout)
     else:
         from worker.celery_app import app as celery
@@ -116,9 +131,11 @@ def resync(
         try:
             if product:
                 for product_id in product:
-                    sync_product_task.apply_async((source, product_id), {"force": True})
+                    sync_product_task.apply_async((source, product_id), {"force": True, "resend": force})
             else:
-                sync_source_task.apply_async((source, mode), {"allow_mass_delete": allow_mass_delete, "bulk": bulk})
+                sync_source_task.apply_async(
+                    (source, mode), {"allow_mass_delete": allow_mass_delete, "bulk": bulk, "force": force}
+                )
         except Exception as exc:  # kombu's connection errors have no common base worth naming
             console.print(f"[red]cannot reach the broker[/red] ({type(exc).__name__}: {exc}); try --inline")
             raise typer.Exit(EXIT_USAGE) from None
@@ -132,10 +149,64 @@ def resync(
     _report(runtime, source, started, run_id, product or None, as_json)
 
 
-def _sync_one(runtime: Any, source: str, product_id: str, dispatcher: Any) -> None:
+def _dry_run(runtime: Any, source: str, mode: RunMode, products: list[str] | None, as_json: bool) -> None:
+    """Read the source and say what a sync would do; nothing is sent and the state is only read."""
+    from worker.preview import preview_products, preview_source
+
+    connector = runtime.connector(source)
+    try:
+        if products:
+            preview = preview_products(runtime.store, connector, runtime.source(source), products)
+        else:
+            preview = preview_source(
+                runtime.store,
+                connector,
+                runtime.source(source),
+                mode=mode,
+                mass_delete_share=runtime.settings.mass_delete_share,
+            )
+    except SourceError as exc:
+        _fail_run(runtime, source, utcnow(), as_json, str(exc))
+    finally:
+        connector.close()
+    body = preview.as_dict()
+    if as_json:
+        out.print_json(json.dumps(body))
+        return
+    from rich.markup import escape
+
+    counts = ", ".join(f"{action} {count}" for action, count in body["counts"].items())
+    out.print(
+        f"dry run of a {preview.mode} sync of {source} (nothing sent, nothing changed): {counts}", highlight=False
+    )
+    table = Table()
+    for column in ("action", "product", "externalId", "detail"):
+        table.add_column(column)
+    for action, changes in body["changes"].items():
+        for change in changes:
+            table.add_row(action, *(escape(change[k]) for k in ("product_id", "external_id", "detail")))
+    if table.row_count:
+        out.print(table)
+    blocked = body.get("deletion_blocked")
+    if blocked:
+        out.print(
+            f"[yellow]{blocked['deletions']} of {blocked['wanted']} product(s) would be deleted: more than the "
+            f"deletion brake allows, so the run would delete nothing without --allow-mass-delete.[/yellow]"
+        )
+
+
+def _sync_one(runtime: Any, source: str, product_id: str, dispatcher: Any, *, resend: bool) -> None:
     from worker.operations import sync_product
 
-    sync_product(runtime, source, product_id, dispatcher, force=True)
+    sync_product(runtime, source, product_id, dispatcher, force=True, resend=resend)
+
+
+def _report_deferred(source: str, exc: Any, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps({"source": source, "outcome": "deferred", "waiting": exc.waiting}))
+    else:
+        console.print(f"[yellow]deferred:[/yellow] {exc}", highlight=False)
+    raise typer.Exit(EXIT_OK)
 
 
 def _fail_run(runtime: Any, source: str, started: datetime, as_json: bool, message: str) -> None:
@@ -267,6 +338,7 @@ def status(
         report[name] = {
             "products": store.status_counts(name).get(name, {}),
             "paused": store.source_pause(name),
+            "sync": store.sync_state(name),
             "runs": [
                 {
                     "id": r.id,
@@ -285,12 +357,22 @@ def status(
         return
     for name, item in report.items():
         table = Table(title=name)
-        for column in ("pending", "synced", "skipped", "deleted", "failed"):
+        columns = ("pending", "synced", "skipped", "deleted", "failed", "expired")
+        for column in columns:
             table.add_column(column)
-        table.add_row(*(str(item["products"].get(c, 0)) for c in ("pending", "synced", "skipped", "deleted", "failed")))
+        table.add_row(*(str(item["products"].get(c, 0)) for c in columns))
         out.print(table)
         if item["paused"]:
             out.print(f"[red]pushes paused:[/red] {item['paused']}")
+        if item["sync"]["running"]:
+            out.print("  a sync is running")
+        waiting = item["sync"]["waiting"]
+        if waiting:
+            out.print(
+                f"  a {waiting['mode']} sync waits (since {waiting['since']}) and runs when the running one finishes: "
+                f"{waiting['reason']}",
+                highlight=False,
+            )
         for r in item["runs"]:
             out.print(f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}")
 
@@ -367,6 +449,77 @@ def _dispatcher(runtime: Any, inline: bool) -> Any:
     return dispatcher
 
 
+# ------------------------------------------------------------------------------------------------------- audit
+
+
+@app.command()
+def audit(
+    source: Annotated[str | None, typer.Argument(help="Only this source's products.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="The catalog account to audit.")] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Push missing and differing products again; delete orphans.")
+    ] = False,
+    allow_mass_delete: Annotated[
+        bool, typer.Option("--allow-mass-delete", help="Confirm a repair that deletes many orphans.")
+    ] = False,
+    inline: Annotated[bool, typer.Option("--inline", help="Push repairs in this process, no broker.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare the catalog with the state: missing, differing, orphaned and unknown products.
+
+    Exit status 0 when the catalog matches (or everything found was repaired), 1 when drift remains."""
+    if source is not None and account is not None:
+        console.print("give a SOURCE or --account, not both")
+        raise typer.Exit(EXIT_USAGE)
+    from worker.operations import run_audit
+
+    runtime = _runtime()
+    if source is not None:
+        runtime.source(source)
+    dispatcher: Any = _dispatcher(runtime, inline) if repair else None
+    report = run_audit(
+        runtime, dispatcher, account=account, source=source, repair=repair, allow_mass_delete=allow_mass_delete
+    )
+    if repair and inline:
+        for name in sorted(runtime.sources):
+            dispatcher.drain(name, timeout=600)
+    body = report.as_dict()
+    if as_json:
+        out.print_json(json.dumps(body))
+    else:
+        _print_audit(body)
+    unrepaired = report.drift > 0 and (not repair or report.deletion_blocked is not None)
+    raise typer.Exit(EXIT_FAILED if unrepaired else EXIT_OK)
+
+
+def _print_audit(body: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    scope = f"source {body['source']}" if body["source"] else f"account {body['account']}"
+    out.print(f"audit of {scope}: {body['listed']} listed in {body['pages']} page(s)", highlight=False)
+    table = Table(show_header=False)
+    for kind, count in body["counts"].items():
+        table.add_row(kind, str(count))
+    out.print(table)
+    examples = Table(title="examples")
+    for column in ("kind", "externalId", "source", "product", "detail"):
+        examples.add_column(column)
+    for kind, found in body["examples"].items():
+        for item in found:
+            cells = (item["external_id"], item["source"] or "", item["product_id"] or "", item["detail"])
+            examples.add_row(kind, *(escape(cell) for cell in cells))
+    if examples.row_count:
+        out.print(examples)
+    if body["repaired"]:
+        out.print("repaired: " + ", ".join(f"{k} {v}" for k, v in body["repaired"].items()), highlight=False)
+    blocked = body.get("deletion_blocked")
+    if blocked:
+        out.print(
+            f"[yellow]{blocked['orphans']} orphan(s) of {blocked['ours']} products of ours would have been deleted; "
+            "nothing was. Confirm with `catalog-sync audit --repair --allow-mass-delete`.[/yellow]"
+        )
+
+
 # ------------------------------------------------------------------------------------------------------ sources
 
 
@@ -399,7 +552,17 @@ def sources() -> None:
             check = f"[red]{type(exc).__name__}:[/red] {exc}"
         table.add_row(source.name, source.kind, source.display_url, check)
     out.print(table)
+    _print_template_collisions(runtime.sources)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+def _print_template_collisions(configured: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    from config.sources import template_collisions
+
+    for warning in template_collisions(configured):
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -408,7 +571,7 @@ def sources() -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    queues: Annotated[str, typer.Option(help="Queues, highest priority first.")] = "push.priority,push,sync",
+    queues: Annotated[str, typer.Option(help="Queues, highest priority first.")] = "push.priority,sync,push",
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[
         str | None, typer.Option(help="Node name, e.g. push1@%h: give each worker on one host its own.")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from config.accounts import DEFAULT_ACCOUNT
 from worker.ratelimit import Grants, pacing
 from worker.state import Store, utcnow
 
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The default account: every source writes to it until the sources file names accounts of its own.
-DEFAULT_ACCOUNT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +144,16 @@ def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = Non
 
 
 def accounts(runtime: Runtime) -> list[AccountBudget]:
-    """The accounts this deployment writes to, with their sources and steady rates."""
-    rate, _, _ = pacing(runtime.settings)
-    return [AccountBudget(DEFAULT_ACCOUNT, rate, tuple(sorted(runtime.sources)))]
+    """The accounts this deployment writes to, each with its sources and its own steady rate."""
+    by_account: dict[str, list[str]] = {}
+    for name, source in sorted(runtime.sources.items()):
+        by_account.setdefault(source.account, []).append(name)
+    if not by_account:
+        by_account[DEFAULT_ACCOUNT] = []
+    return [
+        AccountBudget(name, pacing(runtime.account(name))[0], tuple(sources))
+        for name, sources in sorted(by_account.items())
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,16 +184,16 @@ def budget_status(runtime: Runtime) -> list[BudgetStatus]:
     from worker.errors import RetryableError
 
     statuses = []
-    try:
-        grants: Grants | None = runtime.limiter.grants()
-    except RetryableError:
-        grants = None
     for account in accounts(runtime):
+        try:
+            grants: Grants | None = runtime.limiter_for(account.name).grants()
+        except RetryableError:
+            grants = None
         waiting = runtime.store.waiting(account.sources)
         statuses.append(
             BudgetStatus(
                 account=account.name,
-                limit=runtime.settings.catalog_rate_limit,
+                limit=runtime.account(account.name).rate_limit,
                 rate=account.rate,
                 used_this_minute=None if grants is None else grants.current,
                 used_last_minute=None if grants is None else grants.previous,

@@ -30,7 +30,12 @@ class InlineDispatcher:
             outcome = Outcome.SUPERSEDED
             while outcome is Outcome.SUPERSEDED:
                 outcome = push(
-                    runtime.store, runtime.catalog(), source, product_id, settings=runtime.push_settings, force=force
+                    runtime.store,
+                    runtime.catalog_for(source),
+                    source,
+                    product_id,
+                    settings=runtime.push_settings,
+                    force=force,
                 )
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         return True

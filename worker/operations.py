@@ -6,18 +6,18 @@ path runs the same plan and push code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from config.sources import SourceConfig
 from connectors.base import SourceProduct
-from worker.errors import SkippedProduct, SyncError
+from worker.audit import AuditReport, audit
+from worker.errors import ConfigError, SkippedProduct, SyncError
 from worker.feeder import feed
 from worker.images import ImageChecker, ImageVerdict
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
-from worker.state import RunMode, utcnow
+from worker.state import DEFAULT_ACCOUNT, RunMode, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,11 @@ def dispatch(
 
 
 class SyncInProgress(SyncError):
-    """Another sync of this source is reading it right now."""
+    """Another sync of this source is reading it right now; this one waits (`deferred_mode`) and runs after it."""
 
-
-@contextmanager
-def _sync_lock(runtime: Runtime, source: str) -> Iterator[None]:
-    token = runtime.store.acquire_sync_lock(source, seconds=runtime.settings.sync_lock_seconds)
-    if token is None:
-        raise SyncInProgress(f"a sync of {source!r} is already running; this one is skipped")
-    try:
-        yield
-    finally:
-        runtime.store.release_sync_lock(source, token)
+    def __init__(self, message: str, *, waiting: str) -> None:
+        super().__init__(message)
+        self.waiting = waiting
 
 
 def run_sync(
@@ -67,40 +60,88 @@ def run_sync(
     *,
     allow_mass_delete: bool = False,
     bulk: bool | None = None,
+    force: bool = False,
 ) -> RunReport:
-    """Read a source, record its desired state, dispatch pushes for what changed."""
+    """Read a source, record its desired state, dispatch pushes for what changed (everything, with `force`).
+
+    One sync of a source runs at a time. A sync that falls due while another runs is not dropped: it waits in the
+    state database and the running one starts it when it finishes (a waiting full run is never replaced by an
+    incremental one, and a full run covers an incremental one that waited for it). A waiting run left behind by a
+    holder that died is picked up by the next sync of the source."""
+    runtime.source(source_name)
+    store = runtime.store
+    token = store.acquire_sync_lock(source_name, seconds=runtime.settings.sync_lock_seconds)
+    if token is None:
+        reason = f"a {mode} sync was due while another sync of {source_name!r} was running"
+        waiting = store.defer_sync(source_name, mode, reason=reason)
+        log.info(
+            "%s: %s sync deferred: another sync is running; a %s sync runs when it finishes", source_name, mode, waiting
+        )
+        raise SyncInProgress(
+            f"a sync of {source_name!r} is already running; this {mode} sync waits and a {waiting} sync runs when "
+            "that one finishes",
+            waiting=waiting,
+        )
+    try:
+        left_waiting = store.take_deferred(source_name)
+        if left_waiting == "full" and mode != "full":
+            log.info("%s: a full sync was waiting; it runs instead of this %s one (it covers it)", source_name, mode)
+            mode = "full"
+        report = _plan(runtime, source_name, mode, dispatcher, allow_mass_delete, bulk, force)
+        while (next_mode := store.take_deferred(source_name)) is not None:
+            if next_mode == "incremental" and report.mode == "full":
+                log.info("%s: the waiting incremental sync is covered by the full run %d", source_name, report.run_id)
+                continue
+            log.info("%s: running the %s sync that waited for run %d", source_name, next_mode, report.run_id)
+            report = _plan(runtime, source_name, "full" if next_mode == "full" else "incremental", dispatcher)
+        return report
+    finally:
+        store.release_sync_lock(source_name, token)
+
+
+def _plan(
+    runtime: Runtime,
+    source_name: str,
+    mode: RunMode,
+    dispatcher: Dispatcher,
+    allow_mass_delete: bool = False,
+    bulk: bool | None = None,
+    force: bool = False,
+) -> RunReport:
     source = runtime.source(source_name)
-
-    def on_changed(_source: str, _ids: Sequence[str]) -> None:
-        # The rows wait in the database; the feeder hands the queue what the budget serves next.
-        feed(runtime, dispatcher)
-
-    with _sync_lock(runtime, source_name):
-        connector = runtime.connector(source_name, bulk=bulk)
-        checker = ImageChecker(runtime.store) if source.check_images else None
-        try:
-            return plan_source(
-                runtime.store,
-                connector,
-                source,
-                mode=mode,
-                on_changed=on_changed,
-                mass_delete_share=runtime.settings.mass_delete_share,
-                allow_mass_delete=allow_mass_delete,
-                image_checker=checker,
-            )
-        finally:
-            connector.close()
-            if checker is not None:
-                checker.close()
+    connector = runtime.connector(source_name, bulk=bulk)
+    checker = ImageChecker(runtime.store) if source.check_images else None
+    try:
+        return plan_source(
+            runtime.store,
+            connector,
+            source,
+            mode=mode,
+            on_changed=_feeding(runtime, dispatcher),
+            mass_delete_share=runtime.settings.mass_delete_share,
+            allow_mass_delete=allow_mass_delete,
+            image_checker=checker,
+            resend=force,
+        )
+    finally:
+        connector.close()
+        if checker is not None:
+            checker.close()
 
 
 def sync_product(
-    runtime: Runtime, source_name: str, product_id: str, dispatcher: Dispatcher, *, force: bool = False
+    runtime: Runtime,
+    source_name: str,
+    product_id: str,
+    dispatcher: Dispatcher,
+    *,
+    force: bool = False,
+    resend: bool = False,
 ) -> bool:
     """Fetch one product from its source and converge it at priority. Returns whether the desired row changed.
 
-    `force` (the admin command) overwrites a newer stored row and retries a failed one.
+    `force` (the admin command) overwrites a newer stored row and retries a failed one; `resend` pushes it whatever
+    the hashes say (`resync --product ID --force`).
     """
     source = runtime.source(source_name)
     connector = runtime.connector(source_name)
@@ -109,14 +150,21 @@ def sync_product(
     except SkippedProduct as skip:
         # The source lists it but the record is unusable: recorded, and kept out of the catalog.
         row = skipped_row(skip, source, utcnow())
-        changed = row is not None and runtime.store.write_desired([row], force=force, priority=True).changed > 0
+        changed = (
+            row is not None
+            and runtime.store.write_desired([row], force=force, priority=True, resend=resend).changed > 0
+        )
         if changed:
             dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
         return changed
     finally:
         connector.close()
     if product is None:
-        changed = runtime.store.mark_deleted(source_name, product_id, updated_at=None if force else utcnow())
+        changed = runtime.store.mark_deleted(
+            source_name, product_id, updated_at=None if force else utcnow(), account=source.account
+        )
+        if resend:
+            runtime.store.resend_rows(source_name, [product_id])
     else:
         try:
             row = desired_row(product, source, _image_verdicts(runtime, source, product))
@@ -125,10 +173,58 @@ def sync_product(
             if skipped is None:
                 return False
             row = skipped
-        changed = runtime.store.write_desired([row], force=force, priority=True).changed > 0
+        changed = runtime.store.write_desired([row], force=force, priority=True, resend=resend).changed > 0
     if changed or force:
         dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
     return changed
+
+
+def accounts(runtime: Runtime) -> list[str]:
+    """The catalog accounts of the deployment: the default one and those the sources file names."""
+    return sorted(runtime.accounts)
+
+
+def run_audit(
+    runtime: Runtime,
+    dispatcher: Dispatcher | None = None,
+    *,
+    account: str | None = None,
+    source: str | None = None,
+    repair: bool = False,
+    allow_mass_delete: bool = False,
+) -> AuditReport:
+    """Audit one account (or one source's products in its account); repairs are pushed through `dispatcher`
+    (without one, repaired rows wait for the next reconcile pass)."""
+    share = runtime.settings.mass_delete_share
+    if source is not None:
+        configured = runtime.source(source)
+        account = configured.account
+        if configured.mass_delete_share is not None:
+            share = configured.mass_delete_share
+    account = account or DEFAULT_ACCOUNT
+    if account not in accounts(runtime):
+        raise ConfigError(f"unknown catalog account {account!r} (known: {', '.join(accounts(runtime))})")
+    return audit(
+        runtime.store,
+        runtime.catalog(account),
+        runtime.sources,
+        account=account,
+        source=source,
+        repair=repair,
+        mass_delete_share=share,
+        allow_mass_delete=allow_mass_delete,
+        on_resend=None if dispatcher is None else _feeding(runtime, dispatcher),
+    )
+
+
+def _feeding(runtime: Runtime, dispatcher: Dispatcher) -> Callable[[str, Sequence[str]], None]:
+    """After rows became bulk work waiting in the database (a sync's changes, an audit's repairs): the feeder
+    hands the queue what the budget serves next."""
+
+    def on_changed(_source: str, _ids: Sequence[str]) -> None:
+        feed(runtime, dispatcher)
+
+    return on_changed
 
 
 def _image_verdicts(runtime: Runtime, source: SourceConfig, product: SourceProduct) -> dict[str, ImageVerdict] | None:

@@ -140,7 +140,15 @@ def desired_row(
 
     def kept_out(reason: str | None = None, detail: str | None = None) -> DesiredRow:
         return DesiredRow(
-            source.name, product.product_id, external_id, None, DELETED, updated_at, reason, detail
+            source.name,
+            product.product_id,
+            external_id,
+            None,
+            DELETED,
+            updated_at,
+            reason,
+            detail,
+            account=source.account,
         )
 
     if product.status != "active":
@@ -160,7 +168,15 @@ def desired_row(
                 return kept_out(NO_USABLE_IMAGES, named + more)
             product = replace(product, images=usable)
     upsert = _validated(catalog_payload(product, source), product.product_id)
-    return DesiredRow(source.name, product.product_id, external_id, upsert.payload(), upsert.content_hash(), updated_at)
+    return DesiredRow(
+        source.name,
+        product.product_id,
+        external_id,
+        upsert.payload(),
+        upsert.content_hash(),
+        updated_at,
+        account=source.account,
+    )
 
 
 def _unusable(product: SourceProduct, images: Mapping[str, ImageVerdict]) -> list[ImageVerdict]:
@@ -172,16 +188,21 @@ def skipped_row(skip: SkippedProduct, source: SourceConfig, updated_at: datetime
     """A record the source lists but that cannot be a catalog product: recorded, and kept out of the catalog."""
     if not skip.product_id or product_id_problem(skip.product_id) is not None:
         return None
+    try:
+        external_id = external_id_for(skip.product_id, None, source)
+    except SkippedProduct:
+        external_id = skip.product_id  # the template needs a handle this record does not have; nothing is sent
     moment = source_time(updated_at) if updated_at is not None else None
     return DesiredRow(
         source.name,
         skip.product_id,
-        skip.product_id,
+        external_id,
         None,
         DELETED,
         moment,
         skip_reason=skip.reason[:64],
         skip_detail=skip.detail or None,
+        account=source.account,
     )
 
 
@@ -231,9 +252,11 @@ def plan_source(
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
     image_checker: ImageChecker | None = None,
+    resend: bool = False,
 ) -> RunReport:
-    """Read a source and record its desired state; enqueue (through `on_changed`) what changed. With an
-    `image_checker`, each page's image URLs are checked (or found in its cache) before its rows are built.
+    """Read a source and record its desired state; enqueue (through `on_changed`) what changed, or with `resend`
+    every product read, whatever the hashes say (`resync --full --force`). With an `image_checker`, each page's
+    image URLs are checked (or found in its cache) before its rows are built.
 
     A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
     """
@@ -248,12 +271,12 @@ def plan_source(
     # deletion brake counts them with the products the source dropped.
     held: list[DesiredRow] = []
     try:
-        for page in _pages(connector.iter_products(since), page_size):
+        for page in paged(connector.iter_products(since), page_size):
             verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
-            rows = _rows(page, source, report.counts, verdicts)
+            rows = page_rows(page, source, report.counts, verdicts)
             if full:
                 rows = _hold_kept_out(store, source.name, rows, held)
-            _write(store, report, rows, on_changed, run_id=run_id if full else None)
+            _write(store, report, rows, on_changed, run_id=run_id if full else None, resend=resend)
         if full:
             _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
     except Exception as exc:
@@ -271,9 +294,15 @@ def plan_source(
 
 
 def _write(
-    store: Store, report: RunReport, rows: Sequence[DesiredRow], on_changed: OnChanged, *, run_id: int | None
+    store: Store,
+    report: RunReport,
+    rows: Sequence[DesiredRow],
+    on_changed: OnChanged,
+    *,
+    run_id: int | None,
+    resend: bool = False,
 ) -> None:
-    result = store.write_desired(rows, run_id=run_id)
+    result = store.write_desired(rows, run_id=run_id, resend=resend)
     report.counts["changed"] += result.changed
     report.counts["unchanged"] += result.unchanged
     report.counts["stale"] += result.stale
@@ -308,7 +337,7 @@ def _check_images(
     return checker.check(urls)
 
 
-def _rows(
+def page_rows(
     page: Sequence[SourceProduct | SkippedProduct],
     source: SourceConfig,
     counts: Counter[str],
@@ -386,9 +415,7 @@ def _delete_missing(
         on_changed(source.name, ids)
 
 
-def _pages(
-    items: Iterable[SourceProduct | SkippedProduct], size: int
-) -> Iterator[list[SourceProduct | SkippedProduct]]:
+def paged(items: Iterable[SourceProduct | SkippedProduct], size: int) -> Iterator[list[SourceProduct | SkippedProduct]]:
     iterator = iter(items)
     while page := list(islice(iterator, size)):
         yield page

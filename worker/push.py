@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from worker.catalog import CatalogClient, ProductUpsert
 from worker.errors import AuthError, RateLimited, RejectedError, RetryableError
@@ -76,7 +76,7 @@ def push(
         store.mark_dequeued(source, product_id)
         return Outcome.NOOP
     try:
-        outcome = _converge(catalog, claim)
+        outcome, expires_at = _converge(catalog, claim)
     except RateLimited as exc:
         wait = exc.retry_after if exc.retry_after is not None else DEFAULT_RATE_LIMIT_WAIT
         retry_at = utcnow() + timedelta(seconds=wait * (1 + 0.2 * jitter()))
@@ -115,20 +115,28 @@ def push(
         # Anything unexpected: give the lease back so the row is not stuck until the lease expires.
         store.release(claim, retry_at=utcnow() + backoff(claim.attempts + 1, jitter))
         raise
-    if not store.record_success(claim):
+    if not store.record_success(claim, expires_at=expires_at):
         return Outcome.SUPERSEDED
     return outcome
 
 
-def _converge(catalog: CatalogClient, claim: Claim) -> Outcome:
+def _converge(catalog: CatalogClient, claim: Claim) -> tuple[Outcome, datetime | None]:
+    """Make the catalog hold the claim's desired state; returns what was done and the catalog's `expiresAt`.
+
+    After a template change the product moves: the new externalId is written first and the old one deleted
+    second, so the product is never missing from the catalog and a failure in between is finished by the retry
+    (the row still remembers the old id)."""
+    held = claim.catalog_external_id
     if claim.payload is None:
         if claim.synced_hash is None:
             # We never put it in the catalog: nothing to remove.
-            return Outcome.CONVERGED_WITHOUT_CALL
-        catalog.delete(claim.external_id, priority=claim.priority)
-        return Outcome.DELETED
-    catalog.upsert(ProductUpsert.model_validate(claim.payload), priority=claim.priority)
-    return Outcome.UPSERTED
+            return Outcome.CONVERGED_WITHOUT_CALL, None
+        catalog.delete(held or claim.external_id, priority=claim.priority)
+        return Outcome.DELETED, None
+    product = catalog.upsert(ProductUpsert.model_validate(claim.payload), priority=claim.priority)
+    if held is not None and held != claim.external_id:
+        catalog.delete(held, priority=claim.priority)
+    return Outcome.UPSERTED, product.expires_at
 
 
 def backoff(attempt: int, jitter: Callable[[], float] = random.random) -> timedelta:

@@ -46,6 +46,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from config.accounts import DEFAULT_ACCOUNT, Account
 from config.rates import format_rate
 from worker.errors import ConfigError, RateLimited, RetryableError
 
@@ -54,8 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The budget key shared by every process that talks to the catalog with the same API key.
+# The budget key shared by every process that talks to the default account's catalog.
 DEFAULT_KEY = "catalog-sync:ratelimit:catalog"
+# Budget keys of the accounts named in the sources file: the prefix, then the account's name.
+ACCOUNT_KEY_PREFIX = "catalog-sync:ratelimit:account:"
 # Suffix of the shared 429 cool-down key.
 COOLDOWN_SUFFIX = ":cooldown"
 # Suffix of the marker a waiting priority caller sets: bulk callers step aside while it lives.
@@ -401,14 +404,19 @@ class LocalLimiter:
             return 0.0, False
 
 
-def build_limiter(settings: Settings, *, embedded: bool = False, key: str = DEFAULT_KEY) -> Limiter:
+def build_limiter(
+    settings: Settings, *, embedded: bool = False, key: str = DEFAULT_KEY, account: Account | None = None
+) -> Limiter:
     """The limiter for this process: `LocalLimiter` in the embedded mode, otherwise `RedisLimiter` on
-    `settings.redis_url`, or on the broker when the broker is Redis.
+    `settings.redis_url`, or on the broker when the broker is Redis. Paced for `account` (its limit, burst and
+    reserve, under its own key) or for the default account of the settings.
 
     A non-Redis broker without `CATALOG_SYNC_REDIS_URL` is a `ConfigError`: a per-process budget would multiply the
     catalog's limit by the number of workers.
     """
-    rate, burst, reserve = pacing(settings)
+    rate, burst, reserve = pacing(account or default_account(settings))
+    if account is not None and account.name != DEFAULT_ACCOUNT:
+        key = account_key(account.name)
     if embedded:
         return LocalLimiter(rate, burst, reserve=reserve)
     url = settings.redis_url
@@ -432,25 +440,39 @@ def build_limiter(settings: Settings, *, embedded: bool = False, key: str = DEFA
     return RedisLimiter(client, key=key, rate=rate, burst=burst, reserve=reserve)
 
 
-def pacing(settings: Settings) -> tuple[float, int, int]:
-    """(steady rate per second, burst, priority reserve) that never exceed the catalog's limit in any window.
+def account_key(name: str) -> str:
+    """The budget key of a configured account: every process writing to it shares this one budget."""
+    return f"{ACCOUNT_KEY_PREFIX}{name}"
+
+
+def default_account(settings: Settings) -> Account:
+    from config.accounts import resolve_accounts
+
+    return resolve_accounts({}, settings)[DEFAULT_ACCOUNT]
+
+
+def pacing(account: Account) -> tuple[float, int, int]:
+    """(steady rate per second, burst, priority reserve) that never exceed the account's limit in any window.
 
     The catalog counts requests per window (a minute); a GCRA budget lets `burst` requests through at once and then
     `rate` per second, so in one window it may send `burst + rate x window`. Pacing at the limit minus the burst's
     share of a window keeps that at or under the limit, so saturation never earns a 429: at 100/minute with a burst
     of 2, 98 requests a minute.
     """
-    limit, burst, reserve = settings.catalog_rate_limit, settings.catalog_burst, settings.catalog_priority_reserve
-    steady = limit - burst / settings.catalog_rate_window
+    limit, burst, reserve = account.rate_limit, account.burst, account.priority_reserve
+    where = (
+        "CATALOG_SYNC_CATALOG_" if account.name == DEFAULT_ACCOUNT else f"account {account.name!r}: "
+    )
+    steady = limit - burst / account.window
     if steady <= 0:
         raise ConfigError(
-            f"CATALOG_SYNC_CATALOG_BURST={burst} uses up the whole CATALOG_SYNC_CATALOG_RATE_LIMIT "
-            f"({format_rate(limit)}) within one {settings.catalog_rate_window:g} s window: lower the burst"
+            f"{where}BURST={burst} uses up the whole {where}RATE_LIMIT ({format_rate(limit)}) within one "
+            f"{account.window:g} s window: lower the burst"
         )
     if reserve >= burst:
         raise ConfigError(
-            f"CATALOG_SYNC_CATALOG_PRIORITY_RESERVE={reserve} must be less than CATALOG_SYNC_CATALOG_BURST={burst}: "
-            "bulk pushes need at least one slot of the burst"
+            f"{where}PRIORITY_RESERVE={reserve} must be less than {where}BURST={burst}: bulk pushes need at least one "
+            "slot of the burst"
         )
     return steady, burst, reserve
 

@@ -11,6 +11,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from config.accounts import (
+    DEFAULT_ACCOUNT,
+    Account,
+    AccountConfig,
+    check_source_accounts,
+    load_accounts,
+    resolve_accounts,
+)
 from config.settings import Settings, get_settings
 from config.sources import SourceConfig, load_sources
 from connectors import build_connector
@@ -28,20 +36,27 @@ class Runtime:
     settings: Settings
     sources: dict[str, SourceConfig]
     store: Store
-    limiter: Limiter
+    limiter: Limiter  # the default account's
     embedded: bool = False
-    _catalog: CatalogClient | None = field(default=None, repr=False)
+    # The accounts named in the sources file; the default account comes from the settings.
+    account_configs: dict[str, AccountConfig] = field(default_factory=dict)
+    _catalogs: dict[str, CatalogClient] = field(default_factory=dict, repr=False)
+    _limiters: dict[str, Limiter] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def build(cls, settings: Settings | None = None, *, embedded: bool = False, check_schema: bool = True) -> Runtime:
         settings = settings or get_settings()
         sources = load_sources(Path(settings.config))
+        account_configs = load_accounts(Path(settings.config))
+        check_source_accounts(sources, {DEFAULT_ACCOUNT: None, **account_configs}, origin=str(settings.config))
         engine = make_engine(settings.database_url)
         if check_schema:
             # The embedded SQLite default upgrades itself; a shared database is upgraded by the operator.
             schema.ensure_current(engine, auto_upgrade=settings.database_url.startswith("sqlite"))
-        return cls(settings, sources, Store(engine), build_limiter(settings, embedded=embedded), embedded)
+        return cls(
+            settings, sources, Store(engine), build_limiter(settings, embedded=embedded), embedded, account_configs
+        )
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -55,19 +70,56 @@ class Runtime:
     def connector(self, name: str, *, bulk: bool | None = None) -> Connector:
         return build_connector(self.source(name), bulk=bulk)
 
-    def catalog(self) -> CatalogClient:
+    @property
+    def accounts(self) -> dict[str, Account]:
+        """Every account of the deployment, settings resolved: the default one first."""
+        return resolve_accounts(self.account_configs, self.settings)
+
+    def account(self, name: str) -> Account:
+        try:
+            return self.accounts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.accounts))
+            raise ConfigError(f"unknown catalog account {name!r} (known: {known})") from None
+
+    def limiter_for(self, account: str) -> Limiter:
+        """The budget every process writing to `account` shares."""
+        if account == DEFAULT_ACCOUNT:
+            return self.limiter
         with self._lock:
-            if self._catalog is None:
-                self._catalog = CatalogClient.from_settings(self.settings, limiter=self.limiter)
-            return self._catalog
+            if account not in self._limiters:
+                self._limiters[account] = build_limiter(
+                    self.settings, embedded=self.embedded, account=self.account(account)
+                )
+            return self._limiters[account]
+
+    def catalog(self, account: str = DEFAULT_ACCOUNT) -> CatalogClient:
+        """The catalog client of `account`, paced by its limiter; one per account and process."""
+        limiter = self.limiter_for(account)
+        with self._lock:
+            if account not in self._catalogs:
+                if account == DEFAULT_ACCOUNT:
+                    client = CatalogClient.from_settings(self.settings, limiter=limiter)
+                else:
+                    resolved = self.account(account)
+                    settings = self.settings.model_copy(
+                        update={"catalog_url": resolved.base_url, "catalog_api_key": resolved.api_key}
+                    )
+                    client = CatalogClient.from_settings(settings, limiter=limiter)
+                self._catalogs[account] = client
+            return self._catalogs[account]
+
+    def catalog_for(self, source: str) -> CatalogClient:
+        """The catalog client of the account `source` writes to."""
+        return self.catalog(self.source(source).account)
 
     @property
     def push_settings(self) -> PushSettings:
         return PushSettings(lease_seconds=self.settings.lease_seconds, max_attempts=self.settings.push_max_attempts)
 
     def close(self) -> None:
-        if self._catalog is not None:
-            self._catalog.close()
+        for client in self._catalogs.values():
+            client.close()
         self.store.close()
 
 

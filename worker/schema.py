@@ -40,6 +40,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    config = _config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
 def check_current(engine: Engine) -> None:
     """Raise `ConfigError` saying what to run when the database is not at the code's schema revision."""
     current, head = current_revision(engine), head_revision()

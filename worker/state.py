@@ -40,6 +40,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -47,8 +48,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+# externalIds are unique per catalog account; every source writes to this one until the sources file names accounts.
+from config.accounts import DEFAULT_ACCOUNT
+
 # The desired/synced hash of "not in the catalog".
 DELETED = "deleted"
+# The synced hash of "the catalog may hold anything": a forced resend or an audit repair makes the row push again,
+# an upsert for a wanted product and a delete for an unwanted one, whatever the hashes said before.
+UNKNOWN = "unknown"
+# Why a product is kept out of the catalog: its externalId belongs to another (source, product) of the account.
+EXTERNAL_ID_CONFLICT = "external_id_conflict"
 # SQLite waits this long for a competing writer before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option marking a connection whose transactions only read (SQLite begins them deferred).
@@ -57,7 +66,8 @@ READ_ONLY_OPTION = "catalog_sync_read_only"
 # variable limit (32,766) with ~12 columns a row.
 BATCH_SIZE = 500
 
-Status = Literal["pending", "synced", "failed", "skipped", "deleted"]
+# `expired`: the catalog let the product expire (validForDays) and its source chose not to restore it.
+Status = Literal["pending", "synced", "failed", "skipped", "deleted", "expired"]
 RunMode = Literal["full", "incremental", "product"]
 RunOutcome = Literal["running", "completed", "failed", "deletion_blocked"]
 
@@ -115,6 +125,13 @@ class ProductRow(Base):
     # message costs a delay and a backlog in the queue is not duplicated every few seconds.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The catalog account the product is written to; externalIds are unique within it.
+    account: Mapped[str] = mapped_column(String(64), default=DEFAULT_ACCOUNT, server_default=DEFAULT_ACCOUNT)
+    # The externalId the catalog was last confirmed to hold for this product (None: nothing). It differs from
+    # `external_id` (the desired one) after a template change, until the push that moves the product converges.
+    catalog_external_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # The catalog's `expiresAt` from the last upsert: an audit tells an expired product from a deleted one.
+    catalog_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Touched by a webhook or an admin command: served ahead of bulk work, through every wait and retry, until the
     # row converges.
     priority: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
@@ -122,7 +139,25 @@ class ProductRow(Base):
     __table_args__ = (
         Index("ix_products_due", "status", "next_attempt_at"),
         Index("ix_products_source_status", "source", "status"),
+        Index("ix_products_catalog_id", "account", "catalog_external_id"),
     )
+
+
+class ExternalIdRow(Base):
+    """Which (source, product) owns an externalId in an account. The primary key is the uniqueness guarantee that
+    concurrent writers (a full sync of one source, a webhook of another) cannot both get past.
+
+    A claim is released lazily: another product may take it over once the owner's row neither wants that id
+    (`external_id` with a live desired state) nor holds it in the catalog (`catalog_external_id`)."""
+
+    __tablename__ = "external_ids"
+
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    product_id: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (Index("ix_external_ids_owner", "source", "product_id"),)
 
 
 class RunRow(Base):
@@ -151,6 +186,11 @@ class SourceStateRow(Base):
     paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     sync_lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     sync_lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # A sync that fell due while another held the lock waits here instead of being dropped; `full` covers
+    # `incremental`, so a waiting full run is never replaced by an incremental one.
+    deferred_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    deferred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deferred_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class DeliveryRow(Base):
@@ -245,8 +285,10 @@ class DesiredRow:
     content_hash: str
     updated_at: datetime | None
     skip_reason: str | None = None
-    # Why, in words (the filter rule, the feed line): shown by `failures --skipped`.
+    # Why, in words (the filter rule, the feed line, the owner of a conflicting externalId): shown by
+    # `failures --skipped`.
     skip_detail: str | None = None
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def is_deletion(self) -> bool:
@@ -278,6 +320,21 @@ class Claim:
     skip_reason: str | None
     lease_token: str
     priority: bool = False
+    # The externalId the catalog holds for this product, when it is not (or no longer) the desired one.
+    catalog_external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogOwner:
+    """The owner of an externalId and its row (the row fields are None when the row is gone)."""
+
+    source: str
+    product_id: str
+    external_id: str | None
+    catalog_external_id: str | None
+    desired_hash: str | None
+    synced_hash: str | None
+    payload: dict[str, Any] | None
 
 
 class Store:
@@ -310,7 +367,13 @@ class Store:
     # ---------------------------------------------------------------------------------------------- desired rows
 
     def write_desired(
-        self, rows: Sequence[DesiredRow], *, run_id: int | None = None, force: bool = False, priority: bool = False
+        self,
+        rows: Sequence[DesiredRow],
+        *,
+        run_id: int | None = None,
+        force: bool = False,
+        priority: bool = False,
+        resend: bool = False,
     ) -> WriteResult:
         """Record desired states in one transaction per batch.
 
@@ -322,19 +385,32 @@ class Store:
         `priority` rows (a webhook, an admin command) are marked as on their way, since the caller hands them to
         the queue at once, and keep their priority until they converge. Bulk rows wait for the feeder
         (`take_bulk`), which hands the queue only what the budget can serve.
+
+        A live product whose externalId another product of the account owns is recorded `skipped:
+        external_id_conflict` (naming the owner) and never written to the catalog. `resend` also makes unchanged
+        rows push again, whatever the catalog is believed to hold (`resync --force`).
         """
         changed: list[str] = []
         unchanged = stale = 0
         for start in range(0, len(rows), BATCH_SIZE):
             batch = _dedupe(rows[start : start + BATCH_SIZE])
             with self.session() as session:
-                ids, u, s = self._write_batch(session, batch, run_id=run_id, force=force, priority=priority)
+                ids, u, s = self._write_batch(
+                    session, batch, run_id=run_id, force=force, priority=priority, resend=resend
+                )
             changed.extend(ids)
             unchanged, stale = unchanged + u, stale + s
         return WriteResult(tuple(changed), unchanged, stale)
 
     def _write_batch(
-        self, session: Session, batch: Sequence[DesiredRow], *, run_id: int | None, force: bool, priority: bool
+        self,
+        session: Session,
+        batch: Sequence[DesiredRow],
+        *,
+        run_id: int | None,
+        force: bool,
+        priority: bool,
+        resend: bool,
     ) -> tuple[list[str], int, int]:
         if not batch:
             return [], 0, 0
@@ -345,18 +421,25 @@ class Store:
         existing = {
             r.product_id: r
             for r in session.execute(
-                select(ProductRow.product_id, ProductRow.desired_hash, ProductRow.source_updated_at).where(
-                    ProductRow.source == source, ProductRow.product_id.in_(ids)
-                )
+                select(
+                    ProductRow.product_id,
+                    ProductRow.desired_hash,
+                    ProductRow.source_updated_at,
+                    ProductRow.skip_detail,
+                ).where(ProductRow.source == source, ProductRow.product_id.in_(ids))
             )
         }
         to_write: list[dict[str, Any]] = []
         unchanged = stale = 0
+        resent: list[str] = []
         now = utcnow()
         for row in batch:
             old = existing.get(row.product_id)
             if old is not None and old.desired_hash == row.content_hash and not force:
-                unchanged += 1
+                if resend:
+                    resent.append(row.product_id)
+                else:
+                    unchanged += 1
                 continue
             if old is not None and not force and _older(row.updated_at, old.source_updated_at):
                 stale += 1
@@ -364,6 +447,7 @@ class Store:
             to_write.append(
                 {
                     "source": row.source,
+                    "account": row.account,
                     "product_id": row.product_id,
                     "external_id": row.external_id,
                     "desired_payload": row.payload,
@@ -382,15 +466,152 @@ class Store:
                     "priority": priority,
                 }
             )
+        self._refuse_conflicts(session, to_write)
+        # A product refused again for the same owner changes nothing: no write, no push, counted unchanged.
+        refused_again = [
+            v
+            for v in to_write
+            if v["skip_reason"] == EXTERNAL_ID_CONFLICT
+            and (old := existing.get(v["product_id"])) is not None
+            and old.desired_hash == DELETED
+            and old.skip_detail == v["skip_detail"]
+        ]
+        if refused_again and not force:
+            unchanged += len(refused_again)
+            skip = {v["product_id"] for v in refused_again}
+            to_write = [v for v in to_write if v["product_id"] not in skip]
         written = self._upsert_rows(session, to_write, force=force) if to_write else []
+        # Rows the guard refused (a concurrent newer write) count as stale.
+        stale += len(to_write) - len(written)
+        if resend:
+            marked = self._mark_unsynced(session, source, resent + written, priority=priority)
+            written = list(dict.fromkeys(written + marked))
         if run_id is not None:
             session.execute(
                 update(ProductRow)
                 .where(ProductRow.source == source, ProductRow.product_id.in_(ids))
                 .values(seen_run_id=run_id)
             )
-        # Rows the guard refused (a concurrent newer write) count as stale.
-        return written, unchanged, stale + (len(to_write) - len(written))
+        return written, unchanged, stale
+
+    def _refuse_conflicts(self, session: Session, values: list[dict[str, Any]]) -> None:
+        """Claim the externalIds of the live rows about to be written; a row whose id another product owns (and
+        still wants or holds) becomes `skipped: external_id_conflict`, in place."""
+        live = [v for v in values if v["desired_payload"] is not None]
+        if not live:
+            return
+        account = live[0]["account"]
+        claims: dict[str, dict[str, str]] = {}
+        for v in live:
+            claims.setdefault(
+                v["external_id"],
+                {
+                    "account": account,
+                    "external_id": v["external_id"],
+                    "source": v["source"],
+                    "product_id": v["product_id"],
+                },
+            )
+        in_batch = {(v["source"], v["product_id"]) for v in live}
+        insert_fn = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        # Sorted, so two writers that claim overlapping ids lock them in one order (PostgreSQL) and never deadlock.
+        ordered = sorted(claims)
+        session.execute(
+            insert_fn(ExternalIdRow).on_conflict_do_nothing(index_elements=["account", "external_id"]),
+            [claims[external_id] for external_id in ordered],
+        )
+        # The claims stay locked until this transaction commits: another writer that wants to take one over decides
+        # only after this one has written its row, so it cannot take an id this one is about to use.
+        owners = self._owners(session, account, ordered, lock=True)
+        for value in live:
+            owner = owners[value["external_id"]]
+            if owner == (value["source"], value["product_id"]):
+                continue
+            # A product of this very batch owns it (two products of one source render the same id): the first wins.
+            if owner not in in_batch and not self._still_owns(session, account, value["external_id"], owner):
+                taken = session.execute(
+                    update(ExternalIdRow)
+                    .where(
+                        ExternalIdRow.account == account,
+                        ExternalIdRow.external_id == value["external_id"],
+                        ExternalIdRow.source == owner[0],
+                        ExternalIdRow.product_id == owner[1],
+                    )
+                    .values(source=value["source"], product_id=value["product_id"])
+                    .returning(ExternalIdRow.source)
+                ).first()
+                if taken is not None:
+                    owners[value["external_id"]] = (value["source"], value["product_id"])
+                    continue
+                owner = self._owners(session, account, [value["external_id"]], lock=True)[value["external_id"]]
+            value.update(
+                desired_payload=None,
+                desired_hash=DELETED,
+                skip_reason=EXTERNAL_ID_CONFLICT,
+                status="skipped",
+                last_error_code=EXTERNAL_ID_CONFLICT,
+                skip_detail=conflict_message(value["external_id"], owner),
+            )
+
+    @staticmethod
+    def _owners(
+        session: Session, account: str, external_ids: Sequence[str], *, lock: bool = False
+    ) -> dict[str, tuple[str, str]]:
+        query = select(ExternalIdRow.external_id, ExternalIdRow.source, ExternalIdRow.product_id).where(
+            ExternalIdRow.account == account, ExternalIdRow.external_id.in_(list(external_ids))
+        )
+        if lock:
+            # SQLite has no row locks and needs none: its writers already run one at a time (BEGIN IMMEDIATE).
+            query = query.order_by(ExternalIdRow.external_id).with_for_update()
+        return {external_id: (src, pid) for external_id, src, pid in session.execute(query)}
+
+    @staticmethod
+    def _still_owns(session: Session, account: str, external_id: str, owner: tuple[str, str]) -> bool:
+        """The owner's row still wants this id for a live product, or the catalog still holds it under this id."""
+        row = session.execute(
+            select(
+                ProductRow.external_id, ProductRow.desired_hash, ProductRow.catalog_external_id, ProductRow.account
+            ).where(ProductRow.source == owner[0], ProductRow.product_id == owner[1])
+        ).first()
+        if row is None or row.account != account:
+            return False
+        wants: bool = row.external_id == external_id and row.desired_hash != DELETED
+        return wants or row.catalog_external_id == external_id
+
+    def resend_rows(self, source: str, product_ids: Sequence[str], *, priority: bool = True) -> list[str]:
+        """Forget what the catalog was confirmed to hold for these rows: they push again (`--force`)."""
+        with self.session() as session:
+            return self._mark_unsynced(session, source, product_ids, priority=priority)
+
+    @staticmethod
+    def _mark_unsynced(session: Session, source: str, product_ids: Sequence[str], *, priority: bool) -> list[str]:
+        """Forget what the catalog was confirmed to hold: the rows push again (an upsert, or a delete); priority
+        rows are on their way at once, bulk rows wait for the feeder.
+
+        A row kept out of the catalog that holds nothing there (a conflict, a product never sent) is left alone:
+        a delete on its behalf could only remove another product's externalId."""
+        if not product_ids:
+            return []
+        result = session.execute(
+            update(ProductRow)
+            .where(
+                ProductRow.source == source,
+                ProductRow.product_id.in_(list(product_ids)),
+                or_(ProductRow.desired_hash != DELETED, ProductRow.catalog_external_id.is_not(None)),
+            )
+            .values(
+                synced_hash=UNKNOWN,
+                status=case((ProductRow.status == "skipped", "skipped"), else_="pending"),
+                attempts=0,
+                next_attempt_at=None,
+                enqueued_at=utcnow() if priority else None,
+                changed_at=utcnow(),
+                # A bulk resend never takes a webhook's priority away before the row converges.
+                priority=True if priority else ProductRow.priority,
+            )
+            .returning(ProductRow.product_id)
+        )
+        return [r[0] for r in result]
 
     def _upsert_rows(self, session: Session, values: list[dict[str, Any]], *, force: bool) -> list[str]:
         dialect = session.get_bind().dialect.name
@@ -518,7 +739,13 @@ class Store:
             )
 
     def mark_deleted(
-        self, source: str, product_id: str, *, updated_at: datetime | None, external_id: str | None = None
+        self,
+        source: str,
+        product_id: str,
+        *,
+        updated_at: datetime | None,
+        external_id: str | None = None,
+        account: str = DEFAULT_ACCOUNT,
     ) -> bool:
         """A webhook or admin deletion. Returns False when the stored row is newer than the deletion.
 
@@ -549,6 +776,7 @@ class Store:
                 "enqueued_at": utcnow(),
                 "changed_at": utcnow(),
                 "priority": True,
+                "account": current.account if current is not None else account,
             }
             return bool(self._upsert_rows(session, [values], force=updated_at is None))
 
@@ -580,16 +808,18 @@ class Store:
                     ProductRow.synced_hash,
                     ProductRow.attempts,
                     ProductRow.skip_reason,
+                    ProductRow.catalog_external_id,
                     ProductRow.priority,
                 )
             ).first()
         if row is None:
             return None
-        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token, bool(row[6]))
+        return Claim(source, product_id, row[0], row[1], row[2], row[3], row[4], row[5], token, bool(row[7]), row[6])
 
-    def record_success(self, claim: Claim) -> bool:
-        """The catalog now holds `claim.desired_hash`. Returns True when the row is converged; False when the
-        desired state changed meanwhile (the row stays pending for another push)."""
+    def record_success(self, claim: Claim, *, expires_at: datetime | None = None) -> bool:
+        """The catalog now holds `claim.desired_hash` (under `claim.external_id`, or nothing for a deletion), with
+        the catalog's `expiresAt`. Returns True when the row is converged; False when the desired state changed
+        meanwhile (the row stays pending for another push)."""
         converged_status = "skipped" if claim.skip_reason else ("deleted" if claim.payload is None else "synced")
         now = utcnow()
         with self.session() as session:
@@ -616,6 +846,8 @@ class Store:
                     ),
                     last_error_message=None,
                     last_synced_at=now,
+                    catalog_external_id=None if claim.payload is None else claim.external_id,
+                    catalog_expires_at=expires_at,
                     priority=case((ProductRow.desired_hash == claim.desired_hash, False), else_=ProductRow.priority),
                 )
                 .returning(ProductRow.desired_hash)
@@ -847,6 +1079,45 @@ class Store:
                 .values(sync_lock_until=None, sync_lock_token=None)
             )
 
+    def defer_sync(self, source: str, mode: str, *, reason: str) -> str:
+        """Remember a sync that could not start because another holds the lock; returns the mode that now waits
+        (a waiting full run stays full: it covers an incremental one)."""
+        with self.session() as session:
+            row = self._source_state(session, source)
+            if row.deferred_mode != "full":
+                row.deferred_mode = mode
+            if row.deferred_at is None:
+                row.deferred_at = utcnow()
+            row.deferred_reason = reason
+            return row.deferred_mode or mode
+
+    def take_deferred(self, source: str) -> str | None:
+        """The mode of a waiting sync, cleared in the same transaction (the lock holder runs it)."""
+        with self.session() as session:
+            row = session.get(SourceStateRow, source)
+            if row is None or row.deferred_mode is None:
+                return None
+            mode = row.deferred_mode
+            row.deferred_mode = row.deferred_at = row.deferred_reason = None
+            return mode
+
+    def sync_state(self, source: str, *, now: datetime | None = None) -> dict[str, Any]:
+        """What `status` says about a source's syncs: whether one runs, and which kind waits since when and why."""
+        now = now or utcnow()
+        with self.read_session() as session:
+            row = session.get(SourceStateRow, source)
+        if row is None:
+            return {"running": False, "waiting": None}
+        running = row.sync_lock_until is not None and row.sync_lock_until > now
+        waiting = None
+        if row.deferred_mode is not None:
+            waiting = {
+                "mode": row.deferred_mode,
+                "since": row.deferred_at.isoformat() if row.deferred_at else None,
+                "reason": row.deferred_reason,
+            }
+        return {"running": running, "waiting": waiting}
+
     def source_pause(self, source: str, *, now: datetime | None = None) -> str | None:
         """The reason pushes of this source are paused, or None."""
         now = now or utcnow()
@@ -987,6 +1258,145 @@ class Store:
         with self.read_session() as session:
             return list(session.scalars(query))
 
+    # ------------------------------------------------------------------------------------------------ dry runs
+
+    def desired_view(self, source: str, product_ids: Sequence[str]) -> dict[str, ProductRow]:
+        """The stored rows of these products, read only (what a dry run compares against)."""
+        with self.read_session() as session:
+            rows = session.scalars(
+                select(ProductRow).where(ProductRow.source == source, ProductRow.product_id.in_(list(product_ids)))
+            )
+            return {row.product_id: row for row in rows}
+
+    def wanted_rows(self, source: str) -> list[tuple[str, str]]:
+        """(product id, externalId) of the source's rows still wanted in the catalog."""
+        with self.read_session() as session:
+            rows = session.execute(
+                select(ProductRow.product_id, ProductRow.external_id).where(
+                    ProductRow.source == source, ProductRow.desired_hash != DELETED
+                )
+            )
+            return [(r[0], r[1]) for r in rows]
+
+    def foreign_owners(self, account: str, wanted: Sequence[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+        """For (externalId, source, product id) triples: the other product that owns and still wants or holds each
+        externalId, by externalId; read only (what a write would refuse as a conflict)."""
+        with self.read_session() as session:
+            owners = self._owners(session, account, [w[0] for w in wanted])
+            refused: dict[str, tuple[str, str]] = {}
+            for external_id, source, product_id in wanted:
+                owner = owners.get(external_id)
+                if owner is None or owner == (source, product_id):
+                    continue
+                if self._still_owns(session, account, external_id, owner):
+                    refused[external_id] = owner
+            return refused
+
+    # ----------------------------------------------------------------------------------------- drift (audit)
+
+    def catalog_owners(self, account: str, external_ids: Sequence[str]) -> dict[str, CatalogOwner]:
+        """For externalIds the catalog lists: the (source, product) that owns each and what its row says."""
+        if not external_ids:
+            return {}
+        query = (
+            select(
+                ExternalIdRow.external_id,
+                ExternalIdRow.source,
+                ExternalIdRow.product_id,
+                ProductRow.external_id,
+                ProductRow.catalog_external_id,
+                ProductRow.desired_hash,
+                ProductRow.synced_hash,
+                ProductRow.desired_payload,
+            )
+            .join(
+                ProductRow,
+                and_(ProductRow.source == ExternalIdRow.source, ProductRow.product_id == ExternalIdRow.product_id),
+                isouter=True,
+            )
+            .where(ExternalIdRow.account == account, ExternalIdRow.external_id.in_(list(external_ids)))
+        )
+        with self.read_session() as session:
+            return {row[0]: CatalogOwner(*row[1:]) for row in session.execute(query)}
+
+    def held_in_catalog(
+        self, account: str, *, source: str | None = None, synced_before: datetime
+    ) -> list[tuple[str, str, str, datetime | None]]:
+        """Converged live rows the catalog was confirmed to hold (before `synced_before`): (source, product_id,
+        catalog externalId, catalog expiresAt). An audit expects to find each of them in the listing."""
+        query = select(
+            ProductRow.source, ProductRow.product_id, ProductRow.catalog_external_id, ProductRow.catalog_expires_at
+        ).where(
+            ProductRow.account == account,
+            ProductRow.catalog_external_id.is_not(None),
+            ProductRow.desired_hash != DELETED,
+            ProductRow.desired_hash == ProductRow.synced_hash,
+            or_(ProductRow.last_synced_at.is_(None), ProductRow.last_synced_at < synced_before),
+        )
+        if source is not None:
+            query = query.where(ProductRow.source == source)
+        with self.read_session() as session:
+            return [(r[0], r[1], str(r[2]), r[3]) for r in session.execute(query)]
+
+    def resend(self, keys: Sequence[tuple[str, str]], *, catalog_holds: bool) -> list[tuple[str, str]]:
+        """Audit repair: converged rows push again. `catalog_holds` False (the catalog lost the product): nothing
+        is held any more; True (it holds something else): the held product is overwritten. Rows that changed since
+        the audit looked are left to their own push. They are bulk work: the feeder hands them to the queue."""
+        values: dict[str, Any] = {"status": "pending", "attempts": 0, "next_attempt_at": None, "enqueued_at": None}
+        if catalog_holds:
+            values["synced_hash"] = UNKNOWN
+        else:
+            values.update(synced_hash=None, catalog_external_id=None, catalog_expires_at=None)
+        return self._update_converged(keys, values)
+
+    def mark_expired(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The catalog let these products expire and their source does not restore them: recorded `expired`;
+        they come back when they change in the source, or with `resync --force`."""
+        return self._update_converged(
+            keys, {"status": "expired", "catalog_external_id": None, "last_error_code": "expired"}
+        )
+
+    def _update_converged(self, keys: Sequence[tuple[str, str]], values: dict[str, Any]) -> list[tuple[str, str]]:
+        done: list[tuple[str, str]] = []
+        with self.session() as session:
+            for start in range(0, len(keys), BATCH_SIZE):
+                chunk = list(keys[start : start + BATCH_SIZE])
+                result = session.execute(
+                    update(ProductRow)
+                    .where(
+                        tuple_(ProductRow.source, ProductRow.product_id).in_(chunk),
+                        ProductRow.desired_hash == ProductRow.synced_hash,
+                        ProductRow.lease_until.is_(None) | (ProductRow.lease_until < utcnow()),
+                    )
+                    .values(**values, changed_at=utcnow())
+                    .returning(ProductRow.source, ProductRow.product_id)
+                )
+                done += [(r[0], r[1]) for r in result]
+        return done
+
+    def forget_catalog_ids(self, account: str, external_ids: Sequence[str]) -> int:
+        """Orphans the audit deleted from the catalog: rows (of removed sources) that held them hold nothing."""
+        count = 0
+        with self.session() as session:
+            for start in range(0, len(external_ids), BATCH_SIZE):
+                chunk = list(external_ids[start : start + BATCH_SIZE])
+                result = session.execute(
+                    update(ProductRow)
+                    .where(ProductRow.account == account, ProductRow.catalog_external_id.in_(chunk))
+                    .values(
+                        catalog_external_id=None,
+                        desired_payload=None,
+                        desired_hash=DELETED,
+                        synced_hash=DELETED,
+                        status="deleted",
+                        last_error_code="orphan_deleted",
+                        changed_at=utcnow(),
+                    )
+                    .returning(ProductRow.product_id)
+                )
+                count += len(result.all())
+        return count
+
     # -------------------------------------------------------------------------------------------------- images
 
     def image_checks(self, url_hashes: Sequence[str]) -> dict[str, ImageCheckRow]:
@@ -1075,6 +1485,13 @@ class Store:
             return len(result.all())
 
 
+def conflict_message(external_id: str, owner: tuple[str, str]) -> str:
+    return (
+        f"externalId {external_id!r} belongs to source {owner[0]!r} (product {owner[1]}); give the sources "
+        'templates that cannot collide, e.g. external_id = "{source}-{id}"'
+    )
+
+
 def _older(incoming: datetime | None, stored: datetime | None) -> bool:
     return incoming is not None and stored is not None and incoming < stored
 
@@ -1092,11 +1509,16 @@ def _dedupe(rows: Sequence[DesiredRow]) -> list[DesiredRow]:
 
 __all__ = [
     "BATCH_SIZE",
+    "DEFAULT_ACCOUNT",
     "DELETED",
+    "EXTERNAL_ID_CONFLICT",
+    "UNKNOWN",
     "Base",
+    "CatalogOwner",
     "Claim",
     "DeliveryRow",
     "DesiredRow",
+    "ExternalIdRow",
     "ImageCheckRow",
     "ProductRow",
     "RunRow",

@@ -75,7 +75,8 @@ def push_many_task(source: str, product_ids: list[str], force: bool = False) -> 
 
 def _push_one(source: str, product_id: str, force: bool) -> Outcome:
     runtime = get_runtime()
-    outcome = push(runtime.store, runtime.catalog(), source, product_id, settings=runtime.push_settings, force=force)
+    catalog = runtime.catalog_for(source)
+    outcome = push(runtime.store, catalog, source, product_id, settings=runtime.push_settings, force=force)
     work_metrics.pushes.labels(source, outcome.value).inc()
     if outcome is Outcome.SUPERSEDED:
         # The row changed while we pushed: converge the newer state right away instead of waiting for reconcile.
@@ -85,26 +86,35 @@ def _push_one(source: str, product_id: str, force: bool) -> Outcome:
 
 @app.task(name="catalog_sync.sync_source")
 def sync_source_task(
-    source: str, mode: RunMode = "incremental", allow_mass_delete: bool = False, bulk: bool | None = None
+    source: str,
+    mode: RunMode = "incremental",
+    allow_mass_delete: bool = False,
+    bulk: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     try:
         report = operations.run_sync(
-            get_runtime(), source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk
+            get_runtime(), source, mode, dispatcher, allow_mass_delete=allow_mass_delete, bulk=bulk, force=force
         )
     except operations.SyncInProgress as exc:
-        log.info("%s", exc)
-        return {"outcome": "skipped", "reason": str(exc)}
+        return {"outcome": "deferred", "waiting": exc.waiting, "reason": str(exc)}
     return {"run_id": report.run_id, "outcome": report.outcome, "counts": dict(report.counts)}
 
 
 @app.task(name="catalog_sync.sync_product")
-def sync_product_task(source: str, product_id: str, force: bool = False) -> bool:
-    return operations.sync_product(get_runtime(), source, product_id, dispatcher, force=force)
+def sync_product_task(source: str, product_id: str, force: bool = False, resend: bool = False) -> bool:
+    return operations.sync_product(get_runtime(), source, product_id, dispatcher, force=force, resend=resend)
 
 
 @app.task(name="catalog_sync.reconcile")
 def reconcile_task() -> int:
     return operations.reconcile(get_runtime(), dispatcher)
+
+
+@app.task(name="catalog_sync.audit")
+def audit_task(account: str, repair: bool = True) -> dict[str, Any]:
+    report = operations.run_audit(get_runtime(), dispatcher, account=account, repair=repair)
+    return report.as_dict()
 
 
 @app.task(name="catalog_sync.housekeeping")

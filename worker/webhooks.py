@@ -549,6 +549,7 @@ class Intake:
                     event.product_id,
                     updated_at=deleted_at,
                     external_id=_external_id(event.product_id, source),
+                    account=source.account,
                 )
                 if changed:
                     state[event.product_id] = (deleted_at, DELETED)
