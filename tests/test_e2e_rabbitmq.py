@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
 from tests.worker_helpers import broker_url_for, flush_broker, sync_through_worker, worker_running
 from worker.celery_app import app as celery
 from worker.celery_app import configure
@@ -71,7 +71,7 @@ def test_a_feed_reaches_the_catalog_through_a_real_worker_on_rabbitmq(world: Syn
         sync_through_worker(world, SOURCE, "full", after_run=first)
 
     catalog = world.catalog_products()
-    assert sorted(catalog) == sorted(str(n) for n in range(39))
-    assert len(catalog["5"]["images"]) == 3
+    assert sorted(catalog) == sorted(ext(str(n)) for n in range(39))
+    assert len(catalog[ext("5")]["images"]) == 3
     assert world.stats()["upserts"] == 40
     assert world.stats()["deletes"] == 1
