@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
@@ -116,6 +116,9 @@ class Settings(BaseSettings):
         4096, ge=16, le=1_000_000, description="Open connections to the webhook server; more are closed on arrival."
     )
     log_level: str = Field("INFO", description="Python log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (with source, product, run where known)."
+    )
 
     @field_validator("database_url")
     @classmethod

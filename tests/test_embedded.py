@@ -63,7 +63,7 @@ def test_run_embedded_syncs_on_schedule_and_serves_webhook_health(world: SyncWor
         while len(world.catalog_products()) < 12 and time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "embedded.log").read_text()
             time.sleep(0.2)
-        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        health = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
     finally:
         process.terminate()
         process.wait(timeout=30)

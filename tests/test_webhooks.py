@@ -33,6 +33,7 @@ from tests.webhooks_support import (
     woo_headers,
 )
 from worker import schema
+from worker.logs import Throttle
 from worker.runtime import Runtime
 from worker.state import DELETED, make_engine
 from worker.webhooks import create_app
@@ -502,11 +503,70 @@ def test_an_oversize_body_sent_by_an_ordinary_client_gets_413(sqlite_env: Env) -
 # ----------------------------------------------------------------------------------------- health and metrics
 
 
-def test_healthz_reports_the_database_and_the_broker(sqlite_env: Env) -> None:
-    response = sqlite_env.client.get("/healthz")
+def test_healthz_says_the_process_serves_and_readyz_reports_the_database_and_the_broker(sqlite_env: Env) -> None:
+    live = sqlite_env.client.get("/healthz")
+    ready = sqlite_env.client.get("/readyz")
 
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+def test_each_delivery_gets_an_access_line_and_refused_signatures_a_throttled_warning(
+    clean_env: None, redis_url: str, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    engine.dispose()
+    sources = make_sources(unique)
+    runtime = make_runtime(url, sources, broker_url(), tmp_path)
+    use_broker(runtime)
+    clock = FakeClock()
+    throttle = Throttle(rate=1.0, burst=3, clock=clock)
+    queues = Queues(broker_url(), sources)
+    shop = f"shop-{unique}"
+    body = body_of(shopify_product(17, title="Coat", updated_at="2024-05-01T10:00:00Z"))
+    caplog.set_level(logging.INFO)
+    try:
+        app = create_app(runtime, refusal_throttle=throttle)
+        with running(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+            good = client.post(f"/webhooks/{shop}", content=body, headers=shopify_headers(body, event_id="e-1"))
+            # Given a flood of deliveries signed with the wrong secret
+            refused = [
+                client.post(f"/webhooks/{shop}", content=body, headers=shopify_headers(body, secret="wrong"))
+                for _ in range(6)
+            ]
+            clock.now += 1.0
+            after_a_second = client.post(
+                f"/webhooks/{shop}", content=body, headers=shopify_headers(body, secret="wrong")
+            )
+    finally:
+        queues.clear()
+        queues.close()
+        runtime.close()
+
+    assert good.status_code == 200
+    assert [r.status_code for r in [*refused, after_a_second]] == [401] * 7
+    access = [r for r in caplog.records if r.name == "catalog_sync.access"]
+    assert len(access) == 8
+    assert (access[0].source, access[0].outcome, access[0].status) == (shop, "updated", 200)
+    assert access[0].getMessage().startswith(f"POST /webhooks/{shop} 200 updated")
+    assert {(r.outcome, r.status) for r in access[1:]} == {("unauthorized", 401)}
+    warnings = [r for r in caplog.records if r.name == "worker.webhooks" and "signature" in r.getMessage()]
+    # ... three warnings in the burst, the other three counted, and the next one allowed says so
+    assert len(warnings) == 4
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    assert "3 more refusal(s) not logged" in warnings[-1].getMessage()
+    assert all("wrong" not in r.getMessage() for r in caplog.records)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_metrics_count_deliveries_by_source_topic_and_outcome_and_show_rows_by_status(env: Env) -> None:
@@ -541,10 +601,68 @@ def test_metrics_count_deliveries_by_source_topic_and_outcome_and_show_rows_by_s
     assert samples[("catalog_sync_state_database_up", ())] == 1
 
 
+def test_metrics_show_each_sources_last_run_pause_held_deletions_and_the_queue_depths(env: Env) -> None:
+    store = env.runtime.store
+    held = store.start_run(env.shop, "full")
+    store.finish_run(held, outcome="deletion_blocked", counts={"deletion_blocked": 7})
+    done = store.start_run(env.woo, "incremental")
+    store.finish_run(done, outcome="completed", counts={"synced": 3})
+    store.pause_source(env.woo, until=datetime.now(UTC) + timedelta(minutes=5), reason="AuthError: key refused")
+    body = body_of(shopify_product(18, title="Scarf", updated_at="2024-05-01T10:00:00Z"))
+    assert env.shopify(body, event_id="e-1").json() == {"outcome": "updated"}  # one push waits on push.priority
+    waiting = env.queues.client.llen("push.priority")
+
+    response = env.client.get("/metrics")
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    finished = store.get_run(done).finished_at.timestamp()
+    last_run = "catalog_sync_last_run_timestamp_seconds"
+    woo_run = (last_run, (("mode", "incremental"), ("outcome", "completed"), ("source", env.woo)))
+    assert samples[woo_run] == pytest.approx(finished)
+    assert (last_run, (("mode", "full"), ("outcome", "deletion_blocked"), ("source", env.shop))) in samples
+    assert samples[("catalog_sync_deletions_held", (("source", env.shop),))] == 7
+    assert samples[("catalog_sync_deletions_held", (("source", env.woo),))] == 0
+    assert samples[("catalog_sync_source_paused", (("source", env.woo),))] == 1
+    assert samples[("catalog_sync_source_paused", (("source", env.shop),))] == 0
+    assert samples[("catalog_sync_queue_messages", (("queue", "push.priority"),))] == waiting >= 1
+    assert {q for (name, labels), _ in samples.items() if name == "catalog_sync_queue_messages" for _, q in labels} == {
+        "push.priority",
+        "push",
+        "sync",
+    }
+    assert samples[("catalog_sync_broker_up", ())] == 1
+
+
+def test_a_broker_that_does_not_answer_gives_broker_up_0_and_no_queue_depths(
+    clean_env: None, redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    engine.dispose()
+    runtime = make_runtime(url, make_sources(unique), broker_url(), tmp_path)
+
+    def dead_broker() -> dict[str, int]:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    try:
+        with running(create_app(runtime, queue_depths=dead_broker)) as server:
+            text_body = httpx.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        runtime.close()
+
+    assert "catalog_sync_broker_up 0.0" in text_body
+    assert "catalog_sync_queue_messages" not in text_body
+
+
 # ------------------------------------------------------------------------------------------- database unavailable
 
 
-def test_a_database_that_is_down_answers_503_and_healthz_says_so(
+def test_a_database_that_is_down_answers_503_and_readyz_says_so_while_healthz_stays_live(
     clean_env: None, redis_url: str, tmp_path: Path, unique: str
 ) -> None:
     sources = make_sources(unique)
@@ -558,7 +676,8 @@ def test_a_database_that_is_down_answers_503_and_healthz_says_so(
             delivery = client.post(
                 f"/webhooks/shop-{unique}", content=body, headers=shopify_headers(body, event_id="e-1")
             )
-            health = client.get("/healthz")
+            health = client.get("/readyz")
+            live = client.get("/healthz")
             metrics = client.get("/metrics")
         published = queues.messages()
     finally:
@@ -571,6 +690,7 @@ def test_a_database_that_is_down_answers_503_and_healthz_says_so(
     assert health.status_code == 503
     assert health.json()["database"].startswith("unavailable")
     assert health.json()["broker"] == "ok"
+    assert live.status_code == 200
     assert "catalog_sync_state_database_up 0.0" in metrics.text
     assert published == []
 

@@ -1,5 +1,6 @@
-"""The broker stops while deliveries arrive: every delivery is still acknowledged and committed, `/healthz` says
-the broker is down, and once it is back a reconcile pass dispatches every row that missed its push.
+"""The broker stops while deliveries arrive: every delivery is still acknowledged and committed, `/readyz` says
+the broker is down but stays ready (intake works), and once it is back a reconcile pass dispatches every row that
+missed its push.
 
 The broker is real Redis behind a TCP proxy that the test stops and starts, so the shared server is never touched.
 """
@@ -52,7 +53,7 @@ def test_deliveries_while_the_broker_is_down_are_committed_and_dispatched_once_i
 
                 # Given a healthy broker and one delivery that went through
                 assert deliver(1, "Before the outage", "e-1").json() == {"outcome": "updated"}
-                assert client.get("/healthz").status_code == 200
+                assert client.get("/readyz").status_code == 200
 
                 # When the broker stops and more deliveries come, including a deletion
                 proxy.stop()
@@ -64,12 +65,12 @@ def test_deliveries_while_the_broker_is_down_are_committed_and_dispatched_once_i
                         b'{"id":1}', topic="products/delete", event_id="e-del", triggered_at=datetime.now(UTC)
                     ),
                 )
-                health_down = client.get("/healthz")
+                health_down = client.get("/readyz")
                 published_during = queues.pushed()
 
                 # ... and comes back
                 proxy.start()
-                health_up = client.get("/healthz")
+                health_up = client.get("/readyz")
 
             from worker.tasks import dispatcher
 
@@ -88,11 +89,12 @@ def test_deliveries_while_the_broker_is_down_are_committed_and_dispatched_once_i
     assert [product_id for _, product_id in published_during] == ["1"]
     assert all(row is not None and row.status == "pending" for row in rows.values())
     assert rows["1"].desired_hash == DELETED
-    # ... the health check told the load balancer, and recovered
-    assert health_down.status_code == 503
+    # ... the readiness check said so without taking intake out of the load balancer, and recovered
+    assert health_down.status_code == 200
     assert health_down.json()["broker"].startswith("unavailable")
     assert health_down.json()["database"] == "ok"
     assert health_up.status_code == 200
+    assert health_up.json()["broker"] == "ok"
     # ... and reconcile delivered every product that missed its push, still ahead of bulk work
     assert dispatched >= 5
     assert {"1", "2", "3", "4", "5"} <= requeued

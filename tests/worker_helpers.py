@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,11 +61,20 @@ def catalog_sync(world: SyncWorld, *args: str) -> subprocess.CompletedProcess[st
     )
 
 
-def start_worker(world: SyncWorld, tmp_path: Path, *, concurrency: int = 2) -> subprocess.Popen[bytes]:
+def start_worker(
+    world: SyncWorld,
+    tmp_path: Path,
+    *,
+    concurrency: int = 2,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A `catalog-sync worker` process writing to tmp_path/worker.log; `args` and `env` are added to the defaults."""
     log = (tmp_path / "worker.log").open("ab")
+    command = ["worker", "--concurrency", str(concurrency), *args]
     return subprocess.Popen(
-        [sys.executable, "-c", "from worker.cli import main; main()", "worker", "--concurrency", str(concurrency)],
-        env=worker_env(world),
+        [sys.executable, "-c", "from worker.cli import main; main()", *command],
+        env={**worker_env(world), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,

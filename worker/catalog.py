@@ -51,7 +51,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 from config.settings import Settings
 from connectors.base import CursorPaginator
 from connectors.http import retry_after_seconds
-from worker import __version__
+from worker import __version__, work_metrics
 from worker.errors import (
     AuthError,
     ConfigError,
@@ -63,6 +63,12 @@ from worker.errors import (
     SyncError,
 )
 from worker.ratelimit import Limiter
+
+
+def _observe_call(method: str, path: str, code: str, begun: float) -> None:
+    endpoint = work_metrics.endpoint(path)
+    work_metrics.catalog_calls.labels(method, endpoint, code).inc()
+    work_metrics.catalog_call_seconds.labels(method, endpoint).observe(time.perf_counter() - begun)
 
 __all__ = [
     "STATUS_ERRORS",
@@ -593,20 +599,27 @@ class CatalogClient:
         return response
 
     def _send_once(self, method: str, path: str, *, absent_ok: bool, **kwargs: Any) -> httpx.Response:
+        begun = time.perf_counter()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            _observe_call(method, path, "error", begun)
             # Timeouts, refused or dropped connections: upsert and delete are idempotent, so resending is safe.
             detail = str(exc) or "no detail"
             message = self._redact(f"catalog {method} {self._base_path}/{path}: {type(exc).__name__}: {detail}")
             raise RetryableError(message) from None
+        _observe_call(method, path, str(response.status_code), begun)
         if response.is_success:
             return response
         error = error_for_response(response, redact=self._redact)
         if absent_ok and response.status_code == 404 and getattr(error, "code", None) == NOT_FOUND_CODE:
             return response
-        if isinstance(error, RateLimited) and self._limiter is not None:
-            self._limiter.cool_down(error.retry_after if error.retry_after is not None else DEFAULT_COOL_DOWN)
+        if isinstance(error, RateLimited):
+            cool_down = error.retry_after if error.retry_after is not None else DEFAULT_COOL_DOWN
+            work_metrics.catalog_rate_limited.inc()
+            if self._limiter is not None:
+                work_metrics.catalog_cool_down_seconds.inc(cool_down)
+                self._limiter.cool_down(cool_down)
         raise error
 
     def _is_retryable(self, exc: BaseException) -> bool:
@@ -630,7 +643,12 @@ class CatalogClient:
 
     def _acquire(self, priority: bool) -> None:
         if self._limiter is not None:
-            self._limiter.acquire(max_wait=self.max_retry_after, priority=priority)
+            begun = time.perf_counter()
+            try:
+                self._limiter.acquire(max_wait=self.max_retry_after, priority=priority)
+            finally:
+                waited = time.perf_counter() - begun
+                work_metrics.budget_wait_seconds.labels("priority" if priority else "bulk").observe(waited)
 
     def _log_retry(self, state: RetryCallState, method: str, path: str) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

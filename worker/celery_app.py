@@ -78,6 +78,9 @@ def configure(
         },
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_hijack_root_logger=False,
+        # Task events (sent, started, succeeded, ...) so Flower and `celery events` show what workers are doing.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         beat_schedule=beat_schedule(settings, sources or {}),
         timezone="UTC",
         enable_utc=True,
@@ -91,6 +94,10 @@ def _drop_connections(celery: Celery) -> None:
     amqp = celery.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
+        # The task sender and its event dispatcher are cached with the settings and the transport of their first
+        # use (the event exchange is `fanout` on Redis, `topic` on RabbitMQ): built again for the new broker.
+        for cached in ("send_task_message", "_event_dispatcher"):
+            amqp.__dict__.pop(cached, None)
 
 
 def beat_schedule(settings: Settings, sources: dict[str, SourceConfig]) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -41,18 +42,21 @@ out = Console()
 
 # How often `--wait` looks at the state database.
 WAIT_POLL_SECONDS = 0.5
+# How long `worker --check` waits for the worker's answer: a busy prefork worker answers pings from its main
+# process, so a few seconds is plenty; an orchestrator's probe timeout must be longer.
+WORKER_PING_TIMEOUT = 5.0
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
 def main() -> None:
-    # Commands are quiet unless CATALOG_SYNC_LOG_LEVEL asks for more (DEBUG to see every request, URLs redacted).
+    from worker.logs import configure_from_settings
+
+    # Commands are quiet unless CATALOG_SYNC_LOG_LEVEL asks for more (DEBUG to see every request, URLs redacted);
+    # text or JSON lines (CATALOG_SYNC_LOG_FORMAT). The admin commands speak through rich; logs are for trouble.
     level = logging.getLevelName(os.environ.get("CATALOG_SYNC_LOG_LEVEL", "WARNING").upper())
     level = level if isinstance(level, int) else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level > logging.DEBUG:
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    configure_from_settings(level)
     try:
         app()
     except ConfigError as exc:
@@ -684,11 +688,27 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option(help="Node name, e.g. push1@%h: give each worker on one host its own.")
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Health check: exit 0 if this host's worker (--hostname) answers a ping."),
+    ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve the worker's metrics (all its processes) on this port at /metrics.")
+    ] = None,
 ) -> None:
     """A Celery worker (run as many as you like, on any hosts)."""
+    if metrics_port is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before anything imports prometheus_client (it reads this once): every process of this worker counts in
+        # files of a fresh directory, which the main process adds up (worker/work_metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="catalog-sync-metrics-")
     from worker.celery_app import app as celery
     from worker.celery_app import configure
 
+    if check:
+        raise typer.Exit(_ping_worker(hostname))
+    from worker.logs import install_celery_hooks
+
+    install_celery_hooks()
     runtime = _runtime()  # refuses a missing sources file and an out-of-date schema before any task runs
     configure(celery, runtime.settings, runtime.sources)
     _check_broker(runtime)
@@ -696,7 +716,49 @@ def worker(
     argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--loglevel={loglevel}"]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    if runtime.settings.log_format == "json":
+        # The startup banner is plain text on stdout: a JSON log stream must hold JSON lines only.
+        argv.insert(0, "--quiet")
+    if metrics_port is not None:
+        _serve_worker_metrics(metrics_port)
     celery.worker_main(argv)
+
+
+def _serve_worker_metrics(port: int) -> None:
+    from celery.signals import worker_process_shutdown
+
+    from worker.work_metrics import process_exited, serve_multiprocess
+
+    def child_exited(pid: int | None = None, **_: Any) -> None:
+        if pid is not None:
+            process_exited(pid)
+
+    worker_process_shutdown.connect(child_exited, weak=False)
+    serve_multiprocess(port)
+    logging.getLogger(__name__).info("worker metrics: http://0.0.0.0:%d/metrics", port)
+
+
+def _ping_worker(hostname: str | None) -> int:
+    """`worker --check`: ping the worker this host runs under that node name, over the broker (Celery's
+    `inspect ping` for one destination); exit 0 when it answers, 1 otherwise."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    from config.settings import get_settings
+    from worker.celery_app import app as celery
+    from worker.celery_app import configure
+
+    configure(celery, get_settings())
+    node = host_format(default_nodename(hostname))
+    try:
+        replies = celery.control.ping(destination=[node], timeout=WORKER_PING_TIMEOUT)
+    except Exception as exc:  # kombu's connection errors have no common base worth naming
+        console.print(f"[red]{node}: cannot reach the broker[/red] ({type(exc).__name__})", highlight=False)
+        return EXIT_FAILED
+    if not any(node in reply for reply in replies):
+        console.print(f"[red]{node} did not answer within {WORKER_PING_TIMEOUT:.0f}s[/red]", highlight=False)
+        return EXIT_FAILED
+    console.print(f"{node}: ok", highlight=False)
+    return EXIT_OK
 
 
 @app.command()
@@ -704,7 +766,9 @@ def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO") -> 
     """The scheduler (run exactly one): syncs on each source's intervals and reconciles every few seconds."""
     from worker.celery_app import app as celery
     from worker.celery_app import configure
+    from worker.logs import install_celery_hooks
 
+    install_celery_hooks()
     runtime = _runtime()
     configure(celery, runtime.settings, runtime.sources)
     _check_broker(runtime)
@@ -780,7 +844,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
-    """The webhook server: POST /webhooks/{source}, GET /healthz, GET /metrics."""
+    """The webhook server: POST /webhooks/{source}, GET /healthz, GET /readyz, GET /metrics."""
     from worker.webhooks import serve as serve_webhooks
 
     serve_webhooks(host=host, port=port)

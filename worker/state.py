@@ -110,7 +110,7 @@ class ProductRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     # Why a product is not in the catalog although the source lists it (e.g. `no_images`).
     skip_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # The same in words: the filter rule that matched, the feed line that was unusable (migration 0004).
+    # The same in words: the filter rule that matched, the feed line that was unusable (migration 0003).
     skip_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

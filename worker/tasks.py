@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from worker import operations
+from worker import operations, work_metrics
 from worker.celery_app import PUBLISH_RETRY_POLICY, QUEUE_PRIORITY, QUEUE_PUSH, app
 from worker.push import Outcome, push
 from worker.runtime import get_runtime
@@ -77,6 +77,7 @@ def _push_one(source: str, product_id: str, force: bool) -> Outcome:
     runtime = get_runtime()
     catalog = runtime.catalog_for(source)
     outcome = push(runtime.store, catalog, source, product_id, settings=runtime.push_settings, force=force)
+    work_metrics.pushes.labels(source, outcome.value).inc()
     if outcome is Outcome.SUPERSEDED:
         # The row changed while we pushed: converge the newer state right away instead of waiting for reconcile.
         dispatcher.push(source, [product_id], priority=True)

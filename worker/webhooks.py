@@ -1,5 +1,5 @@
-"""Webhook intake: the ASGI app behind `catalog-sync serve` (`POST /webhooks/{source}`, `GET /healthz`,
-`GET /metrics`).
+"""Webhook intake: the ASGI app behind `catalog-sync serve` (`POST /webhooks/{source}`, `GET /healthz` (liveness),
+`GET /readyz` (readiness: the state database answers; the broker is reported), `GET /metrics`).
 
 One delivery, in order (STYLE.md item 10: nothing is parsed before it is verified):
 
@@ -66,7 +66,9 @@ from starlette.routing import Route
 from config.sources import SourceConfig
 from connectors.base import Connector, WebhookEvent, product_id_problem
 from worker.errors import InvalidSignature, SkippedProduct
+from worker.logs import Throttle, configure_logging
 from worker.plan import desired_row, external_id_for, skipped_row, source_time
+from worker.source_metrics import QueueDepths, SourceStateCollector, celery_queue_depths
 from worker.state import DELETED, DesiredRow, utcnow
 
 if TYPE_CHECKING:
@@ -74,6 +76,8 @@ if TYPE_CHECKING:
     from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+# One line per webhook request; its own logger so an operator can silence it by level without losing warnings.
+access_log = logging.getLogger("catalog_sync.access")
 
 # Source kinds that send webhooks; a feed is read on its schedule only.
 WEBHOOK_KINDS = frozenset({"shopify", "shopify-rest", "shopify-storefront", "woocommerce"})
@@ -90,7 +94,7 @@ COMMITTER_STOP_TIMEOUT = 30.0
 # Bodies up to this size are verified on the event loop (an HMAC and a JSON parse of a few KB take microseconds);
 # larger ones on a worker thread, so a 2 MB body cannot stall other requests.
 INLINE_VERIFY_MAX = 64 * 1024
-# How long `/healthz` waits for the broker: a load balancer's probe must not hang on a dead one.
+# How long `/readyz` waits for the broker: a load balancer's probe must not hang on a dead one.
 HEALTH_BROKER_TIMEOUT = 2.0
 # Request latency buckets (seconds): deliveries answer in milliseconds; the tail shows a slow database or broker.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -99,6 +103,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 UNKNOWN_SOURCE_LABEL = "_unknown"
 # The topic label before a delivery is verified.
 UNVERIFIED_TOPIC = "unverified"
+# Refused-signature warnings per source: a burst of 10, then one a second; the rest are counted, not written.
+REFUSAL_LOG_BURST = 10
+REFUSAL_LOG_RATE = 1.0
 # uvicorn's keep-alive: longer than a shop's gap between deliveries in a burst, shorter than a load balancer's idle
 # timeout (commonly 60 s) so the server, not the balancer, closes idle connections.
 KEEP_ALIVE_SECONDS = 30
@@ -752,7 +759,7 @@ class _ProductStatusCollector(Collector):
 class WebhookMetrics:
     """The app's own registry, so several apps in one process (tests) do not collide."""
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake, queue_depths: QueueDepths | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.deliveries = Counter(
             "catalog_sync_webhook_deliveries",
@@ -768,6 +775,7 @@ class WebhookMetrics:
             registry=self.registry,
         )
         self.registry.register(_ProductStatusCollector(intake))
+        self.registry.register(SourceStateCollector(lambda: intake.runtime, queue_depths or celery_queue_depths))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -782,14 +790,19 @@ def create_app(
     *,
     fetch: Fetch | None = None,
     broker_check: BrokerCheck | None = None,
+    refusal_throttle: Throttle | None = None,
+    queue_depths: QueueDepths | None = None,
 ) -> Starlette:
     """The webhook server's ASGI app.
 
     Defaults (all None) are what `catalog-sync serve` runs: the process runtime, the Celery dispatcher, the
-    `sync_product` task for partial payloads and a ping of the Celery broker for `/healthz`.
+    `sync_product` task for partial payloads, a ping of the Celery broker for `/readyz` and a throttle of
+    refused-signature warnings of `REFUSAL_LOG_BURST` then `REFUSAL_LOG_RATE` a second per source, and the
+    Celery broker's queue depths for `/metrics`.
     """
     intake = Intake(runtime, dispatcher, fetch=fetch)
-    metrics = WebhookMetrics(intake)
+    metrics = WebhookMetrics(intake, queue_depths)
+    refusals = refusal_throttle or Throttle(REFUSAL_LOG_RATE, REFUSAL_LOG_BURST)
     check_broker = broker_check or celery_broker_check
     admission = _Admission()
 
@@ -812,8 +825,10 @@ def create_app(
                 finally:
                     admission.leave(source.name)
         label = source.name if source is not None else UNKNOWN_SOURCE_LABEL
+        elapsed = time.perf_counter() - started
         metrics.deliveries.labels(label, result.topic, result.outcome.value).inc()
-        metrics.latency.labels("webhook").observe(time.perf_counter() - started)
+        metrics.latency.labels("webhook").observe(elapsed)
+        _log_delivery(request, label, result, elapsed, refusals)
         headers: dict[str, str] = {}
         if result.outcome in _CLOSE:
             headers["Connection"] = "close"
@@ -822,16 +837,24 @@ def create_app(
         return JSONResponse(result.body(), status_code=result.status, headers=headers or None)
 
     async def healthz(request: Request) -> Response:
+        # Liveness: the process serves requests. Nothing outside it is checked, so an orchestrator restarts a
+        # hung server, never a healthy one whose database or broker blinked.
+        started = time.perf_counter()
+        response = JSONResponse({"status": "ok"})
+        metrics.latency.labels("healthz").observe(time.perf_counter() - started)
+        return response
+
+    async def readyz(request: Request) -> Response:
+        # Readiness: deliveries can be committed. A broker outage is reported but does not take intake out of the
+        # load balancer: the row is committed anyway and reconcile delivers the push once the broker is back.
         started = time.perf_counter()
         checks = {
             "database": await run_in_threadpool(_probe, "database", intake.check_database),
             "broker": await run_in_threadpool(_probe, "broker", check_broker),
         }
-        healthy = all(state == "ok" for state in checks.values())
-        metrics.latency.labels("healthz").observe(time.perf_counter() - started)
-        return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
-        )
+        ready = checks["database"] == "ok"
+        metrics.latency.labels("readyz").observe(time.perf_counter() - started)
+        return JSONResponse({"status": "ok" if ready else "unavailable", **checks}, status_code=200 if ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         started = time.perf_counter()
@@ -852,6 +875,7 @@ def create_app(
         routes=[
             Route("/webhooks/{source}", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
@@ -923,12 +947,47 @@ async def _receive(request: Request, source: SourceConfig, intake: Intake) -> Re
     return await intake.submit_async(source, verdict)
 
 
+def _log_delivery(request: Request, source: str, result: Result, elapsed: float, refusals: Throttle) -> None:
+    """One access line per delivery, and a warning per refused signature (throttled per source: anyone can send
+    those, as fast as they like)."""
+    client = request.client.host if request.client is not None else "-"
+    fields = {
+        "source": source,
+        "topic": result.topic,
+        "outcome": result.outcome.value,
+        "status": result.status,
+        "duration_ms": round(elapsed * 1000, 2),
+        "client": client,
+    }
+    access_log.info(
+        "POST /webhooks/%s %d %s %s %.1fms",
+        request.path_params["source"],
+        result.status,
+        result.outcome.value,
+        result.topic,
+        elapsed * 1000,
+        extra=fields,
+    )
+    if result.outcome is not Outcome.UNAUTHORIZED:
+        return
+    allowed, left_out = refusals.allow(source)
+    if allowed:
+        log.warning(
+            "webhook %s: refused a delivery from %s with a missing or invalid signature (check the source's "
+            "webhook_secret)%s",
+            source,
+            client,
+            f"; {left_out} more refusal(s) not logged" if left_out else "",
+            extra={"source": source, "client": client, "refusals_not_logged": left_out},
+        )
+
+
 def _probe(what: str, check: Callable[[], None]) -> str:
     try:
         check()
     except Exception as exc:  # a health probe reports every failure instead of raising
         # Only the type goes in the answer: a driver's message may carry a host or a user name.
-        log.warning("healthz: %s unavailable (%s: %s)", what, type(exc).__name__, exc)
+        log.warning("readyz: %s unavailable (%s: %s)", what, type(exc).__name__, exc)
         return f"unavailable ({type(exc).__name__})"
     return "ok"
 
@@ -944,14 +1003,14 @@ def serve(host: str, port: int) -> None:
 
     runtime = get_runtime()
     configure(celery, runtime.settings, runtime.sources)
-    logging.basicConfig(
-        level=runtime.settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(runtime.settings.log_level, runtime.settings.log_format)
     uvicorn.run(
         create_app(runtime),
         host=host,
         port=port,
         log_level=runtime.settings.log_level.lower(),
+        # uvicorn's own loggers go through the root handler (text or JSON); the app writes the access lines.
+        log_config=None,
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         **server_options(runtime.settings),

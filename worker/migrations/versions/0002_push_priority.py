@@ -1,6 +1,6 @@
 """push priority survives waits and retries
 
-Revision ID: 0006
+Revision ID: 0002
 Revises: 0001
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
+revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None

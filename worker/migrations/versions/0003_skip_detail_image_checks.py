@@ -1,7 +1,7 @@
 """skip details and the image check cache
 
-Revision ID: 0004
-Revises: 0006
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-01 05:20:00.000000
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0004'
-down_revision = '0006'
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

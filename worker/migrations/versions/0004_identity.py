@@ -1,7 +1,7 @@
 """identity: accounts, externalId ownership, what the catalog holds, deferred syncs
 
-Revision ID: 0002
-Revises: 0004 (written on 0001; chained after 0006 and 0004, which landed first)
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-01 05:20:00
 
 Adds `products.account` ("default" for every row), `products.catalog_external_id` (the externalId the catalog was
@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0002'
-down_revision = '0004'
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
