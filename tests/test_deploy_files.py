@@ -56,8 +56,19 @@ def pod(manifests: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str
     return spec
 
 
-def routes() -> set[str]:
-    return {route.path for route in create_app().routes}  # type: ignore[attr-defined]
+def routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The webhook server's routes, built from the deployment's own sources file as a pod would."""
+    from config.settings import get_settings
+
+    for name in ("ACME_SHOPIFY_TOKEN", "ACME_SHOPIFY_WEBHOOK_SECRET"):
+        monkeypatch.setenv(name, "placeholder")
+    monkeypatch.setenv("CATALOG_SYNC_CONFIG", str(DEPLOY / "kubernetes" / "catalog-sync.toml"))
+    monkeypatch.setenv("CATALOG_SYNC_DATABASE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    get_settings.cache_clear()
+    try:
+        return {route.path for route in create_app().routes}  # type: ignore[attr-defined]
+    finally:
+        get_settings.cache_clear()
 
 
 def test_the_kustomization_lists_every_manifest() -> None:
@@ -80,13 +91,14 @@ def test_workers_are_given_longer_to_stop_than_the_longest_push(
     assert duration_seconds(compose["worker"]["stop_grace_period"]) > longest
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_probes_use_the_webhook_servers_liveness_and_readiness_routes(
-    manifests: dict[Any, Any], compose: dict[str, Any]
+    manifests: dict[Any, Any], compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     [container] = pod(manifests, "catalog-sync-webhooks")["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert {"/healthz", "/readyz"} <= routes()
+    assert {"/healthz", "/readyz"} <= routes(tmp_path, monkeypatch)
     assert any("/readyz" in part for part in compose["webhooks"]["healthcheck"]["test"])
 
 
