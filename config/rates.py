@@ -43,11 +43,14 @@ def parse_rate(value: object) -> float:
 
 
 def format_rate(per_second: float) -> str:
-    """The rate in the unit that reads best: `100/minute` rather than `1.6667/second`."""
-    for name, seconds in (("second", 1.0), ("minute", 60.0), ("hour", 3600.0)):
+    """The rate in the vendor's unit, per minute, when it is a whole number there (`100/minute`, not
+    `1.6667/second`); otherwise per hour, or per minute with decimals."""
+    for name, seconds in (("minute", 60.0), ("hour", 3600.0)):
         count = per_second * seconds
         if count >= 1 and abs(count - round(count)) < 1e-6:
             return f"{round(count)}/{name}"
+    if per_second * 60 < 1:
+        return f"{per_second * 3600:.4g}/hour"
     return f"{per_second * 60:.4g}/minute"
 
 

@@ -174,3 +174,46 @@ def test_bulk_pushes_of_several_accounts_take_turns_in_the_queue(world: SyncWorl
     # A FIFO queue of a's pushes then b's would put every worker slot behind a's budget first.
     assert recorder.sources[:4] in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
     assert sorted(recorder.sources) == ["a", "a", "b", "b", "b"]
+
+
+def test_status_shows_each_accounts_budget_backlog_and_when_it_converges(world: SyncWorld) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    class Drop:
+        def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> bool:
+            return False  # a broker that is down: the rows wait in the database
+
+    for name in ("a", "b"):
+        run_sync(world.runtime, name, "full", Drop())
+    settings = world.runtime.settings
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
+        "CATALOG_SYNC_CONFIG": str(settings.config),
+        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
+        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
+        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+        "ACME_CATALOG_KEY": ACME_KEY,
+        "COLUMNS": "200",
+    }
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", "from worker.cli import main; main()", "status", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    as_json, as_table = status("--json"), status()
+
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert (report["a"]["account"], report["b"]["account"]) == (DEFAULT_ACCOUNT, "acme")
+    acme = report["b"]["budget"]
+    assert acme["limit"] == "600/minute"
+    assert (acme["waiting_priority"], acme["waiting_bulk"]) == (0, 3)
+    # Three products at just under ten a second.
+    assert 0 < acme["converges_in_seconds"] <= 1
+    assert report["a"]["budget"]["waiting_bulk"] == 2
+    assert report["a"]["budget"]["limit"] == "100/minute", "the environment's default account"
+    assert "catalog budget by account" in as_table.stdout
+    assert "acme" in as_table.stdout and "600/minute" in as_table.stdout

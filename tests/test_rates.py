@@ -38,7 +38,8 @@ def test_a_bad_rate_says_how_to_write_one(text: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("per_second", "text"), [(100 / 60, "100/minute"), (2.0, "2/second"), (1 / 3600, "1/hour"), (0.1, "6/minute")]
+    ("per_second", "text"),
+    [(100 / 60, "100/minute"), (2.0, "120/minute"), (1 / 3600, "1/hour"), (0.1, "6/minute"), (0.001, "3.6/hour")],
 )
 def test_a_rate_is_shown_in_the_unit_that_reads_best(per_second: float, text: str) -> None:
     assert format_rate(per_second) == text

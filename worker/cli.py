@@ -16,19 +16,23 @@ import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from config.rates import format_rate
 from config.redact import redact_url
 from config.urls import redact
 from emulators.cli import emulate
 from worker.errors import ConfigError, SourceError, SyncError
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.state import RunMode, utcnow
+
+if TYPE_CHECKING:
+    from worker.feeder import BudgetStatus
 
 app = typer.Typer(
     help="Keep the try-on catalog in step with your shops.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -382,7 +386,9 @@ def _say_database(runtime: Any) -> None:
 def status(
     source: Annotated[str | None, typer.Argument(help="Only this source.")] = None, as_json: JsonOption = False
 ) -> None:
-    """Products by status (and why they are skipped, failed or pending), the last runs, any pause or held deletion."""
+    """Products by status (and why they are skipped, failed or pending), the last runs, any pause or held deletion,
+    and per catalog account the budget in use, what waits and when it converges."""
+    from worker.feeder import budget_status
     from worker.outcome import confirm_command
 
     runtime = _runtime()
@@ -391,8 +397,10 @@ def status(
     if source:
         _known_source(runtime, source)
     names = [source] if source else sorted(set(runtime.sources) | set(store.status_counts()))
+    budgets = {budget.account: _budget_json(budget) for budget in budget_status(runtime)}
     report: dict[str, Any] = {}
     for name in names:
+        account = runtime.sources[name].account if name in runtime.sources else None
         runs = store.recent_runs(name, limit=20)
         last_full = next((r for r in runs if r.mode == "full"), None)
         held = None
@@ -403,6 +411,8 @@ def status(
                 "confirm": confirm_command(name),
             }
         report[name] = {
+            "account": account,
+            "budget": budgets.get(account) if account is not None else None,
             "products": store.status_breakdown(name),
             "paused": store.source_pause(name),
             "deletion_held": held,
@@ -463,6 +473,48 @@ def status(
         for r in item["runs"]:
             line = f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}"
             out.print(escape(line), highlight=False)
+    shown = {item["account"] for item in report.values()}
+    _print_budgets({account: budget for account, budget in budgets.items() if account in shown})
+
+
+def _budget_json(budget: BudgetStatus) -> dict[str, Any]:
+    return {
+        "limit": format_rate(budget.limit),
+        "paced_at_per_minute": round(budget.rate * 60, 1),
+        "used_this_minute": budget.used_this_minute,
+        "used_last_minute": budget.used_last_minute,
+        "in_flight": budget.in_flight,
+        "waiting_priority": budget.waiting_priority,
+        "waiting_bulk": budget.waiting_bulk,
+        "converges_in_seconds": round(budget.converges_in, 1),
+    }
+
+
+def _print_budgets(budgets: dict[str, dict[str, Any]]) -> None:
+    """The catalog's budget per account: what it allows, what it used, what waits and when that is done."""
+    table = Table(title="catalog budget by account")
+    for column in ("account", "limit", "used this / last minute", "in flight", "waiting (priority + bulk)", "done in"):
+        table.add_column(column)
+    for name, budget in budgets.items():
+        this, last = budget["used_this_minute"], budget["used_last_minute"]
+        used = "? (Redis does not answer)" if this is None else f"{this} / {last}"
+        table.add_row(
+            escape(name),
+            budget["limit"],
+            used,
+            str(budget["in_flight"]),
+            f"{budget['waiting_priority']} + {budget['waiting_bulk']}",
+            _duration(budget["converges_in_seconds"]),
+        )
+    out.print(table)
+
+
+def _duration(seconds: float) -> str:
+    """`0 s`, `45 s`, `12 min`, `3 h 20 min`: how long a backlog takes, to a merchant's precision."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 @app.command()
