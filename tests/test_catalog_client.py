@@ -26,6 +26,7 @@ from connectors.http import retry_after_seconds
 from tests.conftest import FIXTURES
 from worker import __version__
 from worker.catalog import (
+    BULK_MAX_WAIT,
     MAX_IMAGE_BYTES,
     CatalogClient,
     CatalogPage,
@@ -344,7 +345,8 @@ def test_the_limiter_is_asked_before_every_attempt_and_told_about_429s(
 
     client.upsert(simple_product())
 
-    assert limiter.acquired == [5.0, 5.0, 5.0]
+    # A bulk call waits for the budget no longer than BULK_MAX_WAIT, whatever the Retry-After cap.
+    assert limiter.acquired == [BULK_MAX_WAIT] * 3
     # A 429 without Retry-After still pauses every worker a little
     assert limiter.cool_downs == [3.0, 1.0]
     # The cool-down is waited out by the limiter's acquire, not a second time by the retry loop
@@ -370,6 +372,8 @@ def test_priority_calls_ask_the_limiter_for_the_reserve_and_bulk_calls_do_not(
     client.delete("sku-1")
 
     assert limiter.priorities == [True, False, True, False]
+    # Priority calls may wait the full Retry-After cap for their slot; bulk ones give the worker back sooner.
+    assert limiter.acquired == [client.max_retry_after, BULK_MAX_WAIT] * 2
     server.assert_done()
 
 
@@ -383,7 +387,7 @@ def test_a_limiter_refusal_is_raised_without_sending_or_retrying(make_client: Ca
 
     assert caught.value.retry_after == 42.0
     assert server.requests == []
-    assert limiter.acquired == [10.0]
+    assert limiter.acquired == [BULK_MAX_WAIT]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -101,6 +101,10 @@ MAX_PAGE_SIZE: Final = 200
 DEFAULT_PAGE_SIZE: Final = 50
 # The API reserves this externalId prefix for ids it generates (409 RESERVED_EXTERNAL_ID).
 RESERVED_PREFIX: Final = "_anon_"
+# Longest a bulk call waits for its account's budget inside a push. Longer waits give the worker slot back (the row
+# is due again when its slot comes): a slot asleep on one account's budget serves no other account, and the feeder
+# keeps enough work queued that the budget is never left unused.
+BULK_MAX_WAIT: Final = 2.0
 # The multipart field that carries the JSON payload; an image fileKey must not collide with it.
 DATA_FIELD: Final = "data"
 # Full-jitter exponential backoff between retries: first window 0.5 s, doubling, never above 8 s.
@@ -645,7 +649,8 @@ class CatalogClient:
         if self._limiter is not None:
             begun = time.perf_counter()
             try:
-                self._limiter.acquire(max_wait=self.max_retry_after, priority=priority)
+                wait = self.max_retry_after if priority else min(self.max_retry_after, BULK_MAX_WAIT)
+                self._limiter.acquire(max_wait=wait, priority=priority)
             finally:
                 waited = time.perf_counter() - begun
                 work_metrics.budget_wait_seconds.labels("priority" if priority else "bulk").observe(waited)
