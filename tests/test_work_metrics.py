@@ -68,3 +68,15 @@ def test_a_429_is_counted_with_its_cool_down_and_the_calls_by_endpoint_and_code(
 def test_a_products_external_id_never_becomes_a_label() -> None:
     assert work_metrics.endpoint("products/shirt-42") == "products/{externalId}"
     assert work_metrics.endpoint("/products") == "products"
+
+
+def test_the_admin_command_does_not_import_prometheus_client_before_worker_chooses_its_mode() -> None:
+    import subprocess
+    import sys
+
+    # prometheus_client picks single- or multi-process values when first imported; `worker --metrics-port` sets
+    # the multiprocess directory after the command module is loaded, so loading it must not import the client.
+    probe = "import sys, worker.cli; print('prometheus_client' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+
+    assert result.stdout.strip() == "False"

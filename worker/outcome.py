@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from worker.plan import WITHOUT_ID_PREFIX
 from worker.state import RunRow, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_DELETION_BLOCKED = 0, 1, 2, 3, 4
@@ -110,6 +109,10 @@ def summarize(
         "reasons": _reasons(store, source, since, products),
     }
     if run_counts.get("skipped_without_id"):
+        # Imported here: the admin command imports this module at start, and the plan brings in the catalog client
+        # and with it prometheus_client, which must not be imported before `worker --metrics-port` chose its mode.
+        from worker.plan import WITHOUT_ID_PREFIX
+
         # Records without a product id have no row to list; the run counted them by reason.
         summary["skipped_without_id"] = {
             key.removeprefix(WITHOUT_ID_PREFIX): int(value)
