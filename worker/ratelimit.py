@@ -46,7 +46,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from config.accounts import DEFAULT_ACCOUNT, Account
+from config.accounts import DEFAULT_ACCOUNT, Account, resolve_accounts
 from config.rates import format_rate
 from worker.errors import ConfigError, InfrastructureError, RateLimited
 
@@ -447,8 +447,7 @@ def account_key(name: str) -> str:
 
 
 def default_account(settings: Settings) -> Account:
-    from config.accounts import resolve_accounts
-
+    """The environment's account (`CATALOG_SYNC_CATALOG_*`)."""
     return resolve_accounts({}, settings)[DEFAULT_ACCOUNT]
 
 
@@ -461,9 +460,7 @@ def pacing(account: Account) -> tuple[float, int, int]:
     of 2, 98 requests a minute.
     """
     limit, burst, reserve = account.rate_limit, account.burst, account.priority_reserve
-    where = (
-        "CATALOG_SYNC_CATALOG_" if account.name == DEFAULT_ACCOUNT else f"account {account.name!r}: "
-    )
+    where = "CATALOG_SYNC_CATALOG_" if account.name == DEFAULT_ACCOUNT else f"account {account.name!r}: "
     steady = limit - burst / account.window
     if steady <= 0:
         raise ConfigError(
