@@ -75,6 +75,8 @@ def test_json_logs_of_a_worker_are_one_object_per_line_with_source_product_and_r
     pushes = [r for r in records if r["logger"] == "celery.app.trace" and "catalog_sync.push[" in r["message"]]
     assert {r["product"] for r in pushes} >= {str(n) for n in range(5)}
     assert all(r["source"] == SOURCE for r in pushes)
+    # The account the source writes to, resolved from the sources file (none named: the default one)
+    assert all(r["account"] == "default" for r in pushes)
     finished = [r for r in records if r["message"].startswith("sync finished")]
     assert [(r["source"], r["run"]) for r in finished] == [(SOURCE, run_id)]
 

@@ -47,6 +47,8 @@ _SOURCE_TASKS = frozenset(
     {"catalog_sync.push", "catalog_sync.push_many", "catalog_sync.sync_source", "catalog_sync.sync_product"}
 )
 _PRODUCT_TASKS = frozenset({"catalog_sync.push", "catalog_sync.sync_product"})
+# Tasks whose first argument is a catalog account's name.
+_ACCOUNT_TASKS = frozenset({"catalog_sync.audit"})
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("catalog_sync_log_context", default=_EMPTY)
@@ -210,7 +212,25 @@ def _bind_task_context(task_id: str, task: Any, args: tuple[Any, ...] = (), **_:
         fields["source"] = str(args[0])
     if name in _PRODUCT_TASKS and len(args) > 1:
         fields["product"] = str(args[1])
+    if name in _ACCOUNT_TASKS and args:
+        fields["account"] = str(args[0])
+    elif "source" in fields:
+        account = _account_of(fields["source"])
+        if account is not None:
+            fields["account"] = account
     _task_tokens[task_id] = _context.set({**_context.get(), **fields})
+
+
+def _account_of(source: str) -> str | None:
+    """The catalog account `source` writes to, from the process's runtime; None when the source is unknown (the
+    task itself reports that)."""
+    from worker.errors import ConfigError
+    from worker.runtime import get_runtime
+
+    try:
+        return get_runtime().source(source).account
+    except ConfigError:
+        return None
 
 
 def _unbind_task_context(task_id: str, task: Any, retval: Any = None, **_: Any) -> None:
