@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from emulators.server import free_port
 from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
@@ -64,6 +65,11 @@ def test_run_embedded_syncs_on_schedule_and_serves_webhook_health(world: SyncWor
             assert process.poll() is None, (tmp_path / "embedded.log").read_text()
             time.sleep(0.2)
         health = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        # A push is counted just after its result is recorded: scrape until the last one is in
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        while 'outcome="upserted",source="feed"} 12.0' not in metrics.text and time.monotonic() < deadline:
+            time.sleep(0.2)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -72,3 +78,13 @@ def test_run_embedded_syncs_on_schedule_and_serves_webhook_health(world: SyncWor
     assert world.runtime.store.status_counts(SOURCE)[SOURCE] == {"synced": 12}
     assert health.status_code == 200
     assert health.json()["database"] == "ok"
+    # The embedded worker's metrics are served with the webhook server's: one scrape sees the whole process
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.text)
+        for s in family.samples
+    }
+    assert samples[("catalog_sync_pushes_total", (("outcome", "upserted"), ("source", SOURCE)))] == 12
+    posts = ("catalog_sync_catalog_calls_total", (("code", "201"), ("endpoint", "products"), ("method", "POST")))
+    assert samples[posts] == world.stats()["upserts"] == 12
+    assert samples[("catalog_sync_products", (("source", SOURCE), ("status", "synced")))] == 12

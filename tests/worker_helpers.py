@@ -15,8 +15,8 @@ import redis
 
 from tests.redis_dbs import db_for
 from tests.sync_helpers import API_KEY, SyncWorld, sync_world
-from worker.celery_app import app as celery
 from worker.celery_app import QUEUE_PRIORITY, configure
+from worker.celery_app import app as celery
 
 # Generous: a guard against a hung worker, not a performance assertion.
 CONVERGE_TIMEOUT = 120.0

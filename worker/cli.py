@@ -857,9 +857,13 @@ def run(
             from worker.webhooks import create_app
 
             options = server_options(runtime.settings)
-            server = BackgroundServer(create_app(runtime), host=host, port=webhook_port, **options).start()
+            app_ = create_app(runtime, process_metrics=True)
+            server = BackgroundServer(app_, host=host, port=webhook_port, **options).start()
             stack.callback(server.stop)
-            console.print(f"webhooks: POST {server.url}/webhooks/<source>; health: {server.url}/healthz")
+            console.print(
+                f"webhooks: POST {server.url}/webhooks/<source>; health: {server.url}/healthz; "
+                f"metrics (webhooks and the worker's): {server.url}/metrics"
+            )
         try:
             while True:
                 time.sleep(1)

@@ -52,8 +52,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
@@ -756,10 +757,21 @@ class _ProductStatusCollector(Collector):
         return [products, up]
 
 
-class WebhookMetrics:
-    """The app's own registry, so several apps in one process (tests) do not collide."""
+class _ProcessMetrics(Collector):
+    """What this process's default registry holds: the work metrics (`worker.work_metrics`) of an embedded worker
+    running in the same process, and the process's own (CPU, memory, file descriptors)."""
 
-    def __init__(self, intake: Intake, queue_depths: QueueDepths | None = None) -> None:
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
+
+
+class WebhookMetrics:
+    """The app's own registry, so several apps in one process (tests) do not collide; with `process_metrics`
+    (`run --embedded`, where the worker shares this process) it also serves the process's default registry."""
+
+    def __init__(
+        self, intake: Intake, queue_depths: QueueDepths | None = None, *, process_metrics: bool = False
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.deliveries = Counter(
             "catalog_sync_webhook_deliveries",
@@ -776,6 +788,8 @@ class WebhookMetrics:
         )
         self.registry.register(_ProductStatusCollector(intake))
         self.registry.register(SourceStateCollector(lambda: intake.runtime, queue_depths or celery_queue_depths))
+        if process_metrics:
+            self.registry.register(_ProcessMetrics())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -792,16 +806,18 @@ def create_app(
     broker_check: BrokerCheck | None = None,
     refusal_throttle: Throttle | None = None,
     queue_depths: QueueDepths | None = None,
+    process_metrics: bool = False,
 ) -> Starlette:
     """The webhook server's ASGI app.
 
     Defaults (all None) are what `catalog-sync serve` runs: the process runtime, the Celery dispatcher, the
     `sync_product` task for partial payloads, a ping of the Celery broker for `/readyz` and a throttle of
     refused-signature warnings of `REFUSAL_LOG_BURST` then `REFUSAL_LOG_RATE` a second per source, and the
-    Celery broker's queue depths for `/metrics`.
+    Celery broker's queue depths for `/metrics`. `process_metrics` adds this process's default registry to
+    `/metrics`: `run --embedded` sets it, since its worker counts its catalog calls and pushes there.
     """
     intake = Intake(runtime, dispatcher, fetch=fetch)
-    metrics = WebhookMetrics(intake, queue_depths)
+    metrics = WebhookMetrics(intake, queue_depths, process_metrics=process_metrics)
     refusals = refusal_throttle or Throttle(REFUSAL_LOG_RATE, REFUSAL_LOG_BURST)
     check_broker = broker_check or celery_broker_check
     admission = _Admission()
