@@ -4,7 +4,10 @@ emulator, and a look at what the emulator holds."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,6 +101,39 @@ def postgres_schema(postgres_url: str, name: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sqlalchemy.text(f'DROP SCHEMA "{name}" CASCADE'))
         admin.dispose()
+
+
+# The admin command as its own process, as an operator runs it.
+CLI = (sys.executable, "-c", "from worker.cli import main; main()")
+# A guard against a hung command, not a performance assertion.
+CLI_TIMEOUT = 120.0
+
+
+def process_env(world: SyncWorld, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The environment of a `catalog-sync` process sharing this world's sources file, state database and catalog:
+    this process's environment without its CATALOG_SYNC_* keys, the world's settings, then `extra` (a None value
+    removes a key)."""
+    settings = world.runtime.settings
+    env: dict[str, str | None] = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
+        "CATALOG_SYNC_CONFIG": str(settings.config),
+        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
+        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
+        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+        # Wide enough that tables do not wrap what the tests read.
+        "COLUMNS": "250",
+        **(extra or {}),
+    }
+    return {key: value for key, value in env.items() if value is not None}
+
+
+def run_cli(
+    env: Mapping[str, str], *args: str, cwd: Path | None = None, timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """`catalog-sync ARGS` as a process with `env`; its output captured as text."""
+    return subprocess.run(
+        [*CLI, *args], env=dict(env), capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+    )
 
 
 def invoke_cli(world: SyncWorld, *args: str) -> Any:

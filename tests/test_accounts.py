@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from config.accounts import DEFAULT_ACCOUNT, parse_accounts, resolve_accounts
 from config.settings import Settings
-from tests.sync_helpers import API_KEY, SyncWorld, feed_item, sync_world, write_feed
+from tests.sync_helpers import API_KEY, SyncWorld, feed_item, process_env, run_cli, sync_world, write_feed
 from worker.errors import ConfigError
 from worker.feeder import budget_status
 from worker.inline import InlineDispatcher
@@ -178,9 +178,7 @@ def test_bulk_pushes_of_several_accounts_take_turns_in_the_queue(world: SyncWorl
 
 def test_status_shows_each_accounts_budget_backlog_and_when_it_converges(world: SyncWorld) -> None:
     import json
-    import os
     import subprocess
-    import sys
 
     class Drop:
         def push(self, source: str, product_ids: object, *, priority: bool = False, force: bool = False) -> bool:
@@ -188,20 +186,10 @@ def test_status_shows_each_accounts_budget_backlog_and_when_it_converges(world: 
 
     for name in ("a", "b"):
         run_sync(world.runtime, name, "full", Drop())
-    settings = world.runtime.settings
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-        "ACME_CATALOG_KEY": ACME_KEY,
-        "COLUMNS": "200",
-    }
+    env = process_env(world, {"ACME_CATALOG_KEY": ACME_KEY, "COLUMNS": "200"})
 
     def status(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-c", "from worker.cli import main; main()", "status", *args]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        return run_cli(env, "status", *args)
 
     as_json, as_table = status("--json"), status()
 

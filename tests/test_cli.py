@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, ext, feed_item, postgres_schema, sync_world, write_feed
+from tests.sync_helpers import (
+    SOURCE,
+    SyncWorld,
+    ext,
+    feed_item,
+    postgres_schema,
+    process_env,
+    run_cli,
+    sync_world,
+    write_feed,
+)
 
 
 @pytest.fixture
@@ -22,26 +30,13 @@ def world(tmp_path: Path) -> Iterator[SyncWorld]:
 
 
 def cli(world: SyncWorld, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    settings = world.runtime.settings
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
+    settings = {
         "CATALOG_SYNC_CATALOG_RATE_LIMIT": "500",
         "CATALOG_SYNC_CATALOG_MAX_ATTEMPTS": "1",
         "COLUMNS": "200",
         **(extra_env or {}),
     }
-    return subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(process_env(world, settings), *args)
 
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:

@@ -14,7 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, postgres_schema, sync_world, write_feed
+from tests.sync_helpers import (
+    CLI,
+    SOURCE,
+    SyncWorld,
+    ext,
+    feed_item,
+    postgres_schema,
+    process_env,
+    run_cli,
+    sync_world,
+    write_feed,
+)
 from tests.worker_helpers import broker_world, catalog_sync
 from worker.state import utcnow
 
@@ -28,29 +39,10 @@ def world(tmp_path: Path) -> Iterator[SyncWorld]:
 
 
 def cli(
-    world: SyncWorld, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    world: SyncWorld, *args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    settings = world.runtime.settings
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": "test-key",
-        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "500",
-        "CATALOG_SYNC_CATALOG_MAX_ATTEMPTS": "1",
-        "COLUMNS": "250",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", *args],
-        env={k: v for k, v in full_env.items() if v is not None},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd,
-    )
+    settings = {"CATALOG_SYNC_CATALOG_RATE_LIMIT": "500", "CATALOG_SYNC_CATALOG_MAX_ATTEMPTS": "1", **(env or {})}
+    return run_cli(process_env(world, settings), *args, cwd=cwd)
 
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -301,17 +293,9 @@ def test_run_embedded_prints_the_database_url_without_its_password(
 
 
 def _first_line_of_embedded(world: SyncWorld, database_url: str) -> str:
-    settings = world.runtime.settings
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": "test-key",
-        "COLUMNS": "250",
-    }
+    env = process_env(world, {"CATALOG_SYNC_DATABASE_URL": database_url})
     process = subprocess.Popen(
-        [sys.executable, "-c", "from worker.cli import main; main()", "run", "--embedded", "--webhook-port", "0"],
+        [*CLI, "run", "--embedded", "--webhook-port", "0"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from emulators.server import free_port
-from tests.sync_helpers import API_KEY, SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
+from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, process_env, sync_world, write_feed
 
 # A guard against a hung process, not a performance assertion.
 TIMEOUT = 90.0
@@ -43,18 +43,15 @@ def world(tmp_path: Path) -> Iterator[SyncWorld]:
 
 def test_run_embedded_syncs_on_schedule_and_serves_webhook_health(world: SyncWorld, tmp_path: Path) -> None:
     write_feed(world.feed, [feed_item(str(n)) for n in range(12)])
-    settings = world.runtime.settings
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "500",
-        # No broker runs for the embedded mode: point the Redis settings nowhere to prove it needs none.
-        "CATALOG_SYNC_BROKER_URL": "redis://127.0.0.1:1/0",
-    }
+    env = process_env(
+        world,
+        {
+            "CATALOG_SYNC_CATALOG_RATE_LIMIT": "500",
+            # No broker runs for the embedded mode: point the Redis settings nowhere to prove it needs none.
+            "CATALOG_SYNC_BROKER_URL": "redis://127.0.0.1:1/0",
+        },
+    )
     log = (tmp_path / "embedded.log").open("wb")
     process = subprocess.Popen(
         [*COMMAND, "run", "--embedded", "--webhook-port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=log

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -14,7 +12,7 @@ import pytest
 import redis
 
 from tests.redis_dbs import db_for
-from tests.sync_helpers import API_KEY, SyncWorld, sync_world
+from tests.sync_helpers import CLI, SyncWorld, process_env, run_cli, sync_world
 from worker.celery_app import QUEUE_PRIORITY, configure
 from worker.celery_app import app as celery
 
@@ -38,29 +36,20 @@ def flush_broker(url: str) -> None:
 def worker_env(world: SyncWorld) -> dict[str, str]:
     """The environment a `catalog-sync` process needs to share this world's state, broker and catalog."""
     settings = world.runtime.settings
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CATALOG_SYNC_")},
-        "CATALOG_SYNC_CONFIG": str(settings.config),
-        "CATALOG_SYNC_DATABASE_URL": settings.database_url,
-        "CATALOG_SYNC_BROKER_URL": settings.broker_url,
-        "CATALOG_SYNC_REDIS_URL": settings.redis_url or settings.broker_url,
-        "CATALOG_SYNC_CATALOG_URL": settings.catalog_url,
-        "CATALOG_SYNC_CATALOG_API_KEY": API_KEY,
-        "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
-        "CATALOG_SYNC_CATALOG_BURST": "50",
-    }
+    return process_env(
+        world,
+        {
+            "CATALOG_SYNC_BROKER_URL": settings.broker_url,
+            "CATALOG_SYNC_REDIS_URL": settings.redis_url or settings.broker_url,
+            "CATALOG_SYNC_CATALOG_RATE_LIMIT": "1000",
+            "CATALOG_SYNC_CATALOG_BURST": "50",
+        },
+    )
 
 
 def catalog_sync(world: SyncWorld, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the admin command against this world, as an operator would."""
-    return subprocess.run(
-        [sys.executable, "-c", "from worker.cli import main; main()", *args],
-        env=worker_env(world),
-        capture_output=True,
-        text=True,
-        timeout=CONVERGE_TIMEOUT,
-        check=False,
-    )
+    return run_cli(worker_env(world), *args, timeout=CONVERGE_TIMEOUT)
 
 
 def start_worker(
@@ -75,7 +64,7 @@ def start_worker(
     log = (tmp_path / "worker.log").open("ab")
     command = ["worker", "--concurrency", str(concurrency), *args]
     return subprocess.Popen(
-        [sys.executable, "-c", "from worker.cli import main; main()", *command],
+        [*CLI, *command],
         env={**worker_env(world), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
