@@ -39,7 +39,7 @@ def catalog(
     drop_rate: Annotated[float, typer.Option(help="Probability (0-1) of dropping the connection.")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for the random faults.")] = None,
 ) -> None:
-    """The try-on catalog API (`/tryon/v1/products`), in memory, with optional faults. See emulators/catalog.py."""
+    """The try-on catalog API (`/tryon/v1/products`), in memory, with optional faults. See emulators/catalog/."""
     from pydantic import ValidationError
 
     from emulators.catalog import Faults, serve
