@@ -16,30 +16,30 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from emulators.catalog.contract import (
-    _ENDPOINT_ITEM,
     ADMIN_PREFIX,
     API_PREFIX,
     DEFAULT_API_KEYS,
+    ENDPOINT_ITEM,
     MAX_JSON_BYTES,
     PRODUCTS_PATH,
     CatalogError,
-    _error_response,
-    _invalid,
-    _utc_now,
+    error_response,
+    utc_now,
+    validation_failed,
 )
 from emulators.catalog.emulator import CatalogEmulator
 from emulators.catalog.faults import Faults
 from emulators.catalog.requests import (
-    _check_content_length,
-    _external_id,
-    _form_payload,
-    _media_type,
-    _parse_json,
-    _parse_limit,
-    _read_capped,
-    _read_form,
-    _upload_refs,
+    check_content_length,
+    external_id,
+    form_payload,
+    media_type_of,
+    parse_json,
+    parse_limit,
     parse_upsert,
+    read_capped,
+    read_form,
+    upload_refs,
 )
 
 # ---- handlers ----------------------------------------------------------------------------------------------------
@@ -53,20 +53,20 @@ def _emulator(request: Request) -> CatalogEmulator:
 async def upsert_product(request: Request) -> Response:
     emulator = _emulator(request)
     account = emulator.authenticate(request)
-    _check_content_length(request)
-    media_type = _media_type(request)
+    check_content_length(request)
+    media_type = media_type_of(request)
     if media_type == "multipart/form-data":
-        form = await _read_form(request)
+        form = await read_form(request)
         try:
-            spec = parse_upsert(await _form_payload(form))
-            uploads = await _upload_refs(spec, form)
+            spec = parse_upsert(await form_payload(form))
+            uploads = await upload_refs(spec, form)
         finally:
             await form.close()
     elif media_type in ("", "application/json") or media_type.endswith("+json"):
-        spec = parse_upsert(_parse_json(await _read_capped(request, MAX_JSON_BYTES), "(body)"))
-        uploads = await _upload_refs(spec, None)
+        spec = parse_upsert(parse_json(await read_capped(request, MAX_JSON_BYTES), "(body)"))
+        uploads = await upload_refs(spec, None)
     else:
-        raise _invalid("(body)", "send application/json, or multipart/form-data with a data field.")
+        raise validation_failed("(body)", "send application/json, or multipart/form-data with a data field.")
     if emulator.faults.credits_exhausted:
         raise CatalogError(402, "INSUFFICIENT_CREDITS", "The account has no credits left; top it up to continue.")
     # From here on nothing awaits: the read-modify-write of the account is atomic in the event loop.
@@ -77,7 +77,7 @@ async def upsert_product(request: Request) -> Response:
 async def list_products(request: Request) -> Response:
     emulator = _emulator(request)
     account = emulator.authenticate(request)
-    limit = _parse_limit(request.query_params.get("limit"))
+    limit = parse_limit(request.query_params.get("limit"))
     cursor = request.query_params.get("cursor") or None
     return JSONResponse(emulator.list_page(account, limit, cursor))
 
@@ -85,22 +85,22 @@ async def list_products(request: Request) -> Response:
 async def get_product(request: Request) -> Response:
     emulator = _emulator(request)
     account = emulator.authenticate(request)
-    return JSONResponse(emulator.get(account, _external_id(request)).body)
+    return JSONResponse(emulator.get(account, external_id(request)).body)
 
 
 async def delete_product(request: Request) -> Response:
     emulator = _emulator(request)
     account = emulator.authenticate(request)
-    emulator.delete(account, _external_id(request))
+    emulator.delete(account, external_id(request))
     return Response(status_code=204)
 
 
 async def admin_config(request: Request) -> Response:
     emulator = _emulator(request)
     if request.method == "POST":
-        changes = _parse_json(await _read_capped(request, MAX_JSON_BYTES), "(body)")
+        changes = parse_json(await read_capped(request, MAX_JSON_BYTES), "(body)")
         if not isinstance(changes, dict):
-            raise _invalid("(body)", "must be a JSON object of fault settings.")
+            raise validation_failed("(body)", "must be a JSON object of fault settings.")
         try:
             emulator.configure(changes)
         except ValidationError as exc:
@@ -117,27 +117,27 @@ async def admin_stats(request: Request) -> Response:
 
 
 async def admin_reset(request: Request) -> Response:
-    raw = await _read_capped(request, MAX_JSON_BYTES)
-    options = _parse_json(raw, "(body)") if raw.strip() else {}
+    raw = await read_capped(request, MAX_JSON_BYTES)
+    options = parse_json(raw, "(body)") if raw.strip() else {}
     if not isinstance(options, dict) or not isinstance(options.get("stats_only", False), bool):
-        raise _invalid("(body)", 'must be empty or {"stats_only": true|false}.')
+        raise validation_failed("(body)", 'must be empty or {"stats_only": true|false}.')
     _emulator(request).reset(stats_only=options.get("stats_only", False))
     return JSONResponse({"reset": "stats" if options.get("stats_only") else "all"})
 
 
 async def _on_catalog_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CatalogError)
-    return _error_response(exc.status, exc.code, exc.message, details=exc.details)
+    return error_response(exc.status, exc.code, exc.message, details=exc.details)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-    return _error_response(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
+    return error_response(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
 
 
 async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
-    return _error_response(500, "INTERNAL_ERROR", "The emulator failed on this request; see its log.")
+    return error_response(500, "INTERNAL_ERROR", "The emulator failed on this request; see its log.")
 
 
 # ---- the ASGI app ------------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def _endpoint(method: str, path: str) -> str:
     if path == PRODUCTS_PATH:
         return f"{method} {PRODUCTS_PATH}"
     if path.startswith(PRODUCTS_PATH + "/"):
-        return f"{method} {_ENDPOINT_ITEM}"
+        return f"{method} {ENDPOINT_ITEM}"
     return f"{method} (other)"
 
 
@@ -221,7 +221,7 @@ def create_app(
     api_keys: Iterable[str] = DEFAULT_API_KEYS,
     faults: Faults | None = None,
     *,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Callable[[], datetime] = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Starlette:

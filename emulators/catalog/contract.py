@@ -42,11 +42,11 @@ CURSOR_VERSION = 1
 # Hex digits of the cursor checksum: enough that a hand-made or foreign cursor is refused.
 CURSOR_SUM_HEX = 16
 DEFAULT_API_KEYS: tuple[str, ...] = ("test-key",)
-_DIGITS = re.compile(r"[0-9]{1,9}")
-_ENDPOINT_ITEM = f"{PRODUCTS_PATH}/{{externalId}}"
+DIGITS = re.compile(r"[0-9]{1,9}")
+ENDPOINT_ITEM = f"{PRODUCTS_PATH}/{{externalId}}"
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -72,7 +72,7 @@ class CatalogError(Exception):
         self.details = details
 
 
-def _error_response(
+def error_response(
     status: int,
     code: str,
     message: str,
@@ -85,11 +85,11 @@ def _error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _not_found(external_id: str) -> CatalogError:
+def not_found(external_id: str) -> CatalogError:
     return CatalogError(404, "PRODUCT_NOT_FOUND", f"Product '{external_id}' not found.")
 
 
-def _invalid(path: str, message: str) -> CatalogError:
+def validation_failed(path: str, message: str) -> CatalogError:
     """400 VALIDATION_FAILED with one `details` entry: the field's path and what is wrong with it."""
     return CatalogError(
         400, "VALIDATION_FAILED", f"Validation failed: {path}: {message}", [{"path": path, "message": message}]

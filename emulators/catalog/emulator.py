@@ -22,13 +22,13 @@ from emulators.catalog.contract import (
     CURSOR_SUM_HEX,
     CURSOR_VERSION,
     CatalogError,
-    _error_response,
-    _invalid,
-    _not_found,
     account_id,
+    error_response,
+    not_found,
+    validation_failed,
 )
-from emulators.catalog.faults import _DROP, _PASS, Faults, FixedWindow, TokenBucket, _Verdict
-from emulators.catalog.products import Account, Product, _Image, _Omitted, _UpsertSpec
+from emulators.catalog.faults import DROP, PASS, Faults, FixedWindow, TokenBucket, Verdict
+from emulators.catalog.products import Account, Image, Omitted, Product, UpsertSpec
 
 
 @dataclass(slots=True)
@@ -95,16 +95,16 @@ class CatalogEmulator:
         self.faults = updated
         return updated
 
-    def admit(self, api_key: str | None = None) -> _Verdict:
+    def admit(self, api_key: str | None = None) -> Verdict:
         """Decide the fate of one API request (sent with `api_key`): served, dropped, or answered with a fault."""
         faults = self.faults
         if faults.drop_next:
             self.faults = faults.model_copy(update={"drop_next": faults.drop_next - 1})
-            return _DROP
+            return DROP
         if faults.fail_next:
             self.faults = faults.model_copy(update={"fail_next": faults.fail_next - 1})
             self.stats.injected_errors += 1
-            return _Verdict("respond", _error_response(503, "SERVICE_UNAVAILABLE", "Injected fault: fail_next."))
+            return Verdict("respond", error_response(503, "SERVICE_UNAVAILABLE", "Injected fault: fail_next."))
         if faults.account_limit is not None and api_key in self.accounts:
             window = self._windows.get(api_key)
             if window is None:
@@ -112,7 +112,7 @@ class CatalogEmulator:
             if window.take(self.monotonic()) > 0:
                 self.stats.rate_limited += 1
                 message = f"Rate limit exceeded: {faults.account_limit} requests per {faults.account_window:g} s."
-                return _Verdict("respond", _error_response(429, "RATE_LIMITED", message))
+                return Verdict("respond", error_response(429, "RATE_LIMITED", message))
         headers: dict[str, str] | None = None
         if self._bucket is not None:
             wait = self._bucket.take(self.monotonic())
@@ -121,17 +121,17 @@ class CatalogEmulator:
                 self.stats.rate_limited += 1
                 headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 message = f"Rate limit of {faults.rate_limit:g} requests/s exceeded; retry after the Retry-After delay."
-                return _Verdict("respond", _error_response(429, "RATE_LIMITED", message, headers))
+                return Verdict("respond", error_response(429, "RATE_LIMITED", message, headers))
         if faults.drop_rate and self._rng.random() < faults.drop_rate:
-            return _DROP
+            return DROP
         if faults.error_rate and self._rng.random() < faults.error_rate:
             self.stats.injected_errors += 1
             if self._rng.random() < 0.5:
-                response = _error_response(500, "INTERNAL_ERROR", "Injected fault: error_rate.", headers)
+                response = error_response(500, "INTERNAL_ERROR", "Injected fault: error_rate.", headers)
             else:
-                response = _error_response(503, "SERVICE_UNAVAILABLE", "Injected fault: error_rate.", headers)
-            return _Verdict("respond", response)
-        return _Verdict("pass", headers=headers) if headers else _PASS
+                response = error_response(503, "SERVICE_UNAVAILABLE", "Injected fault: error_rate.", headers)
+            return Verdict("respond", response)
+        return Verdict("pass", headers=headers) if headers else PASS
 
     def reset(self, *, stats_only: bool = False) -> None:
         self.stats = Stats()
@@ -184,12 +184,12 @@ class CatalogEmulator:
     def product_count(self, api_key: str) -> int:
         return len(self.accounts[api_key])
 
-    def upsert(self, account: Account, spec: _UpsertSpec, uploads: Mapping[str, str]) -> tuple[Product, bool]:
+    def upsert(self, account: Account, spec: UpsertSpec, uploads: Mapping[str, str]) -> tuple[Product, bool]:
         now = self.now()
         product = account.live(spec.external_id, now)
         created = product is None
         if product is None:
-            if isinstance(spec.images, _Omitted):
+            if isinstance(spec.images, Omitted):
                 raise CatalogError(
                     400,
                     "PRODUCT_IMAGES_REQUIRED",
@@ -202,20 +202,20 @@ class CatalogEmulator:
         else:
             product.updated_at = now
             self.stats.updates += 1
-        if not isinstance(spec.title, _Omitted):
+        if not isinstance(spec.title, Omitted):
             product.title = spec.title
-        if not isinstance(spec.description, _Omitted):
+        if not isinstance(spec.description, Omitted):
             product.description = spec.description
-        if not isinstance(spec.images, _Omitted):
+        if not isinstance(spec.images, Omitted):
             product.images = [
-                _Image(image.url or uploads[image.file_key or ""], image.role, image.classifications)
+                Image(image.url or uploads[image.file_key or ""], image.role, image.classifications)
                 for image in spec.images
             ]
-        if not isinstance(spec.metadata, _Omitted):
+        if not isinstance(spec.metadata, Omitted):
             product.metadata = spec.metadata
-        if not isinstance(spec.auto_detect_image_roles, _Omitted):
+        if not isinstance(spec.auto_detect_image_roles, Omitted):
             product.auto_detect_image_roles = spec.auto_detect_image_roles
-        if not isinstance(spec.valid_for_days, _Omitted):
+        if not isinstance(spec.valid_for_days, Omitted):
             product.valid_for_days = spec.valid_for_days
             product.expires_at = None if spec.valid_for_days is None else now + timedelta(days=spec.valid_for_days)
         product.render()
@@ -225,13 +225,13 @@ class CatalogEmulator:
         self.stats.gets += 1
         product = account.live(external_id, self.now())
         if product is None:
-            raise _not_found(external_id)
+            raise not_found(external_id)
         return product
 
     def delete(self, account: Account, external_id: str) -> None:
         product = account.live(external_id, self.now())
         if product is None:
-            raise _not_found(external_id)
+            raise not_found(external_id)
         account.remove(product)
         self.stats.deletes += 1
 
@@ -256,7 +256,7 @@ class CatalogEmulator:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     def _decode_cursor(self, account: Account, cursor: str) -> int:
-        invalid = _invalid("cursor", "unknown cursor: pass the nextCursor of a previous page.")
+        invalid = validation_failed("cursor", "unknown cursor: pass the nextCursor of a previous page.")
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
             body = json.loads(raw)

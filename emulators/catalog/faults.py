@@ -89,7 +89,7 @@ class FixedWindow:
 
 
 @dataclass(frozen=True, slots=True)
-class _Verdict:
+class Verdict:
     """What the fault injector decided for one API request, before any `await`."""
 
     action: Literal["pass", "drop", "respond"]
@@ -97,5 +97,5 @@ class _Verdict:
     headers: Mapping[str, str] | None = None
 
 
-_PASS = _Verdict("pass")
-_DROP = _Verdict("drop")
+PASS = Verdict("pass")
+DROP = Verdict("drop")

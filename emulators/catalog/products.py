@@ -11,16 +11,16 @@ from typing import Any
 from emulators.catalog.contract import format_timestamp
 
 
-class _Omitted(enum.Enum):
+class Omitted(enum.Enum):
     OMITTED = enum.auto()
 
 
 # Keeps "the field was not sent" apart from "the field was sent as null".
-OMITTED = _Omitted.OMITTED
+OMITTED = Omitted.OMITTED
 
 
 @dataclass(frozen=True, slots=True)
-class _ImageSpec:
+class ImageSpec:
     url: str | None
     file_key: str | None
     role: str | None
@@ -28,18 +28,18 @@ class _ImageSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class _UpsertSpec:
+class UpsertSpec:
     external_id: str
-    title: str | _Omitted
-    description: str | _Omitted
-    images: list[_ImageSpec] | _Omitted
-    metadata: dict[str, Any] | _Omitted | None
-    auto_detect_image_roles: bool | _Omitted
-    valid_for_days: int | _Omitted | None
+    title: str | Omitted
+    description: str | Omitted
+    images: list[ImageSpec] | Omitted
+    metadata: dict[str, Any] | Omitted | None
+    auto_detect_image_roles: bool | Omitted
+    valid_for_days: int | Omitted | None
 
 
 @dataclass(frozen=True, slots=True)
-class _Image:
+class Image:
     source_url: str
     role: str | None
     classifications: dict[str, Any] | None
@@ -55,7 +55,7 @@ class Product:
     updated_at: datetime
     title: str = ""
     description: str = ""
-    images: list[_Image] = field(default_factory=list)
+    images: list[Image] = field(default_factory=list)
     metadata: dict[str, Any] | None = None
     auto_detect_image_roles: bool = False
     valid_for_days: int | None = None

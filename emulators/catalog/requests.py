@@ -15,8 +15,8 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from emulators.catalog.contract import (
-    _DIGITS,
     DEFAULT_LIMIT,
+    DIGITS,
     IMAGE_HEAD_BYTES,
     IMAGE_SIGNATURES,
     MAX_FORM_FIELDS,
@@ -33,28 +33,28 @@ from emulators.catalog.contract import (
     UPLOAD_CHUNK,
     UPLOAD_REF_HEX,
     CatalogError,
-    _invalid,
+    validation_failed,
 )
-from emulators.catalog.products import OMITTED, _ImageSpec, _Omitted, _UpsertSpec
+from emulators.catalog.products import OMITTED, ImageSpec, Omitted, UpsertSpec
 
 
-def _optional_str(payload: Mapping[str, Any], name: str) -> str | _Omitted:
+def _optional_str(payload: Mapping[str, Any], name: str) -> str | Omitted:
     if name not in payload:
         return OMITTED
     value = payload[name]
     if not isinstance(value, str):
-        raise _invalid(name, "must be a string.")
+        raise validation_failed(name, "must be a string.")
     return value
 
 
-def _parse_valid_for_days(payload: Mapping[str, Any]) -> int | _Omitted | None:
+def _parse_valid_for_days(payload: Mapping[str, Any]) -> int | Omitted | None:
     if "validForDays" not in payload:
         return OMITTED
     value = payload["validForDays"]
     if value is None:
         return None
     if type(value) is not int or not MIN_VALID_FOR_DAYS <= value <= MAX_VALID_FOR_DAYS:
-        raise _invalid(
+        raise validation_failed(
             "validForDays",
             f"must be an integer from {MIN_VALID_FOR_DAYS} to {MAX_VALID_FOR_DAYS}, or null for kept forever; "
             f"got {json.dumps(value)}.",
@@ -64,23 +64,23 @@ def _parse_valid_for_days(payload: Mapping[str, Any]) -> int | _Omitted | None:
 
 def _check_url(url: Any, where: str) -> str:
     if not isinstance(url, str) or not url.strip():
-        raise _invalid(f"{where}.url", "must be a non-empty string.")
+        raise validation_failed(f"{where}.url", "must be a non-empty string.")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _invalid(f"{where}.url", "must be an absolute http(s) URL.")
+        raise validation_failed(f"{where}.url", "must be an absolute http(s) URL.")
     return url
 
 
-def _parse_image(entry: Any, index: int) -> _ImageSpec:
+def _parse_image(entry: Any, index: int) -> ImageSpec:
     where = f"images[{index}]"
     if not isinstance(entry, dict):
-        raise _invalid(where, "must be an object.")
+        raise validation_failed(where, "must be an object.")
     if "source" in entry:
         if "url" in entry or "fileKey" in entry:
-            raise _invalid(where, "put url or fileKey inside source, not beside it.")
+            raise validation_failed(where, "put url or fileKey inside source, not beside it.")
         source = entry["source"]
         if not isinstance(source, dict):
-            raise _invalid(f"{where}.source", "must be an object.")
+            raise validation_failed(f"{where}.source", "must be an object.")
         where = f"{where}.source"
     else:
         source = entry  # the deprecated flat shape
@@ -88,16 +88,16 @@ def _parse_image(entry: Any, index: int) -> _ImageSpec:
     if url is None and file_key is None:
         raise CatalogError(400, "INVALID_IMAGE_INPUT", f"{where} has neither url nor fileKey; give one of them.")
     if url is not None and file_key is not None:
-        raise _invalid(where, "must hold exactly one of url or fileKey, not both.")
+        raise validation_failed(where, "must hold exactly one of url or fileKey, not both.")
     if file_key is not None and (not isinstance(file_key, str) or not file_key):
-        raise _invalid(f"{where}.fileKey", "must be a non-empty string.")
+        raise validation_failed(f"{where}.fileKey", "must be a non-empty string.")
     role = entry.get("role")
     if role is not None and role not in ROLES:
-        raise _invalid(f"images[{index}].role", "must be top-front, top-back or null.")
+        raise validation_failed(f"images[{index}].role", "must be top-front, top-back or null.")
     classifications = entry.get("classifications")
     if classifications is not None and not isinstance(classifications, dict):
-        raise _invalid(f"images[{index}].classifications", "must be an object.")
-    return _ImageSpec(
+        raise validation_failed(f"images[{index}].classifications", "must be an object.")
+    return ImageSpec(
         url=_check_url(url, where) if url is not None else None,
         file_key=file_key,
         role=role,
@@ -105,49 +105,49 @@ def _parse_image(entry: Any, index: int) -> _ImageSpec:
     )
 
 
-def _parse_images(payload: Mapping[str, Any]) -> list[_ImageSpec] | _Omitted:
+def _parse_images(payload: Mapping[str, Any]) -> list[ImageSpec] | Omitted:
     if "images" in payload and "imageUrls" in payload:
-        raise _invalid("imageUrls", "send images or the deprecated imageUrls, not both.")
+        raise validation_failed("imageUrls", "send images or the deprecated imageUrls, not both.")
     if "imageUrls" in payload:
         urls = payload["imageUrls"]
         if not isinstance(urls, list):
-            raise _invalid("imageUrls", "must be an array of URLs.")
+            raise validation_failed("imageUrls", "must be an array of URLs.")
         entries: list[Any] = [{"url": url} for url in urls]
     elif "images" in payload:
         entries = payload["images"]
         if not isinstance(entries, list):
-            raise _invalid("images", "must be an array.")
+            raise validation_failed("images", "must be an array.")
     else:
         return OMITTED
     if not entries:
         raise CatalogError(400, "PRODUCT_IMAGES_REQUIRED", "A product needs at least one image; images is empty.")
     if len(entries) > MAX_IMAGES:
-        raise _invalid("images", f"at most {MAX_IMAGES} images per product; this request has {len(entries)}.")
+        raise validation_failed("images", f"at most {MAX_IMAGES} images per product; this request has {len(entries)}.")
     return [_parse_image(entry, index) for index, entry in enumerate(entries)]
 
 
-def parse_upsert(payload: Any) -> _UpsertSpec:
+def parse_upsert(payload: Any) -> UpsertSpec:
     """Validate an upsert body (the JSON, wherever it came from) without looking at the stored state."""
     if not isinstance(payload, dict):
-        raise _invalid("(body)", "must be a JSON object.")
+        raise validation_failed("(body)", "must be a JSON object.")
     external_id = payload.get("externalId")
     if external_id is None or (isinstance(external_id, str) and not external_id.strip()):
         raise CatalogError(400, "EXTERNAL_ID_REQUIRED", "externalId is required.")
     if not isinstance(external_id, str):
-        raise _invalid("externalId", "must be a non-empty string.")
+        raise validation_failed("externalId", "must be a non-empty string.")
     if external_id.startswith(RESERVED_PREFIX):
         raise CatalogError(
             409,
             "RESERVED_EXTERNAL_ID",
             f"externalId '{external_id}' is reserved — the '{RESERVED_PREFIX}' prefix is for server-generated IDs.",
         )
-    metadata: dict[str, Any] | _Omitted | None = payload.get("metadata", OMITTED)
-    if metadata is not None and not isinstance(metadata, dict | _Omitted):
-        raise _invalid("metadata", "must be a JSON object or null.")
-    auto_detect: bool | _Omitted = payload.get("autoDetectImageRoles", OMITTED)
-    if not isinstance(auto_detect, bool | _Omitted):
-        raise _invalid("autoDetectImageRoles", "must be a boolean.")
-    return _UpsertSpec(
+    metadata: dict[str, Any] | Omitted | None = payload.get("metadata", OMITTED)
+    if metadata is not None and not isinstance(metadata, dict | Omitted):
+        raise validation_failed("metadata", "must be a JSON object or null.")
+    auto_detect: bool | Omitted = payload.get("autoDetectImageRoles", OMITTED)
+    if not isinstance(auto_detect, bool | Omitted):
+        raise validation_failed("autoDetectImageRoles", "must be a boolean.")
+    return UpsertSpec(
         external_id=external_id,
         title=_optional_str(payload, "title"),
         description=_optional_str(payload, "description"),
@@ -158,14 +158,14 @@ def parse_upsert(payload: Any) -> _UpsertSpec:
     )
 
 
-def _parse_json(raw: bytes | str, where: str) -> Any:
+def parse_json(raw: bytes | str, where: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise _invalid(where, f"is not valid JSON: {exc}.") from None
+        raise validation_failed(where, f"is not valid JSON: {exc}.") from None
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+async def read_capped(request: Request, cap: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -176,39 +176,39 @@ async def _read_capped(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _media_type(request: Request) -> str:
+def media_type_of(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _check_content_length(request: Request) -> None:
+def check_content_length(request: Request) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         raise CatalogError(413, "PAYLOAD_TOO_LARGE", f"The request is larger than {MAX_REQUEST_BYTES} bytes.")
 
 
-async def _read_form(request: Request) -> FormData:
+async def read_form(request: Request) -> FormData:
     try:
         return await request.form(max_files=MAX_UPLOAD_FILES, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_JSON_BYTES)
     except (HTTPException, MultiPartException) as exc:
         detail = exc.detail if isinstance(exc, HTTPException) else exc.message
-        raise _invalid("(body)", f"the multipart body cannot be read: {detail}") from None
+        raise validation_failed("(body)", f"the multipart body cannot be read: {detail}") from None
 
 
-async def _form_payload(form: FormData) -> Any:
+async def form_payload(form: FormData) -> Any:
     data = form.get("data")
     if data is None:
-        raise _invalid("data", "a multipart upsert needs a 'data' field holding the JSON body.")
+        raise validation_failed("data", "a multipart upsert needs a 'data' field holding the JSON body.")
     if isinstance(data, UploadFile):
         if data.size is not None and data.size > MAX_JSON_BYTES:
             raise CatalogError(413, "PAYLOAD_TOO_LARGE", f"The data field is larger than {MAX_JSON_BYTES} bytes.")
-        return _parse_json(await data.read(), "data")
-    return _parse_json(data, "data")
+        return parse_json(await data.read(), "data")
+    return parse_json(data, "data")
 
 
-async def _upload_refs(spec: _UpsertSpec, form: FormData | None) -> dict[str, str]:
+async def upload_refs(spec: UpsertSpec, form: FormData | None) -> dict[str, str]:
     """Read every file the images name and return fileKey -> `upload://…` reference."""
     refs: dict[str, str] = {}
-    if isinstance(spec.images, _Omitted):
+    if isinstance(spec.images, Omitted):
         return refs
     for index, image in enumerate(spec.images):
         key = image.file_key
@@ -258,15 +258,15 @@ def is_image(head: bytes) -> bool:
     return head.startswith(IMAGE_SIGNATURES)
 
 
-def _parse_limit(raw: str | None) -> int:
+def parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise _invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}; got '{raw[:20]}'.")
+    if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise validation_failed("limit", f"must be an integer from 1 to {MAX_LIMIT}; got '{raw[:20]}'.")
     return int(raw)
 
 
-def _external_id(request: Request) -> str:
+def external_id(request: Request) -> str:
     external_id: str = request.path_params["external_id"]
     if not external_id:
         raise CatalogError(
