@@ -136,6 +136,9 @@ class Stack:
             "CATALOG_SYNC_CATALOG_RATE_LIMIT": "100/minute",
             "CATALOG_SYNC_SOURCES_FILE": str(self.work / "catalog-sync.toml"),
             "CATALOG_SYNC_LOG_FORMAT": "json",
+            # Docker's vfs storage (the only driver here) copies the whole image for each container it creates:
+            # on a busy machine one create outlasts compose's default 60 s wait for the daemon.
+            "COMPOSE_HTTP_TIMEOUT": os.environ.get("COMPOSE_HTTP_TIMEOUT", "900"),
         }
 
     def write(self) -> None:
