@@ -36,6 +36,9 @@ _SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # The keys a sources file may hold at its top level.
 TOP_LEVEL_KEYS = ("sources", "accounts")
+# Kinds whose products can be split by an option (`split_by`): feeds by an item attribute, shops by a product option
+# (Shopify) or a variation attribute (WooCommerce). The storefront's products.json carries no variant images.
+SPLIT_KINDS = ("feed", "shopify", "shopify-rest", "woocommerce")
 
 
 class ProductFilter(BaseModel):
@@ -127,7 +130,8 @@ class SourceConfig(BaseModel):
     )
     split_by: str | None = Field(
         None,
-        description='Feeds: one catalog product per value of this attribute ("color") within an item group.',
+        description='One catalog product per value of this attribute or option ("color"): within a feed\'s item '
+        "group, or of a Shopify product's option or a WooCommerce product's variation attribute.",
     )
     include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
     exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
@@ -174,8 +178,12 @@ class SourceConfig(BaseModel):
         """Options that only some kinds of source can honour are refused elsewhere, not silently ignored."""
         if self.columns and self.kind != "feed":
             raise ValueError("columns applies to kind 'feed' only")
-        if self.split_by is not None and self.kind != "feed":
-            raise ValueError("split_by is supported for kind 'feed' only so far")
+        if self.split_by is not None and self.kind not in SPLIT_KINDS:
+            raise ValueError(
+                f"split_by is not supported for kind {self.kind!r} (its product listing has no variant images); it "
+                f"applies to kind {', '.join(repr(kind) for kind in SPLIT_KINDS)}: use kind 'shopify' with an access "
+                "token, or remove split_by"
+            )
         if self.split_by is not None and not self.split_by.strip():
             raise ValueError('split_by names an attribute, e.g. "color"')
         for side in ("include", "exclude"):

@@ -33,6 +33,7 @@ __all__ = [
     "ProductStatus",
     "SkippedProduct",
     "SourceProduct",
+    "Variant",
     "WebhookEvent",
     "WebhookTopic",
     "clean_text",
@@ -65,6 +66,16 @@ class ImageRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """One purchasable variant of a shop product, as far as splitting it by an option needs: its option values
+    (`(name, value)` in the shop's order), its own image and its price."""
+
+    options: tuple[tuple[str, str], ...]
+    image: ImageRef | None = None
+    price: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SourceProduct:
     """One shop product, already normalized. `product_id` is the platform's id as a string."""
 
@@ -86,6 +97,10 @@ class SourceProduct:
     attributes: Mapping[str, str] = field(default_factory=dict)
     # Where the record came from (a GID, a feed line number): for error messages, never sent to the catalog.
     raw_ref: str | None = None
+    # The shop's options (`(name, values)`) and variants, read only for a source that splits products by an option
+    # (`split_by`, see `connectors.colourways`); never sent to the catalog.
+    options: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    variants: tuple[Variant, ...] = ()
 
     def __post_init__(self) -> None:
         if self.updated_at.tzinfo is None:

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from config.sources import SourceConfig
 from connectors.base import SourceProduct
+from connectors.colourways import colourways, group_of, splits_shop_products
+from connectors.feed import SPLIT_SEPARATOR
 from worker.audit import AuditReport, audit
 from worker.errors import ConfigError, SkippedProduct, SyncError
 from worker.feeder import feed
 from worker.images import ImageChecker, ImageVerdict
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
-from worker.state import DEFAULT_ACCOUNT, RunMode, utcnow
+from worker.state import DEFAULT_ACCOUNT, DesiredRow, RunMode, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +144,12 @@ def sync_product(
     """Fetch one product from its source and converge it at priority. Returns whether the desired row changed.
 
     `force` (the admin command) overwrites a newer stored row and retries a failed one; `resend` pushes it whatever
-    the hashes say (`resync --product ID --force`).
+    the hashes say (`resync --product ID --force`). A shop source that splits products by an option converges the
+    whole product, every colourway at once (`product_id` may name the product or one of its colourways).
     """
     source = runtime.source(source_name)
+    if splits_shop_products(source):
+        return _sync_colourways(runtime, source, group_of(product_id), dispatcher, force=force, resend=resend)
     connector = runtime.connector(source_name)
     try:
         product = connector.get_product(product_id)
@@ -166,17 +172,61 @@ def sync_product(
         if resend:
             runtime.store.resend_rows(source_name, [product_id])
     else:
-        try:
-            row = desired_row(product, source, _image_verdicts(runtime, source, product))
-        except SkippedProduct as skip:
-            skipped = skipped_row(skip, source, product.updated_at)
-            if skipped is None:
-                return False
-            row = skipped
+        row = _product_row(runtime, source, product)
+        if row is None:
+            return False
         changed = runtime.store.write_desired([row], force=force, priority=True, resend=resend).changed > 0
     if changed or force:
         dispatch(runtime, dispatcher, source_name, [product_id], priority=True, force=force)
     return changed
+
+
+def _product_row(runtime: Runtime, source: SourceConfig, product: SourceProduct) -> DesiredRow | None:
+    try:
+        return desired_row(product, source, _image_verdicts(runtime, source, product))
+    except SkippedProduct as skip:
+        return skipped_row(skip, source, product.updated_at)
+
+
+def _sync_colourways(
+    runtime: Runtime, source: SourceConfig, group: str, dispatcher: Dispatcher, *, force: bool, resend: bool
+) -> bool:
+    """Converge a split shop product: upsert its colourways as the shop has them now, delete the ones the state
+    knows for it that the shop no longer has (and every one, with the product, when the shop has no such product).
+    The product's own id stays a product when it has no option to split by."""
+    store = runtime.store
+    connector = runtime.connector(source.name)
+    rows: list[DesiredRow] = []
+    updated_at: datetime | None = None
+    try:
+        product = connector.get_product(group)
+    except SkippedProduct as skip:
+        skipped = skipped_row(skip, source, utcnow())
+        rows = [skipped] if skipped is not None else []
+        product = None
+    finally:
+        connector.close()
+    if product is not None:
+        assert source.split_by is not None
+        updated_at = product.updated_at
+        rows = [row for item in colourways(product, source.split_by) if (row := _product_row(runtime, source, item))]
+    present = {row.product_id for row in rows}
+    vanished = [pid for pid in store.group_members(source.name, group, SPLIT_SEPARATOR) if pid not in present]
+    # The product's own row: a tombstone when the shop has no such product (as for any product), and deleted when
+    # it now splits into colourways while the catalog still holds it whole.
+    if group not in present and ((product is None and not rows) or store.live_ids(source.name, [group])):
+        vanished.append(group)
+    changed = list(store.write_desired(rows, force=force, priority=True, resend=resend).changed_ids) if rows else []
+    moment = None if force else (updated_at or utcnow())
+    for product_id in vanished:
+        if store.mark_deleted(source.name, product_id, updated_at=moment, account=source.account):
+            changed.append(product_id)
+    if resend and vanished:
+        store.resend_rows(source.name, vanished)
+    pushes = list(dict.fromkeys(changed if not (force or resend) else [*present, *vanished]))
+    if pushes:
+        dispatch(runtime, dispatcher, source.name, pushes, priority=True, force=force)
+    return bool(changed)
 
 
 def accounts(runtime: Runtime) -> list[str]:

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from config.sources import SourceConfig
 from connectors.base import MAX_IMAGES, Connector, SourceProduct, clean_text, filter_reason, product_id_problem
+from connectors.colourways import split_products
 from worker.catalog import ProductUpsert, field_path
 from worker.errors import SkippedProduct, SourceError
 from worker.images import ImageChecker, ImageVerdict
@@ -102,6 +103,10 @@ def catalog_payload(product: SourceProduct, source: SourceConfig) -> dict[str, A
         value = getattr(product, key)
         if value:
             metadata[_camel(key)] = list(value) if isinstance(value, tuple) else value
+    group = product.attributes.get("item_group_id")
+    if group is not None and group != product.product_id:
+        # A colourway of a split product: the catalog keeps which shop product (or feed group) it belongs to.
+        metadata["itemGroupId"] = group
     for name in source.metadata_fields:
         if name in product.attributes:
             metadata[name] = product.attributes[name]
@@ -277,7 +282,7 @@ def plan_source(
     # deletion brake counts them with the products the source dropped.
     held: list[DesiredRow] = []
     try:
-        for page in paged(connector.iter_products(since), page_size):
+        for page in paged(split_products(connector.iter_products(since), source.split_by), page_size):
             verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
             rows = page_rows(page, source, report.counts, verdicts)
             if full:

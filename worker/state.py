@@ -700,6 +700,17 @@ class Store:
             )
             return set(session.scalars(query))
 
+    def group_members(self, source: str, group: str, separator: str) -> list[str]:
+        """The ids of a split product's colourways still wanted in the catalog (`{group}{separator}…`): the state
+        remembers a group by its colourways' ids, so a colour the shop dropped is found without its product."""
+        with self.read_session() as session:
+            query = select(ProductRow.product_id).where(
+                ProductRow.source == source,
+                ProductRow.product_id.startswith(f"{group}{separator}", autoescape=True),
+                ProductRow.desired_hash != DELETED,
+            )
+            return sorted(session.scalars(query))
+
     def skipped(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
         """Products kept out of the catalog on purpose (filtered, no usable images, bad source data), with why."""
         query = select(ProductRow).where(ProductRow.status == "skipped").order_by(ProductRow.source).limit(limit)

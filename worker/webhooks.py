@@ -66,6 +66,7 @@ from starlette.routing import Route
 
 from config.sources import SourceConfig
 from connectors.base import Connector, WebhookEvent, product_id_problem
+from connectors.colourways import splits_shop_products
 from worker.errors import InvalidSignature, SkippedProduct
 from worker.logs import Throttle, configure_logging
 from worker.plan import desired_row, external_id_for, skipped_row, source_time
@@ -543,6 +544,10 @@ class Intake:
             stored_at = state.get(event.product_id, (None, None))[0]
             if _older_than_stored(event, stored_at):
                 results[index] = Result(Outcome.STALE, event.topic)
+            elif splits_shop_products(source):
+                # A split product's colourways converge together, from the shop's own read of the product: an
+                # update may add or drop colours, a deletion takes every colourway the state knows for it.
+                results[index] = self._fetch_one(source.name, event.product_id, event.topic)
             elif event.topic == "delete":
                 deleted_at = event.triggered_at or self._undated_deletion(stored_at)
                 changed = store.mark_deleted(
