@@ -47,6 +47,7 @@ from connectors.base import (
     ImageRef,
     ProductStatus,
     SourceProduct,
+    Variant,
     WebhookEvent,
     html_to_text,
     is_deletion_body,
@@ -142,6 +143,16 @@ _COLLECTION_FIELDS = "id handle title"
 # Cost of `collections(first: N) { edges { node { … } } }`: a connection, 2 + N nodes of one object each.
 _COLLECTIONS_COST = 2 + COLLECTIONS_PER_PRODUCT
 _COLLECTION_GID = "gid://shopify/Collection/"
+# Variants read per product, only for a source that splits products by an option (`split_by`): apparel rarely has
+# more than a few colours times a few sizes; a colour listed by the product's options but none of these variants
+# still becomes a colourway, with the images its alt texts name. A bulk export reads every variant.
+VARIANTS_PER_PRODUCT: Final = 50
+_OPTION_FIELDS = "options { name values }"
+_VARIANT_FIELDS = "id price selectedOptions { name value } image { url altText }"
+# Cost of the options list (one object) and of `variants(first: N)`: 2 + N × (the node, its selectedOptions list
+# and its image: one object each).
+_SPLIT_COST = 1 + 2 + VARIANTS_PER_PRODUCT * 3
+_VARIANT_GID = "gid://shopify/ProductVariant/"
 
 _COUNT_QUERY = "query ProductsCount { productsCount%s { count } }"
 _BULK_RUN = (
@@ -219,13 +230,51 @@ def _min_variant_price(raw: Mapping[str, Any]) -> str | None:
     return min(prices, key=Decimal) if prices else None
 
 
+def _position(entry: Mapping[str, Any]) -> float:
+    position = entry.get("position")
+    return float(position) if isinstance(position, int) and not isinstance(position, bool) else math.inf
+
+
+def _rest_options(raw: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The product's options in position order (`option1` of a variant is the first one's value)."""
+    options = [option for option in raw.get("options") or () if isinstance(option, Mapping)]
+    options.sort(key=_position)
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for option in options:
+        name = _text(option.get("name"))
+        values = option.get("values")
+        if name is not None:
+            listed = values if isinstance(values, list) else ()
+            out.append((name, tuple(text for value in listed if (text := _text(value)) is not None)))
+    return tuple(out)
+
+
+def _rest_variants(raw: Mapping[str, Any], option_names: Sequence[str]) -> tuple[Variant, ...]:
+    """Each variant's option values (`option1`…`option3`, named by the product's options) and its image, found
+    by `image_id` among the product's images."""
+    by_id: dict[Any, ImageRef] = {}
+    for image in raw.get("images") or ():
+        if isinstance(image, Mapping) and isinstance(image.get("src"), str):
+            by_id[image.get("id")] = ImageRef(image["src"], _text(image.get("alt")))
+    variants: list[Variant] = []
+    for variant in raw.get("variants") or ():
+        if not isinstance(variant, Mapping):
+            continue
+        values = [_text(variant.get(f"option{number}")) for number in (1, 2, 3)]
+        options = tuple((name, value) for name, value in zip(option_names, values, strict=False) if value)
+        image = by_id.get(variant.get("image_id")) if variant.get("image_id") is not None else None
+        variants.append(Variant(options, image, _price(variant.get("price"))))
+    return tuple(variants)
+
+
 def normalize_rest_product(
-    source: str, raw: Any, *, shop_url: str | None = None, storefront: bool = False
+    source: str, raw: Any, *, shop_url: str | None = None, storefront: bool = False, variants: bool = False
 ) -> SourceProduct | SkippedProduct:
     """A REST, storefront or webhook product payload as a `SourceProduct`, or a `SkippedProduct` saying why not.
 
     `shop_url` builds the product's page URL (`{shop}/products/{handle}`): always for the storefront, and for admin
-    payloads only when the product is active and published, since other pages answer 404 to shoppers.
+    payloads only when the product is active and published, since other pages answer 404 to shoppers. `variants`
+    keeps the product's options and variants, for a source that splits products by an option.
     """
     if not isinstance(raw, Mapping):
         return SkippedProduct(None, "malformed_payload", f"expected a product object, got {type(raw).__name__}")
@@ -253,6 +302,7 @@ def normalize_rest_product(
         available = any(isinstance(v, Mapping) and v.get("available") is True for v in raw["variants"])
         attributes["availability"] = "in_stock" if available else "out_of_stock"
     gid = raw.get("admin_graphql_api_id")
+    options = _rest_options(raw) if variants else ()
     return SourceProduct(
         source=source,
         product_id=product_id,
@@ -268,6 +318,8 @@ def normalize_rest_product(
         handle=handle,
         attributes=attributes,
         raw_ref=gid if isinstance(gid, str) else f"{_GID_PREFIX}Product/{product_id}",
+        options=options,
+        variants=_rest_variants(raw, [name for name, _ in options]) if variants else (),
     )
 
 
@@ -335,10 +387,12 @@ def normalize_graphql_product(
     tags = node.get("tags")
     if media is None:
         collections = _connection_nodes(node.get("collections"))
+        variants = _connection_nodes(node.get("variants"))
     else:
-        # Bulk output: collection lines and media lines are both children of the product line.
-        collections = [child for child in media if _is_collection(child)]
-        media = [child for child in media if not _is_collection(child)]
+        # Bulk output: collection, variant and media lines are all children of the product line.
+        collections = [child for child in media if _is_child(child, _COLLECTION_GID)]
+        variants = [child for child in media if _is_child(child, _VARIANT_GID)]
+        media = [child for child in media if not _is_child(child, _COLLECTION_GID, _VARIANT_GID)]
     return SourceProduct(
         source=source,
         product_id=product_id,
@@ -355,11 +409,40 @@ def normalize_graphql_product(
         categories=_collection_keys(collections),
         attributes=attributes,
         raw_ref=str(node.get("id")),
+        options=_graphql_options(node.get("options")),
+        variants=tuple(_graphql_variant(variant) for variant in variants if isinstance(variant, Mapping)),
     )
 
 
-def _is_collection(child: Any) -> bool:
-    return isinstance(child, Mapping) and str(child.get("id") or "").startswith(_COLLECTION_GID)
+def _is_child(child: Any, *prefixes: str) -> bool:
+    return isinstance(child, Mapping) and str(child.get("id") or "").startswith(prefixes)
+
+
+def _graphql_options(options: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for option in options if isinstance(options, list) else ():
+        name = _text(option.get("name")) if isinstance(option, Mapping) else None
+        if name is not None:
+            values = option.get("values")
+            listed = values if isinstance(values, list) else ()
+            out.append((name, tuple(text for value in listed if (text := _text(value)) is not None)))
+    return tuple(out)
+
+
+def _graphql_variant(variant: Mapping[str, Any]) -> Variant:
+    """A `ProductVariant` node: its `selectedOptions`, its `image` and its price."""
+    selected = variant.get("selectedOptions")
+    options = tuple(
+        (name, value)
+        for option in (selected if isinstance(selected, list) else ())
+        if isinstance(option, Mapping)
+        and (name := _text(option.get("name"))) is not None
+        and (value := _text(option.get("value"))) is not None
+    )
+    image = variant.get("image")
+    url = image.get("url") if isinstance(image, Mapping) else None
+    ref = ImageRef(url, _text(image.get("altText"))) if isinstance(url, str) and isinstance(image, Mapping) else None
+    return Variant(options, ref, _price(variant.get("price")))
 
 
 def _collection_keys(collections: Iterable[Any]) -> tuple[str, ...]:
@@ -682,9 +765,16 @@ class ShopifyGraphQL(_ShopifyBase):
             if self._with_collections
             else ""
         )
+        # Options and variants cost 150 points a product: asked only when the source splits products by an option.
+        self._with_variants = config.split_by is not None
+        variants = (
+            f"{_OPTION_FIELDS} variants(first: {VARIANTS_PER_PRODUCT}) {{ edges {{ node {{ {_VARIANT_FIELDS} }} }} }}"
+            if self._with_variants
+            else ""
+        )
         self._product_fields = (
             f"{_PRODUCT_SCALARS} {_PRICE_FIELDS if self._with_prices else ''} "
-            f"media(first: {MEDIA_PER_PRODUCT}) {{ edges {{ node {{ {_MEDIA_FIELDS} }} }} }} {collections}"
+            f"media(first: {MEDIA_PER_PRODUCT}) {{ edges {{ node {{ {_MEDIA_FIELDS} }} }} }} {collections} {variants}"
         )
         self._products_query = (
             "query Products($first: Int!, $after: String, $query: String) { "
@@ -693,7 +783,11 @@ class ShopifyGraphQL(_ShopifyBase):
         )
         self._product_query = f"query Product($id: ID!) {{ product(id: $id) {{ {self._product_fields} }} }}"
         # Cost of one product in a page, learned from the server's requestedQueryCost once it answers.
-        extra = (_PRICE_COST if self._with_prices else 0) + (_COLLECTIONS_COST if self._with_collections else 0)
+        extra = (
+            (_PRICE_COST if self._with_prices else 0)
+            + (_COLLECTIONS_COST if self._with_collections else 0)
+            + (_SPLIT_COST if self._with_variants else 0)
+        )
         self._per_product: float = product_node_cost(extra_objects=extra)
         self._last_requested: float | None = None
         # THROTTLED answers seen by this connector: pacing should keep this near zero.
@@ -864,7 +958,7 @@ class ShopifyGraphQL(_ShopifyBase):
         # No `first` on connections: a bulk query reads them all.
         fields = self._product_fields.replace(f"media(first: {MEDIA_PER_PRODUCT})", "media").replace(
             f"collections(first: {COLLECTIONS_PER_PRODUCT})", "collections"
-        )
+        ).replace(f"variants(first: {VARIANTS_PER_PRODUCT})", "variants")
         return f"{{ products{argument} {{ edges {{ node {{ {fields} }} }} }} }}"
 
     def _start_bulk(self, since: datetime | None) -> str:
@@ -961,6 +1055,11 @@ class ShopifyRest(_ShopifyBase):
 
     kind = "shopify-rest"
 
+    @property
+    def _with_variants(self) -> bool:
+        # REST lists options and variants anyway; they are kept only for a source that splits by an option.
+        return self.config.split_by is not None
+
     def _get(self, url: str, *, params: Mapping[str, str] | None = None, ok: tuple[int, ...] = ()) -> httpx.Response:
         response = self._send_admin("GET", url, ok=ok, params=params)
         self._pace(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
@@ -1001,7 +1100,7 @@ class ShopifyRest(_ShopifyBase):
 
         for response in iter_pages(LinkHeaderPaginator(what=self._what), fetch):
             for raw in self._products(response):
-                yield normalize_rest_product(self.source, raw, shop_url=self.shop_url)
+                yield normalize_rest_product(self.source, raw, shop_url=self.shop_url, variants=self._with_variants)
 
     def get_product(self, product_id: str) -> SourceProduct | None:
         number = _require_id(product_id, self._what)
@@ -1010,7 +1109,7 @@ class ShopifyRest(_ShopifyBase):
             return None
         payload = self._json(response)
         raw = payload.get("product") if isinstance(payload, Mapping) else None
-        product = normalize_rest_product(self.source, raw, shop_url=self.shop_url)
+        product = normalize_rest_product(self.source, raw, shop_url=self.shop_url, variants=self._with_variants)
         if isinstance(product, SkippedProduct):
             raise product
         return product

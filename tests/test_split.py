@@ -37,10 +37,10 @@ def test_a_colourways_id_is_the_group_and_the_value(group: str, value: str, prod
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"kind": "woocommerce", "consumer_key": "k", "consumer_secret": "s"}, "split_by is supported for kind 'feed'"),
+        ({"kind": "shopify-storefront"}, "split_by is not supported for kind 'shopify-storefront'.*use kind 'shopify'"),
         ({"kind": "feed", "split_by": " "}, "split_by names an attribute"),
     ],
-    ids=["not-a-feed", "blank"],
+    ids=["storefront", "blank"],
 )
 def test_split_by_mistakes_are_configuration_errors(table: dict[str, Any], message: str) -> None:
     document = {"sources": [{"name": "s", "url": "https://shop.example/f", "split_by": "color", **table}]}

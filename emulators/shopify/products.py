@@ -65,6 +65,10 @@ class Variant:
     sku: str
     inventory_quantity: int
     position: int
+    # The variant's option values, `(option name, value)` in the product's option order (`selectedOptions`).
+    options: tuple[tuple[str, str], ...] = ()
+    # The medium (an image of the product) shown for this variant, by media id; None when it has none.
+    media_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,20 @@ class Product:
     @property
     def images(self) -> tuple[MediaItem, ...]:
         return tuple(item for item in self.media if item.kind == "IMAGE")
+
+    @property
+    def options(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The product's options (`name`, values in order of first use), from its variants as Shopify keeps them."""
+        found: dict[str, list[str]] = {}
+        for variant in self.variants:
+            for name, value in variant.options:
+                values = found.setdefault(name, [])
+                if value not in values:
+                    values.append(value)
+        return tuple((name, tuple(values)) for name, values in found.items())
+
+    def variant_medium(self, variant: Variant) -> MediaItem | None:
+        return next((item for item in self.media if item.id == variant.media_id), None)
 
 
 # fmt: off
@@ -247,6 +265,7 @@ def generate_product(seed: int, count: int, index: int) -> Product:
             sku="" if rng.random() < 0.2 else f"SKU-{index + 1}-{position + 1}",
             inventory_quantity=rng.randint(0, 40),
             position=position + 1,
+            options=(("Title", "Default Title"),) if variant_count == 1 else (("Size", _SIZES[position]),),
         )
         for position in range(variant_count)
     )

@@ -95,6 +95,9 @@ type MediaConnection { edges: [MediaEdge!]! nodes: [Media!]! pageInfo: PageInfo!
 type ImageEdge { cursor: String! node: Image! }
 type ImageConnection { edges: [ImageEdge!]! nodes: [Image!]! pageInfo: PageInfo! }
 
+type SelectedOption { name: String! value: String! }
+type ProductOption { id: ID! name: String! position: Int! values: [String!]! }
+
 type ProductVariant implements Node {
   id: ID!
   legacyResourceId: UnsignedInt64!
@@ -107,6 +110,8 @@ type ProductVariant implements Node {
   position: Int!
   createdAt: DateTime!
   updatedAt: DateTime!
+  selectedOptions: [SelectedOption!]!
+  image: Image
 }
 type ProductVariantEdge { cursor: String! node: ProductVariant! }
 type ProductVariantConnection { edges: [ProductVariantEdge!]! nodes: [ProductVariant!]! pageInfo: PageInfo! }
@@ -140,6 +145,7 @@ type Product implements Node {
   featuredMedia: Media
   mediaCount: Count
   variantsCount: Count
+  options(first: Int): [ProductOption!]!
   media(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): MediaConnection!
   images(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ImageConnection!
   variants(first: Int, after: String, last: Int, before: String, reverse: Boolean = false): ProductVariantConnection!

@@ -8,7 +8,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from emulators.shopify.ids import gid, rest_time
-from emulators.shopify.products import Product
+from emulators.shopify.products import Product, Variant
+
+
+def _option_values(variant: Variant) -> dict[str, Any]:
+    """`option1`…`option3`: the variant's values in the product's option order."""
+    values = [value for _, value in variant.options][:3]
+    return {f"option{number}": values[number - 1] if number <= len(values) else None for number in (1, 2, 3)}
+
+
+def _image_id(product: Product, variant: Variant) -> int | None:
+    item = product.variant_medium(variant)
+    return item.image_id if item is not None and item.kind == "IMAGE" else None
 
 
 def _rest_images(product: Product) -> list[dict[str, Any]]:
@@ -25,7 +36,7 @@ def _rest_images(product: Product) -> list[dict[str, Any]]:
             "width": image.width,
             "height": image.height,
             "src": image.url,
-            "variant_ids": [],
+            "variant_ids": [variant.id for variant in product.variants if variant.media_id == image.id],
         }
         for position, image in enumerate(images, start=1)
     ]
@@ -44,15 +55,13 @@ def _rest_variants(product: Product) -> list[dict[str, Any]]:
             "compare_at_price": None,
             "fulfillment_service": "manual",
             "inventory_management": "shopify",
-            "option1": variant.title,
-            "option2": None,
-            "option3": None,
+            **_option_values(variant),
             "created_at": rest_time(product.created_at),
             "updated_at": rest_time(product.updated_at),
             "taxable": True,
             "barcode": None,
             "grams": 0,
-            "image_id": None,
+            "image_id": _image_id(product, variant),
             "weight": 0.0,
             "weight_unit": "kg",
             "inventory_item_id": variant.id + 1,
@@ -69,15 +78,15 @@ def _rest_variants(product: Product) -> list[dict[str, Any]]:
 
 
 def _options(product: Product) -> list[dict[str, Any]]:
-    name = "Title" if len(product.variants) == 1 else "Size"
     return [
         {
-            "id": product.id + 7,
+            "id": product.id + 7 + position,
             "product_id": product.id,
             "name": name,
-            "position": 1,
-            "values": [variant.title for variant in product.variants],
+            "position": position,
+            "values": list(values),
         }
+        for position, (name, values) in enumerate(product.options, start=1)
     ]
 
 
@@ -123,7 +132,7 @@ def webhook_product(product: Product) -> dict[str, Any]:
             "status": "READY",
             "media_content_type": item.kind,
             "preview_image": {"width": item.width, "height": item.height, "src": item.url, "status": "READY"},
-            "variant_ids": [],
+            "variant_ids": [variant.id for variant in product.variants if variant.media_id == item.id],
             "admin_graphql_api_id": gid("MediaImage" if item.kind == "IMAGE" else "Video", item.id),
         }
         for position, item in enumerate(product.media, start=1)
@@ -155,9 +164,7 @@ def storefront_product(product: Product) -> dict[str, Any]:
             {
                 "id": variant.id,
                 "title": variant.title,
-                "option1": variant.title,
-                "option2": None,
-                "option3": None,
+                **_option_values(variant),
                 "sku": variant.sku,
                 "requires_shipping": True,
                 "taxable": True,
@@ -180,7 +187,7 @@ def storefront_product(product: Product) -> dict[str, Any]:
                 "position": position,
                 "updated_at": rest_time(product.updated_at),
                 "product_id": product.id,
-                "variant_ids": [],
+                "variant_ids": [variant.id for variant in product.variants if variant.media_id == image.id],
                 "src": image.url,
                 "width": image.width,
                 "height": image.height,

@@ -323,6 +323,45 @@ class ProductStore:
             raise ValueError("a product may have at most 250 images")
         return tuple(media)
 
+    def _variants(self, specs: Sequence[Any], media: Sequence[MediaItem]) -> tuple[Variant, ...]:
+        """New variants from `specs` ({options: {name: value}, price, sku, inventory_quantity, image: a URL of one of
+        the product's images}), in order."""
+        by_url = {item.url: item for item in media if item.kind == "IMAGE"}
+        variants: list[Variant] = []
+        for position, spec in enumerate(specs, start=1):
+            if not isinstance(spec, Mapping):
+                raise ValueError("each of variants is an object {options, price, sku, inventory_quantity, image}")
+            options = spec.get("options") or {"Title": "Default Title"}
+            if not isinstance(options, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and v for k, v in options.items()
+            ):
+                raise ValueError('a variant\'s options map option names to values: {"Color": "Red", "Size": "S"}')
+            image = spec.get("image")
+            medium = by_url.get(image) if isinstance(image, str) else None
+            if image is not None and medium is None:
+                raise ValueError(f"a variant's image must be one of the product's images, not {image!r}")
+            try:
+                price = f"{float(spec.get('price', '0.00')):.2f}"
+                quantity = int(spec.get("inventory_quantity", 0))
+            except (TypeError, ValueError) as exc:
+                raise ValueError("a variant's price is a number and its inventory_quantity an integer") from exc
+            variants.append(
+                Variant(
+                    id=self._next_variant_id,
+                    title=" / ".join(options.values()),
+                    price=price,
+                    sku=str(spec.get("sku", "")),
+                    inventory_quantity=quantity,
+                    position=position,
+                    options=tuple(options.items()),
+                    media_id=medium.id if medium is not None else None,
+                )
+            )
+            self._next_variant_id += 1
+        if not variants:
+            raise ValueError("a product has at least one variant")
+        return tuple(variants)
+
     def create(self, fields: Mapping[str, Any], *, now: int) -> Product:
         changes = normalize_fields(fields)
         title = changes.get("title")
@@ -333,8 +372,7 @@ class ProductStore:
             self._next_id += PRODUCT_ID_STEP
             status: ProductStatus = changes.get("status", "ACTIVE")
             handle = changes.get("handle") or f"{slug(title)}-{product_id}"
-            variant = Variant(self._next_variant_id, "Default Title", "0.00", "", 0, 1)
-            self._next_variant_id += 1
+            media = self._media(changes.get("images", ()), ())
             record = Product(
                 id=product_id,
                 title=title,
@@ -347,8 +385,8 @@ class ProductStore:
                 created_at=now,
                 updated_at=now,
                 published_at=now if status == "ACTIVE" else None,
-                media=self._media(changes.get("images", ()), ()),
-                variants=(variant,),
+                media=media,
+                variants=self._variants(changes.get("variants", ({},)), media),
             )
             self._put(record, None)
             return record
@@ -361,9 +399,11 @@ class ProductStore:
             current = self.get(product_id)
             if current is None:
                 return None
-            values: dict[str, Any] = {k: v for k, v in changes.items() if k != "images"}
+            values: dict[str, Any] = {k: v for k, v in changes.items() if k not in ("images", "variants")}
             if "images" in changes:
                 values["media"] = self._media(changes["images"], current.media)
+            if "variants" in changes:
+                values["variants"] = self._variants(changes["variants"], values.get("media", current.media))
             status = values.get("status", current.status)
             if status == "ACTIVE" and current.published_at is None:
                 values["published_at"] = now
@@ -396,6 +436,7 @@ _FIELD_ALIASES = {
     "tags": "tags",
     "images": "images",
     "media": "images",
+    "variants": "variants",
 }
 
 
@@ -421,6 +462,10 @@ def normalize_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "images":
             if not isinstance(value, list):
                 raise ValueError("images must be a list of URLs or {src, alt} objects")
+            out[name] = value
+        elif name == "variants":
+            if not isinstance(value, list):
+                raise ValueError("variants must be a list of {options, price, sku, inventory_quantity, image} objects")
             out[name] = value
         else:
             if value is None and name == "description_html":

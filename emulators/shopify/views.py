@@ -161,6 +161,21 @@ def _variants(fields: Fields, node: Node, args: Mapping[str, Any]) -> Connection
     return list_connection([Node("ProductVariant", v, product) for v in product.variants], keys, args, fields.bulk)
 
 
+def _options(fields: Fields, node: Node, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+    product: Product = node.record
+    first = args.get("first")
+    options = product.options if first is None else product.options[:first]
+    return [
+        {"id": gid("ProductOption", product.id * 10 + position), "name": name, "position": position, "values": values}
+        for position, (name, values) in enumerate(options, start=1)
+    ]
+
+
+def _variant_image(fields: Fields, node: Node, args: Mapping[str, Any]) -> Node | None:
+    item = node.owner.variant_medium(node.record) if node.owner is not None else None
+    return Node("Image", item) if item is not None and item.kind == "IMAGE" else None
+
+
 def _collections(fields: Fields, node: Node, args: Mapping[str, Any]) -> Connection:
     collections = product_collections(node.record)
     keys = [(position, collection.id) for position, collection in enumerate(collections)]
@@ -204,9 +219,12 @@ COMPUTED: dict[str, dict[str, Getter]] = {
         "images": _images,
         "variants": _variants,
         "collections": _collections,
+        "options": _options,
     },
     "ProductVariant": {
         "compareAtPrice": _constant(None),
+        "selectedOptions": lambda fields, node, args: [{"name": n, "value": v} for n, v in node.record.options],
+        "image": _variant_image,
         "availableForSale": lambda fields, node, args: (
             node.record.inventory_quantity > 0 and node.owner is not None and node.owner.status == "ACTIVE"
         ),
