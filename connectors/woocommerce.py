@@ -61,6 +61,7 @@ from connectors.base import (
     ImageRef,
     ProductStatus,
     SourceProduct,
+    Variant,
     WebhookEvent,
     html_to_text,
     is_deletion_body,
@@ -70,6 +71,7 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
+from connectors.colourways import matches_option
 from connectors.http import Clock, HttpConnector, Sleep, excerpt, send
 from connectors.paging import ListPage, PageNumberPaginator, Paginator, iter_pages
 from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
@@ -198,6 +200,36 @@ def variation_images(variations: Iterable[Any], base: str = "") -> list[ImageRef
         if image is not None:
             images.append(image)
     return images
+
+
+def variation_options(raw: Mapping[str, Any], split_by: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A variable product's variation attributes (`(name, values)`) when one of them is the one `split_by` names
+    (by name, `Color`, or taxonomy, `pa_color`); empty otherwise, and the product stays one product."""
+    options: list[tuple[str, tuple[str, ...]]] = []
+    found = False
+    for attribute in _list(raw.get("attributes")):
+        if not isinstance(attribute, Mapping) or attribute.get("variation") is False:
+            continue
+        name = html_to_text(_text(attribute.get("name")))
+        if not name:
+            continue
+        found = found or any(matches_option(key, split_by) for key in (name, _text(attribute.get("slug"))))
+        values = tuple(text for value in _list(attribute.get("options")) if (text := html_to_text(_text(value))))
+        options.append((name, values))
+    return tuple(options) if found else ()
+
+
+def variation_variant(variation: Mapping[str, Any], base: str = "") -> Variant:
+    """One variation's attribute values, image and price."""
+    options = tuple(
+        (name, value)
+        for attribute in _list(variation.get("attributes"))
+        if isinstance(attribute, Mapping)
+        and (name := html_to_text(_text(attribute.get("name"))))
+        and (value := html_to_text(_text(attribute.get("option"))))
+    )
+    price = variation.get("price")
+    return Variant(options, _image_ref(variation.get("image"), base), str(price) if price not in (None, "") else None)
 
 
 def _attributes(raw: Mapping[str, Any], categories: Sequence[str]) -> dict[str, str]:
@@ -583,7 +615,11 @@ class WooCommerceConnector(HttpConnector):
 
     def _with_variations(self, product: SourceProduct, raw: Mapping[str, Any]) -> SourceProduct:
         """A variable product with its variations' images after its own (checked first: a skipped record costs no
-        request)."""
+        request); for a source that splits by a variation attribute the product has, with its variations instead."""
+        split_by = self.config.split_by
+        options = variation_options(raw, split_by) if split_by and raw.get("type") == "variable" else ()
+        if options:
+            return replace(product, options=options, variants=self._variants(product, raw))
         extra = self._variation_images(product, raw)
         return replace(product, images=normalize_images((*product.images, *extra))) if extra else product
 
@@ -617,6 +653,23 @@ class WooCommerceConnector(HttpConnector):
             if len(own | {image.url for image in images}) >= MAX_IMAGES:
                 break
         return images
+
+    def _variants(self, product: SourceProduct, raw: Mapping[str, Any]) -> tuple[Variant, ...]:
+        """Every enabled variation of the product (disabled ones are `private`), read page by page."""
+        if not _list(raw.get("variations")):
+            return ()
+        base = _text(raw.get("permalink"))
+        product_id = product.product_id
+        variants: list[Variant] = []
+        for page in iter_pages(
+            PageNumberPaginator(what=self._what), lambda number: self._variations(product_id, number)
+        ):
+            variants.extend(
+                variation_variant(v, base)
+                for v in page.items
+                if isinstance(v, Mapping) and v.get("status", "publish") == "publish"
+            )
+        return tuple(variants)
 
     def _variations(self, product_id: str, page: int) -> ListPage:
         response = self._request(

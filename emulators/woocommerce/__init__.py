@@ -36,7 +36,8 @@ Control API (under `/_emulator`, no credentials; JSON bodies):
 
     POST   /products                  create (`name`, `type`, `status`, `description`, `short_description`, `images`
                                       [src or {src, alt}], `categories`/`tags` [names], `regular_price`, `sale_price`,
-                                      `sku`, `stock_status`, `variations` [{image, status}]); 201 with the product
+                                      `sku`, `stock_status`, `variations` [{image, status, regular_price, attributes:
+                                      {"Color": "Red", "Size": "M"}}]); 201 with the product
     PATCH  /products/{id}             edit the same fields (not `status: trash`: use /trash)
     POST   /products/{id}/trash       trash it (`product.deleted`, payload `{"id"}`)
     POST   /products/{id}/restore     back to the status it had when trashed (`product.restored`)

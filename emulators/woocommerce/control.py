@@ -84,12 +84,24 @@ def _apply(store: WooStore, product: WooProduct, body: Mapping[str, Any]) -> Non
                     status="private" if entry.get("status") == "private" else "publish",
                     image=_image_of(store, image, "variations[].image") if image else None,
                     regular_price=str(entry.get("regular_price", "10.00")),
-                    attribute=str(entry.get("attribute", f"Option {number + 1}")),
+                    attributes=_variation_attributes(entry, number),
                     date_created=store.now(),
                     date_modified=store.now(),
                 )
             )
         product.variations = variations
+
+
+def _variation_attributes(entry: Mapping[str, Any], number: int) -> tuple[tuple[str, str], ...]:
+    """`attributes` ({"Color": "Red", "Size": "M"}), or `attribute` (a colour), or a numbered colour."""
+    attributes = entry.get("attributes")
+    if attributes is None:
+        return (("Color", str(entry.get("attribute", f"Option {number + 1}"))),)
+    if not isinstance(attributes, Mapping) or not all(
+        isinstance(name, str) and isinstance(option, str) and name and option for name, option in attributes.items()
+    ):
+        raise EmulatorError(400, "emulator_invalid_field", '`variations[].attributes` is {"Color": "Red", ...}')
+    return tuple(attributes.items())
 
 
 def _entries(body: Mapping[str, Any], name: str) -> list[Any]:

@@ -40,9 +40,14 @@ class WooVariation:
     status: str  # publish (enabled) or private (disabled)
     image: WooImage | None
     regular_price: str
-    attribute: str
+    # The variation's attribute values, `(attribute name, option)`, e.g. (("Color", "Navy"), ("Size", "M")).
+    attributes: tuple[tuple[str, str], ...]
     date_created: datetime
     date_modified: datetime
+
+    @property
+    def label(self) -> str:
+        return ", ".join(option for _, option in self.attributes)
 
 
 @dataclass
@@ -125,7 +130,9 @@ def generate_products(count: int, seed: int, now: datetime) -> tuple[list[WooPro
                         status="private" if rng.random() < 0.1 else "publish",
                         image=image,
                         regular_price=f"{rng.randint(5, 150)}.{rng.choice(('00', '50', '99'))}",
-                        attribute=rng.choice(("Black", "Green", "Écru", "Navy", "Rouge")) + f" {number + 1}",
+                        attributes=(
+                            ("Color", rng.choice(("Black", "Green", "Écru", "Navy", "Rouge")) + f" {number + 1}"),
+                        ),
                         date_created=created,
                         date_modified=modified,
                     )

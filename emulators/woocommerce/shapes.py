@@ -29,6 +29,41 @@ def _image(store: WooStore, image: WooImage, moment: datetime) -> dict[str, Any]
     }
 
 
+# Global attributes (taxonomies `pa_<slug>`) the store defines, by name; any other name is a custom attribute (id 0).
+_GLOBAL_ATTRIBUTES = {"Color": 6, "Size": 7}
+
+
+def _attribute_id(name: str) -> int:
+    return _GLOBAL_ATTRIBUTES.get(name, 0)
+
+
+def _taxonomy(name: str) -> str:
+    slug = name.lower().replace(" ", "-")
+    return f"pa_{slug}" if name in _GLOBAL_ATTRIBUTES else slug
+
+
+def _product_attributes(product: WooProduct) -> list[dict[str, Any]]:
+    """A variable product's attributes used for variations, with their options in order of first use."""
+    found: dict[str, list[str]] = {}
+    for variation in product.variations:
+        for name, option in variation.attributes:
+            options = found.setdefault(name, [])
+            if option not in options:
+                options.append(option)
+    return [
+        {
+            "id": _attribute_id(name),
+            "name": name,
+            "slug": _taxonomy(name),
+            "position": position,
+            "visible": True,
+            "variation": True,
+            "options": options,
+        }
+        for position, (name, options) in enumerate(found.items())
+    ]
+
+
 def render(store: WooStore, product: WooProduct) -> dict[str, Any]:
     price = product.sale_price or product.regular_price
     return {
@@ -67,7 +102,7 @@ def render(store: WooStore, product: WooProduct) -> dict[str, Any]:
         "categories": [{"id": i, "name": n, "slug": s} for i, n, s in product.categories],
         "tags": [{"id": i, "name": n, "slug": s} for i, n, s in product.tags],
         "images": [_image(store, image, product.date_created) for image in product.images],
-        "attributes": [],
+        "attributes": _product_attributes(product),
         "default_attributes": [],
         "variations": [variation.id for variation in product.variations],
         "grouped_products": [],
@@ -88,7 +123,8 @@ def render_variation(
         **_dates(store, "date_created", variation.date_created),
         **_dates(store, "date_modified", variation.date_modified),
         "description": "",
-        "permalink": f"{store.site_url}/product/{parent.slug}/?attribute_pa_color={quote(variation.attribute)}",
+        "permalink": f"{store.site_url}/product/{parent.slug}/?"
+        + "&".join(f"attribute_{_taxonomy(name)}={quote(option)}" for name, option in variation.attributes),
         "sku": "",
         "price": variation.regular_price,
         "regular_price": variation.regular_price,
@@ -98,11 +134,14 @@ def render_variation(
         "purchasable": variation.status == "publish",
         "stock_status": "instock",
         "image": _image(store, variation.image, variation.date_created) if variation.image else None,
-        "attributes": [{"id": 6, "name": "Color", "option": variation.attribute}],
+        "attributes": [
+            {"id": _attribute_id(name), "name": name, "slug": _taxonomy(name), "option": option}
+            for name, option in variation.attributes
+        ],
         "menu_order": 0,
         "meta_data": [],
     }
     if as_product:
         # GET /products/{variation id}: the variation in the product shape, pointing at its parent.
-        body.update({"name": f"{parent.name} - {variation.attribute}", "type": "variation", "parent_id": parent.id})
+        body.update({"name": f"{parent.name} - {variation.label}", "type": "variation", "parent_id": parent.id})
     return body
