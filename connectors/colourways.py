@@ -75,7 +75,7 @@ def split_products(
 ) -> Iterator[SourceProduct | SkippedProduct]:
     """A connector's stream with every product split into its colourways (as it is, when `split_by` is None)."""
     for item in items:
-        if split_by is None or isinstance(item, SkippedProduct):
+        if split_by is None or isinstance(item, SkippedProduct) or not (item.options or item.variants):
             yield item
         else:
             yield from colourways(item, split_by)

@@ -8,7 +8,9 @@ One class per API flavour; each owns one paging loop:
   (an object costs 1, a connection 2 + its `first`, a nested connection is multiplied by its parent's `first`, at most
   1,000 per query), then is corrected from the `requestedQueryCost` the server reports, so a server that counts a
   little differently costs one answer, not a failed sync. Media are asked 15 deep so the first 10 images are the
-  same ones REST and webhooks list even when a video sits among them. A full sync of a large shop runs a bulk
+  same ones REST and webhooks list even when a video sits among them. A source that splits products by an option
+  (`split_by`) also asks each product's options and variants (selected options, image, price: see
+  `connectors.colourways`), and only such a source pays their cost. A full sync of a large shop runs a bulk
   operation instead and streams its JSONL result line by line, holding one product (and its media lines) at a time.
 - `ShopifyRest`: `Link: <…>; rel="next"` paging with the URL used exactly as given, paced by
   `X-Shopify-Shop-Api-Call-Limit`; 429 + Retry-After is `connectors.http.send`'s job.

@@ -17,7 +17,9 @@ Reading `GET {url}/wp-json/wc/v3/products`:
 - A store that ignores `modified_after` (WooCommerce before 5.8 answers with older products) is detected and read
   by page numbers instead, filtering by date on our side.
 - A variable product costs one more request, `/products/{id}/variations?per_page=100`: its enabled variations'
-  images are appended after the product's own, without repeats, at most 10 in all.
+  images are appended after the product's own, without repeats, at most 10 in all. For a source that splits
+  products by a variation attribute (`split_by`) the product has, every enabled variation is read instead, page by
+  page, and kept (attributes, image, price) for `connectors.colourways`.
 - WooCommerce orders by local modification time and filters by GMT; in the hour a daylight-saving clock goes back
   the two disagree and an incremental run may miss a product edited in that hour (the next full sync reads it).
 

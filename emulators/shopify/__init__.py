@@ -18,6 +18,10 @@ Surfaces (all on one Starlette app; `create_app()`, state at `app.state.shop`), 
   `X-Shopify-Shop-Api-Call-Limit`, 429 + `Retry-After: 2.0`), `products/{id}.json`, `products/count.json`.
 - Storefront `GET /products.json?limit=&page=` (`storefront`: active products only; silently empty past page×limit
   25,000).
+- Options and variants: each variant has its option values (`selectedOptions`, REST `option1`…`option3`) and may
+  show one of the product's images (GraphQL `image`, REST `image_id` and the images' `variant_ids`); the product's
+  `options` are derived from its variants. Generated products vary by size only; created or edited ones take
+  `variants: [{options: {"Color": "Red", "Size": "S"}, price, sku, inventory_quantity, image: one of its image URLs}]`.
 - Control `/_emulator/…` (`control`): create, edit, delete products (each sends signed `products/*` webhooks to
   registered receivers from a background task, `webhooks`), replay deliveries, stats, runtime config (buckets,
   latency, bulk faults), reset.
