@@ -217,7 +217,10 @@ def _sync_colourways(
     if group not in present and ((product is None and not rows) or store.live_ids(source.name, [group])):
         vanished.append(group)
     changed = list(store.write_desired(rows, force=force, priority=True, resend=resend).changed_ids) if rows else []
-    moment = None if force else (updated_at or utcnow())
+    # A colour dropped from the product is dated by the product's edit, so an older read cannot undo a newer one; a
+    # product the shop no longer has is gone for good (shop ids are never reused), so its colourways are deleted
+    # whatever their stored dates: a shop clock running ahead of ours must not keep them in the catalog.
+    moment = None if force or updated_at is None else updated_at
     for product_id in vanished:
         if store.mark_deleted(source.name, product_id, updated_at=moment, account=source.account):
             changed.append(product_id)
