@@ -3,6 +3,7 @@ emulators, the webhook server and the catalog emulator, with the state database 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ import pytest
 from config.sources import parse_sources
 from connectors.base import ImageRef, SourceProduct, Variant
 from connectors.colourways import colourways, matches_option
+from connectors.shopify import normalize_rest_product
+from connectors.woocommerce import variation_variant
 from emulators import shopify as shopify_emulator
 from emulators import woocommerce as woo_emulator
 from emulators.server import running
@@ -28,6 +31,7 @@ from worker.webhooks import create_app
 SHOPIFY_SECRET = "shopify-split-secret"
 WOO_SECRET = "woo-split-secret"
 CDN = "https://cdn.example/wrap"
+FIXTURES = Path(__file__).parent / "fixtures"
 # Longest a test waits for an emulator to finish its webhook deliveries (they take milliseconds).
 DELIVERY_WAIT = 10.0
 
@@ -118,6 +122,34 @@ def test_a_product_without_the_option_stays_one_product() -> None:
     (same,) = colourways(product, "color")
 
     assert (same.product_id, same.title, same.attributes) == ("42", "Wrap dress", {"price": "10.00"})
+
+
+def test_a_real_shopify_rest_product_splits_by_its_color_option() -> None:
+    document = json.loads((FIXTURES / "shopify/rest/shopify-api-js-2024-04/test_9__GET_632910392.json").read_text())
+    product = normalize_rest_product("s", document["product"], variants=True)
+    assert isinstance(product, SourceProduct)
+
+    ways = {way.product_id: way for way in colourways(product, "colour")}
+
+    assert list(ways) == ["632910392~pink", "632910392~red", "632910392~green", "632910392~black"]
+    # Pink's variant shows ipod-nano-2.png; the others have no image of their own and get the one no colour claims.
+    assert [image.url.split("/")[-1] for image in ways["632910392~pink"].images] == ["ipod-nano-2.png?v=1704203951"]
+    assert [image.url.split("/")[-1] for image in ways["632910392~red"].images] == ["ipod-nano.png?v=1704203951"]
+    assert ways["632910392~red"].attributes["price"] == "199.00"
+
+
+def test_a_real_woocommerce_variation_gives_its_colour_image_and_price() -> None:
+    variations = json.loads(
+        (
+            FIXTURES / "woocommerce/rest_api_docs/wp-api-v3_product-variations__03_list_all_product_variations.json"
+        ).read_text()
+    )
+
+    green = variation_variant(variations[0])
+
+    assert green.options == (("Color", "Green"),)
+    assert green.image is not None and green.image.url.endswith("/T_3_front-12.jpg")
+    assert green.price == "9.00"
 
 
 @pytest.mark.parametrize("kind", ["shopify", "shopify-rest", "woocommerce"])
