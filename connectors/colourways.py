@@ -6,7 +6,8 @@ turns such a product into one product per value of the option named by `split_by
 
 - the option is matched by name, case and punctuation aside, WooCommerce's `pa_` prefix dropped, and `color` and
   `colour` taken for the same word (`Color`, `colour`, `pa_color` all match `split_by = "color"`);
-- each value becomes a product with the feed rule's id (`connectors.feed.split_id`: `123~navy-blue`), the title
+- each value becomes a product with the feed rule's id (`connectors.feed.split_id`: `123~navy-blue`; its handle
+  likewise, `wrap-dress~navy-blue`, so an `external_id` template built from `{handle}` stays unique), the title
   with the value (`Wrap dress - Navy Blue`), the group (the parent's id) in `attributes["item_group_id"]`, the value
   under the split attribute's name (`attributes["color"]`) and the value's lowest variant price;
 - its images are the value's variant images first, then the product's images whose alt text names the value, and
@@ -114,6 +115,8 @@ def colourways(product: SourceProduct, split_by: str) -> tuple[SourceProduct, ..
                 product,
                 product_id=product_id,
                 title=title_with(product.title, value),
+                # Colourways must not share an externalId when the source's template is built from the handle.
+                handle=split_id(product.handle, value) if product.handle else None,
                 images=_images_of(product, value, variants, claimed),
                 attributes=attributes,
                 options=(),

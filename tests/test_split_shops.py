@@ -46,6 +46,7 @@ def shop_product(*variants: Variant, images: tuple[ImageRef, ...] = (), **option
         updated_at=datetime(2025, 1, 1, tzinfo=UTC),
         status="active",
         title="Wrap dress",
+        handle="wrap-dress",
         images=images,
         attributes={"price": "10.00"},
         options=tuple(options.items()),
@@ -100,6 +101,7 @@ def test_a_colourway_never_gets_another_colours_images() -> None:
         "Navy Blue",
     )
     assert navy_way.attributes["item_group_id"] == "42"
+    assert (navy_way.handle, blue_way.handle) == ("wrap-dress~navy-blue", "wrap-dress~blue")
 
 
 def test_a_colour_without_images_of_its_own_gets_the_images_no_colour_claims() -> None:
