@@ -16,7 +16,7 @@ import pytest
 from config.sources import parse_sources
 from connectors.base import ImageRef, SourceProduct, Variant
 from connectors.colourways import colourways, matches_option
-from connectors.shopify import normalize_rest_product
+from connectors.shopify import ShopifyGraphQL, normalize_rest_product
 from connectors.woocommerce import variation_variant
 from emulators import shopify as shopify_emulator
 from emulators import woocommerce as woo_emulator
@@ -471,3 +471,56 @@ def test_a_woocommerce_webhook_for_a_split_product_converges_every_colourway(sho
     shops.converge_fetched()
 
     assert shops.catalog("woo") == {}
+
+
+# ------------------------------------------------------------------------------------------- the emulators' shapes
+
+
+def test_only_a_splitting_source_pays_for_options_and_variants_in_its_query_cost(shops: Shops) -> None:
+    for _ in range(6):
+        shopify_dress(shops.shopify)
+    plain = shops.world.runtime.sources["shopify"].model_copy(update={"split_by": None})
+    splitting = shops.world.runtime.sources["shopify"]
+    sizes: dict[str, int] = {}
+
+    for name, source in (("plain", plain), ("splitting", splitting)):
+        connector = ShopifyGraphQL(source, bulk=False)
+        try:
+            products = list(connector.iter_products())
+            sizes[name] = connector.page_size()
+        finally:
+            connector.close()
+        assert all(isinstance(product, SourceProduct) for product in products)
+        assert any(product.variants for product in products if isinstance(product, SourceProduct)) is (
+            source.split_by is not None
+        )
+
+    # The emulator refuses a query over 1,000 points: pages shrink to fit the variants, and only for that source.
+    assert sizes == {"plain": 30, "splitting": 5}
+    assert shops.shop.stats.snapshot()["max_cost_exceeded"] == 0
+
+
+def test_the_emulator_writes_variant_options_and_images_in_rest_and_graphql(shops: Shops) -> None:
+    dress = shopify_dress(shops.shopify)
+    red_front = next(image for image in dress["images"] if image["src"].endswith("/red-front.jpg"))
+    red_small = dress["variants"][0]
+
+    query = (
+        "{ product(id: $id) { options { name values } variants(first: 5) { edges { node "
+        "{ selectedOptions { name value } image { url } } } } } }"
+    ).replace("$id", json.dumps(f"gid://shopify/Product/{dress['id']}"))
+    answer = shops.shopify.post(
+        f"/admin/api/{shopify_emulator.DEFAULT_API_VERSION}/graphql.json",
+        json={"query": query},
+        headers={"X-Shopify-Access-Token": shopify_emulator.DEFAULT_ACCESS_TOKEN},
+    ).json()["data"]["product"]
+
+    assert (red_small["option1"], red_small["option2"], red_small["image_id"]) == ("Red", "S", red_front["id"])
+    assert red_front["variant_ids"] == [variant["id"] for variant in dress["variants"][:2]]
+    assert [option["name"] for option in dress["options"]] == ["Color", "Size"]
+    assert answer["options"] == [{"name": "Color", "values": ["Red", "Blue"]}, {"name": "Size", "values": ["S", "M"]}]
+    first = answer["variants"]["edges"][0]["node"]
+    assert first == {
+        "selectedOptions": [{"name": "Color", "value": "Red"}, {"name": "Size", "value": "S"}],
+        "image": {"url": red_front["src"]},
+    }
