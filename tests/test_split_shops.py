@@ -376,6 +376,22 @@ def test_a_shopify_webhook_for_a_split_product_converges_every_colourway(shops: 
     assert shops.catalog("shopify") == {}
 
 
+def test_syncing_one_colourway_converges_its_whole_product(shops: Shops) -> None:
+    dress = shopify_dress(shops.shopify, ("Red", "Blue", "Green"))
+    shops.sync("shopify")
+    shops.shopify.patch(
+        f"/_emulator/products/{dress['id']}", json={"variants": shopify_variants_without(dress, "Green")}
+    ).raise_for_status()
+    shops.fetched.clear()  # the webhooks of the edit: this test syncs by hand, as `resync --product` does
+
+    dispatcher = InlineDispatcher(shops.world.runtime)
+    changed = sync_product(shops.world.runtime, "shopify", f"{dress['id']}~red", dispatcher)
+    dispatcher.drain("shopify", timeout=20)
+
+    assert changed
+    assert sorted(shops.catalog("shopify")) == [f"shopify-{dress['id']}~blue", f"shopify-{dress['id']}~red"]
+
+
 # ------------------------------------------------------------------------------------------- WooCommerce
 
 
