@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 
 from emulators.server import running
 from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sources_toml, sync_world, write_feed
@@ -46,7 +46,7 @@ def rabbitmqctl(*args: str) -> None:
 
 @pytest.fixture
 def rabbitmq_url(unique: str) -> Iterator[str]:
-    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]  # kombu is untyped
         try:
             conn.ensure_connection(max_retries=1)
         except Exception as exc:  # kombu's connection errors have no common base worth naming
