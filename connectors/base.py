@@ -21,7 +21,7 @@ from lxml import etree
 
 from config.sources import ProductFilter
 from connectors.paging import CursorPaginator, PageNumberPaginator
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
 
 __all__ = [
     "MAX_IMAGES",

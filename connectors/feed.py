@@ -102,7 +102,7 @@ from connectors.base import (
     split_tags,
 )
 from connectors.http import HttpConnector, Sleep, Target, error_for_status, retry_after_seconds, retrying, unreachable
-from worker.errors import ConfigError, InvalidSignature, SkippedProduct, SourceError
+from ground.errors import ConfigError, InvalidSignature, SkippedProduct, SourceError
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

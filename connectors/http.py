@@ -23,8 +23,8 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from config.redact import redact_url
-from worker import __version__
-from worker.errors import AuthError, RateLimited, RetryableError, SourceError, SyncError
+from ground.errors import AuthError, RateLimited, RetryableError, SourceError, SyncError
+from ground.version import __version__
 
 log = logging.getLogger(__name__)
 

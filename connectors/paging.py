@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from worker.errors import SourceError
+from ground.errors import SourceError
 
 __all__ = [
     "CursorPaginator",

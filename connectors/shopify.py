@@ -58,7 +58,7 @@ from connectors.base import (
 )
 from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, retry_after_seconds, send
 from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator, iter_pages
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 __all__ = [
     "CostBucket",

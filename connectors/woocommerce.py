@@ -72,7 +72,7 @@ from connectors.base import (
 )
 from connectors.http import Clock, HttpConnector, Sleep, excerpt, send
 from connectors.paging import ListPage, PageNumberPaginator, Paginator, iter_pages
-from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
+from ground.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
 
 __all__ = [
     "API_PATH",

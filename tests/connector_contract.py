@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from connectors.base import MAX_IMAGES, Connector, SourceProduct
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
 
 __all__ = ["MAX_ITEMS", "ConnectorContract", "read_all"]
 

@@ -41,9 +41,9 @@ from connectors.feed import (
 )
 from connectors.http import MAX_ATTEMPTS
 from emulators.server import free_port, running
+from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 from tests.conftest import FIXTURES
 from tests.connector_contract import ConnectorContract, read_all
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 DEMO_FEED = Path(emulators.__file__).parent / "data" / "demo-feed.xml"
 BOGO_FEED = FIXTURES / "feeds" / "bogo4U-merchant-feed" / "merchant_feed.xml"

@@ -16,7 +16,7 @@ from connectors.paging import (
     RelayCursorPaginator,
     iter_pages,
 )
-from worker.errors import SourceError
+from ground.errors import SourceError
 
 
 def connection(after: str | None, has_next: bool, items: list[int]) -> Mapping[str, Any]:

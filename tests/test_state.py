@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ground.errors import ConfigError
 from worker import schema
-from worker.errors import ConfigError
 from worker.state import DELETED, DesiredRow, Store, make_engine, utcnow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

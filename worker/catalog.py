@@ -11,7 +11,7 @@ The try-on vendor's catalog is reached only through `CatalogClient`:
 set are serialized, so a partial update preserves what it leaves out and `validForDays=None` means "kept forever".
 Its `payload_json()` is canonical (sorted keys, compact), so `content_hash()` identifies a desired state.
 
-Failures are raised as the project's error tree (`worker.errors`), chosen by `STATUS_ERRORS`: the caller decides
+Failures are raised as the project's error tree (`ground.errors`), chosen by `STATUS_ERRORS`: the caller decides
 by class (fix credentials, drop the request, try later). Short faults are retried here by tenacity, the only retry
 loop of this layer: 5xx, timeouts, dropped connections, and 429s whose `Retry-After` fits under `max_retry_after`.
 A longer `Retry-After` raises `RateLimited` at once so the caller reschedules instead of holding a worker. With a
@@ -51,8 +51,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 from config.settings import Settings
 from connectors.base import CursorPaginator
 from connectors.http import retry_after_seconds
-from worker import __version__, work_metrics
-from worker.errors import (
+from ground.errors import (
     AuthError,
     ConfigError,
     InsufficientCredits,
@@ -62,6 +61,8 @@ from worker.errors import (
     RetryableError,
     SyncError,
 )
+from ground.version import __version__
+from worker import work_metrics
 from worker.ratelimit import Limiter
 
 

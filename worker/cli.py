@@ -27,7 +27,7 @@ from config.rates import format_rate
 from config.redact import redact_url
 from config.urls import redact
 from emulators.cli import emulate
-from worker.errors import ConfigError, SourceError, SyncError
+from ground.errors import ConfigError, SourceError, SyncError
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.state import RunMode, utcnow
 

@@ -66,7 +66,7 @@ from starlette.routing import Route
 
 from config.sources import SourceConfig
 from connectors.base import Connector, WebhookEvent, product_id_problem
-from worker.errors import InvalidSignature, SkippedProduct
+from ground.errors import InvalidSignature, SkippedProduct
 from worker.logs import Throttle, configure_logging
 from worker.plan import desired_row, external_id_for, skipped_row, source_time
 from worker.source_metrics import QueueDepths, SourceStateCollector, celery_queue_depths
