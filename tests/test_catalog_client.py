@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from config.settings import Settings
-from connectors.http import retry_after_seconds
 from ground.errors import (
     AuthError,
     ConfigError,
@@ -34,6 +33,7 @@ from ground.errors import (
     SourceError,
     SyncError,
 )
+from ground.http import retry_after_seconds
 from ground.version import __version__
 from tests.conftest import FIXTURES
 from worker.catalog import (

@@ -46,11 +46,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from config.settings import Settings
-from connectors.base import CursorPaginator
-from connectors.http import retry_after_seconds
 from ground.errors import (
     AuthError,
     ConfigError,
@@ -61,7 +59,9 @@ from ground.errors import (
     RetryableError,
     SyncError,
 )
-from ground.version import __version__
+from ground.http import BACKOFF, USER_AGENT, retry_after_seconds
+from ground.limits import MAX_IMAGES
+from ground.paging import CursorPaginator
 from worker import work_metrics
 from worker.ratelimit import Limiter
 
@@ -88,9 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-USER_AGENT: Final = f"catalog-sync/{__version__}"
-# The API stores at most this many images per product (documented limit; more is a 400).
-MAX_IMAGES: Final = 10
 # Largest image the API accepts per file (documented "10 MB each"; larger is a 413), checked before upload.
 MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
 # validForDays bounds, as documented; None means "kept forever".
@@ -108,10 +105,6 @@ RESERVED_PREFIX: Final = "_anon_"
 BULK_MAX_WAIT: Final = 2.0
 # The multipart field that carries the JSON payload; an image fileKey must not collide with it.
 DATA_FIELD: Final = "data"
-# Full-jitter exponential backoff between retries: first window 0.5 s, doubling, never above 8 s.
-BACKOFF_BASE: Final = 0.5
-BACKOFF_CAP: Final = 8.0
-_BACKOFF: Final = wait_random_exponential(multiplier=BACKOFF_BASE, max=BACKOFF_CAP)
 # A 429 without Retry-After still pauses every worker this long (seconds).
 DEFAULT_COOL_DOWN: Final = 1.0
 # How much of an error body is quoted in a message when it is not the documented JSON.
@@ -638,7 +631,7 @@ class CatalogClient:
             # With a limiter the cool-down started in `_send_once` is waited out by the next `acquire`;
             # sleeping here as well would pay it twice.
             return 0.0 if self._limiter is not None else exc.retry_after
-        return float(_BACKOFF(state))
+        return float(BACKOFF(state))
 
     def _out_of_budget(self, state: RetryCallState, started: float) -> bool:
         if state.attempt_number >= self.max_attempts:
