@@ -871,8 +871,8 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     from contextlib import ExitStack
 
+    from ground.serving import BackgroundServer
     from worker.embedded import embedded_worker
-    from worker.serving import BackgroundServer
 
     runtime = _runtime(embedded=True)
     logging.getLogger().setLevel(logging.INFO)
