@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.rates import parse_rate
 from config.redact import MASK, redact_url
 from config.urls import check_broker_url, normalize_database_url
-from worker.errors import ConfigError
+from ground.errors import ConfigError
 
 DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
 # The vendor's documented default: 100 requests per minute per account.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from config.accounts import DEFAULT_ACCOUNT
 from config.redact import redact_url
-from worker.errors import ConfigError
+from ground.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What every connector shares: the normalized product, the webhook event, the connector protocol and the text
-helpers that turn shop markup into plain catalog text. The paging strategies live in `connectors.paging`; the two
-that callers outside the connectors use are re-exported here.
+helpers that turn shop markup into plain catalog text. The paging strategies live in `connectors.paging`, on the
+base and page loop of `ground.paging`.
 
 Connectors know shops and nothing of Celery, the state database or the catalog API.
 """
@@ -20,16 +20,13 @@ from html_text import DOUBLE_NEWLINE_TAGS, NEWLINE_TAGS
 from lxml import etree
 
 from config.sources import ProductFilter
-from connectors.paging import CursorPaginator, PageNumberPaginator
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
+from ground.limits import MAX_IMAGES
 
 __all__ = [
-    "MAX_IMAGES",
     "MAX_PRODUCT_ID_LENGTH",
     "Connector",
-    "CursorPaginator",
     "ImageRef",
-    "PageNumberPaginator",
     "ProductStatus",
     "SkippedProduct",
     "SourceProduct",
@@ -47,8 +44,6 @@ __all__ = [
     "split_tags",
 ]
 
-# The catalog stores at most this many images per product; extra source images are dropped in source order.
-MAX_IMAGES = 10
 
 # The state database keys a product by (source, product id) in a column of this many characters.
 MAX_PRODUCT_ID_LENGTH = 255

@@ -42,7 +42,6 @@ from pydantic import SecretStr
 
 from config.sources import SourceConfig
 from connectors.base import (
-    MAX_IMAGES,
     Connector,
     ImageRef,
     ProductStatus,
@@ -56,9 +55,12 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, retry_after_seconds, send
-from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator, iter_pages
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, send
+from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator
+from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from ground.http import retry_after_seconds
+from ground.limits import MAX_IMAGES
+from ground.paging import iter_pages
 
 __all__ = [
     "CostBucket",

@@ -57,7 +57,6 @@ from pydantic import SecretStr
 
 from config.sources import SourceConfig
 from connectors.base import (
-    MAX_IMAGES,
     ImageRef,
     ProductStatus,
     SourceProduct,
@@ -71,8 +70,10 @@ from connectors.base import (
     split_tags,
 )
 from connectors.http import Clock, HttpConnector, Sleep, excerpt, send
-from connectors.paging import ListPage, PageNumberPaginator, Paginator, iter_pages
-from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
+from connectors.paging import ListPage, PageNumberPaginator
+from ground.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
+from ground.limits import MAX_IMAGES
+from ground.paging import Paginator, iter_pages
 
 __all__ = [
     "API_PATH",

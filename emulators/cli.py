@@ -16,9 +16,9 @@ MISSING_GRAPHQL = (
 # The exit status when an emulator cannot start for want of a package (the worker CLI's "failed", not "usage").
 EXIT_MISSING_DEPENDENCY = 1
 
-emulate = typer.Typer(
-    help="Run a local emulator of the catalog API or a shop (for tests, benchmarks, demos).", no_args_is_help=True
-)
+# Mounted by the admin command (`worker.cli`, which imports this module only when an emulator command runs and
+# carries the group's help).
+emulate = typer.Typer(no_args_is_help=True)
 
 
 @emulate.command("catalog")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from config.sources import SourceConfig
 from connectors.base import SourceProduct, product_id_problem
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
 from worker.plan import desired_row
 from worker.state import DesiredRow
 

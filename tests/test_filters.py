@@ -16,12 +16,12 @@ from connectors.woocommerce import normalize_product
 from emulators.shopify import sign_webhook
 from emulators.shopify.products import product_collections
 from emulators.shopify.shapes import webhook_product
+from ground.errors import ConfigError
 from tests.conftest import FIXTURES
 from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sources_toml, sync_world, write_feed
 from tests.test_cli import cli
 from tests.test_shopify_connector import Emulator, emulator
 from worker import schema
-from worker.errors import ConfigError
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
 from worker.plan import FILTERED_OUT, RunReport, desired_row, plan_source

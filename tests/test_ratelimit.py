@@ -20,8 +20,8 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from emulators.server import free_port
+from ground.errors import ConfigError, RateLimited, RetryableError
 from tests.fakes import FakeClock
-from worker.errors import ConfigError, RateLimited, RetryableError
 from worker.ratelimit import (
     COOLDOWN_SUFFIX,
     MAX_COOL_DOWN,

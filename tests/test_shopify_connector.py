@@ -37,9 +37,9 @@ from connectors.shopify import (
 from emulators.server import running
 from emulators.shopify import Shop, create_app, sign_webhook
 from emulators.shopify_data import ProductFilter
+from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 from tests.connector_contract import ConnectorContract
 from tests.fakes import FakeClock
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 SHOP = "https://acme.myshopify.com"
 TOKEN = "shpat_unit_secret_token"

@@ -22,7 +22,7 @@ from connectors.shopify import (
     normalize_graphql_product,
     normalize_rest_product,
 )
-from worker.errors import InvalidSignature, SkippedProduct
+from ground.errors import InvalidSignature, SkippedProduct
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHOPIFY = FIXTURES / "shopify"

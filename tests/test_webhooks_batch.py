@@ -1,13 +1,15 @@
 """The committer's batches: several deliveries applied together must each get the answer they would get alone.
 
-`Intake.apply` is called directly with events the connectors parsed from signed bodies, on a real state database;
-the dispatcher is a fake that records what it was asked to publish.
+Events the connectors parsed from signed bodies go through the two steps the committer and publisher threads run,
+`Batcher.commit` (write and commit) then `Batcher.publish` (publish, answer, remember the delivery ids), on a real
+state database; the dispatcher is a fake that records what it was asked to publish.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,9 @@ from tests.webhooks_support import (
 )
 from worker.runtime import Runtime
 from worker.state import DELETED
-from worker.webhooks import Intake, Outcome
+from worker.webhook_batch import Pending
+from worker.webhook_decision import Outcome, Result
+from worker.webhooks import Intake
 
 
 class RecordingDispatcher:
@@ -79,7 +83,11 @@ def event(intake: Intake, source: SourceConfig, body: Any, **headers: Any) -> We
 
 
 def outcomes(intake: Intake, source: SourceConfig, events: list[WebhookEvent]) -> list[Outcome]:
-    return [result.outcome for result in intake.apply(source, events)]
+    """Apply `events` as one batch, the way the committer and the publisher do, and read the answers they gave."""
+    answers: list[Future[Result]] = [Future() for _ in events]
+    group = [Pending(source, event, future=answer) for event, answer in zip(events, answers, strict=True)]
+    intake.batcher.publish(intake.batcher.commit(group))
+    return [answer.result(timeout=0).outcome for answer in answers]
 
 
 def test_a_newer_and_an_older_update_of_one_product_in_one_batch_keep_the_newer(
@@ -162,7 +170,7 @@ def test_an_update_arriving_before_an_undated_deletion_in_one_batch_is_written_f
 
 def test_unchanged_content_is_told_apart_from_a_stale_update(intake: Intake, shop: SourceConfig) -> None:
     body = shopify_product(6, title="Scarf", updated_at="2024-05-01T10:00:00Z")
-    intake.apply(shop, [event(intake, shop, body, event_id="a")])
+    outcomes(intake, shop, [event(intake, shop, body, event_id="a")])
 
     same = event(intake, shop, body, event_id="b")
     older = event(intake, shop, {**body, "title": "Old", "updated_at": "2024-04-01T10:00:00Z"}, event_id="c")

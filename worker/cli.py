@@ -8,6 +8,7 @@ human output goes to the terminal through rich, with every message escaped so no
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,12 +23,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer import _click as click  # typer vendors click; the types its groups override with are named only here
+from typer.core import TyperGroup
 
 from config.rates import format_rate
 from config.redact import redact_url
 from config.urls import redact
-from emulators.cli import emulate
-from worker.errors import ConfigError, SourceError, SyncError
+from ground.errors import ConfigError, SourceError, SyncError
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.state import RunMode, utcnow
 
@@ -38,7 +40,35 @@ app = typer.Typer(
     help="Keep the try-on catalog in step with your shops.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
-app.add_typer(emulate, name="emulate")
+
+
+class EmulatorCommands(TyperGroup):
+    """`catalog-sync emulate`, whose commands live in `emulators.cli`. That module is imported only when an emulator
+    command (or the list of them) is asked for: the emulators are test servers, and no worker, beat or webhook
+    process may load them (nor graphql-core, which only the Shopify emulator needs)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return emulator_group().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return emulator_group().get_command(ctx, cmd_name)
+
+
+@functools.cache
+def emulator_group() -> TyperGroup:
+    from emulators.cli import emulate
+
+    return typer.main.get_group(emulate)
+
+
+app.add_typer(
+    typer.Typer(
+        cls=EmulatorCommands,
+        help="Run a local emulator of the catalog API or a shop (for tests, benchmarks, demos).",
+        no_args_is_help=True,
+    ),
+    name="emulate",
+)
 app.add_typer(db_app, name="db")
 
 console = Console(stderr=True)
@@ -841,8 +871,8 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     from contextlib import ExitStack
 
+    from ground.serving import BackgroundServer
     from worker.embedded import embedded_worker
-    from worker.serving import BackgroundServer
 
     runtime = _runtime(embedded=True)
     logging.getLogger().setLevel(logging.INFO)

@@ -11,8 +11,8 @@ from typing import Protocol
 
 from config.sources import SourceConfig
 from connectors.base import SourceProduct
+from ground.errors import ConfigError, SkippedProduct, SyncError
 from worker.audit import AuditReport, audit
-from worker.errors import ConfigError, SkippedProduct, SyncError
 from worker.feeder import feed
 from worker.images import ImageChecker, ImageVerdict
 from worker.plan import RunReport, desired_row, plan_source, skipped_row

@@ -23,9 +23,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.sources import SourceConfig
-from connectors.base import MAX_IMAGES, Connector, SourceProduct, clean_text, filter_reason, product_id_problem
+from connectors.base import Connector, SourceProduct, clean_text, filter_reason, product_id_problem
+from ground.errors import SkippedProduct, SourceError
+from ground.limits import MAX_IMAGES
 from worker.catalog import ProductUpsert, field_path
-from worker.errors import SkippedProduct, SourceError
 from worker.images import ImageChecker, ImageVerdict
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 

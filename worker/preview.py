@@ -17,7 +17,7 @@ from typing import Any
 
 from config.sources import SourceConfig
 from connectors.base import Connector
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
 from worker.plan import PAGE_SIZE, WATERMARK_OVERLAP, page_rows, paged
 from worker.state import DELETED, DesiredRow, ProductRow, RunMode, Store, conflict_message
 

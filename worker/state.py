@@ -1465,20 +1465,6 @@ class Store:
 
     # ------------------------------------------------------------------------------------------------ webhooks
 
-    def remember_delivery(self, source: str, event_id: str, *, keep: timedelta) -> bool:
-        """Record a delivery id; False when it was already processed (a re-delivery)."""
-        now = utcnow()
-        dialect = self.engine.dialect.name
-        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert_fn(DeliveryRow)
-            .values(source=source, event_id=event_id, received_at=now, expires_at=now + keep)
-            .on_conflict_do_nothing(index_elements=["source", "event_id"])
-            .returning(DeliveryRow.event_id)
-        )
-        with self.session() as session:
-            return session.execute(stmt).first() is not None
-
     def remember_deliveries(self, source: str, event_ids: Sequence[str], *, now: datetime, keep: timedelta) -> None:
         """Record processed delivery ids in one statement (an id already there, expired or not, stays as is)."""
         if not event_ids:
