@@ -27,6 +27,7 @@ from config.rates import format_rate
 from config.redact import redact_url
 from config.urls import redact
 from emulators.cli import emulate
+from worker.cli_webhooks import webhooks_app
 from worker.errors import ConfigError, SourceError, SyncError
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.state import RunMode, utcnow
@@ -40,6 +41,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
 app.add_typer(emulate, name="emulate")
 app.add_typer(db_app, name="db")
+app.add_typer(webhooks_app, name="webhooks")
 
 console = Console(stderr=True)
 out = Console()
