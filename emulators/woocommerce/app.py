@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from emulators.woocommerce import control, rest
+from emulators.woocommerce import control, rest, webhooks_api
 from emulators.woocommerce.defaults import (
     API_PREFIX,
     DEFAULT_CONSUMER_KEY,
@@ -104,7 +104,7 @@ def create_app(
             store.queue = None
 
     app = WooEmulatorApp(
-        routes=[*rest.ROUTES, *control.ROUTES],
+        routes=[*webhooks_api.ROUTES, *rest.ROUTES, *control.ROUTES],
         exception_handlers={Answer: _on_error, EmulatorError: _on_error},
         lifespan=lifespan,
     )
