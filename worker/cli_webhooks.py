@@ -121,6 +121,8 @@ def list_(
         if as_json:
             out.print_json(json.dumps(inspection.as_dict()))
             return
+        if not inspection.rows:
+            out.print(f"no product webhooks registered for {escape(config.name)}", highlight=False)
         table = Table(title=escape(f"webhooks of {config.name}" + (f" (expected: {target})" if target else "")))
         for column in ("topic", "url", "status", "matches"):
             table.add_column(column)
@@ -128,7 +130,8 @@ def list_(
             matches = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[row.matches]
             s = row.subscription
             table.add_row(escape(s.topic), escape(s.url), escape(s.status), matches)
-        out.print(table)
+        if table.row_count:
+            out.print(table)
         for problem in inspection.problems:
             console.print(f"[red]does not match:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
 
