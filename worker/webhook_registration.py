@@ -209,8 +209,11 @@ def inspect_subscriptions(source: SourceConfig, api: SubscriptionApi, url: str |
         registered = [s for s in existing if s.topic == topic]
         if any(_delivers(s, url) for s in registered):
             continue
+        at_url = [s for s in registered if s.url == url]
         if not registered:
             problems.append(f"{topic}: not registered")
+        elif at_url:
+            problems.append(f"{topic}: {at_url[0].status}, so it delivers nothing; `register` switches it back on")
         elif url is None:
             problems.append(f"{topic}: no active subscription ({', '.join(f'{s.status} {s.url}' for s in registered)})")
         else:
