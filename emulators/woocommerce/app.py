@@ -120,9 +120,10 @@ def serve(
     seed: int = 0,
     consumer_key: str = DEFAULT_CONSUMER_KEY,
     consumer_secret: str = DEFAULT_CONSUMER_SECRET,
+    key_permissions: str = "read",
 ) -> None:
     """Run the emulator in the foreground until interrupted (`catalog-sync emulate woocommerce`)."""
     from emulators import server
 
-    app = create_app(products, seed, consumer_key, consumer_secret)
+    app = create_app(products, seed, consumer_key, consumer_secret, key_permissions=key_permissions)
     server.serve_forever(app, host=host, port=port)
