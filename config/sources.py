@@ -15,10 +15,20 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from config.accounts import DEFAULT_ACCOUNT
 from config.redact import redact_url
+from config.webhook_urls import check_webhook_url
 from ground.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,6 +80,9 @@ class ProductFilter(BaseModel):
         return {name: values for name, values in self.model_dump().items() if values}
 
 
+# Kinds whose shop has a webhook API that `catalog-sync webhooks` can register with.
+WEBHOOK_KINDS = ("shopify", "shopify-rest", "woocommerce")
+
 # Filter fields that only one kind of source can answer; elsewhere they would silently match nothing.
 FILTER_FIELD_KINDS: dict[str, frozenset[str]] = {
     # The REST and storefront product payloads carry no collections.
@@ -108,6 +121,9 @@ class SourceConfig(BaseModel):
     access_token: SecretStr | None = None
     webhook_secret: SecretStr | None = None
     webhook_secret_previous: SecretStr | None = None
+    webhook_url: str | None = Field(
+        None, description="Where the shop delivers webhooks (`catalog-sync webhooks register` and `list` use it)."
+    )
     consumer_key: SecretStr | None = None
     consumer_secret: SecretStr | None = None
     api_version: str = DEFAULT_SHOPIFY_API_VERSION
@@ -185,6 +201,16 @@ class SourceConfig(BaseModel):
                 if kinds is not None and self.kind not in kinds:
                     raise ValueError(f"{side}.{name} applies to kind {' or '.join(sorted(kinds))}, not {self.kind!r}")
         return self
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind, name = info.data.get("kind"), info.data.get("name")
+        if value is None or kind is None or name is None:  # an invalid kind or name is reported on its own
+            return value
+        if kind not in WEBHOOK_KINDS:
+            raise ValueError(f"webhook_url applies to kind {' or '.join(WEBHOOK_KINDS)}, not {kind!r}")
+        return check_webhook_url(value, name)
 
     @property
     def webhook_secrets(self) -> tuple[SecretStr, ...]:

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -57,12 +58,14 @@ from connectors.base import (
 )
 from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, send
 from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator
+from connectors.subscriptions import Subscription
 from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 from ground.http import retry_after_seconds
 from ground.limits import MAX_IMAGES
 from ground.paging import iter_pages
 
 __all__ = [
+    "WEBHOOK_TOPICS",
     "CostBucket",
     "ShopifyGraphQL",
     "ShopifyRest",
@@ -158,6 +161,40 @@ _BULK_POLL = (
 
 # --------------------------------------------------------------------------------------------------------------
 # Normalization (shared by all three flavours and by webhooks)
+
+
+# Webhooks: the product topics catalog-sync needs, as the delivery header names them (GraphQL's enum is the same
+# words upper-cased with `_`: PRODUCTS_UPDATE).
+WEBHOOK_TOPICS: Final = ("products/create", "products/update", "products/delete")
+# From this Admin API version a subscription's address is `uri` (input and object); before it, `callbackUrl` in the
+# input and `endpoint { ... on WebhookHttpEndpoint { callbackUrl } }` on the object.
+WEBHOOK_URI_SINCE: Final = "2025-10"
+# Subscriptions per listing page (Shopify's maximum).
+WEBHOOK_PAGE_SIZE: Final = 100
+# What a mutation costs in the query-cost model.
+MUTATION_COST: Final = 10
+_WEBHOOK_FIELDS_URI = "id topic uri"
+_WEBHOOK_FIELDS_ENDPOINT = "id topic endpoint { __typename ... on WebhookHttpEndpoint { callbackUrl } }"
+_WEBHOOK_LIST = (
+    "query WebhookSubscriptions($topics: [WebhookSubscriptionTopic!], $after: String) { "
+    f"webhookSubscriptions(first: {WEBHOOK_PAGE_SIZE}, after: $after, topics: $topics) {{ "
+    "pageInfo { hasNextPage endCursor } nodes { %s } } }"
+)
+_WEBHOOK_CREATE = (
+    "mutation WebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, "
+    "$webhookSubscription: WebhookSubscriptionInput!) { "
+    "webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) { "
+    "webhookSubscription { %s } userErrors { field message } } }"
+)
+_WEBHOOK_UPDATE = (
+    "mutation WebhookSubscriptionUpdate($id: ID!, $webhookSubscription: WebhookSubscriptionInput!) { "
+    "webhookSubscriptionUpdate(id: $id, webhookSubscription: $webhookSubscription) { "
+    "webhookSubscription { %s } userErrors { field message } } }"
+)
+_WEBHOOK_DELETE = (
+    "mutation WebhookSubscriptionDelete($id: ID!) { webhookSubscriptionDelete(id: $id) { "
+    "deletedWebhookSubscriptionId userErrors { field message } } }"
+)
 
 
 def numeric_id(value: Any) -> str | None:
@@ -957,6 +994,77 @@ class ShopifyGraphQL(_ShopifyBase):
             raise product
         return product
 
+    # -- webhook subscriptions (connectors.subscriptions.SubscriptionApi) ------------------------------------------
+
+    def webhook_topics(self) -> tuple[str, ...]:
+        return WEBHOOK_TOPICS
+
+    def _uses_uri(self) -> bool:
+        version = self.config.api_version
+        # `unstable` follows the newest version.
+        return not version[:1].isdigit() or version >= WEBHOOK_URI_SINCE
+
+    def _webhook_fields(self) -> str:
+        return _WEBHOOK_FIELDS_URI if self._uses_uri() else _WEBHOOK_FIELDS_ENDPOINT
+
+    def _webhook_input(self, url: str) -> dict[str, str]:
+        return {"uri" if self._uses_uri() else "callbackUrl": url, "format": "JSON"}
+
+    def list_subscriptions(self) -> list[Subscription]:
+        query = _WEBHOOK_LIST % self._webhook_fields()
+        topics = [_graphql_topic(topic) for topic in WEBHOOK_TOPICS]
+        cost = products_page_cost(0) + WEBHOOK_PAGE_SIZE * 2
+
+        def fetch(after: str | None) -> Mapping[str, Any]:
+            data = self._graphql(query, {"topics": topics, "after": after}, cost=cost)
+            connection = data.get("webhookSubscriptions")
+            if not isinstance(connection, Mapping):
+                raise SourceError(f"{self._what}: GraphQL answer without webhookSubscriptions")
+            return connection
+
+        found: list[Subscription] = []
+        for connection in iter_pages(RelayCursorPaginator(what=self._what), fetch):
+            found.extend(self._subscription(node) for node in _connection_nodes(connection))
+        return found
+
+    def create_subscription(self, topic: str, url: str) -> Subscription:
+        variables = {"topic": _graphql_topic(topic), "webhookSubscription": self._webhook_input(url)}
+        data = self._graphql(_WEBHOOK_CREATE % self._webhook_fields(), variables, cost=MUTATION_COST)
+        return self._mutated(data, "webhookSubscriptionCreate", f"registering {topic}")
+
+    def update_subscription(self, subscription: Subscription, url: str) -> Subscription:
+        variables = {"id": subscription.id, "webhookSubscription": self._webhook_input(url)}
+        data = self._graphql(_WEBHOOK_UPDATE % self._webhook_fields(), variables, cost=MUTATION_COST)
+        return self._mutated(data, "webhookSubscriptionUpdate", f"updating {subscription.topic}")
+
+    def delete_subscription(self, subscription: Subscription) -> None:
+        data = self._graphql(_WEBHOOK_DELETE, {"id": subscription.id}, cost=MUTATION_COST)
+        result = data.get("webhookSubscriptionDelete")
+        messages = _error_messages(result.get("userErrors")) if isinstance(result, Mapping) else []
+        # A subscription already gone is what was asked for.
+        if messages and not any("not exist" in m.lower() or "not found" in m.lower() for m in messages):
+            raise SourceError(f"{self._what}: removing {subscription.topic} refused: {'; '.join(messages)}")
+
+    def _mutated(self, data: Mapping[str, Any], field: str, doing: str) -> Subscription:
+        result = data.get(field)
+        if not isinstance(result, Mapping):
+            raise SourceError(f"{self._what}: {field} answered without a result")
+        messages = [m for m in _error_messages(result.get("userErrors")) if m]
+        node = result.get("webhookSubscription")
+        if messages or not isinstance(node, Mapping):
+            raise SourceError(f"{self._what}: {doing} refused: {'; '.join(messages) or 'no subscription returned'}")
+        return self._subscription(node)
+
+    def _subscription(self, node: Any) -> Subscription:
+        if not isinstance(node, Mapping) or not isinstance(node.get("id"), str):
+            raise SourceError(f"{self._what}: a webhook subscription without an id: {str(node)[:200]}")
+        endpoint = node.get("endpoint")
+        url = node.get("uri")
+        if url is None and isinstance(endpoint, Mapping):
+            # Pub/Sub and EventBridge endpoints have no callback URL: they never reach catalog-sync.
+            url = endpoint.get("callbackUrl") or endpoint.get("__typename", "")
+        return Subscription(id=node["id"], topic=_rest_topic(str(node.get("topic") or "")), url=str(url or ""))
+
 
 class ShopifyRest(_ShopifyBase):
     """The legacy REST Admin API (`kind = "shopify-rest"`): Link-header paging and the call-limit header."""
@@ -1016,6 +1124,57 @@ class ShopifyRest(_ShopifyBase):
         if isinstance(product, SkippedProduct):
             raise product
         return product
+
+    # -- webhook subscriptions (connectors.subscriptions.SubscriptionApi) ------------------------------------------
+
+    def webhook_topics(self) -> tuple[str, ...]:
+        return WEBHOOK_TOPICS
+
+    def list_subscriptions(self) -> list[Subscription]:
+        found: list[Subscription] = []
+        for topic in WEBHOOK_TOPICS:
+            for response in iter_pages(LinkHeaderPaginator(what=self._what), partial(self._webhooks_page, topic)):
+                payload = self._json(response)
+                hooks = payload.get("webhooks") if isinstance(payload, Mapping) else None
+                if not isinstance(hooks, list):
+                    raise SourceError(f"{self._what}: webhooks.json answered without a webhook list")
+                found.extend(self._subscription(hook) for hook in hooks)
+        return found
+
+    def _webhooks_page(self, topic: str, next_url: str | None) -> httpx.Response:
+        if next_url is not None:
+            return self._get(next_url)
+        return self._get(f"{self.base}/webhooks.json", params={"topic": topic, "limit": str(MAX_PAGE_SIZE)})
+
+    def create_subscription(self, topic: str, url: str) -> Subscription:
+        body = {"webhook": {"topic": topic, "address": url, "format": "json"}}
+        response = self._send_admin("POST", f"{self.base}/webhooks.json", ok=(422,), json=body)
+        return self._written(response, f"registering {topic}")
+
+    def update_subscription(self, subscription: Subscription, url: str) -> Subscription:
+        body = {"webhook": {"id": int(subscription.id), "address": url}}
+        response = self._send_admin("PUT", f"{self.base}/webhooks/{subscription.id}.json", ok=(422,), json=body)
+        return self._written(response, f"updating {subscription.topic}")
+
+    def delete_subscription(self, subscription: Subscription) -> None:
+        # 404: already gone, which is what was asked for.
+        self._send_admin("DELETE", f"{self.base}/webhooks/{subscription.id}.json", ok=(404,))
+
+    def _written(self, response: httpx.Response, doing: str) -> Subscription:
+        self._pace(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
+        payload = self._json(response)
+        if response.status_code == 422:
+            errors = payload.get("errors") if isinstance(payload, Mapping) else payload
+            raise SourceError(f"{self._what}: {doing} refused: {_rest_errors(errors)}")
+        hook = payload.get("webhook") if isinstance(payload, Mapping) else None
+        return self._subscription(hook)
+
+    def _subscription(self, hook: Any) -> Subscription:
+        if not isinstance(hook, Mapping) or numeric_id(hook.get("id")) is None:
+            raise SourceError(f"{self._what}: a webhook without an id: {str(hook)[:200]}")
+        return Subscription(
+            id=str(numeric_id(hook.get("id"))), topic=str(hook.get("topic") or ""), url=str(hook.get("address") or "")
+        )
 
 
 class ShopifyStorefront(_ShopifyBase):
@@ -1183,3 +1342,23 @@ def _reported_cost(errors: Any) -> float | None:
         if isinstance(extensions, Mapping) and isinstance(extensions.get("cost"), int | float):
             return float(extensions["cost"])
     return None
+
+
+def _graphql_topic(topic: str) -> str:
+    """`products/update` as the GraphQL enum names it: PRODUCTS_UPDATE."""
+    return topic.upper().replace("/", "_")
+
+
+def _rest_topic(topic: str) -> str:
+    """PRODUCTS_UPDATE as the delivery header names it: `products/update`."""
+    return topic.lower().replace("_", "/", 1)
+
+
+def _rest_errors(errors: Any) -> str:
+    """REST's 422 body, `{"address": ["for this topic has already been taken"]}`, as one line."""
+    if isinstance(errors, Mapping):
+        return "; ".join(
+            f"{name} {' '.join(map(str, reasons)) if isinstance(reasons, list) else reasons}"
+            for name, reasons in errors.items()
+        )
+    return str(errors)[:300]

@@ -30,6 +30,7 @@ from config.rates import format_rate
 from config.redact import redact_url
 from config.urls import redact
 from ground.errors import ConfigError, SourceError, SyncError
+from worker.cli_webhooks import webhooks_app
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.state import RunMode, utcnow
 
@@ -70,6 +71,7 @@ app.add_typer(
     name="emulate",
 )
 app.add_typer(db_app, name="db")
+app.add_typer(webhooks_app, name="webhooks")
 
 console = Console(stderr=True)
 out = Console()

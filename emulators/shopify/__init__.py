@@ -18,6 +18,9 @@ Surfaces (all on one Starlette app; `create_app()`, state at `app.state.shop`), 
   `X-Shopify-Shop-Api-Call-Limit`, 429 + `Retry-After: 2.0`), `products/{id}.json`, `products/count.json`.
 - Storefront `GET /products.json?limit=&page=` (`storefront`: active products only; silently empty past page×limit
   25,000).
+- Webhook subscriptions of the app (`webhooks`): GraphQL `webhookSubscriptions`, `webhookSubscriptionCreate` /
+  `Update` / `Delete` (`callbackUrl`, or `uri` from API version 2025-10) and REST `webhooks.json`; their deliveries
+  are signed with the app's client secret (`app_secret`).
 - Control `/_emulator/…` (`control`): create, edit, delete products (each sends signed `products/*` webhooks to
   registered receivers from a background task, `webhooks`), replay deliveries, stats, runtime config (buckets,
   latency, bulk faults), reset.
@@ -30,7 +33,13 @@ edits, so tests advance time instead of sleeping.
 from __future__ import annotations
 
 from emulators.shopify.app import create_app, serve
-from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN, DEFAULT_API_VERSION, DEFAULT_DOMAIN, MAX_PAGE_SIZE
+from emulators.shopify.defaults import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_API_VERSION,
+    DEFAULT_APP_SECRET,
+    DEFAULT_DOMAIN,
+    MAX_PAGE_SIZE,
+)
 from emulators.shopify.schema import SCHEMA, SCHEMA_SDL
 from emulators.shopify.shop import Shop, Stats
 from emulators.shopify.webhooks import WEBHOOK_TOPICS, sign_webhook
@@ -38,6 +47,7 @@ from emulators.shopify.webhooks import WEBHOOK_TOPICS, sign_webhook
 __all__ = [
     "DEFAULT_ACCESS_TOKEN",
     "DEFAULT_API_VERSION",
+    "DEFAULT_APP_SECRET",
     "DEFAULT_DOMAIN",
     "MAX_PAGE_SIZE",
     "SCHEMA",

@@ -178,6 +178,49 @@ type BulkOperationRunQueryPayload { bulkOperation: BulkOperation userErrors: [Bu
 type UserError { field: [String!] message: String! }
 type BulkOperationCancelPayload { bulkOperation: BulkOperation userErrors: [UserError!]! }
 
+enum WebhookSubscriptionTopic { PRODUCTS_CREATE PRODUCTS_DELETE PRODUCTS_UPDATE }
+enum WebhookSubscriptionFormat { JSON XML }
+type WebhookHttpEndpoint { callbackUrl: URL! }
+type WebhookEventBridgeEndpoint { arn: String! }
+type WebhookPubSubEndpoint { pubSubProject: String! pubSubTopic: String! }
+union WebhookSubscriptionEndpoint = WebhookEventBridgeEndpoint | WebhookHttpEndpoint | WebhookPubSubEndpoint
+type WebhookSubscription implements Node {
+  id: ID!
+  legacyResourceId: UnsignedInt64!
+  topic: WebhookSubscriptionTopic!
+  format: WebhookSubscriptionFormat!
+  "Deprecated: use uri."
+  callbackUrl: URL!
+  "Deprecated: use uri."
+  endpoint: WebhookSubscriptionEndpoint!
+  "From 2025-10."
+  uri: String!
+  includeFields: [String!]!
+  metafieldNamespaces: [String!]!
+  filter: String
+  createdAt: DateTime!
+  updatedAt: DateTime!
+}
+type WebhookSubscriptionEdge { cursor: String! node: WebhookSubscription! }
+type WebhookSubscriptionConnection {
+  edges: [WebhookSubscriptionEdge!]!
+  nodes: [WebhookSubscription!]!
+  pageInfo: PageInfo!
+}
+input WebhookSubscriptionInput {
+  "Deprecated from 2025-10: use uri."
+  callbackUrl: URL
+  "From 2025-10."
+  uri: String
+  format: WebhookSubscriptionFormat
+  includeFields: [String!]
+  metafieldNamespaces: [String!]
+  filter: String
+}
+type WebhookSubscriptionCreatePayload { webhookSubscription: WebhookSubscription userErrors: [UserError!]! }
+type WebhookSubscriptionUpdatePayload { webhookSubscription: WebhookSubscription userErrors: [UserError!]! }
+type WebhookSubscriptionDeletePayload { deletedWebhookSubscriptionId: ID userErrors: [UserError!]! }
+
 type QueryRoot {
   products(
     first: Int, after: String, last: Int, before: String, reverse: Boolean = false,
@@ -188,11 +231,21 @@ type QueryRoot {
   productsCount(query: String, limit: Int = 10000): Count
   currentBulkOperation(type: BulkOperationType = QUERY): BulkOperation
   shop: Shop!
+  webhookSubscriptions(
+    first: Int, after: String, last: Int, before: String, reverse: Boolean = false,
+    topics: [WebhookSubscriptionTopic!], callbackUrl: URL, uri: String, format: WebhookSubscriptionFormat
+  ): WebhookSubscriptionConnection!
+  webhookSubscription(id: ID!): WebhookSubscription
 }
 
 type Mutation {
   bulkOperationRunQuery(query: String!, groupObjects: Boolean): BulkOperationRunQueryPayload
   bulkOperationCancel(id: ID!): BulkOperationCancelPayload
+  webhookSubscriptionCreate(
+    topic: WebhookSubscriptionTopic!, webhookSubscription: WebhookSubscriptionInput!
+  ): WebhookSubscriptionCreatePayload
+  webhookSubscriptionUpdate(id: ID!, webhookSubscription: WebhookSubscriptionInput!): WebhookSubscriptionUpdatePayload
+  webhookSubscriptionDelete(id: ID!): WebhookSubscriptionDeletePayload
 }
 """
 

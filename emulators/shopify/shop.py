@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from emulators.shopify.buckets import CallBucket, CostBucket
 from emulators.shopify.bulk import BulkOperations, parse_fault
-from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN, DEFAULT_API_VERSION, DEFAULT_DOMAIN
+from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN, DEFAULT_API_VERSION, DEFAULT_APP_SECRET, DEFAULT_DOMAIN
 from emulators.shopify.execution import GraphQLEndpoint
 from emulators.shopify.store import ProductStore
 from emulators.shopify.webhooks import Webhooks
@@ -74,13 +74,16 @@ class Shop:
         latency: float = 0.0,
         domain: str = DEFAULT_DOMAIN,
         api_version: str = DEFAULT_API_VERSION,
+        app_secret: str = DEFAULT_APP_SECRET,
     ) -> None:
         if bucket_size <= 0 or restore_rate < 0 or rest_bucket <= 0 or rest_leak < 0:
             raise ValueError("bucket sizes must be positive and rates zero or more")
-        if not access_token:
-            raise ValueError("access_token must be non-empty")
+        if not access_token or not app_secret:
+            raise ValueError("access_token and app_secret must be non-empty")
         self.clock = clock
         self.access_token = SecretStr(access_token)
+        # What Shopify signs the deliveries of the app's subscriptions with (the app's client secret).
+        self.app_secret = SecretStr(app_secret)
         self.domain = domain
         self.api_version = api_version
         self.latency = latency
