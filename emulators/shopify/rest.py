@@ -188,6 +188,17 @@ async def rest_product_one(request: Request) -> Response:
 
 
 @counted("rest")
+async def rest_product_delete(request: Request) -> Response:
+    """`DELETE products/{id}.json`: 200 with an empty object, as Shopify answers; the shop records the event."""
+    shop, headers, refusal = _rest_gate(request)
+    if refusal is not None:
+        return refusal
+    if shop.delete_product(request.path_params["product_id"]) is None:
+        return json_response({"errors": "Not Found"}, 404, headers)
+    return json_response({}, 200, headers)
+
+
+@counted("rest")
 async def rest_products_count(request: Request) -> Response:
     shop, headers, refusal = _rest_gate(request)
     if refusal is not None:
@@ -203,4 +214,5 @@ ROUTES = [
     Route("/admin/api/{version}/products.json", rest_products, methods=["GET"]),
     Route("/admin/api/{version}/products/count.json", rest_products_count, methods=["GET"]),
     Route("/admin/api/{version}/products/{product_id:int}.json", rest_product_one, methods=["GET"]),
+    Route("/admin/api/{version}/products/{product_id:int}.json", rest_product_delete, methods=["DELETE"]),
 ]
