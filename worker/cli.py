@@ -345,6 +345,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"`{escape(summary['confirm'])}`.[/yellow]",
             highlight=False,
         )
+    if summary.get("bulk_fallback"):
+        reasons = ", ".join(summary["bulk_fallback"])
+        out.print(f"[yellow]bulk export unavailable ({escape(reasons)}): read page by page[/yellow]", highlight=False)
     if summary.get("reason"):
         out.print(f"[yellow]not converged:[/yellow] {escape(summary['reason'])}", highlight=False)
         for item in summary["reasons"]:
@@ -389,7 +392,7 @@ def status(
     """Products by status (and why they are skipped, failed or pending), the last runs, any pause or held deletion,
     and per catalog account the budget in use, what waits and when it converges."""
     from worker.feeder import budget_status
-    from worker.outcome import confirm_command
+    from worker.outcome import confirm_command, held_deletion
 
     runtime = _runtime()
     store = runtime.store
@@ -402,13 +405,14 @@ def status(
     for name in names:
         account = runtime.sources[name].account if name in runtime.sources else None
         runs = store.recent_runs(name, limit=20)
-        last_full = next((r for r in runs if r.mode == "full"), None)
+        blocked = held_deletion(runs)
         held = None
-        if last_full is not None and last_full.outcome == "deletion_blocked":
+        if blocked is not None:
             held = {
-                "run_id": last_full.id,
-                "products": int(dict(last_full.counts).get("deletion_blocked", 0)),
-                "confirm": confirm_command(name),
+                "run_id": blocked.id,
+                "mode": blocked.mode,
+                "products": int(dict(blocked.counts).get("deletion_blocked", 0)),
+                "confirm": confirm_command(name, blocked.mode),
             }
         report[name] = {
             "account": account,
@@ -449,7 +453,7 @@ def status(
         if item["deletion_held"]:
             held = item["deletion_held"]
             out.print(
-                f"[yellow]deletion held:[/yellow] the last full run (run {held['run_id']}) would delete "
+                f"[yellow]deletion held:[/yellow] the last {held['mode']} run (run {held['run_id']}) would delete "
                 f"{held['products']} product(s) and deleted nothing; if that is right, confirm with "
                 f"`{escape(held['confirm'])}`",
                 highlight=False,
@@ -472,6 +476,8 @@ def status(
             )
         for r in item["runs"]:
             line = f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}"
+            if r["counts"].get("bulk_fallback"):
+                line += " (bulk export unavailable: read page by page; see the log)"
             out.print(escape(line), highlight=False)
     shown = {item["account"] for item in report.values()}
     _print_budgets({account: budget for account, budget in budgets.items() if account in shown})
