@@ -806,6 +806,8 @@ class ShopifyGraphQL(_ShopifyBase):
         self.throttled = 0
         # Products read again alone because a page's media depth may have cut their images short.
         self.refetched = 0
+        # `first` of every products page read, in order: how the pages grew.
+        self.page_sizes: list[int] = []
         self._notes: Counter[str] = Counter()
 
     def _product_fields(self, media: str | None) -> str:
@@ -939,6 +941,7 @@ class ShopifyGraphQL(_ShopifyBase):
             self.sizer.record_page(
                 first=first, requested=self._last_requested, actual=self._last_actual, needed=needed
             )
+            self.page_sizes.append(first)
             return connection, media
         raise SourceError(f"{self._what}: no products page fits the shop's per-query cost limit")
 
