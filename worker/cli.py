@@ -392,7 +392,7 @@ def status(
     """Products by status (and why they are skipped, failed or pending), the last runs, any pause or held deletion,
     and per catalog account the budget in use, what waits and when it converges."""
     from worker.feeder import budget_status
-    from worker.outcome import confirm_command, held_deletion
+    from worker.outcome import bulk_fallback_reasons, confirm_command, held_deletion
 
     runtime = _runtime()
     store = runtime.store
@@ -477,7 +477,8 @@ def status(
         for r in item["runs"]:
             line = f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}"
             if r["counts"].get("bulk_fallback"):
-                line += " (bulk export unavailable: read page by page; see the log)"
+                reasons = ", ".join(bulk_fallback_reasons(r["counts"]))
+                line += f" (bulk export unavailable ({reasons}): read page by page)"
             out.print(escape(line), highlight=False)
     shown = {item["account"] for item in report.values()}
     _print_budgets({account: budget for account, budget in budgets.items() if account in shown})

@@ -139,7 +139,7 @@ def summarize(
     if run is not None and run.error:
         summary["error"] = run.error
     if run_counts.get("bulk_fallback"):
-        summary["bulk_fallback"] = _bulk_fallback_reasons(run_counts)
+        summary["bulk_fallback"] = bulk_fallback_reasons(run_counts)
     verdict = _verdict(summary, run, stop)
     summary["outcome"] = str(verdict)
     if verdict is Verdict.DELETION_BLOCKED:
@@ -153,7 +153,7 @@ def summarize(
     return summary
 
 
-def _bulk_fallback_reasons(counts: dict[str, Any]) -> list[str]:
+def bulk_fallback_reasons(counts: dict[str, Any]) -> list[str]:
     """Why a run read page by page although it meant to use a bulk export (`bulk_fallback:<why>` counts)."""
     return sorted(key.split(":", 1)[1] for key in counts if key.startswith("bulk_fallback:")) or ["unknown"]
 
