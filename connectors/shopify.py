@@ -64,6 +64,7 @@ from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited,
 
 __all__ = [
     "CostBucket",
+    "PageSizer",
     "ShopifyGraphQL",
     "ShopifyRest",
     "ShopifyStorefront",
@@ -528,7 +529,7 @@ def media_needed(media: Sequence[Any]) -> int:
     return len(media)
 
 
-class _PageSizer:
+class PageSizer:
     """How many products a page asks for (`first`) and how deep it reads each product's media (`media`).
 
     Shopify refuses a query whose *requested* cost, the worst case of every product filling `media(first: M)`, is
@@ -799,7 +800,7 @@ class ShopifyGraphQL(_ShopifyBase):
             f"query Product($id: ID!) {{ product(id: $id) {{ {self._product_fields(str(MEDIA_PER_PRODUCT))} }} }}"
         )
         extra = (_PRICE_COST if self._with_prices else 0) + (_COLLECTIONS_COST if self._with_collections else 0)
-        self.sizer = _PageSizer(extra_objects=extra, wanted=config.page_size or MAX_PAGE_SIZE)
+        self.sizer = PageSizer(extra_objects=extra, wanted=config.page_size or MAX_PAGE_SIZE)
         self._last_requested: float | None = None
         self._last_actual: float | None = None
         # THROTTLED answers seen by this connector: pacing should keep this near zero.
