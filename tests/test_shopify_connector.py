@@ -24,17 +24,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config.sources import BulkMode, SourceConfig, parse_sources
-from connectors.base import Connector, SourceProduct
+from connectors.base import Connector, ProductDeletion, ReadsDeletions, SourceProduct
 from connectors.shopify import (
     BULK_BUSY_RETRIES,
     BULK_BUSY_WAIT,
     MAX_QUERY_COST,
+    MEDIA_PER_PRODUCT,
     RESTORE_MARGIN_SECONDS,
     CostBucket,
+    PageSizer,
     ShopifyGraphQL,
     ShopifyRest,
     ShopifyStorefront,
     connector_for,
+    deleted_products_search,
+    events_page_cost,
+    media_needed,
+    product_node_cost,
     products_page_cost,
 )
 from emulators.server import running
@@ -1335,3 +1341,179 @@ def test_emulated_webhooks_verify_and_match_what_get_product_reads() -> None:
     forged = {**received[0][0], "x-shopify-hmac-sha256": sign_webhook(received[0][1], "not-the-secret")}
     with pytest.raises(InvalidSignature):
         connector.verify_webhook(forged, received[0][1])
+
+
+# -- page sizing from the actual cost --------------------------------------------------------------------------------
+
+
+def image_media(count: int, *, video_at: int | None = None) -> list[dict[str, Any]]:
+    media: list[dict[str, Any]] = [{"image": {"url": f"https://cdn.example/{n}.jpg"}} for n in range(count)]
+    if video_at is not None:
+        media.insert(video_at, {})
+    return media
+
+
+def test_the_media_a_product_needs_are_those_holding_its_first_ten_distinct_images() -> None:
+    assert media_needed(image_media(3)) == 3
+    assert media_needed(image_media(15)) == 10
+    assert media_needed(image_media(12, video_at=4)) == 11
+    twice = image_media(12)
+    twice[2] = twice[1]  # the same picture uploaded twice counts once
+    assert media_needed(twice) == 11
+
+
+def test_the_sizer_starts_at_full_depth_and_grows_pages_when_products_use_fewer_media() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    assert (sizer.media, sizer.first(1000)) == (MEDIA_PER_PRODUCT, 30)
+
+    # A page of 30 products needing at most 4 media: actual cost well under the requested worst case.
+    sizer.record_page(first=30, requested=products_page_cost(30) - 1, actual=3 + 30 * 12, needed=[4, 2, 3] * 10)
+
+    assert sizer.media == 5
+    assert sizer.first(1000) == (1000 - 3) // product_node_cost(media=5) == 76
+    assert sizer.first(200) == (200 - 3) // product_node_cost(media=5)  # bounded by the bucket
+    assert PageSizer(extra_objects=0, wanted=40).first(1000) <= 40  # and by the source's page_size
+
+
+def test_the_sizer_deepens_at_once_for_a_product_needing_more_and_never_past_full_depth() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    sizer.record_page(first=30, requested=None, actual=3 + 30 * 8, needed=[2] * 30)
+    assert sizer.media == 3
+
+    sizer.saw(9)
+    assert sizer.media == 10
+    sizer.saw(40)
+    assert sizer.media == MEDIA_PER_PRODUCT
+
+
+def test_the_sizer_keeps_full_depth_while_products_use_what_is_asked() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    full = product_node_cost(media=MEDIA_PER_PRODUCT)
+
+    sizer.record_page(first=30, requested=3 + 30 * full, actual=3 + 30 * full, needed=[3] * 30)
+
+    assert sizer.media == MEDIA_PER_PRODUCT
+
+
+def test_a_product_filling_a_shallow_depth_without_ten_images_may_have_more() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    assert not sizer.truncated(MEDIA_PER_PRODUCT, image_media(3, video_at=0) * 5)  # full depth: nothing more to read
+    assert sizer.truncated(4, image_media(3, video_at=1))
+    assert not sizer.truncated(4, image_media(3))  # fewer than asked: the product is whole
+    assert not sizer.truncated(10, image_media(10))  # ten images: the catalog has all it keeps
+
+
+def test_a_server_counting_differently_corrects_the_estimate_at_any_depth() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    sizer.record_page(first=10, requested=3 + 10 * 66, actual=None, needed=[15] * 10)  # twice what we count
+
+    assert sizer.per_product() == pytest.approx(66)
+    assert sizer.first(1000) == (1000 - 3) // 66
+
+
+def test_pages_grow_over_the_emulator_without_a_throttle_and_lose_no_image() -> None:
+    with emulator(products=150, seed=13) as shop:
+        products = list(shop.shop.store.iter_products("ID", reverse=False, product_filter=None))
+        for product in products[:-1]:
+            images = [f"https://cdn.example/{product.id}/{n}.jpg" for n in range(3)]
+            shop.control("PATCH", f"products/{product.id}", {"images": images})
+        # The last product read (newest) has 14 images: a shallow page must not cut it short.
+        shop.clock.now += 60
+        deep = [f"https://cdn.example/{products[-1].id}/{n}.jpg" for n in range(14)]
+        shop.control("PATCH", f"products/{products[-1].id}", {"images": deep})
+        bodies: list[dict[str, Any]] = []
+        client = httpx.Client(event_hooks={"request": [lambda r: bodies.append(json.loads(r.read() or b"{}"))]})
+        source = shop.source("shopify", bulk="never")
+        connector = ShopifyGraphQL(source, client=client, sleep=shop.clock.sleep, clock=shop.clock)
+
+        read = {p.product_id: p for p in connector.iter_products(None) if isinstance(p, SourceProduct)}
+
+        assert len(read) == len(products)
+        assert connector.page_sizes[0] == 30
+        assert max(connector.page_sizes[1:]) > 60
+        pages = [b["variables"] for b in bodies if "products(" in b.get("query", "")]
+        assert pages[0]["media"] == MEDIA_PER_PRODUCT and pages[-1]["media"] == 4
+        assert [image.url for image in read[str(products[-1].id)].images] == deep[:10]
+        assert connector.refetched == 1
+        assert shop.stats()["throttled"] == 0 and connector.throttled == 0
+        client.close()
+
+
+# -- deletions from the shop's events -------------------------------------------------------------------------------
+
+
+def event_node(number: int, created: str, *, subject: str = "PRODUCT", action: str = "destroy") -> dict[str, Any]:
+    return {
+        "createdAt": created,
+        "action": action,
+        "subjectId": f"gid://shopify/{subject.title()}/{number}",
+        "subjectType": subject,
+    }
+
+
+def test_deletions_are_read_from_destroy_events_since_the_watermark_page_by_page() -> None:
+    pages = iter(
+        [
+            {
+                "pageInfo": {"hasNextPage": True, "endCursor": "c1"},
+                "edges": [
+                    {"node": event_node(7, "2025-03-01T10:00:00Z")},
+                    {"node": event_node(8, "2025-03-01T10:00:05Z", subject="COLLECTION")},
+                ],
+            },
+            {
+                "pageInfo": {"hasNextPage": False, "endCursor": "c2"},
+                "edges": [{"node": event_node(9, "2025-03-02T00:00:00Z")}],
+            },
+        ]
+    )
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        return httpx.Response(200, json={"data": {"events": next(pages)}, "extensions": cost_extension(253, 747)})
+
+    clock = FakeClock()
+    connector = ShopifyGraphQL(config(), client=mock(handler), sleep=clock.sleep, clock=clock)
+    since = datetime(2025, 3, 1, 9, 59, 30, 500, tzinfo=UTC)
+
+    deletions = list(connector.iter_deletions(since))
+
+    assert isinstance(connector, ReadsDeletions)
+    assert deletions == [
+        ProductDeletion("acme", "7", datetime(2025, 3, 1, 10, tzinfo=UTC)),
+        ProductDeletion("acme", "9", datetime(2025, 3, 2, tzinfo=UTC)),
+    ]
+    assert [body["variables"]["after"] for body in seen] == [None, "c1"]
+    assert (
+        seen[0]["variables"]["query"]
+        == "subject_type:PRODUCT AND action:destroy AND created_at:>='2025-03-01T09:59:30Z'"
+    )
+    assert seen[0]["variables"]["query"] == deleted_products_search(since)
+    assert "sortKey: CREATED_AT" in seen[0]["query"] and "... on BasicEvent" in seen[0]["query"]
+    assert seen[0]["variables"]["first"] == 250 and events_page_cost(250) <= MAX_QUERY_COST
+
+
+def test_an_api_version_without_events_reads_no_deletions_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    connector = ShopifyGraphQL(config(api_version="2024-07"), client=mock(lambda r: httpx.Response(500)))
+
+    with caplog.at_level(logging.WARNING, logger="connectors.shopify"):
+        assert list(connector.iter_deletions(datetime(2025, 1, 1, tzinfo=UTC))) == []
+
+    assert "2024-10" in caplog.text
+
+
+def test_deletions_are_read_over_the_emulator_for_products_deleted_since() -> None:
+    with emulator(products=20, seed=14) as shop:
+        ids = [p.id for p in shop.shop.store.iter_products("ID", reverse=False, product_filter=None)][:3]
+        shop.control("DELETE", f"products/{ids[0]}")
+        shop.clock.now += 3600
+        since = datetime.fromtimestamp(shop.clock.now, UTC)
+        for product_id in ids[1:]:
+            shop.control("DELETE", f"products/{product_id}")
+        connector = shop.connector("shopify")
+
+        deletions = list(connector.iter_deletions(since))
+
+    assert [(d.product_id, d.deleted_at) for d in deletions] == [(str(i), since) for i in ids[1:]]
