@@ -157,3 +157,23 @@ def test_resync_bulk_exports_an_incremental_run_in_bulk(world: SyncWorld, shop: 
 
     assert result.exit_code == 0, result.output
     assert len(shop.app.state.shop.bulk.summary()) == operations_before + 1  # type: ignore[attr-defined]
+
+
+def test_a_dry_run_of_an_incremental_sync_lists_the_products_deleted_in_the_shop(
+    world: SyncWorld, shop: BackgroundServer
+) -> None:
+    listed = in_catalog(shop)
+    sync(world, "full")
+    delete_in_shop(shop, listed[:1])
+    world.reset_stats()
+
+    result = invoke_cli(world, "resync", SOURCE, "--dry-run", "--json")
+
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output[result.output.index("{") :])
+    assert body["counts"]["delete"] == 1
+    assert body["changes"]["delete"] == [
+        {"product_id": str(listed[0]), "external_id": f"shopify-{listed[0]}", "detail": "deleted_in_source"}
+    ]
+    assert world.stats()["total_requests"] == 0
+    assert len(world.catalog_products()) == len(listed)
