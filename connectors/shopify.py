@@ -4,12 +4,14 @@ storefront `/products.json` (`shopify-storefront`).
 One class per API flavour; each owns one paging loop:
 
 - `ShopifyGraphQL`: cursor paging over `products(first:, after:, query:, sortKey: UPDATED_AT)`, paced by the cost
-  bucket Shopify reports in `extensions.cost.throttleStatus` (`CostBucket`). Page size comes from the query-cost rule
-  (an object costs 1, a connection 2 + its `first`, a nested connection is multiplied by its parent's `first`, at most
-  1,000 per query), then is corrected from the `requestedQueryCost` the server reports, so a server that counts a
-  little differently costs one answer, not a failed sync. Media are asked 15 deep so the first 10 images are the
-  same ones REST and webhooks list even when a video sits among them. A full sync of a large shop runs a bulk
-  operation instead and streams its JSONL result line by line, holding one product (and its media lines) at a time.
+  bucket Shopify reports in `extensions.cost.throttleStatus` (`CostBucket`). Pages are sized by `PageSizer` from the
+  query-cost rule (an object costs 1, a connection 2 + its `first`, a nested connection is multiplied by its parent's
+  `first`, at most 1,000 per query), corrected by the `requestedQueryCost` the server reports and grown when its
+  `actualQueryCost` shows products use fewer media than asked. Media are asked up to 15 deep so the first 10 images
+  are the same ones REST and webhooks list even when a video sits among them. Full runs (by default) read a bulk
+  operation instead and stream its JSONL result line by line, holding one product (and its media lines) at a time;
+  a bulk export the shop will not run falls back to pages. Deleted products are read from the shop's `destroy`
+  events (`iter_deletions`), which incremental runs turn into deletions.
 - `ShopifyRest`: `Link: <…>; rel="next"` paging with the URL used exactly as given, paced by
   `X-Shopify-Shop-Api-Call-Limit`; 429 + Retry-After is `connectors.http.send`'s job.
 - `ShopifyStorefront`: page numbers, no credentials, and a clear error instead of silently stopping at the endpoint's
