@@ -111,7 +111,11 @@ def resync(
         float, typer.Option(help="Longest --wait/--inline follows the work, seconds (pushing included).")
     ] = 3600.0,
     bulk: Annotated[
-        bool | None, typer.Option("--bulk/--no-bulk", help="Shopify: force or forbid a bulk export.")
+        bool | None,
+        typer.Option(
+            "--bulk/--no-bulk",
+            help='Shopify: read this run with a bulk export (as bulk = "always") or page by page ("never").',
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Push every product read, whatever the state believes the catalog holds.")
