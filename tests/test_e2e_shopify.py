@@ -41,7 +41,7 @@ def world(tmp_path: Path, shop: BackgroundServer, redis_url: str) -> Iterator[Sy
 def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
     world: SyncWorld, shop: BackgroundServer, tmp_path: Path
 ) -> None:
-    store = shop.app.state.shop.store  # type: ignore[attr-defined]
+    store = shop.app.state.shop.store
     listed = [
         p for p in store.iter_products("ID", reverse=False, product_filter=None) if p.status == "ACTIVE" and p.images
     ]
@@ -87,7 +87,7 @@ def test_the_legacy_rest_and_storefront_kinds_sync_a_shop_through_a_worker(
     kind: str, tmp_path: Path, redis_url: str
 ) -> None:
     with running(shopify_emulator.create_app(products=300, seed=5)) as small:
-        store = small.app.state.shop.store  # type: ignore[attr-defined]
+        store = small.app.state.shop.store
         everything = store.iter_products("ID", reverse=False, product_filter=None)
         expected = {f"{kind}-{p.id}" for p in everything if p.status == "ACTIVE" and p.images}
         token = "" if kind == "shopify-storefront" else f'access_token = "{shopify_emulator.DEFAULT_ACCESS_TOKEN}"\n'

@@ -15,7 +15,15 @@ import pytest
 
 from config.sources import SourceConfig
 from connectors.base import WebhookEvent
-from tests.webhooks_support import broker_url, make_runtime, make_sources, shopify_headers, shopify_product
+from tests.webhooks_support import (
+    broker_url,
+    make_runtime,
+    make_sources,
+    shopify_headers,
+    shopify_product,
+    stored,
+    stored_payload,
+)
 from worker.runtime import Runtime
 from worker.state import DELETED
 from worker.webhooks import Intake, Outcome
@@ -81,7 +89,7 @@ def test_a_newer_and_an_older_update_of_one_product_in_one_batch_keep_the_newer(
     older = event(intake, shop, shopify_product(1, title="Old", updated_at="2024-05-01T10:00:01Z"), event_id="b")
 
     assert outcomes(intake, shop, [newer, older]) == [Outcome.UPDATED, Outcome.STALE]
-    assert runtime.store.get(shop.name, "1").desired_payload["title"] == "New"
+    assert stored_payload(runtime.store, shop.name, "1")["title"] == "New"
     assert dispatcher.pushed == [(shop.name, ["1"], True)]
 
 
@@ -93,7 +101,7 @@ def test_an_older_then_a_newer_update_in_one_batch_both_apply_in_order(
     other = event(intake, shop, shopify_product(3, title="Other", updated_at="2024-05-01T10:00:05Z"), event_id="c")
 
     assert outcomes(intake, shop, [older, newer, other]) == [Outcome.UPDATED, Outcome.UPDATED, Outcome.UPDATED]
-    assert runtime.store.get(shop.name, "2").desired_payload["title"] == "New"
+    assert stored_payload(runtime.store, shop.name, "2")["title"] == "New"
     # One push per product, whatever number of its deliveries the batch held.
     assert dispatcher.pushed == [(shop.name, ["2", "3"], True)]
 
@@ -123,7 +131,7 @@ def test_an_update_and_a_later_deletion_in_one_batch_end_deleted(
     )
 
     assert outcomes(intake, shop, [deletion, update]) == [Outcome.DELETED, Outcome.STALE]
-    assert runtime.store.get(shop.name, "5").desired_hash == DELETED
+    assert stored(runtime.store, shop.name, "5").desired_hash == DELETED
     assert dispatcher.pushed == [(shop.name, ["5"], True)]
 
 
@@ -148,7 +156,7 @@ def test_an_update_arriving_before_an_undated_deletion_in_one_batch_is_written_f
         events.append(verdict)
 
     assert outcomes(intake, woo, events) == [Outcome.UPDATED, Outcome.DELETED]
-    assert runtime.store.get(woo.name, "9").desired_hash == DELETED
+    assert stored(runtime.store, woo.name, "9").desired_hash == DELETED
     assert dispatcher.pushed == [(woo.name, ["9"], True)]
 
 
@@ -181,4 +189,4 @@ def test_the_thread_api_waits_for_the_committer(intake: Intake, shop: SourceConf
 
     assert intake.handle(shop, headers, body).outcome is Outcome.UNCHANGED
     assert sorted(f.result().outcome for f in futures).count(Outcome.UPDATED) == 1
-    assert runtime.store.get(shop.name, "8").desired_payload["title"] == "Belt"
+    assert stored_payload(runtime.store, shop.name, "8")["title"] == "Belt"
