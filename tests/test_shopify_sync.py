@@ -53,7 +53,7 @@ def sync(world: SyncWorld, mode: RunMode, **options: Any) -> RunReport:
 
 def in_catalog(shop: BackgroundServer) -> list[int]:
     """The ids of the shop's products that belong in the catalog (active, with an image), in id order."""
-    store = shop.app.state.shop.store  # type: ignore[attr-defined]
+    store = shop.app.state.shop.store
     products = store.iter_products("ID", reverse=False, product_filter=None)
     return [p.id for p in products if p.status == "ACTIVE" and p.images]
 
@@ -151,12 +151,12 @@ def test_a_full_run_whose_bulk_export_fails_reads_page_by_page_and_the_summary_s
 
 def test_resync_bulk_exports_an_incremental_run_in_bulk(world: SyncWorld, shop: BackgroundServer) -> None:
     sync(world, "full")
-    operations_before = len(shop.app.state.shop.bulk.summary())  # type: ignore[attr-defined]
+    operations_before = len(shop.app.state.shop.bulk.summary())
 
     result = invoke_cli(world, "resync", SOURCE, "--inline", "--bulk", "--json")
 
     assert result.exit_code == 0, result.output
-    assert len(shop.app.state.shop.bulk.summary()) == operations_before + 1  # type: ignore[attr-defined]
+    assert len(shop.app.state.shop.bulk.summary()) == operations_before + 1
 
 
 def test_a_dry_run_of_an_incremental_sync_lists_the_products_deleted_in_the_shop(
