@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     push_max_attempts: int = Field(8, ge=1, le=100, description="Pushes of one product before it is `failed`.")
     mass_delete_share: float = Field(
-        0.2, ge=0, le=1, description="A full run deleting more than this share of a source's products is held."
+        0.2, ge=0, le=1, description="A run deleting more than this share of a source's products is held."
     )
     reconcile_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between reconcile passes.")
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 SourceKind = Literal["feed", "shopify", "shopify-rest", "shopify-storefront", "woocommerce"]
 FeedFormat = Literal["google-merchant", "csv", "tsv", "json"]
+# Shopify (Admin GraphQL): when to read with a bulk export. "auto": full runs; "always": incremental runs too;
+# "never": always page by page.
+BulkMode = Literal["auto", "always", "never"]
 
 # Sources sharing an account must not render the same externalId; the source's name in front keeps them apart.
 DEFAULT_EXTERNAL_ID = "{source}-{id}"
@@ -127,7 +130,11 @@ class SourceConfig(BaseModel):
     consumer_key: SecretStr | None = None
     consumer_secret: SecretStr | None = None
     api_version: str = DEFAULT_SHOPIFY_API_VERSION
-    bulk_threshold: int = Field(10_000, ge=0, description="Shopify: full syncs of shops this large use bulk export.")
+    bulk: BulkMode = Field(
+        "auto",
+        description='Shopify: "auto" reads full runs with a bulk export and incremental runs page by page; "always" '
+        'uses bulk for incremental runs too; "never" always reads page by page.',
+    )
     page_size: int | None = Field(None, ge=1, le=250)
     timeout: float = Field(30.0, gt=0, le=600)
     # What goes to the catalog, and how a feed names it.
@@ -175,6 +182,16 @@ class SourceConfig(BaseModel):
             raise ValueError("the template must contain {id} or {handle} so each product gets its own externalId")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_settings(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "bulk_threshold" in data:
+            raise ValueError(
+                'bulk_threshold was replaced by bulk = "auto" | "always" | "never" (full runs now use the bulk '
+                "export whatever the shop's size); remove bulk_threshold"
+            )
+        return data
+
     @model_validator(mode="after")
     def _check_kind(self) -> SourceConfig:
         if (self.kind == "shopify" or self.kind == "shopify-rest") and self.access_token is None:
@@ -190,6 +207,8 @@ class SourceConfig(BaseModel):
         """Options that only some kinds of source can honour are refused elsewhere, not silently ignored."""
         if self.columns and self.kind != "feed":
             raise ValueError("columns applies to kind 'feed' only")
+        if self.bulk != "auto" and self.kind != "shopify":
+            raise ValueError(f"bulk applies to kind 'shopify' only, not {self.kind!r}")
         if self.split_by is not None and self.kind != "feed":
             raise ValueError("split_by is supported for kind 'feed' only so far")
         if self.split_by is not None and not self.split_by.strip():

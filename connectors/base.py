@@ -27,7 +27,10 @@ __all__ = [
     "MAX_PRODUCT_ID_LENGTH",
     "Connector",
     "ImageRef",
+    "ProductDeletion",
     "ProductStatus",
+    "ReadsDeletions",
+    "ReportsNotes",
     "SkippedProduct",
     "SourceProduct",
     "WebhookEvent",
@@ -130,6 +133,34 @@ class Connector(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProductDeletion:
+    """A product the shop says was deleted, and when (its deletion event's time)."""
+
+    source: str
+    product_id: str
+    deleted_at: datetime
+
+
+@runtime_checkable
+class ReadsDeletions(Protocol):
+    """A connector that can list the products deleted since a moment (Shopify's `destroy` events), so an
+    incremental run removes them without waiting for a full one."""
+
+    def iter_deletions(self, since: datetime) -> Iterator[ProductDeletion]:
+        """Yield every product deleted at or after `since`; a failed read raises `SourceError`."""
+        ...
+
+
+@runtime_checkable
+class ReportsNotes(Protocol):
+    """A connector that notes how a read went (`bulk_fallback`: the bulk export was unavailable, so it read page by
+    page); the run adds the notes to its counts, where `status` shows them."""
+
+    @property
+    def notes(self) -> Mapping[str, int]: ...
 
 
 # Elements that start a new line in a browser: their text must not run into the text around them. Inline elements

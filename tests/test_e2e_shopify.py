@@ -1,7 +1,7 @@
 """A Shopify shop end to end: the emulated shop (Admin GraphQL) → a real worker on Redis → the catalog emulator.
-Then 20 edits and 3 archivals reach the catalog on an incremental run, and 5 deletions on the next full run (Shopify
-lists no deleted products: they arrive by webhook or are found missing by a full sync), with the catalog calls
-counted: exactly those changes, nothing else."""
+Then 20 edits, 3 archivals and 5 deletions (read from the shop's destroy events) reach the catalog on an incremental
+run, and the next full run (a bulk export) finds nothing left to do, with the catalog calls counted: exactly those
+changes, nothing else."""
 
 from __future__ import annotations
 
@@ -68,16 +68,16 @@ def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
         second = sync_through_worker(world, SOURCE, "incremental", after_run=first)
 
         stats = world.stats()
-        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (20, 3, 23)
+        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (20, 8, 28)
         catalog = world.catalog_products()
         assert catalog[f"shopify-{edited[0]}"]["title"] == f"Edited {edited[0]}"
-        assert not {f"shopify-{i}" for i in archived} & set(catalog)
+        assert not {f"shopify-{i}" for i in archived + deleted} & set(catalog)
 
         world.reset_stats()
         sync_through_worker(world, SOURCE, "full", after_run=second)
 
         stats = world.stats()
-        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (0, 5, 5)
+        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (0, 0, 0)
         assert len(world.catalog_products()) == len(listed) - 8
     admin.close()
 

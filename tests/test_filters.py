@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from config.sources import ProductFilter, SourceConfig, parse_sources
+from config.sources import BulkMode, ProductFilter, SourceConfig, parse_sources
 from connectors.base import ImageRef, SourceProduct, filter_reason
 from connectors.woocommerce import normalize_product
 from emulators.shopify import sign_webhook
@@ -291,8 +291,8 @@ def expected_collections(shop: Emulator) -> dict[str, tuple[str, ...]]:
     }
 
 
-@pytest.mark.parametrize("bulk", [False, True], ids=["paged", "bulk"])
-def test_shopify_products_carry_their_collections_when_a_filter_needs_them(shopify: Emulator, bulk: bool) -> None:
+@pytest.mark.parametrize("bulk", ["never", "always"], ids=["paged", "bulk"])
+def test_shopify_products_carry_their_collections_when_a_filter_needs_them(shopify: Emulator, bulk: BulkMode) -> None:
     connector = shopify.connector("shopify", bulk=bulk, include=ProductFilter(collection=("dress",)))
     try:
         products = [item for item in connector.iter_products(None) if isinstance(item, SourceProduct)]

@@ -247,7 +247,7 @@ def test_a_bulk_export_answered_by_the_airbyte_fixtures_streams_the_jsonl() -> N
     ).read_bytes()
     sleeps: list[float] = []
     client = httpx.Client(transport=httpx.MockTransport(bulk_flow(body)))
-    connector = ShopifyGraphQL(source("shopify"), client=client, bulk=True, sleep=sleeps.append)
+    connector = ShopifyGraphQL(source("shopify"), client=client, bulk="always", sleep=sleeps.append)
 
     results = list(connector.iter_products(None))
 

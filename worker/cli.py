@@ -143,7 +143,11 @@ def resync(
         float, typer.Option(help="Longest --wait/--inline follows the work, seconds (pushing included).")
     ] = 3600.0,
     bulk: Annotated[
-        bool | None, typer.Option("--bulk/--no-bulk", help="Shopify: force or forbid a bulk export.")
+        bool | None,
+        typer.Option(
+            "--bulk/--no-bulk",
+            help='Shopify: read this run with a bulk export (as bulk = "always") or page by page ("never").',
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Push every product read, whatever the state believes the catalog holds.")
@@ -377,6 +381,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"`{escape(summary['confirm'])}`.[/yellow]",
             highlight=False,
         )
+    if summary.get("bulk_fallback"):
+        reasons = ", ".join(summary["bulk_fallback"])
+        out.print(f"[yellow]bulk export unavailable ({escape(reasons)}): read page by page[/yellow]", highlight=False)
     if summary.get("reason"):
         out.print(f"[yellow]not converged:[/yellow] {escape(summary['reason'])}", highlight=False)
         for item in summary["reasons"]:
@@ -421,7 +428,7 @@ def status(
     """Products by status (and why they are skipped, failed or pending), the last runs, any pause or held deletion,
     and per catalog account the budget in use, what waits and when it converges."""
     from worker.feeder import budget_status
-    from worker.outcome import confirm_command
+    from worker.outcome import bulk_fallback_reasons, confirm_command, held_deletion
 
     runtime = _runtime()
     store = runtime.store
@@ -434,13 +441,14 @@ def status(
     for name in names:
         account = runtime.sources[name].account if name in runtime.sources else None
         runs = store.recent_runs(name, limit=20)
-        last_full = next((r for r in runs if r.mode == "full"), None)
+        blocked = held_deletion(runs)
         held = None
-        if last_full is not None and last_full.outcome == "deletion_blocked":
+        if blocked is not None:
             held = {
-                "run_id": last_full.id,
-                "products": int(dict(last_full.counts).get("deletion_blocked", 0)),
-                "confirm": confirm_command(name),
+                "run_id": blocked.id,
+                "mode": blocked.mode,
+                "products": int(dict(blocked.counts).get("deletion_blocked", 0)),
+                "confirm": confirm_command(name, blocked.mode),
             }
         report[name] = {
             "account": account,
@@ -481,7 +489,7 @@ def status(
         if item["deletion_held"]:
             held = item["deletion_held"]
             out.print(
-                f"[yellow]deletion held:[/yellow] the last full run (run {held['run_id']}) would delete "
+                f"[yellow]deletion held:[/yellow] the last {held['mode']} run (run {held['run_id']}) would delete "
                 f"{held['products']} product(s) and deleted nothing; if that is right, confirm with "
                 f"`{escape(held['confirm'])}`",
                 highlight=False,
@@ -504,6 +512,9 @@ def status(
             )
         for r in item["runs"]:
             line = f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}"
+            if r["counts"].get("bulk_fallback"):
+                reasons = ", ".join(bulk_fallback_reasons(r["counts"]))
+                line += f" (bulk export unavailable ({reasons}): read page by page)"
             out.print(escape(line), highlight=False)
     shown = {item["account"] for item in report.values()}
     _print_budgets({account: budget for account, budget in budgets.items() if account in shown})

@@ -708,6 +708,12 @@ class Store:
         with self.read_session() as session:
             return list(session.scalars(query))
 
+    def count_live(self, source: str) -> int:
+        """Rows of the source still wanted in the catalog: what a deletion brake weighs deletions against."""
+        with self.read_session() as session:
+            live = and_(ProductRow.source == source, ProductRow.desired_hash != DELETED)
+            return session.scalar(select(func.count()).select_from(ProductRow).where(live)) or 0
+
     def count_missing(self, source: str, run_id: int, started_at: datetime) -> tuple[int, int]:
         """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
         with self.read_session() as session:

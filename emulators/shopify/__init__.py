@@ -3,7 +3,7 @@
 Surfaces (all on one Starlette app; `create_app()`, state at `app.state.shop`), each in a module of its own:
 
 - Admin GraphQL `POST /admin/api/{version}/graphql.json` (`execution`, over `schema`): a schema subset (products,
-  product, node, productsCount, currentBulkOperation, shop; bulkOperationRunQuery / bulkOperationCancel) run by
+  product, node, productsCount, events, currentBulkOperation, shop; bulkOperationRunQuery / bulkOperationCancel) run by
   graphql-core, with Shopify's calculated query cost (`cost`): the requested cost is computed from the parsed query
   before running, over 1,000 is refused with `MAX_COST_EXCEEDED`, the requested cost must fit in a leaky bucket
   (`buckets`; `THROTTLED` otherwise, HTTP 200 as Shopify does), and the unused part is refunded after execution
@@ -15,7 +15,11 @@ Surfaces (all on one Starlette app; `create_app()`, state at `app.state.shop`), 
   2026-01 and false from it). The validated bulk query is compiled once and projected through the same field
   resolver the GraphQL endpoint uses, because graphql-core's executor would take minutes for a 20,000-product shop.
 - Legacy REST `GET /admin/api/{version}/products.json` (`rest`: Link `page_info` paging,
-  `X-Shopify-Shop-Api-Call-Limit`, 429 + `Retry-After: 2.0`), `products/{id}.json`, `products/count.json`.
+  `X-Shopify-Shop-Api-Call-Limit`, 429 + `Retry-After: 2.0`), `products/{id}.json` (GET and DELETE),
+  `products/count.json`.
+- Events (`events`): deleting a product, by the control API or REST, records a `destroy` `BasicEvent` (and sends
+  `products/delete`), which the `events` connection serves with its search syntax (`subject_type:PRODUCT AND
+  action:destroy AND created_at:>='…'`), as a sync reads deletions.
 - Storefront `GET /products.json?limit=&page=` (`storefront`: active products only; silently empty past page×limit
   25,000).
 - Webhook subscriptions of the app (`webhooks`): GraphQL `webhookSubscriptions`, `webhookSubscriptionCreate` /

@@ -20,6 +20,7 @@ from graphql import (
 
 from emulators.shopify.cost import MAX_QUERY_COST, MUTATION_COST, CostCalculator, QueryRejected
 from emulators.shopify.defaults import DEFAULT_API_VERSION
+from emulators.shopify.events import EventFilter
 from emulators.shopify.ids import gid, parse_gid
 from emulators.shopify.schema import SCHEMA
 from emulators.shopify.search import ProductFilter, SearchQueryError
@@ -81,6 +82,18 @@ class Root:
         )
         nodes = [Node("Product", p) for p in page.items]
         return Connection(nodes, page.keys, page.has_next, page.has_previous)
+
+    def events(self, info: GraphQLResolveInfo[ExecutionContext], **args: Any) -> Connection:
+        context: ExecutionContext = info.context
+        sort = args.get("sortKey", "ID")
+        try:
+            event_filter = EventFilter.parse(args.get("query"))
+        except SearchQueryError as exc:
+            raise GraphQLError(f"Invalid search query: {exc}") from exc
+        # `reverse` is applied by the list itself, so the cursors keep one meaning whichever way it is read.
+        found = context.shop.events.matching(event_filter, sort=sort)
+        keys = [(event.created_at if sort == "CREATED_AT" else event.id, event.id) for event in found]
+        return list_connection([Node("BasicEvent", event) for event in found], keys, args, bulk=False)
 
     def product(self, info: GraphQLResolveInfo[ExecutionContext], id: str) -> Node | None:
         node = self.node(info, id)

@@ -198,6 +198,17 @@ async def rest_product_one(request: Request) -> Response:
 
 
 @counted("rest")
+async def rest_product_delete(request: Request) -> Response:
+    """`DELETE products/{id}.json`: 200 with an empty object, as Shopify answers; the shop records the event."""
+    shop, headers, refusal = _rest_gate(request)
+    if refusal is not None:
+        return refusal
+    if shop.delete_product(request.path_params["product_id"]) is None:
+        return json_response({"errors": "Not Found"}, 404, headers)
+    return json_response({}, 200, headers)
+
+
+@counted("rest")
 async def rest_products_count(request: Request) -> Response:
     shop, headers, refusal = _rest_gate(request)
     if refusal is not None:
@@ -299,4 +310,5 @@ ROUTES = [
     Route("/admin/api/{version}/products/{product_id:int}.json", rest_product_one, methods=["GET"]),
     Route("/admin/api/{version}/webhooks.json", rest_webhooks, methods=["GET", "POST"]),
     Route("/admin/api/{version}/webhooks/{webhook_id:int}.json", rest_webhook_one, methods=["GET", "PUT", "DELETE"]),
+    Route("/admin/api/{version}/products/{product_id:int}.json", rest_product_delete, methods=["DELETE"]),
 ]

@@ -27,6 +27,11 @@ enum BulkOperationStatus { CANCELED CANCELING COMPLETED CREATED EXPIRED FAILED R
 enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
 enum BulkOperationType { MUTATION QUERY }
 enum BulkOperationUserErrorCode { INVALID OPERATION_IN_PROGRESS }
+enum EventSortKeys { CREATED_AT ID RELEVANCE }
+enum EventSubjectType {
+  ARTICLE BLOG COLLECTION COMMENT COMPANY COMPANY_LOCATION CUSTOMER DISCOUNT_AUTOMATIC_BXGY DISCOUNT_AUTOMATIC_NODE
+  DISCOUNT_CODE_NODE DISCOUNT_NODE DRAFT_ORDER INVENTORY_TRANSFER ORDER PAGE PRICE_RULE PRODUCT PRODUCT_VARIANT UNKNOWN
+}
 
 input ImageTransformInput {
   crop: CropRegion
@@ -148,6 +153,31 @@ type Product implements Node {
 type ProductEdge { cursor: String! node: Product! }
 type ProductConnection { edges: [ProductEdge!]! nodes: [Product!]! pageInfo: PageInfo! }
 
+interface Event {
+  id: ID!
+  action: String!
+  appTitle: String
+  attributeToApp: Boolean!
+  attributeToUser: Boolean!
+  createdAt: DateTime!
+  criticalAlert: Boolean!
+  message: String!
+}
+type BasicEvent implements Event & Node {
+  id: ID!
+  action: String!
+  appTitle: String
+  attributeToApp: Boolean!
+  attributeToUser: Boolean!
+  createdAt: DateTime!
+  criticalAlert: Boolean!
+  message: String!
+  subjectId: ID!
+  subjectType: EventSubjectType!
+}
+type EventEdge { cursor: String! node: Event! }
+type EventConnection { edges: [EventEdge!]! nodes: [Event!]! pageInfo: PageInfo! }
+
 type Domain { host: String! url: URL! }
 type Shop implements Node {
   id: ID!
@@ -229,6 +259,10 @@ type QueryRoot {
   product(id: ID!): Product
   node(id: ID!): Node
   productsCount(query: String, limit: Int = 10000): Count
+  events(
+    first: Int, after: String, last: Int, before: String, reverse: Boolean = false,
+    sortKey: EventSortKeys = ID, query: String
+  ): EventConnection!
   currentBulkOperation(type: BulkOperationType = QUERY): BulkOperation
   shop: Shop!
   webhookSubscriptions(

@@ -15,7 +15,9 @@ from starlette.requests import Request
 from emulators.shopify.buckets import CallBucket, CostBucket
 from emulators.shopify.bulk import BulkOperations, parse_fault
 from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN, DEFAULT_API_VERSION, DEFAULT_APP_SECRET, DEFAULT_DOMAIN
+from emulators.shopify.events import EventLog
 from emulators.shopify.execution import GraphQLEndpoint
+from emulators.shopify.products import Product
 from emulators.shopify.store import ProductStore
 from emulators.shopify.webhooks import Webhooks
 
@@ -88,6 +90,7 @@ class Shop:
         self.api_version = api_version
         self.latency = latency
         self.store = ProductStore(products, seed)
+        self.events = EventLog()
         self.cost_bucket = CostBucket(bucket_size, restore_rate, clock)
         self.rest_bucket = CallBucket(rest_bucket, rest_leak, clock)
         self.bulk = BulkOperations(self)
@@ -105,6 +108,15 @@ class Shop:
 
     def now(self) -> int:
         return int(self.clock())
+
+    def delete_product(self, product_id: int) -> Product | None:
+        """Delete a product, record its `destroy` event and send `products/delete`, as the shop does whichever API
+        deleted it."""
+        product = self.store.delete(product_id)
+        if product is not None:
+            self.events.product_destroyed(product.id, product.title, now=self.now())
+            self.webhooks.emit("products/delete", product.id, {"id": product.id})
+        return product
 
     def config(self) -> dict[str, Any]:
         fault = self.bulk.fault
@@ -148,6 +160,7 @@ class Shop:
         self.store = ProductStore(
             self.store.count if products is None else products, self.store.seed if seed is None else seed
         )
+        self.events = EventLog()
         self.cost_bucket.fill()
         self.rest_bucket.empty()
         duration, fault = self.bulk.duration, self.bulk.fault

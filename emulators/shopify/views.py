@@ -180,6 +180,14 @@ def _bulk_url(fields: Fields, node: Node, args: Mapping[str, Any]) -> str | None
     return f"{op.url_base}/_emulator/bulk/{op.id}.jsonl"
 
 
+# Global id kind of an event's subject, by its EventSubjectType.
+_SUBJECT_KINDS = {"PRODUCT": "Product", "COLLECTION": "Collection", "PRODUCT_VARIANT": "ProductVariant"}
+
+
+def _subject_id(fields: Fields, node: Node, args: Mapping[str, Any]) -> str:
+    return gid(_SUBJECT_KINDS.get(node.record.subject_type, "Product"), node.record.subject_id)
+
+
 _MEDIA: dict[str, Getter] = {
     "status": _constant("READY"),
     "preview": lambda fields, node, args: {"image": Node("Image", node.record), "status": "READY"},
@@ -245,6 +253,9 @@ COMPUTED: dict[str, dict[str, Getter]] = {
         "url": _bulk_url,
         "partialDataUrl": _constant(None),
         "type": _constant("QUERY"),
+    },
+    "BasicEvent": {
+        "subjectId": _subject_id,
     },
 }
 
