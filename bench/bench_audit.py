@@ -54,7 +54,7 @@ from emulators.catalog import Faults, create_app, parse_upsert
 from emulators.server import running
 from worker.catalog import MAX_PAGE_SIZE
 from worker.plan import desired_row
-from worker.ratelimit import pacing
+from worker.ratelimit import default_account, pacing
 from worker.state import Store
 
 API_KEY = "bench-audit-key"
@@ -108,7 +108,7 @@ def main() -> None:
             audit = run_child("audit", env)
             stats = app.state.emulator.stats_body()
             settings = Settings(catalog_rate_limit=f"{per_minute}/minute")
-    report(args, audit, idle, listing, stats, made, pacing(settings))
+    report(args, audit, idle, listing, stats, made, pacing(default_account(settings)))
 
 
 def populate(app: Any, url: str, count: int, drift: int) -> dict[str, int]:

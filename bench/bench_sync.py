@@ -53,11 +53,11 @@ from config.sources import SourceConfig
 from connectors.feed import FeedConnector
 from emulators.catalog import PRODUCTS_PATH, CatalogEmulator, Faults, create_app
 from emulators.server import running
+from ground.errors import SkippedProduct
 from worker import schema
 from worker.catalog import ProductUpsert
 from worker.celery_app import app as celery
 from worker.celery_app import configure
-from worker.errors import SkippedProduct
 from worker.plan import catalog_payload
 from worker.state import Store, make_engine
 

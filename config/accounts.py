@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from config.settings import Rate
-from worker.errors import ConfigError
+from ground.errors import ConfigError
 
 if TYPE_CHECKING:
     from config.settings import Settings

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.rates import parse_rate
 from config.redact import MASK, redact_url
 from config.urls import check_broker_url, normalize_database_url
-from worker.errors import ConfigError
+from ground.errors import ConfigError
 
 DEFAULT_CATALOG_URL = "https://api.genlook.app/tryon/v1"
 # The vendor's documented default: 100 requests per minute per account.
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     push_max_attempts: int = Field(8, ge=1, le=100, description="Pushes of one product before it is `failed`.")
     mass_delete_share: float = Field(
-        0.2, ge=0, le=1, description="A full run deleting more than this share of a source's products is held."
+        0.2, ge=0, le=1, description="A run deleting more than this share of a source's products is held."
     )
     reconcile_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between reconcile passes.")
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")

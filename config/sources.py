@@ -15,16 +15,29 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from config.accounts import DEFAULT_ACCOUNT
 from config.redact import redact_url
-from worker.errors import ConfigError
+from config.webhook_urls import check_webhook_url
+from ground.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SourceKind = Literal["feed", "shopify", "shopify-rest", "shopify-storefront", "woocommerce"]
 FeedFormat = Literal["google-merchant", "csv", "tsv", "json"]
+# Shopify (Admin GraphQL): when to read with a bulk export. "auto": full runs; "always": incremental runs too;
+# "never": always page by page.
+BulkMode = Literal["auto", "always", "never"]
 
 # Sources sharing an account must not render the same externalId; the source's name in front keeps them apart.
 DEFAULT_EXTERNAL_ID = "{source}-{id}"
@@ -73,6 +86,9 @@ class ProductFilter(BaseModel):
         return {name: values for name, values in self.model_dump().items() if values}
 
 
+# Kinds whose shop has a webhook API that `catalog-sync webhooks` can register with.
+WEBHOOK_KINDS = ("shopify", "shopify-rest", "woocommerce")
+
 # Filter fields that only one kind of source can answer; elsewhere they would silently match nothing.
 FILTER_FIELD_KINDS: dict[str, frozenset[str]] = {
     # The REST and storefront product payloads carry no collections.
@@ -111,10 +127,17 @@ class SourceConfig(BaseModel):
     access_token: SecretStr | None = None
     webhook_secret: SecretStr | None = None
     webhook_secret_previous: SecretStr | None = None
+    webhook_url: str | None = Field(
+        None, description="Where the shop delivers webhooks (`catalog-sync webhooks register` and `list` use it)."
+    )
     consumer_key: SecretStr | None = None
     consumer_secret: SecretStr | None = None
     api_version: str = DEFAULT_SHOPIFY_API_VERSION
-    bulk_threshold: int = Field(10_000, ge=0, description="Shopify: full syncs of shops this large use bulk export.")
+    bulk: BulkMode = Field(
+        "auto",
+        description='Shopify: "auto" reads full runs with a bulk export and incremental runs page by page; "always" '
+        'uses bulk for incremental runs too; "never" always reads page by page.',
+    )
     page_size: int | None = Field(None, ge=1, le=250)
     timeout: float = Field(30.0, gt=0, le=600)
     # What goes to the catalog, and how a feed names it.
@@ -163,6 +186,16 @@ class SourceConfig(BaseModel):
             raise ValueError("the template must contain {id} or {handle} so each product gets its own externalId")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_settings(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "bulk_threshold" in data:
+            raise ValueError(
+                'bulk_threshold was replaced by bulk = "auto" | "always" | "never" (full runs now use the bulk '
+                "export whatever the shop's size); remove bulk_threshold"
+            )
+        return data
+
     @model_validator(mode="after")
     def _check_kind(self) -> SourceConfig:
         if (self.kind == "shopify" or self.kind == "shopify-rest") and self.access_token is None:
@@ -178,6 +211,8 @@ class SourceConfig(BaseModel):
         """Options that only some kinds of source can honour are refused elsewhere, not silently ignored."""
         if self.columns and self.kind != "feed":
             raise ValueError("columns applies to kind 'feed' only")
+        if self.bulk != "auto" and self.kind != "shopify":
+            raise ValueError(f"bulk applies to kind 'shopify' only, not {self.kind!r}")
         if self.split_by is not None and self.kind not in SPLIT_KINDS:
             raise ValueError(
                 f"split_by is not supported for kind {self.kind!r} (its product listing has no variant images); it "
@@ -193,6 +228,16 @@ class SourceConfig(BaseModel):
                 if kinds is not None and self.kind not in kinds:
                     raise ValueError(f"{side}.{name} applies to kind {' or '.join(sorted(kinds))}, not {self.kind!r}")
         return self
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind, name = info.data.get("kind"), info.data.get("name")
+        if value is None or kind is None or name is None:  # an invalid kind or name is reported on its own
+            return value
+        if kind not in WEBHOOK_KINDS:
+            raise ValueError(f"webhook_url applies to kind {' or '.join(WEBHOOK_KINDS)}, not {kind!r}")
+        return check_webhook_url(value, name)
 
     @property
     def webhook_secrets(self) -> tuple[SecretStr, ...]:

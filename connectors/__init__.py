@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 def build_connector(source: SourceConfig, *, client: httpx.Client | None = None, bulk: bool | None = None) -> Connector:
     """The connector for a source. Modules are imported on demand so a feed-only install stays light.
 
-    `bulk` forces (True) or forbids (False) Shopify's bulk export; None lets the source's threshold decide.
+    `bulk` is the admin command's `--bulk/--no-bulk` for one run: True reads Shopify with a bulk export whatever the
+    run (`bulk = "always"`), False page by page (`"never"`); None keeps the source's `bulk` setting.
     """
     if source.kind == "feed":
         from connectors.feed import FeedConnector
@@ -26,4 +27,4 @@ def build_connector(source: SourceConfig, *, client: httpx.Client | None = None,
         return WooCommerceConnector(source, client=client)
     from connectors.shopify import connector_for
 
-    return connector_for(source, client=client, bulk=bulk)
+    return connector_for(source, client=client, bulk=None if bulk is None else ("always" if bulk else "never"))

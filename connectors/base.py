@@ -1,6 +1,6 @@
 """What every connector shares: the normalized product, the webhook event, the connector protocol and the text
-helpers that turn shop markup into plain catalog text. The paging strategies live in `connectors.paging`; the two
-that callers outside the connectors use are re-exported here.
+helpers that turn shop markup into plain catalog text. The paging strategies live in `connectors.paging`, on the
+base and page loop of `ground.paging`.
 
 Connectors know shops and nothing of Celery, the state database or the catalog API.
 """
@@ -20,17 +20,17 @@ from html_text import DOUBLE_NEWLINE_TAGS, NEWLINE_TAGS
 from lxml import etree
 
 from config.sources import ProductFilter
-from connectors.paging import CursorPaginator, PageNumberPaginator
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
+from ground.limits import MAX_IMAGES
 
 __all__ = [
-    "MAX_IMAGES",
     "MAX_PRODUCT_ID_LENGTH",
     "Connector",
-    "CursorPaginator",
     "ImageRef",
-    "PageNumberPaginator",
+    "ProductDeletion",
     "ProductStatus",
+    "ReadsDeletions",
+    "ReportsNotes",
     "SkippedProduct",
     "SourceProduct",
     "Variant",
@@ -48,8 +48,6 @@ __all__ = [
     "split_tags",
 ]
 
-# The catalog stores at most this many images per product; extra source images are dropped in source order.
-MAX_IMAGES = 10
 
 # The state database keys a product by (source, product id) in a column of this many characters.
 MAX_PRODUCT_ID_LENGTH = 255
@@ -150,6 +148,34 @@ class Connector(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProductDeletion:
+    """A product the shop says was deleted, and when (its deletion event's time)."""
+
+    source: str
+    product_id: str
+    deleted_at: datetime
+
+
+@runtime_checkable
+class ReadsDeletions(Protocol):
+    """A connector that can list the products deleted since a moment (Shopify's `destroy` events), so an
+    incremental run removes them without waiting for a full one."""
+
+    def iter_deletions(self, since: datetime) -> Iterator[ProductDeletion]:
+        """Yield every product deleted at or after `since`; a failed read raises `SourceError`."""
+        ...
+
+
+@runtime_checkable
+class ReportsNotes(Protocol):
+    """A connector that notes how a read went (`bulk_fallback`: the bulk export was unavailable, so it read page by
+    page); the run adds the notes to its counts, where `status` shows them."""
+
+    @property
+    def notes(self) -> Mapping[str, int]: ...
 
 
 # Elements that start a new line in a browser: their text must not run into the text around them. Inline elements

@@ -30,7 +30,7 @@ from typing import Final
 from config.sources import SourceConfig
 from connectors.base import ImageRef, SourceProduct, Variant, normalize_images
 from connectors.feed import SPLIT_SEPARATOR, normalize_field_name, split_id
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
 
 __all__ = ["colourways", "group_of", "matches_option", "split_products", "splits_shop_products", "title_with"]
 

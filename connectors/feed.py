@@ -90,7 +90,6 @@ from defusedxml.ElementTree import ParseError, iterparse
 
 from config.sources import FeedFormat, SourceConfig
 from connectors.base import (
-    MAX_IMAGES,
     ImageRef,
     ProductStatus,
     SourceProduct,
@@ -101,8 +100,10 @@ from connectors.base import (
     parse_datetime,
     split_tags,
 )
-from connectors.http import HttpConnector, Sleep, Target, error_for_status, retry_after_seconds, retrying, unreachable
-from worker.errors import ConfigError, InvalidSignature, SkippedProduct, SourceError
+from connectors.http import HttpConnector, Sleep, Target, error_for_status, retrying, unreachable
+from ground.errors import ConfigError, InvalidSignature, SkippedProduct, SourceError
+from ground.http import retry_after_seconds
+from ground.limits import MAX_IMAGES
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

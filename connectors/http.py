@@ -15,25 +15,20 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any, Final, Self, TypeVar
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from config.redact import redact_url
-from worker import __version__
-from worker.errors import AuthError, RateLimited, RetryableError, SourceError, SyncError
+from ground.errors import AuthError, RateLimited, RetryableError, SourceError, SyncError
+from ground.http import BACKOFF, USER_AGENT, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
-USER_AGENT: Final = f"catalog-sync/{__version__}"
 # Tries of one shop request before the read fails; the next scheduled run starts over anyway.
 MAX_ATTEMPTS: Final = 5
-# Exponential backoff base and cap for transient faults, seconds (full jitter: a wait is drawn from 0 to the window).
-BACKOFF_BASE: Final = 0.5
-BACKOFF_CAP: Final = 8.0
 # A Retry-After longer than this fails the read instead of holding a worker.
 MAX_RETRY_AFTER: Final = 60.0
 # Seconds one request may spend waiting between its tries in all: a shop that keeps asking for the longest pause
@@ -54,7 +49,6 @@ STATUS_ERRORS: Final[Mapping[int, type[SyncError]]] = MappingProxyType(
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
 Result = TypeVar("Result")
-_BACKOFF: Final = wait_random_exponential(multiplier=BACKOFF_BASE, max=BACKOFF_CAP)
 
 
 class RedactUrls(logging.Filter):
@@ -118,24 +112,6 @@ class HttpConnector:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +193,7 @@ def _wait(state: RetryCallState) -> float:
     exc = state.outcome.exception() if state.outcome is not None else None
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return exc.retry_after
-    return float(_BACKOFF(state))
+    return float(BACKOFF(state))
 
 
 def _log_retry(state: RetryCallState, target: Target) -> None:

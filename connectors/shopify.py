@@ -4,14 +4,16 @@ storefront `/products.json` (`shopify-storefront`).
 One class per API flavour; each owns one paging loop:
 
 - `ShopifyGraphQL`: cursor paging over `products(first:, after:, query:, sortKey: UPDATED_AT)`, paced by the cost
-  bucket Shopify reports in `extensions.cost.throttleStatus` (`CostBucket`). Page size comes from the query-cost rule
-  (an object costs 1, a connection 2 + its `first`, a nested connection is multiplied by its parent's `first`, at most
-  1,000 per query), then is corrected from the `requestedQueryCost` the server reports, so a server that counts a
-  little differently costs one answer, not a failed sync. Media are asked 15 deep so the first 10 images are the
-  same ones REST and webhooks list even when a video sits among them. A source that splits products by an option
+  bucket Shopify reports in `extensions.cost.throttleStatus` (`CostBucket`). Pages are sized by `PageSizer` from the
+  query-cost rule (an object costs 1, a connection 2 + its `first`, a nested connection is multiplied by its parent's
+  `first`, at most 1,000 per query), corrected by the `requestedQueryCost` the server reports and grown when its
+  `actualQueryCost` shows products use fewer media than asked. Media are asked up to 15 deep so the first 10 images
+  are the same ones REST and webhooks list even when a video sits among them. Full runs (by default) read a bulk
+  operation instead and stream its JSONL result line by line, holding one product (and its media lines) at a time;
+  a bulk export the shop will not run falls back to pages. Deleted products are read from the shop's `destroy`
+  events (`iter_deletions`), which incremental runs turn into deletions. A source that splits products by an option
   (`split_by`) also asks each product's options and variants (selected options, image, price: see
-  `connectors.colourways`), and only such a source pays their cost. A full sync of a large shop runs a bulk
-  operation instead and streams its JSONL result line by line, holding one product (and its media lines) at a time.
+  `connectors.colourways`), and only such a source pays their cost.
 - `ShopifyRest`: `Link: <…>; rel="next"` paging with the URL used exactly as given, paced by
   `X-Shopify-Shop-Api-Call-Limit`; 429 + Retry-After is `connectors.http.send`'s job.
 - `ShopifyStorefront`: page numbers, no credentials, and a clear error instead of silently stopping at the endpoint's
@@ -32,21 +34,23 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
 
-from config.sources import SourceConfig
+from config.sources import BulkMode, SourceConfig
 from connectors.base import (
-    MAX_IMAGES,
     Connector,
     ImageRef,
+    ProductDeletion,
     ProductStatus,
     SourceProduct,
     Variant,
@@ -59,18 +63,27 @@ from connectors.base import (
     platform_id,
     split_tags,
 )
-from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, retry_after_seconds, send
-from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator, iter_pages
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from connectors.http import MAX_RETRY_AFTER, Clock, HttpConnector, Sleep, send
+from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator
+from connectors.subscriptions import Subscription
+from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from ground.http import retry_after_seconds
+from ground.limits import MAX_IMAGES
+from ground.paging import iter_pages
 
 __all__ = [
+    "WEBHOOK_TOPICS",
     "CostBucket",
+    "PageSizer",
     "ShopifyGraphQL",
     "ShopifyRest",
     "ShopifyStorefront",
     "check_webhook_signature",
     "connector_for",
+    "deleted_products_search",
+    "events_page_cost",
     "group_bulk_lines",
+    "media_needed",
     "normalize_graphql_product",
     "normalize_rest_product",
     "numeric_id",
@@ -90,6 +103,12 @@ MAX_PAGE_SIZE: Final = 250
 # them; 5 spare slots keep GraphQL, bulk, REST and webhooks (whose `images` hold images only) on the same 10 images,
 # so a product does not flap between them on every sync.
 MEDIA_PER_PRODUCT: Final = MAX_IMAGES + 5
+# Requested cost of a products page besides its products: the connection's 2 and `pageInfo` (an object, 1).
+PAGE_FIXED_COST: Final = 3
+# Events read per page when listing deleted products: each is one object of scalars, so a full page is cheap.
+EVENTS_PAGE_SIZE: Final = MAX_PAGE_SIZE
+# The `events` query exists from this Admin API version (Shopify changelog, 2024-10).
+EVENTS_SINCE: Final = "2024-10"
 # Standard-plan bucket, assumed until the first response tells the real one.
 DEFAULT_BUCKET_SIZE: Final = 1000.0
 DEFAULT_RESTORE_RATE: Final = 50.0
@@ -161,6 +180,12 @@ _BULK_RUN = (
     "mutation RunBulk($query: String!) { bulkOperationRunQuery(query: $query%s) "
     "{ bulkOperation { id status } userErrors { field message } } }"
 )
+_EVENTS_QUERY = (
+    "query DeletedProducts($first: Int!, $after: String, $query: String!) { "
+    "events(first: $first, after: $after, query: $query, sortKey: CREATED_AT) { "
+    "pageInfo { hasNextPage endCursor } "
+    "edges { node { createdAt ... on BasicEvent { action subjectId subjectType } } } } }"
+)
 _BULK_POLL = (
     "query BulkStatus($id: ID!) { node(id: $id) { ... on BulkOperation "
     "{ id status errorCode objectCount url partialDataUrl } } }"
@@ -169,6 +194,40 @@ _BULK_POLL = (
 
 # --------------------------------------------------------------------------------------------------------------
 # Normalization (shared by all three flavours and by webhooks)
+
+
+# Webhooks: the product topics catalog-sync needs, as the delivery header names them (GraphQL's enum is the same
+# words upper-cased with `_`: PRODUCTS_UPDATE).
+WEBHOOK_TOPICS: Final = ("products/create", "products/update", "products/delete")
+# From this Admin API version a subscription's address is `uri` (input and object); before it, `callbackUrl` in the
+# input and `endpoint { ... on WebhookHttpEndpoint { callbackUrl } }` on the object.
+WEBHOOK_URI_SINCE: Final = "2025-10"
+# Subscriptions per listing page (Shopify's maximum).
+WEBHOOK_PAGE_SIZE: Final = 100
+# What a mutation costs in the query-cost model.
+MUTATION_COST: Final = 10
+_WEBHOOK_FIELDS_URI = "id topic uri"
+_WEBHOOK_FIELDS_ENDPOINT = "id topic endpoint { __typename ... on WebhookHttpEndpoint { callbackUrl } }"
+_WEBHOOK_LIST = (
+    "query WebhookSubscriptions($topics: [WebhookSubscriptionTopic!], $after: String) { "
+    f"webhookSubscriptions(first: {WEBHOOK_PAGE_SIZE}, after: $after, topics: $topics) {{ "
+    "pageInfo { hasNextPage endCursor } nodes { %s } } }"
+)
+_WEBHOOK_CREATE = (
+    "mutation WebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, "
+    "$webhookSubscription: WebhookSubscriptionInput!) { "
+    "webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) { "
+    "webhookSubscription { %s } userErrors { field message } } }"
+)
+_WEBHOOK_UPDATE = (
+    "mutation WebhookSubscriptionUpdate($id: ID!, $webhookSubscription: WebhookSubscriptionInput!) { "
+    "webhookSubscriptionUpdate(id: $id, webhookSubscription: $webhookSubscription) { "
+    "webhookSubscription { %s } userErrors { field message } } }"
+)
+_WEBHOOK_DELETE = (
+    "mutation WebhookSubscriptionDelete($id: ID!) { webhookSubscriptionDelete(id: $id) { "
+    "deletedWebhookSubscriptionId userErrors { field message } } }"
+)
 
 
 def numeric_id(value: Any) -> str | None:
@@ -579,7 +638,91 @@ def products_page_cost(first: int, *, media: int = MEDIA_PER_PRODUCT, extra_obje
     Counting every object errs high: a server that counts fewer tells us so in `requestedQueryCost`, and the next
     page grows; erring low would cost a refused query first.
     """
-    return 2 + 1 + first * product_node_cost(media=media, extra_objects=extra_objects)
+    return PAGE_FIXED_COST + first * product_node_cost(media=media, extra_objects=extra_objects)
+
+
+def events_page_cost(first: int) -> int:
+    """Requested cost of one events page: the connection's 2, `pageInfo` 1, and N events of scalars only."""
+    return PAGE_FIXED_COST + first
+
+
+def media_needed(media: Sequence[Any]) -> int:
+    """How many of a product's media (in order) hold its first 10 images; all of them when it has fewer images."""
+    # Counted as the catalog will see them: a picture uploaded twice is one image.
+    for position in range(MAX_IMAGES, len(media) + 1):
+        if len(_media_images(media[:position])) >= MAX_IMAGES:
+            return position
+    return len(media)
+
+
+class PageSizer:
+    """How many products a page asks for (`first`) and how deep it reads each product's media (`media`).
+
+    Shopify refuses a query whose *requested* cost, the worst case of every product filling `media(first: M)`, is
+    over 1,000 or over the bucket, and charges the *actual* cost of what came back. With 15 media asked a page holds
+    30 products, while most products have fewer media: when the actual cost per product is below the requested one,
+    the depth shrinks to one more than the deepest any product read so far needed for its first 10 images (so a
+    product that returns fewer media than asked is known to be whole), and `first` grows to fill the cap and the
+    bucket, up to 250. A product that fills the depth with fewer than 10 images among them may have more: the
+    connector reads it again alone at full depth (`truncated`), and its need deepens the pages that follow.
+
+    The server's `requestedQueryCost` corrects our estimate (`ratio`), so a server that counts a little
+    differently costs one answer, not a failed read.
+    """
+
+    def __init__(self, *, extra_objects: int, wanted: int) -> None:
+        self.extra_objects = extra_objects
+        self.wanted = max(1, min(wanted, MAX_PAGE_SIZE))
+        self.media = MEDIA_PER_PRODUCT
+        # The most media any product read so far needed for its first 10 images.
+        self.deepest = 0
+        # The server's requested cost per product over our estimate at the same depth.
+        self.ratio = 1.0
+        self.actual_per_product: float | None = None
+
+    def per_product(self, media: int | None = None) -> float:
+        """Requested cost of one product at `media` depth (the current one by default)."""
+        depth = self.media if media is None else media
+        return product_node_cost(media=depth, extra_objects=self.extra_objects) * self.ratio
+
+    def page_cost(self, first: int) -> float:
+        return PAGE_FIXED_COST + first * self.per_product()
+
+    def first(self, capacity: float) -> int:
+        """Products per page: as many as the per-query cap and the bucket (`capacity`) allow, within `wanted`."""
+        fit = math.floor((capacity - PAGE_FIXED_COST) / self.per_product())
+        return max(1, min(self.wanted, fit))
+
+    def learn_requested(self, first: int, requested: float | None) -> None:
+        if requested is None or first <= 0:
+            return
+        per_product = (requested - PAGE_FIXED_COST) / first
+        if per_product > 0:
+            self.ratio = per_product / product_node_cost(media=self.media, extra_objects=self.extra_objects)
+
+    def record_page(
+        self, *, first: int, requested: float | None, actual: float | None, needed: Sequence[int]
+    ) -> None:
+        """What a page of `first` products cost and how deep each product it returned needed its media."""
+        self.learn_requested(first, requested)
+        if actual is not None and needed:
+            self.actual_per_product = max(0.0, actual - PAGE_FIXED_COST) / len(needed)
+        self.saw(*needed)
+
+    def saw(self, *needed: int) -> None:
+        """Products needing this many media: deepen at once when one needs more than is asked; shrink only once
+        the actual cost shows that products leave part of what is asked unused."""
+        self.deepest = max(self.deepest, *needed) if needed else self.deepest
+        target = min(MEDIA_PER_PRODUCT, self.deepest + 1)
+        unused = self.actual_per_product is not None and self.actual_per_product < self.per_product()
+        if target > self.media or (target < self.media and unused):
+            self.media = target
+
+    def truncated(self, asked: int, media: Sequence[Any]) -> bool:
+        """Whether a product read `asked` deep may have more media than it returned, with too few images read."""
+        if asked >= MEDIA_PER_PRODUCT or len(media) < asked:
+            return False
+        return len(_media_images(media)) < MAX_IMAGES
 
 
 class CostBucket:
@@ -643,6 +786,15 @@ class CostBucket:
     def capacity(self) -> int:
         """The largest cost one query may request: the bucket's size, and never above Shopify's per-query cap."""
         return int(min(self.maximum, MAX_QUERY_COST))
+
+
+class _BulkUnavailable(SourceError):
+    """The shop will not run our bulk export (`reason`: refused, access_denied, busy, timed_out, or the
+    operation's error code or end status); the read falls back to pages."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _CostTooHigh(Exception):
@@ -737,10 +889,13 @@ class _ShopifyBase(HttpConnector):
 
 
 class ShopifyGraphQL(_ShopifyBase):
-    """The Admin GraphQL API (`kind = "shopify"`), with bulk export for full syncs of large shops.
+    """The Admin GraphQL API (`kind = "shopify"`), with bulk export.
 
-    `bulk`: True always exports in bulk, False never does, None (the default) decides a full sync
-    (`iter_products(None)`) by the shop's product count against the source's `bulk_threshold`.
+    `bulk` overrides the source's `bulk` setting for this connector (the admin command's `--bulk/--no-bulk`):
+    "auto" reads a full run (`iter_products(None)`) with a bulk export and an incremental one page by page,
+    "always" uses bulk for both, "never" pages always. A bulk export the shop will not run (refused, access denied,
+    another bulk query of the app that never finishes, an operation that fails) falls back to paged reads, with a
+    warning and a `bulk_fallback` note the run counts.
     """
 
     kind = "shopify"
@@ -750,50 +905,69 @@ class ShopifyGraphQL(_ShopifyBase):
         config: SourceConfig,
         *,
         client: httpx.Client | None = None,
-        bulk: bool | None = None,
+        bulk: BulkMode | None = None,
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
         super().__init__(config, client=client, sleep=sleep, clock=clock)
-        self.bulk = bulk
+        self.bulk: BulkMode = config.bulk if bulk is None else bulk
         self.endpoint = f"{self.base}/graphql.json"
         self.bucket = CostBucket(sleep=sleep, clock=clock)
         self._with_prices = bool(_PRICE_ATTRIBUTES & set(config.metadata_fields))
         # Collections cost a connection per product: asked only when the source filters on them.
         filters = [rules for rules in (config.include, config.exclude) if rules is not None]
         self._with_collections = any(rules.collection for rules in filters)
-        collections = (
-            f"collections(first: {COLLECTIONS_PER_PRODUCT}) {{ edges {{ node {{ {_COLLECTION_FIELDS} }} }} }}"
-            if self._with_collections
-            else ""
-        )
         # Options and variants cost 150 points a product: asked only when the source splits products by an option.
         self._with_variants = config.split_by is not None
-        variants = (
-            f"{_OPTION_FIELDS} variants(first: {VARIANTS_PER_PRODUCT}) {{ edges {{ node {{ {_VARIANT_FIELDS} }} }} }}"
-            if self._with_variants
-            else ""
-        )
-        self._product_fields = (
-            f"{_PRODUCT_SCALARS} {_PRICE_FIELDS if self._with_prices else ''} "
-            f"media(first: {MEDIA_PER_PRODUCT}) {{ edges {{ node {{ {_MEDIA_FIELDS} }} }} }} {collections} {variants}"
-        )
         self._products_query = (
-            "query Products($first: Int!, $after: String, $query: String) { "
+            "query Products($first: Int!, $media: Int!, $after: String, $query: String) { "
             "products(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) { "
-            f"pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {self._product_fields} }} }} }} }}"
+            f"pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {self._product_fields('$media')} }} }} }} }}"
         )
-        self._product_query = f"query Product($id: ID!) {{ product(id: $id) {{ {self._product_fields} }} }}"
-        # Cost of one product in a page, learned from the server's requestedQueryCost once it answers.
+        self._product_query = (
+            f"query Product($id: ID!) {{ product(id: $id) {{ {self._product_fields(str(MEDIA_PER_PRODUCT))} }} }}"
+        )
         extra = (
             (_PRICE_COST if self._with_prices else 0)
             + (_COLLECTIONS_COST if self._with_collections else 0)
             + (_SPLIT_COST if self._with_variants else 0)
         )
-        self._per_product: float = product_node_cost(extra_objects=extra)
+        self.sizer = PageSizer(extra_objects=extra, wanted=config.page_size or MAX_PAGE_SIZE)
         self._last_requested: float | None = None
+        self._last_actual: float | None = None
         # THROTTLED answers seen by this connector: pacing should keep this near zero.
         self.throttled = 0
+        # Products read again alone because a page's media depth may have cut their images short.
+        self.refetched = 0
+        # `first` of every products page read, in order: how the pages grew.
+        self.page_sizes: list[int] = []
+        self._notes: Counter[str] = Counter()
+
+    def _product_fields(self, media: str | None) -> str:
+        """The fields read per product; `media` is the media depth (a number or a variable), None for all of them
+        (a bulk query reads connections whole)."""
+        media_args = "" if media is None else f"(first: {media})"
+        collections_args = "" if media is None else f"(first: {COLLECTIONS_PER_PRODUCT})"
+        collections = (
+            f"collections{collections_args} {{ edges {{ node {{ {_COLLECTION_FIELDS} }} }} }}"
+            if self._with_collections
+            else ""
+        )
+        variants_args = "" if media is None else f"(first: {VARIANTS_PER_PRODUCT})"
+        variants = (
+            f"{_OPTION_FIELDS} variants{variants_args} {{ edges {{ node {{ {_VARIANT_FIELDS} }} }} }}"
+            if self._with_variants
+            else ""
+        )
+        return (
+            f"{_PRODUCT_SCALARS} {_PRICE_FIELDS if self._with_prices else ''} "
+            f"media{media_args} {{ edges {{ node {{ {_MEDIA_FIELDS} }} }} }} {collections} {variants}"
+        )
+
+    @property
+    def notes(self) -> Mapping[str, int]:
+        """How the reads went, for the run's counts: `bulk_fallback` (and `bulk_fallback:<why>`)."""
+        return dict(self._notes)
 
     # -- the one GraphQL call -----------------------------------------------------------------------------------
 
@@ -820,6 +994,8 @@ class ShopifyGraphQL(_ShopifyBase):
                 if isinstance(cost_info.get("requestedQueryCost"), int | float):
                     requested = float(cost_info["requestedQueryCost"])
                     self._last_requested = requested
+                if isinstance(cost_info.get("actualQueryCost"), int | float):
+                    self._last_actual = float(cost_info["actualQueryCost"])
             errors = payload.get("errors")
             codes = _error_codes(errors)
             if "THROTTLED" in codes or throttled_status:
@@ -871,42 +1047,41 @@ class ShopifyGraphQL(_ShopifyBase):
     # -- paging ---------------------------------------------------------------------------------------------------
 
     def page_size(self) -> int:
-        """Products per page: as many as fit the per-query cost cap and the bucket, within `page_size`."""
-        fixed = products_page_cost(0)
-        fit = math.floor((self.bucket.capacity - fixed) / self._per_product)
-        wanted = self.config.page_size or MAX_PAGE_SIZE
-        return max(1, min(wanted, MAX_PAGE_SIZE, fit))
+        """Products the next page asks for: as many as fit the per-query cost cap and the bucket at the current
+        media depth, within `page_size`."""
+        return self.sizer.first(self.bucket.capacity)
 
-    def _page_cost(self, first: int) -> float:
-        return products_page_cost(0) + first * self._per_product
-
-    def _learn_cost(self, first: int, requested: float | None) -> None:
-        if requested is None or first <= 0:
-            return
-        per_product = (requested - products_page_cost(0)) / first
-        if per_product > 0:
-            self._per_product = per_product
-
-    def _products_page(self, first: int, after: str | None, search: str | None) -> Mapping[str, Any]:
-        """One products page, resized when the server says the query costs more than it can run."""
+    def _products_page(self, after: str | None, search: str | None) -> tuple[Mapping[str, Any], int]:
+        """One products page and the media depth it was read at; resized when the server says the query costs
+        more than it can run."""
+        first = self.page_size()
         for _ in range(MAX_RESIZES):
-            self._last_requested = None
+            self._last_requested = self._last_actual = None
+            media = self.sizer.media
             try:
                 data = self._graphql(
                     self._products_query,
-                    {"first": first, "after": after, "query": search},
-                    cost=self._page_cost(first),
+                    {"first": first, "media": media, "after": after, "query": search},
+                    cost=self.sizer.page_cost(first),
                 )
             except _CostTooHigh as exc:
                 previous = first
-                self._learn_cost(first, exc.requested)
+                self.sizer.learn_requested(first, exc.requested)
                 first = min(self.page_size(), previous // 2 if exc.requested is None else previous - 1)
                 if first < 1:
                     break
                 log.info("%s: a page of %d costs too much; asking for %d", self._what, previous, first)
                 continue
-            self._learn_cost(first, self._last_requested)
-            return data
+            connection = data.get("products")
+            if not isinstance(connection, Mapping):
+                raise SourceError(f"{self._what}: GraphQL answer without products")
+            nodes = [node for node in _connection_nodes(connection) if isinstance(node, Mapping)]
+            needed = [media_needed(_connection_nodes(node.get("media"))) for node in nodes]
+            self.sizer.record_page(
+                first=first, requested=self._last_requested, actual=self._last_actual, needed=needed
+            )
+            self.page_sizes.append(first)
+            return connection, media
         raise SourceError(f"{self._what}: no products page fits the shop's per-query cost limit")
 
     def _iter_pages(self, since: datetime | None) -> Iterator[SourceProduct | SkippedProduct]:
@@ -914,24 +1089,70 @@ class ShopifyGraphQL(_ShopifyBase):
             # A one-point query first, so the first page is sized for the real bucket, not an assumed one.
             self.product_count()
         search = _updated_since(since)
+        depths: list[int] = []
 
         def fetch(after: str | None) -> Mapping[str, Any]:
-            connection = self._products_page(self.page_size(), after, search).get("products")
+            connection, media = self._products_page(after, search)
+            depths.append(media)
+            return connection
+
+        for connection in iter_pages(RelayCursorPaginator(what=self._what), fetch):
+            asked = depths[-1]
+            for node in _connection_nodes(connection):
+                if isinstance(node, Mapping) and self.sizer.truncated(asked, _connection_nodes(node.get("media"))):
+                    node = self._whole_product(node)
+                yield normalize_graphql_product(self.source, node)
+
+    def _whole_product(self, node: Mapping[str, Any]) -> Any:
+        """The product read alone with every media slot, when its page's depth may have cut its images short."""
+        self.refetched += 1
+        cost = self.sizer.per_product(MEDIA_PER_PRODUCT)
+        data = self._graphql(self._product_query, {"id": node.get("id")}, cost=cost)
+        whole = data.get("product")
+        if not isinstance(whole, Mapping):
+            # Deleted since its page was read: the page's copy is all there is; the next run sees it gone.
+            return node
+        self.sizer.saw(media_needed(_connection_nodes(whole.get("media"))))
+        return whole
+
+    # -- deletions ------------------------------------------------------------------------------------------------
+
+    def iter_deletions(self, since: datetime) -> Iterator[ProductDeletion]:
+        """Products deleted at or after `since`, from the shop's `destroy` events (as Airbyte's `deleted_products`
+        stream reads them). API versions before 2024-10 have no `events` query: nothing is read, with a warning."""
+        version = self.config.api_version
+        if version[:1].isdigit() and version < EVENTS_SINCE:
+            log.warning(
+                "%s: API version %s has no events query; deletions are seen by full runs and webhooks only "
+                "(set api_version to %s or later)",
+                self._what,
+                version,
+                EVENTS_SINCE,
+            )
+            return
+        search = deleted_products_search(since)
+        first = max(1, min(EVENTS_PAGE_SIZE, self.bucket.capacity - events_page_cost(0)))
+
+        def fetch(after: str | None) -> Mapping[str, Any]:
+            variables = {"first": first, "after": after, "query": search}
+            data = self._graphql(_EVENTS_QUERY, variables, cost=events_page_cost(first))
+            connection = data.get("events")
             if not isinstance(connection, Mapping):
-                raise SourceError(f"{self._what}: GraphQL answer without products")
+                raise SourceError(f"{self._what}: GraphQL answer without events")
             return connection
 
         for connection in iter_pages(RelayCursorPaginator(what=self._what), fetch):
             for node in _connection_nodes(connection):
-                yield normalize_graphql_product(self.source, node)
+                deletion = _product_deletion(self.source, node)
+                if deletion is not None:
+                    yield deletion
 
     # -- bulk export ----------------------------------------------------------------------------------------------
 
     def product_count(self) -> int:
-        """The shop's product count (`productsCount`; Shopify caps it at 10,000 unless given a higher limit)."""
-        threshold = self.config.bulk_threshold
-        argument = f"(limit: {threshold})" if threshold > 10_000 else ""
-        data = self._graphql(_COUNT_QUERY % argument, None, cost=COUNT_QUERY_COST)
+        """The shop's product count (`productsCount`, which Shopify caps at 10,000); one point, so it also tells the
+        bucket's size before the first page is sized."""
+        data = self._graphql(_COUNT_QUERY % "", None, cost=COUNT_QUERY_COST)
         counted = data.get("productsCount")
         count = counted.get("count") if isinstance(counted, Mapping) else counted
         if isinstance(count, bool) or not isinstance(count, int):
@@ -939,29 +1160,15 @@ class ShopifyGraphQL(_ShopifyBase):
         return count
 
     def _use_bulk(self, since: datetime | None) -> bool:
-        if self.bulk is not None:
-            return self.bulk
-        if since is not None:
-            return False
-        count = self.product_count()
-        use = count >= self.config.bulk_threshold
-        log.info(
-            "%s: %d products, bulk threshold %d: %s",
-            self._what,
-            count,
-            self.config.bulk_threshold,
-            "bulk export" if use else "paged read",
-        )
-        return use
+        if self.bulk == "always":
+            return True
+        return self.bulk == "auto" and since is None
 
     def _bulk_query(self, since: datetime | None) -> str:
         search = _updated_since(since)
         argument = f"(query: {json.dumps(search)})" if search else ""
         # No `first` on connections: a bulk query reads them all.
-        fields = self._product_fields.replace(f"media(first: {MEDIA_PER_PRODUCT})", "media").replace(
-            f"collections(first: {COLLECTIONS_PER_PRODUCT})", "collections"
-        ).replace(f"variants(first: {VARIANTS_PER_PRODUCT})", "variants")
-        return f"{{ products{argument} {{ edges {{ node {{ {fields} }} }} }} }}"
+        return f"{{ products{argument} {{ edges {{ node {{ {self._product_fields(None)} }} }} }} }}"
 
     def _start_bulk(self, since: datetime | None) -> str:
         # From 2026-01 the JSONL is no longer grouped by parent unless asked; earlier versions group by default.
@@ -969,7 +1176,10 @@ class ShopifyGraphQL(_ShopifyBase):
         group = ", groupObjects: true" if version >= BULK_UNGROUPED_SINCE and version[:1].isdigit() else ""
         mutation = _BULK_RUN % group
         for attempt in range(1, BULK_BUSY_RETRIES + 1):
-            data = self._graphql(mutation, {"query": self._bulk_query(since)}, cost=BULK_RUN_COST)
+            try:
+                data = self._graphql(mutation, {"query": self._bulk_query(since)}, cost=BULK_RUN_COST)
+            except AuthError as exc:
+                raise _BulkUnavailable("access_denied", str(exc)) from None
             result = data.get("bulkOperationRunQuery")
             if not isinstance(result, Mapping):
                 raise SourceError(f"{self._what}: bulkOperationRunQuery answered without a result")
@@ -982,9 +1192,9 @@ class ShopifyGraphQL(_ShopifyBase):
                 log.info("%s: another bulk query is running; waiting (%d/%d)", self._what, attempt, BULK_BUSY_RETRIES)
                 self._sleep(BULK_BUSY_WAIT)
                 continue
-            raise SourceError(f"{self._what}: bulk export refused: {'; '.join(messages) or 'no operation returned'}")
-        raise SourceError(
-            f"{self._what}: another bulk query kept running for {BULK_BUSY_RETRIES} tries; try again later"
+            raise _BulkUnavailable("refused", f"bulk export refused: {'; '.join(messages) or 'no operation returned'}")
+        raise _BulkUnavailable(
+            "busy", f"another bulk query of this app kept running for {BULK_BUSY_RETRIES * BULK_BUSY_WAIT:.0f} s"
         )
 
     def _await_bulk(self, operation_id: str) -> str | None:
@@ -1002,10 +1212,13 @@ class ShopifyGraphQL(_ShopifyBase):
                 return url if isinstance(url, str) and url else None
             if status in ("FAILED", "CANCELED", "CANCELLED", "EXPIRED", "CANCELING"):
                 code = node.get("errorCode") or "no error code"
-                raise SourceError(f"{self._what}: bulk operation {operation_id} ended {status} ({code})")
+                raise _BulkUnavailable(
+                    str(code).lower() if node.get("errorCode") else status.lower(),
+                    f"bulk operation {operation_id} ended {status} ({code})",
+                )
             if waited >= BULK_POLL_MAX_TOTAL:
-                raise SourceError(
-                    f"{self._what}: bulk operation {operation_id} still {status or 'pending'} after {waited:.0f} s"
+                raise _BulkUnavailable(
+                    "timed_out", f"bulk operation {operation_id} still {status or 'pending'} after {waited:.0f} s"
                 )
             self._sleep(interval)
             waited += interval
@@ -1023,7 +1236,16 @@ class ShopifyGraphQL(_ShopifyBase):
             raise SourceError(f"{self._what}: the bulk result download failed: {type(exc).__name__}: {exc}") from None
 
     def _iter_bulk(self, since: datetime | None) -> Iterator[SourceProduct | SkippedProduct]:
-        url = self._await_bulk(self._start_bulk(since))
+        """A bulk export; page by page instead when the shop will not run one. Nothing has been read when that is
+        decided, so the paged read is the whole read."""
+        try:
+            url = self._await_bulk(self._start_bulk(since))
+        except _BulkUnavailable as exc:
+            log.warning("%s: %s; reading page by page instead", self._what, exc)
+            self._notes["bulk_fallback"] += 1
+            self._notes[f"bulk_fallback:{exc.reason}"] += 1
+            yield from self._iter_pages(since)
+            return
         if url is not None:
             yield from self._stream_bulk(url)
 
@@ -1042,7 +1264,8 @@ class ShopifyGraphQL(_ShopifyBase):
 
     def get_product(self, product_id: str) -> SourceProduct | None:
         number = _require_id(product_id, self._what)
-        data = self._graphql(self._product_query, {"id": f"{_GID_PREFIX}Product/{number}"}, cost=self._per_product)
+        gid = f"{_GID_PREFIX}Product/{number}"
+        data = self._graphql(self._product_query, {"id": gid}, cost=self.sizer.per_product(MEDIA_PER_PRODUCT))
         node = data.get("product")
         if node is None:
             return None
@@ -1050,6 +1273,77 @@ class ShopifyGraphQL(_ShopifyBase):
         if isinstance(product, SkippedProduct):
             raise product
         return product
+
+    # -- webhook subscriptions (connectors.subscriptions.SubscriptionApi) ------------------------------------------
+
+    def webhook_topics(self) -> tuple[str, ...]:
+        return WEBHOOK_TOPICS
+
+    def _uses_uri(self) -> bool:
+        version = self.config.api_version
+        # `unstable` follows the newest version.
+        return not version[:1].isdigit() or version >= WEBHOOK_URI_SINCE
+
+    def _webhook_fields(self) -> str:
+        return _WEBHOOK_FIELDS_URI if self._uses_uri() else _WEBHOOK_FIELDS_ENDPOINT
+
+    def _webhook_input(self, url: str) -> dict[str, str]:
+        return {"uri" if self._uses_uri() else "callbackUrl": url, "format": "JSON"}
+
+    def list_subscriptions(self) -> list[Subscription]:
+        query = _WEBHOOK_LIST % self._webhook_fields()
+        topics = [_graphql_topic(topic) for topic in WEBHOOK_TOPICS]
+        cost = products_page_cost(0) + WEBHOOK_PAGE_SIZE * 2
+
+        def fetch(after: str | None) -> Mapping[str, Any]:
+            data = self._graphql(query, {"topics": topics, "after": after}, cost=cost)
+            connection = data.get("webhookSubscriptions")
+            if not isinstance(connection, Mapping):
+                raise SourceError(f"{self._what}: GraphQL answer without webhookSubscriptions")
+            return connection
+
+        found: list[Subscription] = []
+        for connection in iter_pages(RelayCursorPaginator(what=self._what), fetch):
+            found.extend(self._subscription(node) for node in _connection_nodes(connection))
+        return found
+
+    def create_subscription(self, topic: str, url: str) -> Subscription:
+        variables = {"topic": _graphql_topic(topic), "webhookSubscription": self._webhook_input(url)}
+        data = self._graphql(_WEBHOOK_CREATE % self._webhook_fields(), variables, cost=MUTATION_COST)
+        return self._mutated(data, "webhookSubscriptionCreate", f"registering {topic}")
+
+    def update_subscription(self, subscription: Subscription, url: str) -> Subscription:
+        variables = {"id": subscription.id, "webhookSubscription": self._webhook_input(url)}
+        data = self._graphql(_WEBHOOK_UPDATE % self._webhook_fields(), variables, cost=MUTATION_COST)
+        return self._mutated(data, "webhookSubscriptionUpdate", f"updating {subscription.topic}")
+
+    def delete_subscription(self, subscription: Subscription) -> None:
+        data = self._graphql(_WEBHOOK_DELETE, {"id": subscription.id}, cost=MUTATION_COST)
+        result = data.get("webhookSubscriptionDelete")
+        messages = _error_messages(result.get("userErrors")) if isinstance(result, Mapping) else []
+        # A subscription already gone is what was asked for.
+        if messages and not any("not exist" in m.lower() or "not found" in m.lower() for m in messages):
+            raise SourceError(f"{self._what}: removing {subscription.topic} refused: {'; '.join(messages)}")
+
+    def _mutated(self, data: Mapping[str, Any], field: str, doing: str) -> Subscription:
+        result = data.get(field)
+        if not isinstance(result, Mapping):
+            raise SourceError(f"{self._what}: {field} answered without a result")
+        messages = [m for m in _error_messages(result.get("userErrors")) if m]
+        node = result.get("webhookSubscription")
+        if messages or not isinstance(node, Mapping):
+            raise SourceError(f"{self._what}: {doing} refused: {'; '.join(messages) or 'no subscription returned'}")
+        return self._subscription(node)
+
+    def _subscription(self, node: Any) -> Subscription:
+        if not isinstance(node, Mapping) or not isinstance(node.get("id"), str):
+            raise SourceError(f"{self._what}: a webhook subscription without an id: {str(node)[:200]}")
+        endpoint = node.get("endpoint")
+        url = node.get("uri")
+        if url is None and isinstance(endpoint, Mapping):
+            # Pub/Sub and EventBridge endpoints have no callback URL: they never reach catalog-sync.
+            url = endpoint.get("callbackUrl") or endpoint.get("__typename", "")
+        return Subscription(id=node["id"], topic=_rest_topic(str(node.get("topic") or "")), url=str(url or ""))
 
 
 class ShopifyRest(_ShopifyBase):
@@ -1115,6 +1409,57 @@ class ShopifyRest(_ShopifyBase):
         if isinstance(product, SkippedProduct):
             raise product
         return product
+
+    # -- webhook subscriptions (connectors.subscriptions.SubscriptionApi) ------------------------------------------
+
+    def webhook_topics(self) -> tuple[str, ...]:
+        return WEBHOOK_TOPICS
+
+    def list_subscriptions(self) -> list[Subscription]:
+        found: list[Subscription] = []
+        for topic in WEBHOOK_TOPICS:
+            for response in iter_pages(LinkHeaderPaginator(what=self._what), partial(self._webhooks_page, topic)):
+                payload = self._json(response)
+                hooks = payload.get("webhooks") if isinstance(payload, Mapping) else None
+                if not isinstance(hooks, list):
+                    raise SourceError(f"{self._what}: webhooks.json answered without a webhook list")
+                found.extend(self._subscription(hook) for hook in hooks)
+        return found
+
+    def _webhooks_page(self, topic: str, next_url: str | None) -> httpx.Response:
+        if next_url is not None:
+            return self._get(next_url)
+        return self._get(f"{self.base}/webhooks.json", params={"topic": topic, "limit": str(MAX_PAGE_SIZE)})
+
+    def create_subscription(self, topic: str, url: str) -> Subscription:
+        body = {"webhook": {"topic": topic, "address": url, "format": "json"}}
+        response = self._send_admin("POST", f"{self.base}/webhooks.json", ok=(422,), json=body)
+        return self._written(response, f"registering {topic}")
+
+    def update_subscription(self, subscription: Subscription, url: str) -> Subscription:
+        body = {"webhook": {"id": int(subscription.id), "address": url}}
+        response = self._send_admin("PUT", f"{self.base}/webhooks/{subscription.id}.json", ok=(422,), json=body)
+        return self._written(response, f"updating {subscription.topic}")
+
+    def delete_subscription(self, subscription: Subscription) -> None:
+        # 404: already gone, which is what was asked for.
+        self._send_admin("DELETE", f"{self.base}/webhooks/{subscription.id}.json", ok=(404,))
+
+    def _written(self, response: httpx.Response, doing: str) -> Subscription:
+        self._pace(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
+        payload = self._json(response)
+        if response.status_code == 422:
+            errors = payload.get("errors") if isinstance(payload, Mapping) else payload
+            raise SourceError(f"{self._what}: {doing} refused: {_rest_errors(errors)}")
+        hook = payload.get("webhook") if isinstance(payload, Mapping) else None
+        return self._subscription(hook)
+
+    def _subscription(self, hook: Any) -> Subscription:
+        if not isinstance(hook, Mapping) or numeric_id(hook.get("id")) is None:
+            raise SourceError(f"{self._what}: a webhook without an id: {str(hook)[:200]}")
+        return Subscription(
+            id=str(numeric_id(hook.get("id"))), topic=str(hook.get("topic") or ""), url=str(hook.get("address") or "")
+        )
 
 
 class ShopifyStorefront(_ShopifyBase):
@@ -1203,8 +1548,10 @@ class _StorefrontPaginator(PageNumberPaginator):
         )
 
 
-def connector_for(source: SourceConfig, client: httpx.Client | None = None, *, bulk: bool | None = None) -> Connector:
-    """The connector for a Shopify source, by its kind."""
+def connector_for(
+    source: SourceConfig, client: httpx.Client | None = None, *, bulk: BulkMode | None = None
+) -> Connector:
+    """The connector for a Shopify source, by its kind; `bulk` overrides the source's setting for this run."""
     if source.kind == "shopify":
         return ShopifyGraphQL(source, client=client, bulk=bulk)
     if source.kind == "shopify-rest":
@@ -1233,6 +1580,25 @@ def _at_or_after(
     for item in items:
         if since is None or not isinstance(item, SourceProduct) or item.updated_at >= since:
             yield item
+
+
+def deleted_products_search(since: datetime) -> str:
+    """The events search for products deleted at or after `since` (to the second, like `_updated_since`)."""
+    return f"subject_type:PRODUCT AND action:destroy AND created_at:>='{_iso(since)}'"
+
+
+def _product_deletion(source: str, node: Any) -> ProductDeletion | None:
+    """A `destroy` event of a product as a deletion; None for any other event, or one without an id or time."""
+    if not isinstance(node, Mapping):
+        return None
+    if str(node.get("subjectType") or "").upper() != "PRODUCT" or str(node.get("action") or "") != "destroy":
+        return None
+    product_id = numeric_id(node.get("subjectId"))
+    deleted_at = parse_datetime(_text(node.get("createdAt")))
+    if product_id is None or deleted_at is None:
+        log.warning("%s: a product destroy event without a usable id or time: %r", source, dict(node))
+        return None
+    return ProductDeletion(source, product_id, deleted_at)
 
 
 def _updated_since(since: datetime | None) -> str | None:
@@ -1282,3 +1648,23 @@ def _reported_cost(errors: Any) -> float | None:
         if isinstance(extensions, Mapping) and isinstance(extensions.get("cost"), int | float):
             return float(extensions["cost"])
     return None
+
+
+def _graphql_topic(topic: str) -> str:
+    """`products/update` as the GraphQL enum names it: PRODUCTS_UPDATE."""
+    return topic.upper().replace("/", "_")
+
+
+def _rest_topic(topic: str) -> str:
+    """PRODUCTS_UPDATE as the delivery header names it: `products/update`."""
+    return topic.lower().replace("_", "/", 1)
+
+
+def _rest_errors(errors: Any) -> str:
+    """REST's 422 body, `{"address": ["for this topic has already been taken"]}`, as one line."""
+    if isinstance(errors, Mapping):
+        return "; ".join(
+            f"{name} {' '.join(map(str, reasons)) if isinstance(reasons, list) else reasons}"
+            for name, reasons in errors.items()
+        )
+    return str(errors)[:300]

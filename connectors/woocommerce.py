@@ -59,7 +59,6 @@ from pydantic import SecretStr
 
 from config.sources import SourceConfig
 from connectors.base import (
-    MAX_IMAGES,
     ImageRef,
     ProductStatus,
     SourceProduct,
@@ -75,11 +74,15 @@ from connectors.base import (
 )
 from connectors.colourways import matches_option
 from connectors.http import Clock, HttpConnector, Sleep, excerpt, send
-from connectors.paging import ListPage, PageNumberPaginator, Paginator, iter_pages
-from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
+from connectors.paging import ListPage, PageNumberPaginator
+from connectors.subscriptions import ACTIVE, Subscription
+from ground.errors import AuthError, ConfigError, InvalidSignature, SkippedProduct, SourceError
+from ground.limits import MAX_IMAGES
+from ground.paging import Paginator, iter_pages
 
 __all__ = [
     "API_PATH",
+    "WEBHOOK_TOPICS",
     "WooCommerceConnector",
     "check_webhook_signature",
     "is_ping",
@@ -113,6 +116,14 @@ DELETE_TOPIC: Final = "product.deleted"
 OAUTH_SIGNATURE_METHOD: Final = "HMAC-SHA256"
 # The category WooCommerce assigns when none is chosen: it says nothing about the product.
 DEFAULT_CATEGORY_SLUG: Final = "uncategorized"
+# The product topics catalog-sync needs delivered (`product.restored` brings a product back from the trash).
+WEBHOOK_TOPICS: Final = ("product.created", "product.updated", "product.deleted", "product.restored")
+# Webhooks per listing page when looking for ours.
+WEBHOOK_PAGE_SIZE: Final = 100
+# Refusals of the webhooks endpoints by the key's user's capabilities (wc_rest_check_manager_permissions).
+_WEBHOOK_REFUSALS: Final = frozenset(
+    {"woocommerce_rest_cannot_create", "woocommerce_rest_cannot_edit", "woocommerce_rest_cannot_delete"}
+)
 # The creation ping's whole body (WC_Webhook::deliver_ping).
 _PING_BODY: Final = re.compile(rb"webhook_id=[0-9]{1,20}")
 _SIGNATURE_MESSAGE: Final = "the X-WC-Webhook-Signature header is missing or does not match the webhook secret"
@@ -682,18 +693,85 @@ class WooCommerceConnector(HttpConnector):
             return ListPage(())
         return ListPage(self._page_of(response), _int_header(response, "X-WP-TotalPages"))
 
+    # -- webhook subscriptions (connectors.subscriptions.SubscriptionApi) ------------------------------------------
+
+    def webhook_topics(self) -> tuple[str, ...]:
+        return WEBHOOK_TOPICS
+
+    def list_subscriptions(self) -> list[Subscription]:
+        """Every webhook of the store on a product topic we need, whatever its status (`status=all`)."""
+        found: list[Subscription] = []
+        for page in iter_pages(PageNumberPaginator(what=self._what), self._webhooks_page):
+            for hook in page.items:
+                subscription = self._subscription(hook)
+                if subscription.topic in WEBHOOK_TOPICS:
+                    found.append(subscription)
+        return found
+
+    def create_subscription(self, topic: str, url: str) -> Subscription:
+        body = {
+            "name": f"catalog-sync {self.source}: {topic}",
+            "topic": topic,
+            "delivery_url": url,
+            "secret": self._webhook_secret(),
+            "status": ACTIVE,
+        }
+        return self._subscription(self._json(self._request("/webhooks", {}, method="POST", body=body)))
+
+    def update_subscription(self, subscription: Subscription, url: str) -> Subscription:
+        # The secret goes along every time: WooCommerce never shows it, so this is how a rotated one gets there.
+        body = {"delivery_url": url, "secret": self._webhook_secret(), "status": ACTIVE}
+        path = f"/webhooks/{int(subscription.id)}"
+        return self._subscription(self._json(self._request(path, {}, method="PUT", body=body)))
+
+    def delete_subscription(self, subscription: Subscription) -> None:
+        # Webhooks cannot be trashed (501 without force); 404: already gone, which is what was asked for.
+        self._request(f"/webhooks/{int(subscription.id)}", {"force": "true"}, method="DELETE", ok_statuses=(404,))
+
+    def _webhooks_page(self, page: int) -> ListPage:
+        response = self._request("/webhooks", {"status": "all", "per_page": WEBHOOK_PAGE_SIZE, "page": page})
+        return ListPage(self._page_of(response), _int_header(response, "X-WP-TotalPages"))
+
+    def _webhook_secret(self) -> str:
+        secret = self.config.webhook_secret
+        if secret is None or not secret.get_secret_value():
+            raise ConfigError(
+                f"source {self.source!r}: webhook_secret is not set; WooCommerce signs deliveries with the secret "
+                "given when the webhook is registered: set webhook_secret (a long random string) first"
+            )
+        return secret.get_secret_value()
+
+    def _subscription(self, hook: Any) -> Subscription:
+        number = _product_id(hook) if isinstance(hook, Mapping) else None
+        if not isinstance(hook, Mapping) or number is None:
+            raise SourceError(f"{self._what}: a webhook without an id: {str(hook)[:200]}")
+        return Subscription(
+            id=number,
+            topic=_text(hook.get("topic")),
+            url=_text(hook.get("delivery_url")),
+            status=_text(hook.get("status")) or ACTIVE,
+            name=_text(hook.get("name")),
+        )
+
     # -- HTTP --
 
     def _request(
-        self, path: str, params: Mapping[str, str | int], *, ok_statuses: tuple[int, ...] = ()
+        self,
+        path: str,
+        params: Mapping[str, str | int],
+        *,
+        ok_statuses: tuple[int, ...] = (),
+        method: str = "GET",
+        body: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        """GET an API path with the store's credentials, mapping WooCommerce error bodies to clear errors."""
+        """Call an API path with the store's credentials (GET unless told), mapping WooCommerce error bodies to
+        clear errors. A JSON `body` is not part of an OAuth 1.0a signature: WooCommerce signs query parameters."""
         url = f"{self.store_url}{API_PATH}{path}"
         while True:
             name, auth = self._auths[0]
             response = send(
                 self._client,
-                "GET",
+                method,
                 url,
                 what=self._what,
                 sleep=self._sleep,
@@ -701,6 +779,7 @@ class WooCommerceConnector(HttpConnector):
                 params=params,
                 auth=auth,
                 headers={"Accept": "application/json"},
+                json=dict(body) if body is not None else None,
             )
             status = response.status_code
             if (
@@ -740,6 +819,21 @@ class WooCommerceConnector(HttpConnector):
         where = response.request.url.copy_with(query=None)
         said = f"{status} {code}: {message}" if code else f"{status}: {excerpt(response)}"
         redirect = self._redirect_note(response)
+        if code == "woocommerce_rest_authentication_error" and "write permission" in message:
+            raise AuthError(
+                f"{self._what}: the REST key may only read ({where} answered {said}); registering webhooks needs a "
+                "key with Read/Write permission: change the key's permissions (WooCommerce → Settings → Advanced → "
+                "REST API) or create one for this command" + redirect,
+                status=status,
+                code=code,
+            )
+        if code in _WEBHOOK_REFUSALS or (code == "woocommerce_rest_cannot_view" and "/webhooks" in where.path):
+            raise AuthError(
+                f"{self._what}: the key's WordPress user may not manage webhooks ({where} answered {said}); create "
+                "the key for a Shop Manager or an Administrator" + redirect,
+                status=status,
+                code=code,
+            )
         if code == "woocommerce_rest_cannot_view":
             anonymous = status == 401
             raise AuthError(

@@ -281,7 +281,7 @@ def smoke(stack: Stack) -> None:
         raise SmokeFailure(f"resync exited {sync.returncode}: {sync.stdout}{sync.stderr}")
     summary = json.loads(sync.stdout)
     log(f"resync shop --full --wait: {summary}")
-    if summary["outcome"] != "completed" or summary["failed"] or summary["pending"] or not summary["synced"]:
+    if summary["outcome"] != "converged" or summary["failed"] or summary["pending"] or not summary["synced"]:
         raise SmokeFailure(f"the sync did not converge: {summary}")
     listed = catalog.get("/products", params={"limit": 200}).json()
     if listed["count"] != summary["synced"]:

@@ -16,9 +16,9 @@ MISSING_GRAPHQL = (
 # The exit status when an emulator cannot start for want of a package (the worker CLI's "failed", not "usage").
 EXIT_MISSING_DEPENDENCY = 1
 
-emulate = typer.Typer(
-    help="Run a local emulator of the catalog API or a shop (for tests, benchmarks, demos).", no_args_is_help=True
-)
+# Mounted by the admin command (`worker.cli`, which imports this module only when an emulator command runs and
+# carries the group's help).
+emulate = typer.Typer(no_args_is_help=True)
 
 
 @emulate.command("catalog")
@@ -74,14 +74,30 @@ def woocommerce(
     seed: Annotated[int, typer.Option(help="Seed of the generated store (same seed, same products).")] = 0,
     consumer_key: Annotated[str, typer.Option(help="The REST key's consumer key.")] = "ck_test",
     consumer_secret: Annotated[str, typer.Option(help="The REST key's consumer secret.")] = "cs_test",  # noqa: S107
+    key_permissions: Annotated[
+        str, typer.Option(help="The key's permissions: read, write or read_write (webhooks register needs write).")
+    ] = "read_write",
 ) -> None:
-    """A WooCommerce store: REST API v3 (`/wp-json/wc/v3/products`) and a control API. See emulators/woocommerce/."""
+    """A WooCommerce store: REST API v3 (`/wp-json/wc/v3/products`, `/webhooks`) and a control API. See
+    emulators/woocommerce/."""
     from emulators.woocommerce import serve
 
+    if key_permissions not in ("read", "write", "read_write"):
+        raise typer.BadParameter("use read, write or read_write", param_hint="--key-permissions")
     typer.echo(f"WooCommerce emulator: http://{host}:{port}/wp-json/wc/v3 ({products} products, seed {seed})")
-    typer.echo(f"Consumer key: {consumer_key} (plain HTTP: sign with OAuth 1.0a, as WooCommerce requires)")
+    typer.echo(
+        f"Consumer key: {consumer_key}, {key_permissions} (plain HTTP: sign with OAuth 1.0a, as WooCommerce requires)"
+    )
     typer.echo(f"Control API: http://{host}:{port}/_emulator/ (products, webhooks, stats, reset)")
-    serve(host, port, products=products, seed=seed, consumer_key=consumer_key, consumer_secret=consumer_secret)
+    serve(
+        host,
+        port,
+        products=products,
+        seed=seed,
+        consumer_key=consumer_key,
+        consumer_secret=consumer_secret,
+        key_permissions=key_permissions,
+    )
 
 
 @emulate.command("shopify")
@@ -93,6 +109,9 @@ def shopify(
     access_token: Annotated[str, typer.Option(help="The Admin API token the shop accepts.")] = "shpat_test",  # noqa: S107
     restore_rate: Annotated[float, typer.Option(min=0, help="GraphQL cost points restored per second.")] = 50.0,
     bucket_size: Annotated[float, typer.Option(min=1, help="GraphQL cost bucket size (maximumAvailable).")] = 1_000.0,
+    app_secret: Annotated[
+        str, typer.Option(help="The app's client secret, which signs its webhook subscriptions' deliveries.")
+    ] = "shpss_emulator_app_secret",  # noqa: S107
 ) -> None:
     """A Shopify shop: Admin GraphQL (cost throttling, bulk export), legacy REST, storefront products.json and a
     control API. See emulators/shopify/."""
@@ -107,6 +126,7 @@ def shopify(
     typer.echo(f"Shopify emulator: http://{host}:{port} ({products} products, seed {seed})")
     typer.echo(f"Admin GraphQL: http://{host}:{port}/admin/api/{DEFAULT_API_VERSION}/graphql.json")
     typer.echo(f"Access token (header X-Shopify-Access-Token): {access_token}")
+    typer.echo(f"App client secret (signs webhook deliveries; a source's webhook_secret): {app_secret}")
     typer.echo(f"Control API: http://{host}:{port}/_emulator/ (products, webhooks, stats, config, reset)")
     serve(
         products=products,
@@ -116,4 +136,5 @@ def shopify(
         access_token=access_token,
         restore_rate=restore_rate,
         bucket_size=bucket_size,
+        app_secret=app_secret,
     )

@@ -31,8 +31,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from connectors.base import MAX_IMAGES, Connector, SourceProduct
-from worker.errors import SkippedProduct
+from connectors.base import Connector, SourceProduct
+from ground.errors import SkippedProduct
+from ground.limits import MAX_IMAGES
 
 __all__ = ["MAX_ITEMS", "ConnectorContract", "read_all"]
 

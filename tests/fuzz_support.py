@@ -7,6 +7,7 @@ the whole fuzz set runs in seconds. `CATALOG_SYNC_FUZZ_EXAMPLES` raises the coun
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from config.sources import SourceConfig
 from connectors.base import SourceProduct, product_id_problem
-from worker.errors import SkippedProduct
+from ground.errors import SkippedProduct
 from worker.plan import desired_row
 from worker.state import DesiredRow
 
@@ -85,7 +86,7 @@ def check_items(items: Iterable[object], source: SourceConfig) -> list[SourcePro
         if isinstance(item, SkippedProduct):
             assert item.reason
         else:
-            row = or_skip(lambda product=item: desired_row(product, source))
+            row = or_skip(functools.partial(desired_row, item, source))
             if isinstance(row, SkippedProduct):
                 assert row.reason
             else:

@@ -196,9 +196,13 @@ def sync_world(
     the accounts it serves."""
     feed = tmp_path / "feed.json"
     write_feed(feed, [])
-    clock = {"clock": catalog_clock} if catalog_clock is not None else {}
     faults = catalog_emulator.Faults(account_limit=None)
-    with running(catalog_emulator.create_app(list(api_keys), faults, **clock)) as catalog:
+    app = (
+        catalog_emulator.create_app(list(api_keys), faults, clock=catalog_clock)
+        if catalog_clock is not None
+        else catalog_emulator.create_app(list(api_keys), faults)
+    )
+    with running(app) as catalog:
         settings = make_settings(tmp_path, catalog.url, database_url=database_url, **overrides)
         text = sources if sources is not None else sources_toml(feed, extra=toml_extra)
         Path(settings.config).write_text(text, encoding="utf-8")

@@ -12,8 +12,8 @@ from pydantic import SecretStr
 
 from config.accounts import DEFAULT_ACCOUNT, parse_accounts, resolve_accounts
 from config.settings import Settings
+from ground.errors import ConfigError
 from tests.sync_helpers import API_KEY, SyncWorld, feed_item, process_env, run_cli, sync_world, write_feed
-from worker.errors import ConfigError
 from worker.feeder import budget_status
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync

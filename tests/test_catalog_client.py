@@ -22,20 +22,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from config.settings import Settings
-from connectors.http import retry_after_seconds
-from tests.conftest import FIXTURES
-from worker import __version__
-from worker.catalog import (
-    BULK_MAX_WAIT,
-    MAX_IMAGE_BYTES,
-    CatalogClient,
-    CatalogPage,
-    ImageInput,
-    ImageSource,
-    MissingFileError,
-    ProductUpsert,
-)
-from worker.errors import (
+from ground.errors import (
     AuthError,
     ConfigError,
     InsufficientCredits,
@@ -45,6 +32,19 @@ from worker.errors import (
     RetryableError,
     SourceError,
     SyncError,
+)
+from ground.http import retry_after_seconds
+from ground.version import __version__
+from tests.conftest import FIXTURES
+from worker.catalog import (
+    BULK_MAX_WAIT,
+    MAX_IMAGE_BYTES,
+    CatalogClient,
+    CatalogPage,
+    ImageInput,
+    ImageSource,
+    MissingFileError,
+    ProductUpsert,
 )
 
 BASE_URL = "https://catalog.test/tryon/v1"

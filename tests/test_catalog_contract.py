@@ -17,8 +17,8 @@ import pytest
 
 from emulators.catalog import Faults, create_app
 from emulators.server import BackgroundServer, running
+from ground.errors import AuthError, RateLimited, RejectedError
 from worker.catalog import CatalogClient, ImageInput, ProductUpsert
-from worker.errors import AuthError, RateLimited, RejectedError
 
 API_KEY = "test-key"
 OTHER_KEY = "other-account-key"

@@ -19,7 +19,7 @@ from connectors.http import (
     error_for_status,
     send,
 )
-from worker.errors import AuthError, RateLimited, RetryableError, SourceError, SyncError
+from ground.errors import AuthError, RateLimited, RetryableError, SourceError, SyncError
 
 URL = "https://shop.example/admin/products.json?key=hidden"
 WHAT = "source 'demo'"

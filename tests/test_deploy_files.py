@@ -23,7 +23,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 def longest_push_seconds() -> float:
     """A push's worst case with the default settings: the client's retry budget, one more request, one wait for
     the rate budget."""
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     budget = inspect.signature(CatalogClient.__init__).parameters["max_total_time"].default
     return float(budget) + settings.catalog_timeout + settings.catalog_max_retry_after
 

@@ -1,7 +1,7 @@
 """A Shopify shop end to end: the emulated shop (Admin GraphQL) → a real worker on Redis → the catalog emulator.
-Then 20 edits and 3 archivals reach the catalog on an incremental run, and 5 deletions on the next full run (Shopify
-lists no deleted products: they arrive by webhook or are found missing by a full sync), with the catalog calls
-counted: exactly those changes, nothing else."""
+Then 20 edits, 3 archivals and 5 deletions (read from the shop's destroy events) reach the catalog on an incremental
+run, and the next full run (a bulk export) finds nothing left to do, with the catalog calls counted: exactly those
+changes, nothing else."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def world(tmp_path: Path, shop: BackgroundServer, redis_url: str) -> Iterator[Sy
 def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
     world: SyncWorld, shop: BackgroundServer, tmp_path: Path
 ) -> None:
-    store = shop.app.state.shop.store  # type: ignore[attr-defined]
+    store = shop.app.state.shop.store
     listed = [
         p for p in store.iter_products("ID", reverse=False, product_filter=None) if p.status == "ACTIVE" and p.images
     ]
@@ -68,16 +68,16 @@ def test_a_shop_syncs_and_exactly_its_changes_reach_the_catalog(
         second = sync_through_worker(world, SOURCE, "incremental", after_run=first)
 
         stats = world.stats()
-        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (20, 3, 23)
+        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (20, 8, 28)
         catalog = world.catalog_products()
         assert catalog[f"shopify-{edited[0]}"]["title"] == f"Edited {edited[0]}"
-        assert not {f"shopify-{i}" for i in archived} & set(catalog)
+        assert not {f"shopify-{i}" for i in archived + deleted} & set(catalog)
 
         world.reset_stats()
         sync_through_worker(world, SOURCE, "full", after_run=second)
 
         stats = world.stats()
-        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (0, 5, 5)
+        assert (stats["upserts"], stats["deletes"], stats["total_requests"]) == (0, 0, 0)
         assert len(world.catalog_products()) == len(listed) - 8
     admin.close()
 
@@ -87,7 +87,7 @@ def test_the_legacy_rest_and_storefront_kinds_sync_a_shop_through_a_worker(
     kind: str, tmp_path: Path, redis_url: str
 ) -> None:
     with running(shopify_emulator.create_app(products=300, seed=5)) as small:
-        store = small.app.state.shop.store  # type: ignore[attr-defined]
+        store = small.app.state.shop.store
         everything = store.iter_products("ID", reverse=False, product_filter=None)
         expected = {f"{kind}-{p.id}" for p in everything if p.status == "ACTIVE" and p.images}
         token = "" if kind == "shopify-storefront" else f'access_token = "{shopify_emulator.DEFAULT_ACCESS_TOKEN}"\n'

@@ -38,7 +38,7 @@ def world(tmp_path: Path, store: BackgroundServer, redis_url: str) -> Iterator[S
 def test_a_store_syncs_and_its_edits_trashes_and_restores_reach_the_catalog(
     world: SyncWorld, store: BackgroundServer, tmp_path: Path
 ) -> None:
-    woo = store.app.state.store  # type: ignore[attr-defined]
+    woo = store.app.state.store
     listed = [
         p for p in woo.products.values() if p.status == "publish" and (p.images or any(v.image for v in p.variations))
     ]

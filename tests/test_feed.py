@@ -29,7 +29,7 @@ from starlette.routing import Route
 import emulators
 from config.sources import SourceConfig
 from connectors import build_connector
-from connectors.base import MAX_IMAGES, ImageRef, SourceProduct
+from connectors.base import ImageRef, SourceProduct
 from connectors.feed import (
     FeedConnector,
     FeedRecord,
@@ -41,9 +41,10 @@ from connectors.feed import (
 )
 from connectors.http import MAX_ATTEMPTS
 from emulators.server import free_port, running
+from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
+from ground.limits import MAX_IMAGES
 from tests.conftest import FIXTURES
 from tests.connector_contract import ConnectorContract, read_all
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 DEMO_FEED = Path(emulators.__file__).parent / "data" / "demo-feed.xml"
 BOGO_FEED = FIXTURES / "feeds" / "bogo4U-merchant-feed" / "merchant_feed.xml"

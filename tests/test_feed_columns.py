@@ -14,11 +14,11 @@ import pytest
 from config.sources import SourceConfig, parse_sources
 from connectors.base import SourceProduct
 from connectors.feed import ColumnMap, FeedConnector, normalize_field_name, read_delimited_records
+from ground.errors import ConfigError, SkippedProduct, SourceError
 from tests.conftest import FIXTURES
 from tests.connector_contract import read_all
 from tests.sync_helpers import SyncWorld, sources_toml, sync_world
 from tests.test_cli import cli
-from worker.errors import ConfigError, SkippedProduct, SourceError
 
 M5ZOON_FEED = FIXTURES / "feeds" / "m5zoon-products-feed" / "products-feed.csv"
 

@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from config.sources import ProductFilter, SourceConfig, parse_sources
+from config.sources import BulkMode, ProductFilter, SourceConfig, parse_sources
 from connectors.base import ImageRef, SourceProduct, filter_reason
 from connectors.woocommerce import normalize_product
 from emulators.shopify import sign_webhook
 from emulators.shopify.products import product_collections
 from emulators.shopify.shapes import webhook_product
+from ground.errors import ConfigError
 from tests.conftest import FIXTURES
 from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sources_toml, sync_world, write_feed
 from tests.test_cli import cli
 from tests.test_shopify_connector import Emulator, emulator
 from worker import schema
-from worker.errors import ConfigError
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
 from worker.plan import FILTERED_OUT, RunReport, desired_row, plan_source
@@ -291,8 +291,8 @@ def expected_collections(shop: Emulator) -> dict[str, tuple[str, ...]]:
     }
 
 
-@pytest.mark.parametrize("bulk", [False, True], ids=["paged", "bulk"])
-def test_shopify_products_carry_their_collections_when_a_filter_needs_them(shopify: Emulator, bulk: bool) -> None:
+@pytest.mark.parametrize("bulk", ["never", "always"], ids=["paged", "bulk"])
+def test_shopify_products_carry_their_collections_when_a_filter_needs_them(shopify: Emulator, bulk: BulkMode) -> None:
     connector = shopify.connector("shopify", bulk=bulk, include=ProductFilter(collection=("dress",)))
     try:
         products = [item for item in connector.iter_products(None) if isinstance(item, SourceProduct)]

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from config.sources import FeedFormat, SourceConfig
 from connectors.base import SkippedProduct, SourceProduct
 from connectors.feed import FeedConnector
+from ground.errors import SourceError
 from tests.fuzz_support import FUZZ, check_items, hostile_text
 from tests.test_feed import KNOWN_FIELDS
-from worker.errors import SourceError
 
 # A parser that hangs fails here instead of at the suite-wide timeout: the whole file runs in seconds.
 pytestmark = pytest.mark.timeout(60)

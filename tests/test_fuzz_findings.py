@@ -24,8 +24,8 @@ from connectors import feed as feed_module
 from connectors.base import SourceProduct, html_to_text
 from connectors.feed import FeedConnector
 from emulators.server import running
+from ground.errors import SourceError
 from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
-from worker.errors import SourceError
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
 from worker.plan import RunReport

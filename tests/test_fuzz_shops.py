@@ -21,8 +21,8 @@ from pydantic import SecretStr
 from config.sources import SourceConfig
 from connectors import build_connector, shopify, woocommerce
 from connectors.base import WebhookEvent, product_id_problem
+from ground.errors import InvalidSignature, SkippedProduct, SourceError
 from tests.fuzz_support import FUZZ, HOSTILE_SAMPLES, check_items, hostile_text, or_skip
-from worker.errors import InvalidSignature, SkippedProduct, SourceError
 
 # A parser that hangs fails here instead of at the suite-wide timeout: the whole file runs in seconds.
 pytestmark = pytest.mark.timeout(60)

@@ -301,7 +301,9 @@ def test_two_sources_writing_the_same_ids_at_once_end_with_one_owner_each(store:
 
     assert errors == []
     with store.engine.connect() as conn:
-        owners = dict(conn.execute(sqlalchemy.text("SELECT external_id, source FROM external_ids")).all())
+        owners: dict[str, str] = dict(
+            conn.execute(sqlalchemy.text("SELECT external_id, source FROM external_ids")).all()
+        )
     for n in range(300):
         a, b = store.get("a", str(n)), store.get("b", str(n))
         assert a is not None and b is not None

@@ -24,7 +24,9 @@ from emulators.server import BackgroundServer, running
 from tests.webhooks_support import broker_url, make_runtime, make_sources, shopify_headers, shopify_product, woo_headers
 from worker.http_guard import server_options
 from worker.runtime import Runtime
-from worker.webhooks import Intake, Outcome, _Pending, create_app
+from worker.webhook_batch import Pending
+from worker.webhook_decision import Outcome
+from worker.webhooks import Intake, create_app
 
 # Upper bound for anything the server should do promptly; reached only if it hangs.
 PATIENCE = 30.0
@@ -234,9 +236,9 @@ def test_one_delivery_the_database_refuses_does_not_fail_its_neighbours_in_a_bat
         assert len(good) == 5
         # A row the database cannot hold (an id longer than its column), as a bug upstream might let through.
         bad = WebhookEvent(source=shop.name, topic="delete", product_id="7" * 300, event_id="bad")
-        group = [_Pending(shop, event) for event in [*good[:2], bad, *good[2:]]]
+        group = [Pending(shop, event) for event in [*good[:2], bad, *good[2:]]]
 
-        applied = intake._commit_group(group)
+        applied = intake.batcher.commit(group)
 
         outcomes = [result.outcome for result in applied.results]
         # Applied, whether by the batch's first attempt (then "unchanged" the second time) or by the second.

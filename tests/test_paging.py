@@ -8,15 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.paging import (
-    CursorPaginator,
-    LinkHeaderPaginator,
-    ListPage,
-    PageNumberPaginator,
-    RelayCursorPaginator,
-    iter_pages,
-)
-from worker.errors import SourceError
+from connectors.paging import LinkHeaderPaginator, ListPage, PageNumberPaginator, RelayCursorPaginator
+from ground.errors import SourceError
+from ground.paging import CursorPaginator, iter_pages
 
 
 def connection(after: str | None, has_next: bool, items: list[int]) -> Mapping[str, Any]:

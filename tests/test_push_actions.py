@@ -18,9 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from emulators.server import running
-from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
-from worker.catalog import CatalogClient, ProductUpsert, error_for_response
-from worker.errors import (
+from ground.errors import (
     AuthError,
     InfrastructureError,
     InsufficientCredits,
@@ -29,6 +27,8 @@ from worker.errors import (
     RejectedError,
     RetryableError,
 )
+from tests.sync_helpers import SOURCE, SyncWorld, feed_item, sync_world, write_feed
+from worker.catalog import CatalogClient, ProductUpsert, error_for_response
 from worker.operations import run_sync
 from worker.push import ACTIONS, Outcome, PushSettings, action_for, push
 from worker.ratelimit import RedisLimiter

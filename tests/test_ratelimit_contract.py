@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from ground.errors import RateLimited
 from tests.fakes import FakeClock
-from worker.errors import RateLimited
 from worker.ratelimit import COOLDOWN_SUFFIX, GRANTS_SUFFIX, PRIORITY_SUFFIX, LocalLimiter, RedisLimiter
 
 # One request a second: slow enough that no slot refills while a test runs, fast enough to read waits as seconds.

@@ -8,7 +8,7 @@ import pytest
 
 from config.rates import format_rate, parse_rate
 from config.settings import Settings, get_settings
-from worker.errors import ConfigError
+from ground.errors import ConfigError
 from worker.ratelimit import default_account, pacing
 
 

@@ -31,8 +31,8 @@ from emulators import catalog as catalog_emulator
 from emulators import shopify as shopify_emulator
 from emulators import woocommerce as woo_emulator
 from emulators.server import running
+from ground.errors import ConfigError
 from tests.redis_dbs import db_for
-from worker.errors import ConfigError
 from worker.ratelimit import build_limiter
 from worker.runtime import Runtime
 from worker.state import Store

@@ -65,7 +65,9 @@ def peak_of_bulk_export(products: int) -> tuple[int, int]:
     """(products read, tracemalloc peak in bytes) of one full bulk read of an emulated shop of `products`."""
     with emulator_process(products) as url:
         source = SourceConfig(name="bulk", kind="shopify", url=url, access_token=SecretStr("shpat_test"))
-        connector = ShopifyGraphQL(source, bulk=True, sleep=lambda seconds: time.sleep(min(seconds, POLL_SLEEP_CAP)))
+        connector = ShopifyGraphQL(
+            source, bulk="always", sleep=lambda seconds: time.sleep(min(seconds, POLL_SLEEP_CAP))
+        )
         tracemalloc.start()
         try:
             read = sum(1 for item in connector.iter_products(None) if isinstance(item, SourceProduct))

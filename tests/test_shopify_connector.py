@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,24 +23,32 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from config.sources import SourceConfig
-from connectors.base import Connector, SourceProduct
+from config.sources import BulkMode, SourceConfig, parse_sources
+from connectors.base import Connector, ProductDeletion, ReadsDeletions, SourceProduct
 from connectors.shopify import (
+    BULK_BUSY_RETRIES,
+    BULK_BUSY_WAIT,
     MAX_QUERY_COST,
+    MEDIA_PER_PRODUCT,
     RESTORE_MARGIN_SECONDS,
     CostBucket,
+    PageSizer,
     ShopifyGraphQL,
     ShopifyRest,
     ShopifyStorefront,
     connector_for,
+    deleted_products_search,
+    events_page_cost,
+    media_needed,
+    product_node_cost,
     products_page_cost,
 )
 from emulators.server import running
 from emulators.shopify import Shop, create_app, sign_webhook
 from emulators.shopify_data import ProductFilter
+from ground.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 from tests.connector_contract import ConnectorContract
 from tests.fakes import FakeClock
-from worker.errors import AuthError, ConfigError, InvalidSignature, RateLimited, SkippedProduct, SourceError
 
 SHOP = "https://acme.myshopify.com"
 TOKEN = "shpat_unit_secret_token"
@@ -486,39 +495,42 @@ def bulk_jsonl(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_a_full_read_of_a_shop_at_the_threshold_uses_bulk_and_polls_with_growing_waits() -> None:
+def test_a_full_read_of_a_small_shop_uses_bulk_and_polls_with_growing_waits() -> None:
     clock = FakeClock()
-    handler, seen = bulk_shop(count=100, polls=[RUNNING, RUNNING, RUNNING, COMPLETED], jsonl=bulk_jsonl(3))
-    connector = ShopifyGraphQL(config(bulk_threshold=100), client=mock(handler), sleep=clock.sleep, clock=clock)
+    handler, seen = bulk_shop(count=3, polls=[RUNNING, RUNNING, RUNNING, COMPLETED], jsonl=bulk_jsonl(3))
+    connector = ShopifyGraphQL(config(), client=mock(handler), sleep=clock.sleep, clock=clock)
 
     products = list(connector.iter_products(None))
 
-    assert seen == ["count", "run", "poll", "poll", "poll", "poll", "download"]
+    assert seen == ["run", "poll", "poll", "poll", "poll", "download"]
     assert [(p.product_id, len(p.images)) for p in products if isinstance(p, SourceProduct)] == [
         ("1", 2),
         ("2", 2),
         ("3", 2),
     ]
     assert clock.sleeps == sorted(clock.sleeps) and clock.sleeps[0] < clock.sleeps[-1]
+    assert connector.notes == {}
 
 
 @pytest.mark.parametrize(
-    ("bulk", "count", "since", "expected"),
+    ("setting", "override", "since", "expected"),
     [
-        (None, 99, None, ["count", "page"]),
-        (None, 100, datetime(2025, 1, 1, tzinfo=UTC), ["count", "page"]),
-        (False, 10**6, None, ["count", "page"]),
-        (True, 1, None, ["run", "poll", "download"]),
+        ("auto", None, None, ["run", "poll", "download"]),
+        ("auto", None, datetime(2025, 1, 1, tzinfo=UTC), ["count", "page"]),
+        ("always", None, datetime(2025, 1, 1, tzinfo=UTC), ["run", "poll", "download"]),
+        ("never", None, None, ["count", "page"]),
+        ("never", "always", None, ["run", "poll", "download"]),
+        ("auto", "never", None, ["count", "page"]),
     ],
-    ids=["small-shop-pages", "incremental-pages", "bulk-off", "bulk-forced"],
+    ids=["auto-full-bulk", "auto-incremental-pages", "always-incremental-bulk", "never", "flag-forces", "flag-forbids"],
 )
-def test_bulk_is_chosen_by_the_flag_or_the_threshold(
-    bulk: bool | None, count: int, since: datetime | None, expected: list[str]
+def test_bulk_is_chosen_by_the_setting_or_the_runs_override(
+    setting: BulkMode, override: BulkMode | None, since: datetime | None, expected: list[str]
 ) -> None:
     clock = FakeClock()
-    handler, seen = bulk_shop(count=count, polls=[COMPLETED], jsonl=bulk_jsonl(1))
+    handler, seen = bulk_shop(count=10**6, polls=[COMPLETED], jsonl=bulk_jsonl(1))
     connector = ShopifyGraphQL(
-        config(bulk_threshold=100), client=mock(handler), bulk=bulk, sleep=clock.sleep, clock=clock
+        config(bulk=setting), client=mock(handler), bulk=override, sleep=clock.sleep, clock=clock
     )
 
     list(connector.iter_products(since))
@@ -526,18 +538,30 @@ def test_bulk_is_chosen_by_the_flag_or_the_threshold(
     assert seen == expected
 
 
+def test_bulk_threshold_is_refused_naming_the_setting_that_replaced_it() -> None:
+    with pytest.raises(ConfigError, match=r'bulk_threshold was replaced by bulk = "auto"'):
+        parse_sources(
+            {"sources": [{"name": "a", "kind": "shopify", "url": SHOP, "access_token": "t", "bulk_threshold": 5}]}
+        )
+
+
 @pytest.mark.parametrize("status", ["FAILED", "CANCELED", "EXPIRED"])
-def test_a_bulk_operation_that_ends_badly_fails_the_read_naming_status_and_code(status: str) -> None:
+def test_a_bulk_operation_that_ends_badly_falls_back_to_pages_and_says_why(
+    status: str, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock()
     ended = {**RUNNING, "status": status, "errorCode": "INTERNAL_SERVER_ERROR" if status == "FAILED" else None}
-    handler, _ = bulk_shop(count=0, polls=[RUNNING, ended])
-    connector = ShopifyGraphQL(config(), client=mock(handler), bulk=True, sleep=clock.sleep, clock=clock)
+    handler, seen = bulk_shop(count=0, polls=[RUNNING, ended])
+    connector = ShopifyGraphQL(config(), client=mock(handler), bulk="always", sleep=clock.sleep, clock=clock)
 
-    with pytest.raises(SourceError, match=status) as caught:
+    with caplog.at_level(logging.WARNING, logger="connectors.shopify"):
         list(connector.iter_products(None))
 
-    if status == "FAILED":
-        assert "INTERNAL_SERVER_ERROR" in str(caught.value)
+    assert seen == ["run", "poll", "poll", "page"]
+    why = "internal_server_error" if status == "FAILED" else status.lower()
+    assert connector.notes == {"bulk_fallback": 1, f"bulk_fallback:{why}": 1}
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert status in warning.getMessage() and "page by page" in warning.getMessage()
 
 
 def test_a_concurrent_bulk_operation_is_waited_for_then_ours_runs() -> None:
@@ -554,7 +578,7 @@ def test_a_concurrent_bulk_operation_is_waited_for_then_ours_runs() -> None:
         }
     }
     handler, seen = bulk_shop(count=0, polls=[COMPLETED], jsonl=bulk_jsonl(1), run_answers=[busy, busy])
-    connector = ShopifyGraphQL(config(), client=mock(handler), bulk=True, sleep=clock.sleep, clock=clock)
+    connector = ShopifyGraphQL(config(), client=mock(handler), bulk="always", sleep=clock.sleep, clock=clock)
 
     products = list(connector.iter_products(None))
 
@@ -563,19 +587,70 @@ def test_a_concurrent_bulk_operation_is_waited_for_then_ours_runs() -> None:
     assert len(clock.sleeps) == 2
 
 
-def test_other_bulk_user_errors_fail_with_their_message() -> None:
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (
+            {
+                "data": {
+                    "bulkOperationRunQuery": {
+                        "bulkOperation": None,
+                        "userErrors": [{"field": ["query"], "message": "Invalid bulk query: nope"}],
+                    }
+                }
+            },
+            "refused",
+        ),
+        (
+            {
+                "errors": [
+                    {
+                        "message": "Access denied for bulkOperationRunQuery field.",
+                        "extensions": {"code": "ACCESS_DENIED"},
+                    }
+                ]
+            },
+            "access_denied",
+        ),
+    ],
+    ids=["refused", "access-denied"],
+)
+def test_a_bulk_export_the_shop_will_not_run_falls_back_to_pages(answer: dict[str, Any], why: str) -> None:
     clock = FakeClock()
-    refused = {
+    handler, seen = bulk_shop(count=0, polls=[])
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        if "bulkOperationRunQuery" in json.loads(request.content)["query"]:
+            seen.append("run")
+            return httpx.Response(200, json={**answer, "extensions": cost_extension(10, 990)})
+        return handler(request)
+
+    connector = ShopifyGraphQL(config(), client=mock(refusing), sleep=clock.sleep, clock=clock)
+
+    assert list(connector.iter_products(None)) == []
+
+    assert seen == ["run", "page"]
+    assert connector.notes == {"bulk_fallback": 1, f"bulk_fallback:{why}": 1}
+
+
+def test_another_bulk_operation_that_never_finishes_falls_back_to_pages_after_the_wait() -> None:
+    clock = FakeClock()
+    busy = {
         "bulkOperationRunQuery": {
             "bulkOperation": None,
-            "userErrors": [{"field": ["query"], "message": "Invalid bulk query: nope"}],
+            "userErrors": [
+                {"field": None, "message": "A bulk query operation for this app and shop is already in progress."}
+            ],
         }
     }
-    handler, _ = bulk_shop(count=0, polls=[], run_answers=[refused])
-    connector = ShopifyGraphQL(config(), client=mock(handler), bulk=True, sleep=clock.sleep, clock=clock)
+    handler, seen = bulk_shop(count=0, polls=[], run_answers=[busy] * BULK_BUSY_RETRIES)
+    connector = ShopifyGraphQL(config(), client=mock(handler), sleep=clock.sleep, clock=clock)
 
-    with pytest.raises(SourceError, match="Invalid bulk query: nope"):
-        list(connector.iter_products(None))
+    list(connector.iter_products(None))
+
+    assert seen == ["run"] * BULK_BUSY_RETRIES + ["page"]
+    assert connector.notes == {"bulk_fallback": 1, "bulk_fallback:busy": 1}
+    assert sum(clock.sleeps) >= (BULK_BUSY_RETRIES - 1) * BULK_BUSY_WAIT
 
 
 @pytest.mark.parametrize(("version", "grouped"), [("2025-07", False), ("2026-01", True), ("2026-04", True)])
@@ -592,7 +667,7 @@ def test_bulk_asks_for_output_grouped_by_parent_where_it_is_no_longer_the_defaul
         return handler(request)
 
     connector = ShopifyGraphQL(
-        config(api_version=version), client=mock(recording), bulk=True, sleep=clock.sleep, clock=clock
+        config(api_version=version), client=mock(recording), bulk="always", sleep=clock.sleep, clock=clock
     )
 
     list(connector.iter_products(None))
@@ -603,7 +678,7 @@ def test_bulk_asks_for_output_grouped_by_parent_where_it_is_no_longer_the_defaul
 def test_a_completed_bulk_operation_without_a_file_yields_nothing() -> None:
     clock = FakeClock()
     handler, seen = bulk_shop(count=0, polls=[{**COMPLETED, "url": None}])
-    connector = ShopifyGraphQL(config(), client=mock(handler), bulk=True, sleep=clock.sleep, clock=clock)
+    connector = ShopifyGraphQL(config(), client=mock(handler), bulk="always", sleep=clock.sleep, clock=clock)
 
     assert list(connector.iter_products(None)) == []
     assert "download" not in seen
@@ -614,7 +689,7 @@ def test_an_ungrouped_bulk_file_is_reported_rather_than_losing_images() -> None:
     lines = bulk_jsonl(2).splitlines()
     ungrouped = "\n".join([lines[0], lines[3], lines[1]])  # product 1, product 2, then a child of product 1
     handler, _ = bulk_shop(count=0, polls=[COMPLETED], jsonl=ungrouped)
-    connector = ShopifyGraphQL(config(), client=mock(handler), bulk=True, sleep=clock.sleep, clock=clock)
+    connector = ShopifyGraphQL(config(), client=mock(handler), bulk="always", sleep=clock.sleep, clock=clock)
 
     with pytest.raises(SourceError, match="not grouped"):
         list(connector.iter_products(None))
@@ -1004,7 +1079,7 @@ class Emulator:
             values.setdefault("access_token", SecretStr(EMULATOR_TOKEN))
         return SourceConfig(**values)
 
-    def connector(self, kind: str, *, bulk: bool | None = None, **extra: Any) -> Any:
+    def connector(self, kind: str, *, bulk: BulkMode | None = None, **extra: Any) -> Any:
         source = self.source(kind, **extra)
         clock = self.clock
         if kind == "shopify":
@@ -1056,7 +1131,7 @@ def shop_with_bad_records() -> Iterator[Emulator]:
 
 class _EmulatedContract(ConnectorContract):
     kind = ""
-    bulk: bool | None = None
+    bulk: BulkMode | None = None
 
     @pytest.fixture
     def connector(self, shared_shop: Emulator) -> Iterator[Connector]:
@@ -1077,11 +1152,12 @@ class _EmulatedContract(ConnectorContract):
 
 class TestShopifyGraphQLContract(_EmulatedContract):
     kind = "shopify"
+    bulk = "never"
 
 
 class TestShopifyBulkExportContract(_EmulatedContract):
     kind = "shopify"
-    bulk = True
+    bulk = "always"
 
 
 class TestShopifyRestContract(_EmulatedContract):
@@ -1097,8 +1173,8 @@ def test_the_three_flavours_and_bulk_agree_on_every_shared_product(shared_shop: 
         with connector:
             return {p.product_id: p for p in connector.iter_products(None) if isinstance(p, SourceProduct)}
 
-    graphql = by_id(shared_shop.connector("shopify", bulk=False))
-    bulk = by_id(shared_shop.connector("shopify", bulk=True))
+    graphql = by_id(shared_shop.connector("shopify", bulk="never"))
+    bulk = by_id(shared_shop.connector("shopify", bulk="always"))
     rest = by_id(shared_shop.connector("shopify-rest"))
     storefront = by_id(shared_shop.connector("shopify-storefront"))
 
@@ -1118,7 +1194,7 @@ def test_the_three_flavours_and_bulk_agree_on_every_shared_product(shared_shop: 
 
 def test_a_small_bucket_is_paced_so_the_read_finishes_without_tripping_throttled() -> None:
     with emulator(products=200, seed=5, bucket_size=100, restore_rate=10) as shop:
-        connector = shop.connector("shopify", bulk=False)
+        connector = shop.connector("shopify", bulk="never")
 
         products = [p for p in connector.iter_products(None) if isinstance(p, SourceProduct)]
 
@@ -1188,17 +1264,20 @@ def test_a_wrong_token_is_an_auth_error_naming_the_source_not_the_token() -> Non
 
 
 @pytest.mark.parametrize(
-    ("status", "code"), [("FAILED", "INTERNAL_SERVER_ERROR"), ("CANCELED", None), ("EXPIRED", None)]
+    ("status", "code"),
+    [("FAILED", "INTERNAL_SERVER_ERROR"), ("FAILED", "ACCESS_DENIED"), ("CANCELED", None), ("EXPIRED", None)],
 )
-def test_a_bulk_fault_fails_the_read_naming_the_status_and_code(status: str, code: str | None) -> None:
+def test_a_bulk_fault_falls_back_to_pages_that_read_the_whole_shop(status: str, code: str | None) -> None:
     with emulator(products=20) as shop:
         shop.control("POST", "config", {"bulk_fault": {"status": status, "error_code": code}})
-        connector = shop.connector("shopify", bulk=True)
+        connector = shop.connector("shopify")
 
-        with pytest.raises(SourceError, match=status) as caught:
-            list(connector.iter_products(None))
+        products = [p for p in connector.iter_products(None) if isinstance(p, SourceProduct)]
 
-    assert (code or "no error code") in str(caught.value)
+        assert len(products) == len(shop.shop.store)
+        assert connector.notes["bulk_fallback"] == 1
+        assert connector.notes[f"bulk_fallback:{(code or status).lower()}"] == 1
+        assert shop.stats()["throttled"] == 0
 
 
 def test_a_bulk_export_waits_for_another_running_operation_then_runs_its_own() -> None:
@@ -1213,7 +1292,7 @@ def test_a_bulk_export_waits_for_another_running_operation_then_runs_its_own() -
             headers={"X-Shopify-Access-Token": EMULATOR_TOKEN},
         ).json()
         assert first["data"]["bulkOperationRunQuery"]["userErrors"] == []
-        connector = shop.connector("shopify", bulk=True)
+        connector = shop.connector("shopify", bulk="always")
 
         products = [p for p in connector.iter_products(None) if isinstance(p, SourceProduct)]
 
@@ -1229,7 +1308,7 @@ def test_an_incremental_bulk_export_reads_only_what_changed() -> None:
         since = datetime.fromtimestamp(shop.clock.now, tz=UTC)
         for product_id in ids:
             shop.control("PATCH", f"products/{product_id}", {"title": f"Edited {product_id}"})
-        connector = shop.connector("shopify", bulk=True)
+        connector = shop.connector("shopify", bulk="always")
 
         changed = [p for p in connector.iter_products(since) if isinstance(p, SourceProduct)]
 
@@ -1262,3 +1341,179 @@ def test_emulated_webhooks_verify_and_match_what_get_product_reads() -> None:
     forged = {**received[0][0], "x-shopify-hmac-sha256": sign_webhook(received[0][1], "not-the-secret")}
     with pytest.raises(InvalidSignature):
         connector.verify_webhook(forged, received[0][1])
+
+
+# -- page sizing from the actual cost --------------------------------------------------------------------------------
+
+
+def image_media(count: int, *, video_at: int | None = None) -> list[dict[str, Any]]:
+    media: list[dict[str, Any]] = [{"image": {"url": f"https://cdn.example/{n}.jpg"}} for n in range(count)]
+    if video_at is not None:
+        media.insert(video_at, {})
+    return media
+
+
+def test_the_media_a_product_needs_are_those_holding_its_first_ten_distinct_images() -> None:
+    assert media_needed(image_media(3)) == 3
+    assert media_needed(image_media(15)) == 10
+    assert media_needed(image_media(12, video_at=4)) == 11
+    twice = image_media(12)
+    twice[2] = twice[1]  # the same picture uploaded twice counts once
+    assert media_needed(twice) == 11
+
+
+def test_the_sizer_starts_at_full_depth_and_grows_pages_when_products_use_fewer_media() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    assert (sizer.media, sizer.first(1000)) == (MEDIA_PER_PRODUCT, 30)
+
+    # A page of 30 products needing at most 4 media: actual cost well under the requested worst case.
+    sizer.record_page(first=30, requested=products_page_cost(30) - 1, actual=3 + 30 * 12, needed=[4, 2, 3] * 10)
+
+    assert sizer.media == 5
+    assert sizer.first(1000) == (1000 - 3) // product_node_cost(media=5) == 76
+    assert sizer.first(200) == (200 - 3) // product_node_cost(media=5)  # bounded by the bucket
+    assert PageSizer(extra_objects=0, wanted=40).first(1000) <= 40  # and by the source's page_size
+
+
+def test_the_sizer_deepens_at_once_for_a_product_needing_more_and_never_past_full_depth() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    sizer.record_page(first=30, requested=None, actual=3 + 30 * 8, needed=[2] * 30)
+    assert sizer.media == 3
+
+    sizer.saw(9)
+    assert sizer.media == 10
+    sizer.saw(40)
+    assert sizer.media == MEDIA_PER_PRODUCT
+
+
+def test_the_sizer_keeps_full_depth_while_products_use_what_is_asked() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    full = product_node_cost(media=MEDIA_PER_PRODUCT)
+
+    sizer.record_page(first=30, requested=3 + 30 * full, actual=3 + 30 * full, needed=[3] * 30)
+
+    assert sizer.media == MEDIA_PER_PRODUCT
+
+
+def test_a_product_filling_a_shallow_depth_without_ten_images_may_have_more() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    assert not sizer.truncated(MEDIA_PER_PRODUCT, image_media(3, video_at=0) * 5)  # full depth: nothing more to read
+    assert sizer.truncated(4, image_media(3, video_at=1))
+    assert not sizer.truncated(4, image_media(3))  # fewer than asked: the product is whole
+    assert not sizer.truncated(10, image_media(10))  # ten images: the catalog has all it keeps
+
+
+def test_a_server_counting_differently_corrects_the_estimate_at_any_depth() -> None:
+    sizer = PageSizer(extra_objects=0, wanted=250)
+    sizer.record_page(first=10, requested=3 + 10 * 66, actual=None, needed=[15] * 10)  # twice what we count
+
+    assert sizer.per_product() == pytest.approx(66)
+    assert sizer.first(1000) == (1000 - 3) // 66
+
+
+def test_pages_grow_over_the_emulator_without_a_throttle_and_lose_no_image() -> None:
+    with emulator(products=150, seed=13) as shop:
+        products = list(shop.shop.store.iter_products("ID", reverse=False, product_filter=None))
+        for product in products[:-1]:
+            images = [f"https://cdn.example/{product.id}/{n}.jpg" for n in range(3)]
+            shop.control("PATCH", f"products/{product.id}", {"images": images})
+        # The last product read (newest) has 14 images: a shallow page must not cut it short.
+        shop.clock.now += 60
+        deep = [f"https://cdn.example/{products[-1].id}/{n}.jpg" for n in range(14)]
+        shop.control("PATCH", f"products/{products[-1].id}", {"images": deep})
+        bodies: list[dict[str, Any]] = []
+        client = httpx.Client(event_hooks={"request": [lambda r: bodies.append(json.loads(r.read() or b"{}"))]})
+        source = shop.source("shopify", bulk="never")
+        connector = ShopifyGraphQL(source, client=client, sleep=shop.clock.sleep, clock=shop.clock)
+
+        read = {p.product_id: p for p in connector.iter_products(None) if isinstance(p, SourceProduct)}
+
+        assert len(read) == len(products)
+        assert connector.page_sizes[0] == 30
+        assert max(connector.page_sizes[1:]) > 60
+        pages = [b["variables"] for b in bodies if "products(" in b.get("query", "")]
+        assert pages[0]["media"] == MEDIA_PER_PRODUCT and pages[-1]["media"] == 4
+        assert [image.url for image in read[str(products[-1].id)].images] == deep[:10]
+        assert connector.refetched == 1
+        assert shop.stats()["throttled"] == 0 and connector.throttled == 0
+        client.close()
+
+
+# -- deletions from the shop's events -------------------------------------------------------------------------------
+
+
+def event_node(number: int, created: str, *, subject: str = "PRODUCT", action: str = "destroy") -> dict[str, Any]:
+    return {
+        "createdAt": created,
+        "action": action,
+        "subjectId": f"gid://shopify/{subject.title()}/{number}",
+        "subjectType": subject,
+    }
+
+
+def test_deletions_are_read_from_destroy_events_since_the_watermark_page_by_page() -> None:
+    pages = iter(
+        [
+            {
+                "pageInfo": {"hasNextPage": True, "endCursor": "c1"},
+                "edges": [
+                    {"node": event_node(7, "2025-03-01T10:00:00Z")},
+                    {"node": event_node(8, "2025-03-01T10:00:05Z", subject="COLLECTION")},
+                ],
+            },
+            {
+                "pageInfo": {"hasNextPage": False, "endCursor": "c2"},
+                "edges": [{"node": event_node(9, "2025-03-02T00:00:00Z")}],
+            },
+        ]
+    )
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        return httpx.Response(200, json={"data": {"events": next(pages)}, "extensions": cost_extension(253, 747)})
+
+    clock = FakeClock()
+    connector = ShopifyGraphQL(config(), client=mock(handler), sleep=clock.sleep, clock=clock)
+    since = datetime(2025, 3, 1, 9, 59, 30, 500, tzinfo=UTC)
+
+    deletions = list(connector.iter_deletions(since))
+
+    assert isinstance(connector, ReadsDeletions)
+    assert deletions == [
+        ProductDeletion("acme", "7", datetime(2025, 3, 1, 10, tzinfo=UTC)),
+        ProductDeletion("acme", "9", datetime(2025, 3, 2, tzinfo=UTC)),
+    ]
+    assert [body["variables"]["after"] for body in seen] == [None, "c1"]
+    assert (
+        seen[0]["variables"]["query"]
+        == "subject_type:PRODUCT AND action:destroy AND created_at:>='2025-03-01T09:59:30Z'"
+    )
+    assert seen[0]["variables"]["query"] == deleted_products_search(since)
+    assert "sortKey: CREATED_AT" in seen[0]["query"] and "... on BasicEvent" in seen[0]["query"]
+    assert seen[0]["variables"]["first"] == 250 and events_page_cost(250) <= MAX_QUERY_COST
+
+
+def test_an_api_version_without_events_reads_no_deletions_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    connector = ShopifyGraphQL(config(api_version="2024-07"), client=mock(lambda r: httpx.Response(500)))
+
+    with caplog.at_level(logging.WARNING, logger="connectors.shopify"):
+        assert list(connector.iter_deletions(datetime(2025, 1, 1, tzinfo=UTC))) == []
+
+    assert "2024-10" in caplog.text
+
+
+def test_deletions_are_read_over_the_emulator_for_products_deleted_since() -> None:
+    with emulator(products=20, seed=14) as shop:
+        ids = [p.id for p in shop.shop.store.iter_products("ID", reverse=False, product_filter=None)][:3]
+        shop.control("DELETE", f"products/{ids[0]}")
+        shop.clock.now += 3600
+        since = datetime.fromtimestamp(shop.clock.now, UTC)
+        for product_id in ids[1:]:
+            shop.control("DELETE", f"products/{product_id}")
+        connector = shop.connector("shopify")
+
+        deletions = list(connector.iter_deletions(since))
+
+    assert [(d.product_id, d.deleted_at) for d in deletions] == [(str(i), since) for i in ids[1:]]

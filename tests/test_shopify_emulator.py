@@ -330,6 +330,10 @@ def test_requested_cost_is_computed_before_running_and_the_unused_part_is_refund
             "{ userErrors { message } } }",
             10,
         ),
+        (
+            "{ events(first: 100) { edges { node { createdAt ... on BasicEvent { subjectId subjectType } } } } }",
+            2 + 100,
+        ),
     ],
     ids=[
         "object",
@@ -340,6 +344,7 @@ def test_requested_cost_is_computed_before_running_and_the_unused_part_is_refund
         "count",
         "price-range",
         "mutation",
+        "events",
     ],
 )
 def test_query_cost_rules(query: str, expected: int) -> None:
@@ -1025,3 +1030,99 @@ def test_the_emulate_shopify_command_documents_its_options() -> None:
     assert result.exit_code == 0
     for option in ("--products", "--port", "--host", "--seed", "--access-token", "--restore-rate", "--bucket-size"):
         assert option in result.output
+
+
+def test_actual_cost_counts_what_came_back_whatever_depth_was_asked() -> None:
+    # The connector's page shape: media images each select one object (`image`); videos select none.
+    query = """query Page($media: Int!) { products(first: 25) { pageInfo { hasNextPage endCursor } edges { node { id
+                 media(first: $media) { edges { node { ... on MediaImage { image { url altText } } } } } } } } }"""
+    with emulator(products=25, seed=8, clock=FakeClock()) as (client, _):
+        deep, shallow = gql(client, query, {"media": 15}), gql(client, query, {"media": 4})
+
+    for body, depth in ((deep, 15), (shallow, 4)):
+        cost = body["extensions"]["cost"]
+        assert cost["requestedQueryCost"] == 2 + 25 * (1 + 2 + depth * (1 + 1))
+        medias = [[edge["node"] for edge in e["node"]["media"]["edges"]] for e in body["data"]["products"]["edges"]]
+        returned = sum(2 + len(media) + sum(1 for node in media if node.get("image")) for media in medias)
+        assert cost["actualQueryCost"] == 2 + len(medias) + returned
+        assert all(len(media) <= depth for media in medias)
+    assert shallow["extensions"]["cost"]["actualQueryCost"] < deep["extensions"]["cost"]["actualQueryCost"]
+
+
+EVENTS_QUERY = """
+query Events($first: Int!, $after: String, $query: String, $sortKey: EventSortKeys) {
+  events(first: $first, after: $after, query: $query, sortKey: $sortKey) {
+    pageInfo { hasNextPage endCursor }
+    edges { node { id action createdAt message ... on BasicEvent { subjectId subjectType } } }
+  }
+}
+"""
+
+
+def _events(client: httpx.Client, query: str | None, first: int = 250) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    after = None
+    while True:
+        variables = {"first": first, "after": after, "query": query, "sortKey": "CREATED_AT"}
+        body = gql(client, EVENTS_QUERY, variables)
+        assert "errors" not in body, body
+        connection = body["data"]["events"]
+        found += [edge["node"] for edge in connection["edges"]]
+        if not connection["pageInfo"]["hasNextPage"]:
+            return found
+        after = connection["pageInfo"]["endCursor"]
+
+
+def test_deleting_a_product_records_a_destroy_event_whichever_api_deleted_it() -> None:
+    clock = FakeClock()
+    with emulator(products=10, seed=3, clock=clock) as (client, shop):
+        first, second, kept = (
+            p.id for p in list(shop.store.iter_products("ID", reverse=False, product_filter=None))[:3]
+        )
+        title = shop.store.get(first).title  # type: ignore[union-attr]
+        assert client.delete(f"/_emulator/products/{first}").status_code == 200
+        clock.advance(60)
+        rest = client.delete(f"/admin/api/{VERSION}/products/{second}.json", headers=_auth())
+        assert (rest.status_code, rest.json()) == (200, {})
+        assert client.delete(f"/admin/api/{VERSION}/products/{second}.json", headers=_auth()).status_code == 404
+        assert client.delete(f"/admin/api/{VERSION}/products/{kept}.json").status_code == 401
+
+        events = _events(client, "subject_type:PRODUCT AND action:destroy")
+
+    assert [(e["subjectId"], e["subjectType"], e["action"]) for e in events] == [
+        (f"gid://shopify/Product/{first}", "PRODUCT", "destroy"),
+        (f"gid://shopify/Product/{second}", "PRODUCT", "destroy"),
+    ]
+    assert events[0]["createdAt"] == datetime.fromtimestamp(CLOCK_START, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert _epoch(events[1]["createdAt"]) == CLOCK_START + 60
+    assert title in events[0]["message"]
+    assert events[0]["id"].startswith("gid://shopify/BasicEvent/")
+
+
+def test_events_filter_by_creation_time_and_page_with_cursors() -> None:
+    clock = FakeClock()
+    with emulator(products=30, seed=3, clock=clock) as (client, shop):
+        ids = [p.id for p in shop.store.iter_products("ID", reverse=False, product_filter=None)][:12]
+        for product_id in ids:
+            client.delete(f"/_emulator/products/{product_id}").raise_for_status()
+            clock.advance(10)
+        since = datetime.fromtimestamp(CLOCK_START + 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        recent = _events(client, f"subject_type:PRODUCT AND action:destroy AND created_at:>='{since}'", first=5)
+        nothing = _events(client, "subject_type:COLLECTION")
+        refused = gql(client, EVENTS_QUERY, {"first": 5, "query": "action:destroy OR action:create"})
+
+    assert [e["subjectId"] for e in recent] == [f"gid://shopify/Product/{i}" for i in ids[6:]]
+    assert nothing == []
+    assert "Invalid search query" in refused["errors"][0]["message"]
+
+
+def test_reset_forgets_the_events() -> None:
+    with emulator(products=5, seed=3, clock=FakeClock()) as (client, shop):
+        product_id = next(iter(shop.store.iter_products("ID", reverse=False, product_filter=None))).id
+        client.delete(f"/_emulator/products/{product_id}").raise_for_status()
+        assert len(_events(client, None)) == 1
+
+        client.post("/_emulator/reset", json={}).raise_for_status()
+
+        assert _events(client, None) == []

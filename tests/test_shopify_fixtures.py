@@ -22,7 +22,7 @@ from connectors.shopify import (
     normalize_graphql_product,
     normalize_rest_product,
 )
-from worker.errors import InvalidSignature, SkippedProduct
+from ground.errors import InvalidSignature, SkippedProduct
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHOPIFY = FIXTURES / "shopify"
@@ -247,7 +247,7 @@ def test_a_bulk_export_answered_by_the_airbyte_fixtures_streams_the_jsonl() -> N
     ).read_bytes()
     sleeps: list[float] = []
     client = httpx.Client(transport=httpx.MockTransport(bulk_flow(body)))
-    connector = ShopifyGraphQL(source("shopify"), client=client, bulk=True, sleep=sleeps.append)
+    connector = ShopifyGraphQL(source("shopify"), client=client, bulk="always", sleep=sleeps.append)
 
     results = list(connector.iter_products(None))
 

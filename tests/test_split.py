@@ -12,8 +12,8 @@ import pytest
 from config.sources import parse_sources
 from connectors.base import SourceProduct
 from connectors.feed import FeedRecord, build_products, split_id
+from ground.errors import ConfigError
 from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
-from worker.errors import ConfigError
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
 from worker.plan import RunReport

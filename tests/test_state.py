@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ground.errors import ConfigError
 from worker import schema
-from worker.errors import ConfigError
 from worker.state import DELETED, DesiredRow, Store, make_engine, utcnow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -178,10 +178,17 @@ def test_a_deletion_older_than_the_stored_row_is_refused(store: Store) -> None:
 
 
 def test_a_delivery_is_remembered_once(store: Store) -> None:
-    assert store.remember_delivery("shop", "evt-1", keep=timedelta(days=1)) is True
-    assert store.remember_delivery("shop", "evt-1", keep=timedelta(days=1)) is False
-    assert store.purge_deliveries(now=utcnow() + timedelta(days=2)) == 1
-    assert store.remember_delivery("shop", "evt-1", keep=timedelta(days=1)) is True
+    now = utcnow()
+
+    def seen() -> set[str]:
+        return store.delivery_context("shop", ["evt-1"], [], now=now)[0]
+
+    assert seen() == set()
+    store.remember_deliveries("shop", ["evt-1"], now=now, keep=timedelta(days=1))
+    store.remember_deliveries("shop", ["evt-1", "evt-1"], now=now, keep=timedelta(days=1))
+    assert seen() == {"evt-1"}
+    assert store.purge_deliveries(now=now + timedelta(days=2)) == 1
+    assert seen() == set()
 
 
 def test_the_sync_lock_admits_one_sync_per_source(store: Store) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from connectors.base import ImageRef, SourceProduct
+from ground.errors import SourceError
 from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, sync_world, write_feed
-from worker.errors import SourceError
 from worker.feeder import feed
 from worker.inline import InlineDispatcher
 from worker.operations import reconcile, run_sync, sync_product

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,7 +52,7 @@ class Env:
     woo: str
     suffix: str
 
-    def post(self, source: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    def post(self, source: str, body: bytes, headers: Mapping[str, str] | Mapping[bytes, bytes]) -> httpx.Response:
         return self.client.post(f"/webhooks/{source}", content=body, headers=headers)
 
     def shopify(self, body: bytes, **kwargs: Any) -> httpx.Response:
@@ -342,7 +342,12 @@ def test_missing_wrong_and_tampered_signatures_get_the_same_401(env: Env) -> Non
         env.post(env.shop, bytes(flipped), tampered_headers),
         env.post(env.shop, body, {**shopify_headers(body, secret=None), "X-Shopify-Hmac-Sha256": ""}),
         env.post(
-            env.shop, body, {**shopify_headers(body, secret=None), "X-Shopify-Hmac-Sha256": "é".encode("latin-1")}
+            env.shop,
+            body,
+            {
+                **{name.encode(): value.encode() for name, value in shopify_headers(body, secret=None).items()},
+                b"X-Shopify-Hmac-Sha256": "é".encode("latin-1"),
+            },
         ),
         env.post(env.woo, body, woo_headers(body, secret=None)),
         env.post(env.woo, body, woo_headers(body, secret="wrong")),
@@ -372,7 +377,7 @@ def test_the_shopify_api_js_vector_verifies_and_its_body_is_then_rejected_as_mal
         name=name,
         kind="shopify",
         url="https://shop1.myshopify.io",
-        access_token="t",  # type: ignore[arg-type]
+        access_token="t",
         webhook_secret=vector["secret"],
     )
     headers = {**vector["headers_in_test"], vector["header"]: vector["expected"], "Content-Type": "application/json"}
@@ -550,9 +555,11 @@ def test_each_delivery_gets_an_access_line_and_refused_signatures_a_throttled_wa
     assert [r.status_code for r in [*refused, after_a_second]] == [401] * 7
     access = [r for r in caplog.records if r.name == "catalog_sync.access"]
     assert len(access) == 8
-    assert (access[0].source, access[0].outcome, access[0].status) == (shop, "updated", 200)
+    # The access line's fields travel as LogRecord extras.
+    fields = [(getattr(r, "source", None), getattr(r, "outcome", None), getattr(r, "status", None)) for r in access]
+    assert fields[0] == (shop, "updated", 200)
     assert access[0].getMessage().startswith(f"POST /webhooks/{shop} 200 updated")
-    assert {(r.outcome, r.status) for r in access[1:]} == {("unauthorized", 401)}
+    assert {(outcome, status) for _, outcome, status in fields[1:]} == {("unauthorized", 401)}
     warnings = [r for r in caplog.records if r.name == "worker.webhooks" and "signature" in r.getMessage()]
     # ... three warnings in the burst, the other three counted, and the next one allowed says so
     assert len(warnings) == 4
@@ -619,7 +626,9 @@ def test_metrics_show_each_sources_last_run_pause_held_deletions_and_the_queue_d
         for family in text_string_to_metric_families(response.text)
         for s in family.samples
     }
-    finished = store.get_run(done).finished_at.timestamp()
+    run = store.get_run(done)
+    assert run is not None and run.finished_at is not None
+    finished = run.finished_at.timestamp()
     last_run = "catalog_sync_last_run_timestamp_seconds"
     woo_run = (last_run, (("mode", "incremental"), ("outcome", "completed"), ("source", env.woo)))
     assert samples[woo_run] == pytest.approx(finished)

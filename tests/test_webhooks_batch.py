@@ -1,13 +1,15 @@
 """The committer's batches: several deliveries applied together must each get the answer they would get alone.
 
-`Intake.apply` is called directly with events the connectors parsed from signed bodies, on a real state database;
-the dispatcher is a fake that records what it was asked to publish.
+Events the connectors parsed from signed bodies go through the two steps the committer and publisher threads run,
+`Batcher.commit` (write and commit) then `Batcher.publish` (publish, answer, remember the delivery ids), on a real
+state database; the dispatcher is a fake that records what it was asked to publish.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,20 @@ import pytest
 
 from config.sources import SourceConfig
 from connectors.base import WebhookEvent
-from tests.webhooks_support import broker_url, make_runtime, make_sources, shopify_headers, shopify_product
+from tests.webhooks_support import (
+    broker_url,
+    make_runtime,
+    make_sources,
+    shopify_headers,
+    shopify_product,
+    stored,
+    stored_payload,
+)
 from worker.runtime import Runtime
 from worker.state import DELETED
-from worker.webhooks import Intake, Outcome
+from worker.webhook_batch import Pending
+from worker.webhook_decision import Outcome, Result
+from worker.webhooks import Intake
 
 
 class RecordingDispatcher:
@@ -71,7 +83,11 @@ def event(intake: Intake, source: SourceConfig, body: Any, **headers: Any) -> We
 
 
 def outcomes(intake: Intake, source: SourceConfig, events: list[WebhookEvent]) -> list[Outcome]:
-    return [result.outcome for result in intake.apply(source, events)]
+    """Apply `events` as one batch, the way the committer and the publisher do, and read the answers they gave."""
+    answers: list[Future[Result]] = [Future() for _ in events]
+    group = [Pending(source, event, future=answer) for event, answer in zip(events, answers, strict=True)]
+    intake.batcher.publish(intake.batcher.commit(group))
+    return [answer.result(timeout=0).outcome for answer in answers]
 
 
 def test_a_newer_and_an_older_update_of_one_product_in_one_batch_keep_the_newer(
@@ -81,7 +97,7 @@ def test_a_newer_and_an_older_update_of_one_product_in_one_batch_keep_the_newer(
     older = event(intake, shop, shopify_product(1, title="Old", updated_at="2024-05-01T10:00:01Z"), event_id="b")
 
     assert outcomes(intake, shop, [newer, older]) == [Outcome.UPDATED, Outcome.STALE]
-    assert runtime.store.get(shop.name, "1").desired_payload["title"] == "New"
+    assert stored_payload(runtime.store, shop.name, "1")["title"] == "New"
     assert dispatcher.pushed == [(shop.name, ["1"], True)]
 
 
@@ -93,7 +109,7 @@ def test_an_older_then_a_newer_update_in_one_batch_both_apply_in_order(
     other = event(intake, shop, shopify_product(3, title="Other", updated_at="2024-05-01T10:00:05Z"), event_id="c")
 
     assert outcomes(intake, shop, [older, newer, other]) == [Outcome.UPDATED, Outcome.UPDATED, Outcome.UPDATED]
-    assert runtime.store.get(shop.name, "2").desired_payload["title"] == "New"
+    assert stored_payload(runtime.store, shop.name, "2")["title"] == "New"
     # One push per product, whatever number of its deliveries the batch held.
     assert dispatcher.pushed == [(shop.name, ["2", "3"], True)]
 
@@ -123,7 +139,7 @@ def test_an_update_and_a_later_deletion_in_one_batch_end_deleted(
     )
 
     assert outcomes(intake, shop, [deletion, update]) == [Outcome.DELETED, Outcome.STALE]
-    assert runtime.store.get(shop.name, "5").desired_hash == DELETED
+    assert stored(runtime.store, shop.name, "5").desired_hash == DELETED
     assert dispatcher.pushed == [(shop.name, ["5"], True)]
 
 
@@ -148,13 +164,13 @@ def test_an_update_arriving_before_an_undated_deletion_in_one_batch_is_written_f
         events.append(verdict)
 
     assert outcomes(intake, woo, events) == [Outcome.UPDATED, Outcome.DELETED]
-    assert runtime.store.get(woo.name, "9").desired_hash == DELETED
+    assert stored(runtime.store, woo.name, "9").desired_hash == DELETED
     assert dispatcher.pushed == [(woo.name, ["9"], True)]
 
 
 def test_unchanged_content_is_told_apart_from_a_stale_update(intake: Intake, shop: SourceConfig) -> None:
     body = shopify_product(6, title="Scarf", updated_at="2024-05-01T10:00:00Z")
-    intake.apply(shop, [event(intake, shop, body, event_id="a")])
+    outcomes(intake, shop, [event(intake, shop, body, event_id="a")])
 
     same = event(intake, shop, body, event_id="b")
     older = event(intake, shop, {**body, "title": "Old", "updated_at": "2024-04-01T10:00:00Z"}, event_id="c")
@@ -181,4 +197,4 @@ def test_the_thread_api_waits_for_the_committer(intake: Intake, shop: SourceConf
 
     assert intake.handle(shop, headers, body).outcome is Outcome.UNCHANGED
     assert sorted(f.result().outcome for f in futures).count(Outcome.UPDATED) == 1
-    assert runtime.store.get(shop.name, "8").desired_payload["title"] == "Belt"
+    assert stored_payload(runtime.store, shop.name, "8")["title"] == "Belt"

@@ -22,6 +22,7 @@ from tests.webhooks_support import (
     proxy_to_redis,
     shopify_headers,
     shopify_product,
+    stored,
     use_broker,
 )
 from worker.operations import reconcile
@@ -75,7 +76,7 @@ def test_deliveries_while_the_broker_is_down_are_committed_and_dispatched_once_i
             from worker.tasks import dispatcher
 
             dispatched = reconcile(runtime, dispatcher)
-            rows = {pid: runtime.store.get(shop, pid) for pid in ("1", "2", "3", "4", "5")}
+            rows = {pid: stored(runtime.store, shop, pid) for pid in ("1", "2", "3", "4", "5")}
             requeued = {product_id for _, product_id in queues.pushed("push.priority")}
         finally:
             queues.clear()
@@ -87,7 +88,7 @@ def test_deliveries_while_the_broker_is_down_are_committed_and_dispatched_once_i
     assert [r.json()["outcome"] for r in during] == ["updated"] * 4
     assert deletion.json() == {"outcome": "deleted"}
     assert [product_id for _, product_id in published_during] == ["1"]
-    assert all(row is not None and row.status == "pending" for row in rows.values())
+    assert all(row.status == "pending" for row in rows.values())
     assert rows["1"].desired_hash == DELETED
     # ... the readiness check said so without taking intake out of the load balancer, and recovered
     assert health_down.status_code == 200

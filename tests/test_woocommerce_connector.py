@@ -33,7 +33,7 @@ from connectors.woocommerce import (
     parse_webhook,
     webhook_signature,
 )
-from worker.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
+from ground.errors import AuthError, InvalidSignature, SkippedProduct, SourceError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "woocommerce"
 DOCS = FIXTURES / "rest_api_docs"

@@ -23,8 +23,8 @@ from connectors.base import Connector, SourceProduct, WebhookEvent
 from connectors.woocommerce import WooCommerceConnector
 from emulators.server import BackgroundServer, running
 from emulators.woocommerce import create_app
+from ground.errors import AuthError, InvalidSignature, SkippedProduct
 from tests.connector_contract import ConnectorContract, read_all
-from worker.errors import AuthError, InvalidSignature, SkippedProduct
 
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 WEBHOOK_SECRET = "whsec-shop"

@@ -23,7 +23,7 @@ from config.sources import SourceConfig
 from tests.redis_dbs import db_for
 from worker.ratelimit import build_limiter
 from worker.runtime import Runtime
-from worker.state import Store
+from worker.state import ProductRow, Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 SHOPIFY_SECRET = "shpss_current_secret"
@@ -148,6 +148,20 @@ def make_runtime(
     return Runtime(config, dict(sources), Store.from_url(database_url), build_limiter(config, embedded=True))
 
 
+def stored(store: Store, source: str, product_id: str) -> ProductRow:
+    """The state's row of a product the test expects to be there."""
+    row = store.get(source, product_id)
+    assert row is not None, f"no row for {source}/{product_id}"
+    return row
+
+
+def stored_payload(store: Store, source: str, product_id: str) -> dict[str, Any]:
+    """The desired catalog payload of a product the test expects to be in the catalog."""
+    payload = stored(store, source, product_id).desired_payload
+    assert payload is not None, f"{source}/{product_id} is not desired in the catalog"
+    return payload
+
+
 def broker_url(port: int = 6379) -> str:
     """A Redis database of this run's own for these tests' broker; messages are also told apart by source name."""
     return f"redis://127.0.0.1:{port}/{db_for('webhooks')}"
@@ -193,7 +207,7 @@ class Queues:
                 message = json.loads(raw)
                 args = json.loads(base64.b64decode(message["body"]))[0]
                 if args and args[0] in self.sources:
-                    self.client.lrem(queue, 0, raw)
+                    self.client.lrem(queue, 0, raw)  # type: ignore[arg-type]  # redis-py's stubs say str; it sends bytes as they are
 
     def close(self) -> None:
         self.client.close()

@@ -1,3 +1,1 @@
 """catalog-sync's worker: state, planning, convergence, the catalog client and the admin command."""
-
-__version__ = "0.1.0"

@@ -11,7 +11,7 @@ The try-on vendor's catalog is reached only through `CatalogClient`:
 set are serialized, so a partial update preserves what it leaves out and `validForDays=None` means "kept forever".
 Its `payload_json()` is canonical (sorted keys, compact), so `content_hash()` identifies a desired state.
 
-Failures are raised as the project's error tree (`worker.errors`), chosen by `STATUS_ERRORS`: the caller decides
+Failures are raised as the project's error tree (`ground.errors`), chosen by `STATUS_ERRORS`: the caller decides
 by class (fix credentials, drop the request, try later). Short faults are retried here by tenacity, the only retry
 loop of this layer: 5xx, timeouts, dropped connections, and 429s whose `Retry-After` fits under `max_retry_after`.
 A longer `Retry-After` raises `RateLimited` at once so the caller reschedules instead of holding a worker. With a
@@ -46,13 +46,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from config.settings import Settings
-from connectors.base import CursorPaginator
-from connectors.http import retry_after_seconds
-from worker import __version__, work_metrics
-from worker.errors import (
+from ground.errors import (
     AuthError,
     ConfigError,
     InsufficientCredits,
@@ -62,6 +59,10 @@ from worker.errors import (
     RetryableError,
     SyncError,
 )
+from ground.http import BACKOFF, USER_AGENT, retry_after_seconds
+from ground.limits import MAX_IMAGES
+from ground.paging import CursorPaginator
+from worker import work_metrics
 from worker.ratelimit import Limiter
 
 
@@ -87,9 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-USER_AGENT: Final = f"catalog-sync/{__version__}"
-# The API stores at most this many images per product (documented limit; more is a 400).
-MAX_IMAGES: Final = 10
 # Largest image the API accepts per file (documented "10 MB each"; larger is a 413), checked before upload.
 MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
 # validForDays bounds, as documented; None means "kept forever".
@@ -107,10 +105,6 @@ RESERVED_PREFIX: Final = "_anon_"
 BULK_MAX_WAIT: Final = 2.0
 # The multipart field that carries the JSON payload; an image fileKey must not collide with it.
 DATA_FIELD: Final = "data"
-# Full-jitter exponential backoff between retries: first window 0.5 s, doubling, never above 8 s.
-BACKOFF_BASE: Final = 0.5
-BACKOFF_CAP: Final = 8.0
-_BACKOFF: Final = wait_random_exponential(multiplier=BACKOFF_BASE, max=BACKOFF_CAP)
 # A 429 without Retry-After still pauses every worker this long (seconds).
 DEFAULT_COOL_DOWN: Final = 1.0
 # How much of an error body is quoted in a message when it is not the documented JSON.
@@ -637,7 +631,7 @@ class CatalogClient:
             # With a limiter the cool-down started in `_send_once` is waited out by the next `acquire`;
             # sleeping here as well would pay it twice.
             return 0.0 if self._limiter is not None else exc.retry_after
-        return float(_BACKOFF(state))
+        return float(BACKOFF(state))
 
     def _out_of_budget(self, state: RetryCallState, started: float) -> bool:
         if state.attempt_number >= self.max_attempts:

@@ -8,6 +8,7 @@ human output goes to the terminal through rich, with every message escaped so no
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,12 +23,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer import _click as click  # typer vendors click; the types its groups override with are named only here
+from typer.core import TyperGroup
 
 from config.rates import format_rate
 from config.redact import redact_url
 from config.urls import redact
-from emulators.cli import emulate
-from worker.errors import ConfigError, SourceError, SyncError
+from ground.errors import ConfigError, SourceError, SyncError
+from worker.cli_webhooks import webhooks_app
 from worker.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from worker.state import RunMode, utcnow
 
@@ -38,8 +41,37 @@ app = typer.Typer(
     help="Keep the try-on catalog in step with your shops.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
-app.add_typer(emulate, name="emulate")
+
+
+class EmulatorCommands(TyperGroup):
+    """`catalog-sync emulate`, whose commands live in `emulators.cli`. That module is imported only when an emulator
+    command (or the list of them) is asked for: the emulators are test servers, and no worker, beat or webhook
+    process may load them (nor graphql-core, which only the Shopify emulator needs)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return emulator_group().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return emulator_group().get_command(ctx, cmd_name)
+
+
+@functools.cache
+def emulator_group() -> TyperGroup:
+    from emulators.cli import emulate
+
+    return typer.main.get_group(emulate)
+
+
+app.add_typer(
+    typer.Typer(
+        cls=EmulatorCommands,
+        help="Run a local emulator of the catalog API or a shop (for tests, benchmarks, demos).",
+        no_args_is_help=True,
+    ),
+    name="emulate",
+)
 app.add_typer(db_app, name="db")
+app.add_typer(webhooks_app, name="webhooks")
 
 console = Console(stderr=True)
 out = Console()
@@ -111,7 +143,11 @@ def resync(
         float, typer.Option(help="Longest --wait/--inline follows the work, seconds (pushing included).")
     ] = 3600.0,
     bulk: Annotated[
-        bool | None, typer.Option("--bulk/--no-bulk", help="Shopify: force or forbid a bulk export.")
+        bool | None,
+        typer.Option(
+            "--bulk/--no-bulk",
+            help='Shopify: read this run with a bulk export (as bulk = "always") or page by page ("never").',
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Push every product read, whatever the state believes the catalog holds.")
@@ -345,6 +381,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"`{escape(summary['confirm'])}`.[/yellow]",
             highlight=False,
         )
+    if summary.get("bulk_fallback"):
+        reasons = ", ".join(summary["bulk_fallback"])
+        out.print(f"[yellow]bulk export unavailable ({escape(reasons)}): read page by page[/yellow]", highlight=False)
     if summary.get("reason"):
         out.print(f"[yellow]not converged:[/yellow] {escape(summary['reason'])}", highlight=False)
         for item in summary["reasons"]:
@@ -389,7 +428,7 @@ def status(
     """Products by status (and why they are skipped, failed or pending), the last runs, any pause or held deletion,
     and per catalog account the budget in use, what waits and when it converges."""
     from worker.feeder import budget_status
-    from worker.outcome import confirm_command
+    from worker.outcome import bulk_fallback_reasons, confirm_command, held_deletion
 
     runtime = _runtime()
     store = runtime.store
@@ -402,13 +441,14 @@ def status(
     for name in names:
         account = runtime.sources[name].account if name in runtime.sources else None
         runs = store.recent_runs(name, limit=20)
-        last_full = next((r for r in runs if r.mode == "full"), None)
+        blocked = held_deletion(runs)
         held = None
-        if last_full is not None and last_full.outcome == "deletion_blocked":
+        if blocked is not None:
             held = {
-                "run_id": last_full.id,
-                "products": int(dict(last_full.counts).get("deletion_blocked", 0)),
-                "confirm": confirm_command(name),
+                "run_id": blocked.id,
+                "mode": blocked.mode,
+                "products": int(dict(blocked.counts).get("deletion_blocked", 0)),
+                "confirm": confirm_command(name, blocked.mode),
             }
         report[name] = {
             "account": account,
@@ -449,7 +489,7 @@ def status(
         if item["deletion_held"]:
             held = item["deletion_held"]
             out.print(
-                f"[yellow]deletion held:[/yellow] the last full run (run {held['run_id']}) would delete "
+                f"[yellow]deletion held:[/yellow] the last {held['mode']} run (run {held['run_id']}) would delete "
                 f"{held['products']} product(s) and deleted nothing; if that is right, confirm with "
                 f"`{escape(held['confirm'])}`",
                 highlight=False,
@@ -472,6 +512,9 @@ def status(
             )
         for r in item["runs"]:
             line = f"  run {r['id']} {r['mode']} {r['outcome']} started {r['started_at']} {r['error'] or ''}"
+            if r["counts"].get("bulk_fallback"):
+                reasons = ", ".join(bulk_fallback_reasons(r["counts"]))
+                line += f" (bulk export unavailable ({reasons}): read page by page)"
             out.print(escape(line), highlight=False)
     shown = {item["account"] for item in report.values()}
     _print_budgets({account: budget for account, budget in budgets.items() if account in shown})
@@ -841,8 +884,8 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     from contextlib import ExitStack
 
+    from ground.serving import BackgroundServer
     from worker.embedded import embedded_worker
-    from worker.serving import BackgroundServer
 
     runtime = _runtime(embedded=True)
     logging.getLogger().setLevel(logging.INFO)

@@ -21,9 +21,9 @@ from rich.table import Table
 from config.settings import Settings
 from emulators import catalog as catalog_emulator
 from emulators import files
+from ground.serving import running
 from worker.embedded import embedded_worker
 from worker.runtime import Runtime
-from worker.serving import running
 from worker.state import RunRow, utcnow
 
 SOURCE = "demo-feed"

@@ -222,7 +222,7 @@ class BudgetStatus:
 
 def budget_status(runtime: Runtime) -> list[BudgetStatus]:
     """Per account: the budget in use, what waits (priority and bulk), and when the backlog converges."""
-    from worker.errors import RetryableError
+    from ground.errors import RetryableError
 
     statuses = []
     for account in accounts(runtime):

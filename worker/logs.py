@@ -131,7 +131,7 @@ def configure_from_settings(level: str | int | None = None) -> LogFormat:
     Invalid settings fall back to text at WARNING: the command that needs the settings reports the mistake itself.
     """
     from config.settings import get_settings
-    from worker.errors import ConfigError
+    from ground.errors import ConfigError
 
     try:
         settings = get_settings()
@@ -224,7 +224,7 @@ def _bind_task_context(task_id: str, task: Any, args: tuple[Any, ...] = (), **_:
 def _account_of(source: str) -> str | None:
     """The catalog account `source` writes to, from the process's runtime; None when the source is unknown (the
     task itself reports that)."""
-    from worker.errors import ConfigError
+    from ground.errors import ConfigError
     from worker.runtime import get_runtime
 
     try:

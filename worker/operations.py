@@ -14,8 +14,8 @@ from config.sources import SourceConfig
 from connectors.base import SourceProduct
 from connectors.colourways import colourways, group_of, splits_shop_products
 from connectors.feed import SPLIT_SEPARATOR
+from ground.errors import ConfigError, SkippedProduct, SyncError
 from worker.audit import AuditReport, audit
-from worker.errors import ConfigError, SkippedProduct, SyncError
 from worker.feeder import feed
 from worker.images import ImageChecker, ImageVerdict
 from worker.plan import RunReport, desired_row, plan_source, skipped_row

@@ -61,8 +61,25 @@ class Stop:
     message: str
 
 
-def confirm_command(source: str) -> str:
-    return f"catalog-sync resync {source} --full --allow-mass-delete"
+def confirm_command(source: str, mode: str = "full") -> str:
+    """The command that confirms deletions the brake held: a full run's, or an incremental run's (the products
+    the shop's events say were deleted)."""
+    return f"catalog-sync resync {source}{' --full' if mode == 'full' else ''} --allow-mass-delete"
+
+
+def held_deletion(runs: Sequence[RunRow]) -> RunRow | None:
+    """The run whose deletions the brake holds, from a source's runs (newest first): the last full run when it
+    was blocked, else the last incremental run when it was blocked and no full run came after it (a full run
+    decides every deletion again)."""
+    last_full = next((r for r in runs if r.mode == "full"), None)
+    if last_full is not None and last_full.outcome == "deletion_blocked":
+        return last_full
+    last_incremental = next((r for r in runs if r.mode == "incremental"), None)
+    if last_incremental is None or last_incremental.outcome != "deletion_blocked":
+        return None
+    if last_full is not None and last_full.id > last_incremental.id:
+        return None
+    return last_incremental
 
 
 def stop_reason(store: Store, source: str, *, timeout: float, run_started: bool = True) -> Stop:
@@ -121,17 +138,24 @@ def summarize(
         }
     if run is not None and run.error:
         summary["error"] = run.error
+    if run_counts.get("bulk_fallback"):
+        summary["bulk_fallback"] = bulk_fallback_reasons(run_counts)
     verdict = _verdict(summary, run, stop)
     summary["outcome"] = str(verdict)
     if verdict is Verdict.DELETION_BLOCKED:
         summary["deletion_blocked"] = int(run_counts.get("deletion_blocked", 0))
-        summary["confirm"] = confirm_command(source)
+        summary["confirm"] = confirm_command(source, run.mode if run is not None else "full")
     if stop is not None:
         summary["reason"] = stop.message
         summary["stopped"] = stop.kind
     elif verdict is Verdict.NOT_CONVERGED:
         summary["reason"] = f"{summary['pending']} product(s) still pending; `catalog-sync status {source}` says why"
     return summary
+
+
+def bulk_fallback_reasons(counts: dict[str, Any]) -> list[str]:
+    """Why a run read page by page although it meant to use a bulk export (`bulk_fallback:<why>` counts)."""
+    return sorted(key.split(":", 1)[1] for key in counts if key.startswith("bulk_fallback:")) or ["unknown"]
 
 
 def _reasons(store: Store, source: str, since: datetime | None, products: Sequence[str] | None) -> list[dict[str, Any]]:

@@ -7,7 +7,9 @@ of the normalized catalog payload makes a row pending: an unchanged product cost
 Incremental runs read products updated since the watermark (the start time of the last completed run, minus an
 overlap for clock skew between the shop and us) and move it only when the run completes. Full runs mark products
 the source no longer lists for deletion, unless that would delete more than a safety share of the source's
-products: then nothing is deleted and the run records `deletion_blocked` until an operator confirms.
+products: then nothing is deleted and the run records `deletion_blocked` until an operator confirms. Incremental
+runs of a source that can list its deletions (Shopify's `destroy` events) delete those products, behind the same
+brake; a run whose deletions the brake held does not move the watermark, so the next run sees them again.
 """
 
 from __future__ import annotations
@@ -23,10 +25,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from config.sources import SourceConfig
-from connectors.base import MAX_IMAGES, Connector, SourceProduct, clean_text, filter_reason, product_id_problem
+from connectors.base import (
+    Connector,
+    ProductDeletion,
+    ReadsDeletions,
+    ReportsNotes,
+    SourceProduct,
+    clean_text,
+    filter_reason,
+    product_id_problem,
+)
 from connectors.colourways import split_products
+from ground.errors import SkippedProduct, SourceError
+from ground.limits import MAX_IMAGES
 from worker.catalog import ProductUpsert, field_path
-from worker.errors import SkippedProduct, SourceError
 from worker.images import ImageChecker, ImageVerdict
 from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
@@ -290,12 +302,17 @@ def plan_source(
             _write(store, report, rows, on_changed, run_id=run_id if full else None, resend=resend)
         if full:
             _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
+        elif since is not None and isinstance(connector, ReadsDeletions):
+            deletions = connector.iter_deletions(since)
+            _delete_destroyed(store, source, report, deletions, on_changed, mass_delete_share, allow_mass_delete)
     except Exception as exc:
+        _add_notes(report, connector)
         report.outcome = "failed"
         report.error = _describe(exc)
         store.finish_run(run_id, outcome="failed", counts=dict(report.counts), error=report.error)
         log.error("run %s of %s failed: %s", run_id, source.name, report.error)
         raise
+    _add_notes(report, connector)
     if report.outcome == "running":
         report.outcome = "completed"
     # The watermark is the run's start: a product edited while we read is picked up by the next run. A run that
@@ -425,6 +442,61 @@ def _delete_missing(
     report.counts["removed"] += len(ids)
     if ids:
         on_changed(source.name, ids)
+
+
+def _delete_destroyed(
+    store: Store,
+    source: SourceConfig,
+    report: RunReport,
+    deletions: Iterable[ProductDeletion],
+    on_changed: OnChanged,
+    default_share: float,
+    allow_mass_delete: bool,
+) -> None:
+    """Delete the products the shop says it deleted since the watermark, unless that is too much at once (the same
+    brake as a full run's). A deletion older than the stored product's update is ignored by the state's ordering."""
+    latest: dict[str, ProductDeletion] = {}
+    for deletion in deletions:
+        known = latest.get(deletion.product_id)
+        if known is None or deletion.deleted_at > known.deleted_at:
+            latest[deletion.product_id] = deletion
+    report.counts["deleted_in_source"] += len(latest)
+    live = store.live_ids(source.name, list(latest)) if latest else set()
+    if not live:
+        return
+    total = store.count_live(source.name)
+    share = source.mass_delete_share if source.mass_delete_share is not None else default_share
+    if not allow_mass_delete and len(live) > share * total:
+        report.outcome = "deletion_blocked"
+        report.deletion_blocked = (len(live), total)
+        report.counts["deletion_blocked"] = len(live)
+        log.warning(
+            "%s: the shop deleted %d of %d products since the last run (more than %.0f%%); nothing deleted. "
+            "If this is intended, run `catalog-sync resync %s --allow-mass-delete`",
+            source.name,
+            len(live),
+            total,
+            share * 100,
+            source.name,
+        )
+        return
+    rows = []
+    for product_id in sorted(live):
+        stored = store.get(source.name, product_id)
+        if stored is None:
+            continue
+        moment = source_time(latest[product_id].deleted_at)
+        row = DesiredRow(source.name, product_id, stored.external_id, None, DELETED, moment, account=source.account)
+        rows.append(row)
+    before = report.counts["changed"]
+    _write(store, report, rows, on_changed, run_id=None)
+    report.counts["removed"] += report.counts["changed"] - before
+
+
+def _add_notes(report: RunReport, connector: Connector) -> None:
+    """The connector's notes on how the read went (a bulk export that fell back to pages) join the run's counts."""
+    if isinstance(connector, ReportsNotes):
+        report.counts.update(connector.notes)
 
 
 def paged(items: Iterable[SourceProduct | SkippedProduct], size: int) -> Iterator[list[SourceProduct | SkippedProduct]]:

@@ -10,14 +10,14 @@ meanwhile; the real run decides again.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from config.sources import SourceConfig
-from connectors.base import Connector
-from worker.errors import SkippedProduct
+from connectors.base import Connector, ProductDeletion, ReadsDeletions
+from ground.errors import SkippedProduct
 from worker.plan import PAGE_SIZE, WATERMARK_OVERLAP, page_rows, paged
 from worker.state import DELETED, DesiredRow, ProductRow, RunMode, Store, conflict_message
 
@@ -41,7 +41,7 @@ class Preview:
     mode: RunMode
     counts: Counter[str] = field(default_factory=Counter)
     changes: dict[str, list[Change]] = field(default_factory=dict)
-    # (products that would be deleted, products wanted now) when the brake would hold a full run's deletions.
+    # (products that would be deleted, products wanted now) when the brake would hold the run's deletions.
     deletion_blocked: tuple[int, int] | None = None
 
     def add(self, action: str, change: Change) -> None:
@@ -90,6 +90,8 @@ def preview_source(
         preview.counts["skip"] += sum(1 for item in page if _without_id(item))
     if mode == "full":
         _missing(store, preview, source, seen, mass_delete_share)
+    elif since is not None and isinstance(connector, ReadsDeletions):
+        _destroyed(store, preview, source, connector.iter_deletions(since), mass_delete_share)
     return preview
 
 
@@ -169,6 +171,20 @@ def _missing(store: Store, preview: Preview, source: SourceConfig, seen: set[str
         return
     for pid, external_id in gone:
         preview.add("delete", Change(pid, external_id, "removed_from_source"))
+
+
+def _destroyed(
+    store: Store, preview: Preview, source: SourceConfig, deletions: Iterable[ProductDeletion], default_share: float
+) -> None:
+    """An incremental run's deletions: the products the shop says it deleted that the catalog should still hold."""
+    wanted = dict(store.wanted_rows(source.name))
+    gone = sorted({deletion.product_id for deletion in deletions} & wanted.keys())
+    share = source.mass_delete_share if source.mass_delete_share is not None else default_share
+    if gone and len(gone) > share * len(wanted):
+        preview.deletion_blocked = (len(gone), len(wanted))
+        return
+    for pid in gone:
+        preview.add("delete", Change(pid, wanted[pid], "deleted_in_source"))
 
 
 def _without_id(item: object) -> bool:

@@ -38,8 +38,7 @@ from pydantic import ValidationError
 from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.catalog import CatalogClient, ProductUpsert, field_path
-from worker.errors import (
+from ground.errors import (
     AuthError,
     InfrastructureError,
     InsufficientCredits,
@@ -48,6 +47,7 @@ from worker.errors import (
     RejectedError,
     RetryableError,
 )
+from worker.catalog import CatalogClient, ProductUpsert, field_path
 from worker.state import Claim, Store, utcnow
 
 log = logging.getLogger(__name__)

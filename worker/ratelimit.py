@@ -48,7 +48,7 @@ from redis.retry import Retry
 
 from config.accounts import DEFAULT_ACCOUNT, Account, resolve_accounts
 from config.rates import format_rate
-from worker.errors import ConfigError, InfrastructureError, RateLimited
+from ground.errors import ConfigError, InfrastructureError, RateLimited
 
 if TYPE_CHECKING:
     from config.settings import Settings

@@ -23,9 +23,9 @@ from config.settings import Settings, get_settings
 from config.sources import SourceConfig, load_sources
 from connectors import build_connector
 from connectors.base import Connector
+from ground.errors import ConfigError
 from worker import schema
 from worker.catalog import CatalogClient
-from worker.errors import ConfigError
 from worker.push import PushSettings
 from worker.ratelimit import Limiter, build_limiter
 from worker.state import Store, make_engine

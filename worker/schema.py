@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from config.redact import redact_url
-from worker.errors import ConfigError
+from ground.errors import ConfigError
 from worker.state import make_engine
 
 # The setting every start-up database problem is about.

@@ -719,6 +719,12 @@ class Store:
         with self.read_session() as session:
             return list(session.scalars(query))
 
+    def count_live(self, source: str) -> int:
+        """Rows of the source still wanted in the catalog: what a deletion brake weighs deletions against."""
+        with self.read_session() as session:
+            live = and_(ProductRow.source == source, ProductRow.desired_hash != DELETED)
+            return session.scalar(select(func.count()).select_from(ProductRow).where(live)) or 0
+
     def count_missing(self, source: str, run_id: int, started_at: datetime) -> tuple[int, int]:
         """(rows the run did not see that are still wanted in the catalog, all rows still wanted)."""
         with self.read_session() as session:
@@ -1475,20 +1481,6 @@ class Store:
             session.execute(stmt, list({row["url_hash"]: row for row in rows}.values()))
 
     # ------------------------------------------------------------------------------------------------ webhooks
-
-    def remember_delivery(self, source: str, event_id: str, *, keep: timedelta) -> bool:
-        """Record a delivery id; False when it was already processed (a re-delivery)."""
-        now = utcnow()
-        dialect = self.engine.dialect.name
-        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert_fn(DeliveryRow)
-            .values(source=source, event_id=event_id, received_at=now, expires_at=now + keep)
-            .on_conflict_do_nothing(index_elements=["source", "event_id"])
-            .returning(DeliveryRow.event_id)
-        )
-        with self.session() as session:
-            return session.execute(stmt).first() is not None
 
     def remember_deliveries(self, source: str, event_ids: Sequence[str], *, now: datetime, keep: timedelta) -> None:
         """Record processed delivery ids in one statement (an id already there, expired or not, stays as is)."""

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from emulators.shopify import control, rest, storefront
-from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN
+from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
 from emulators.shopify.shop import Shop
 from emulators.shopify.web import UNAUTHORIZED_BODY, api_headers, counted, json_response, shop_of, url_base
 from emulators.shopify.webhooks import WEBHOOK_TIMEOUT
@@ -100,11 +100,17 @@ def serve(
     access_token: str = DEFAULT_ACCESS_TOKEN,
     restore_rate: float = 50,
     bucket_size: float = 1_000,
+    app_secret: str = DEFAULT_APP_SECRET,
 ) -> None:
     """Run the emulator in the foreground (the `catalog-sync emulate shopify` command)."""
     from emulators.server import serve_forever
 
     app = create_app(
-        products=products, seed=seed, access_token=access_token, restore_rate=restore_rate, bucket_size=bucket_size
+        products=products,
+        seed=seed,
+        access_token=access_token,
+        restore_rate=restore_rate,
+        bucket_size=bucket_size,
+        app_secret=app_secret,
     )
     serve_forever(app, host=host, port=port)

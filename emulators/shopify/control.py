@@ -16,8 +16,7 @@ from emulators.shopify.webhooks import WEBHOOK_TOPICS, Delivery
 
 
 def _emit(shop: Shop, topic: str, product: Product) -> list[Delivery]:
-    payload = {"id": product.id} if topic == "products/delete" else webhook_product(product)
-    return shop.webhooks.emit(topic, product.id, payload)
+    return shop.webhooks.emit(topic, product.id, webhook_product(product))
 
 
 @counted("control")
@@ -38,9 +37,8 @@ async def control_product(request: Request) -> Response:
     if request.method == "GET":
         product = shop.store.get(product_id)
     elif request.method == "DELETE":
-        product = shop.store.delete(product_id)
+        product = shop.delete_product(product_id)
         if product is not None:
-            _emit(shop, "products/delete", product)
             return json_response({"id": product_id})
     else:
         try:

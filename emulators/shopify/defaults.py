@@ -8,3 +8,5 @@ DEFAULT_DOMAIN = "catalog-sync-demo.myshopify.com"
 DEFAULT_ACCESS_TOKEN = "shpat_test"  # noqa: S105
 # Connections may ask for at most this many nodes per page, GraphQL and REST alike.
 MAX_PAGE_SIZE = 250
+# The app's client secret, which signs the deliveries of subscriptions made through the Admin API; never real.
+DEFAULT_APP_SECRET = "shpss_emulator_app_secret"  # noqa: S105

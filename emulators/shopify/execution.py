@@ -20,11 +20,13 @@ from graphql import (
 
 from emulators.shopify.cost import MAX_QUERY_COST, MUTATION_COST, CostCalculator, QueryRejected
 from emulators.shopify.defaults import DEFAULT_API_VERSION
+from emulators.shopify.events import EventFilter
 from emulators.shopify.ids import gid, parse_gid
 from emulators.shopify.schema import SCHEMA
 from emulators.shopify.search import ProductFilter, SearchQueryError
 from emulators.shopify.store import SORT_KEYS
-from emulators.shopify.views import Connection, Fields, Node, decode, paging_args
+from emulators.shopify.views import Connection, Fields, Node, decode, list_connection, paging_args
+from emulators.shopify.webhooks import SubscriptionRefused
 
 if TYPE_CHECKING:
     from emulators.shopify.shop import Shop
@@ -34,6 +36,8 @@ RATE_LIMIT_DOCS = "https://shopify.dev/api/usage/rate-limits"
 DEFAULT_COUNT_LIMIT = 10_000
 # From this Admin API version a bulk query's JSONL is not grouped by parent unless `groupObjects: true`.
 BULK_UNGROUPED_SINCE = "2026-01"
+# From this Admin API version a webhook subscription's address is `uri` (`callbackUrl` before it).
+WEBHOOK_URI_SINCE = "2025-10"
 
 
 @dataclass
@@ -46,7 +50,8 @@ class ExecutionContext:
 
 
 def _type_of(value: Any, info: GraphQLResolveInfo[ExecutionContext], abstract_type: Any) -> str:
-    return str(value.typename)
+    # Objects that hold no record (a webhook's endpoint) are dicts that name their type.
+    return str(value["__typename"] if isinstance(value, Mapping) else value.typename)
 
 
 class Root:
@@ -78,6 +83,18 @@ class Root:
         nodes = [Node("Product", p) for p in page.items]
         return Connection(nodes, page.keys, page.has_next, page.has_previous)
 
+    def events(self, info: GraphQLResolveInfo[ExecutionContext], **args: Any) -> Connection:
+        context: ExecutionContext = info.context
+        sort = args.get("sortKey", "ID")
+        try:
+            event_filter = EventFilter.parse(args.get("query"))
+        except SearchQueryError as exc:
+            raise GraphQLError(f"Invalid search query: {exc}") from exc
+        # `reverse` is applied by the list itself, so the cursors keep one meaning whichever way it is read.
+        found = context.shop.events.matching(event_filter, sort=sort)
+        keys = [(event.created_at if sort == "CREATED_AT" else event.id, event.id) for event in found]
+        return list_connection([Node("BasicEvent", event) for event in found], keys, args, bulk=False)
+
     def product(self, info: GraphQLResolveInfo[ExecutionContext], id: str) -> Node | None:
         node = self.node(info, id)
         return node if node is not None and node.typename == "Product" else None
@@ -94,7 +111,25 @@ class Root:
         if kind == "BulkOperation":
             op = context.shop.bulk.get(number)
             return Node("BulkOperation", op) if op is not None else None
+        if kind == "WebhookSubscription":
+            subscription = context.shop.webhooks.app_subscription(number)
+            return Node("WebhookSubscription", subscription) if subscription is not None else None
         return None
+
+    def webhookSubscriptions(self, info: GraphQLResolveInfo[ExecutionContext], **args: Any) -> Connection:
+        context: ExecutionContext = info.context
+        if args.get("first") is None and args.get("last") is None:
+            raise GraphQLError("you must provide one of first or last")
+        if args.get("uri") is not None:
+            _require_uri(context, "webhookSubscriptions(uri:)")
+        topics = [_rest_topic(t) for t in args["topics"]] if args.get("topics") else None
+        found = context.shop.webhooks.app_subscriptions(topics, args.get("uri") or args.get("callbackUrl"))
+        nodes = [Node("WebhookSubscription", s) for s in found]
+        return list_connection(nodes, [(s.id, s.id) for s in found], args, bulk=False)
+
+    def webhookSubscription(self, info: GraphQLResolveInfo[ExecutionContext], id: str) -> Node | None:
+        node = self.node(info, id)
+        return node if node is not None and node.typename == "WebhookSubscription" else None
 
     def productsCount(
         self,
@@ -111,9 +146,7 @@ class Root:
         precision = "AT_LEAST" if limit is not None and count >= limit else "EXACT"
         return {"count": count, "precision": precision}
 
-    def currentBulkOperation(
-        self, info: GraphQLResolveInfo[ExecutionContext], type: str = "QUERY"
-    ) -> Node | None:
+    def currentBulkOperation(self, info: GraphQLResolveInfo[ExecutionContext], type: str = "QUERY") -> Node | None:
         context: ExecutionContext = info.context
         op = context.shop.bulk.current() if type == "QUERY" else None
         return Node("BulkOperation", op) if op is not None else None
@@ -148,6 +181,69 @@ class Root:
             return {"bulkOperation": None, "userErrors": [{"field": ["id"], "message": "Invalid id"}]}
         op, errors = context.shop.bulk.cancel(parsed[1])
         return {"bulkOperation": Node("BulkOperation", op) if op is not None else None, "userErrors": errors}
+
+    def webhookSubscriptionCreate(
+        self, info: GraphQLResolveInfo[ExecutionContext], topic: str, webhookSubscription: dict[str, Any]
+    ) -> dict[str, Any]:
+        context: ExecutionContext = info.context
+        address, field_name = _address(context, webhookSubscription)
+        try:
+            subscription = context.shop.webhooks.create(_rest_topic(topic), address)
+        except SubscriptionRefused as exc:
+            return {"webhookSubscription": None, "userErrors": [_user_error(exc, field_name)]}
+        return {"webhookSubscription": Node("WebhookSubscription", subscription), "userErrors": []}
+
+    def webhookSubscriptionUpdate(
+        self, info: GraphQLResolveInfo[ExecutionContext], id: str, webhookSubscription: dict[str, Any]
+    ) -> dict[str, Any]:
+        context: ExecutionContext = info.context
+        address, field_name = _address(context, webhookSubscription)
+        parsed = parse_gid(id)
+        try:
+            if parsed is None or parsed[0] != "WebhookSubscription":
+                raise SubscriptionRefused("id", "Webhook subscription does not exist")
+            subscription = context.shop.webhooks.change(parsed[1], address)
+        except SubscriptionRefused as exc:
+            return {"webhookSubscription": None, "userErrors": [_user_error(exc, field_name)]}
+        return {"webhookSubscription": Node("WebhookSubscription", subscription), "userErrors": []}
+
+    def webhookSubscriptionDelete(self, info: GraphQLResolveInfo[ExecutionContext], id: str) -> dict[str, Any]:
+        context: ExecutionContext = info.context
+        parsed = parse_gid(id)
+        if parsed is None or parsed[0] != "WebhookSubscription" or not context.shop.webhooks.delete(parsed[1]):
+            error = {"field": ["id"], "message": "Webhook subscription does not exist"}
+            return {"deletedWebhookSubscriptionId": None, "userErrors": [error]}
+        return {"deletedWebhookSubscriptionId": id, "userErrors": []}
+
+
+def _rest_topic(topic: str) -> str:
+    """PRODUCTS_UPDATE as deliveries name it: `products/update`."""
+    return topic.lower().replace("_", "/", 1)
+
+
+def _uses_uri(context: ExecutionContext) -> bool:
+    version = context.api_version
+    return not version[:1].isdigit() or version >= WEBHOOK_URI_SINCE
+
+
+def _require_uri(context: ExecutionContext, where: str) -> None:
+    if not _uses_uri(context):
+        raise GraphQLError(f"{where} does not exist in API version {context.api_version}; it is new in 2025-10")
+
+
+def _address(context: ExecutionContext, given: Mapping[str, Any]) -> tuple[str, str]:
+    """The address a subscription input gives, and the input field it came in."""
+    if given.get("uri") is not None:
+        _require_uri(context, "WebhookSubscriptionInput.uri")
+        return str(given["uri"]), "uri"
+    return str(given.get("callbackUrl") or ""), "callbackUrl"
+
+
+def _user_error(exc: SubscriptionRefused, field_name: str) -> dict[str, Any]:
+    where = (
+        ["id"] if exc.field == "id" else ["webhookSubscription", field_name] if exc.field == "address" else [exc.field]
+    )
+    return {"field": where, "message": str(exc)}
 
 
 def _cost_middleware(

@@ -1,5 +1,6 @@
-"""The legacy Admin REST products API: `products.json` with Link `page_info` paging, one product, the count; each
-call through the REST call bucket (`X-Shopify-Shop-Api-Call-Limit`, 429 with `Retry-After: 2.0`)."""
+"""The legacy Admin REST API: `products.json` with Link `page_info` paging, one product, the count, and the app's
+webhook subscriptions (`webhooks.json`: list, create, update, delete; the app holds few, so a listing is one page);
+each call through the REST call bucket (`X-Shopify-Shop-Api-Call-Limit`, 429 with `Retry-After: 2.0`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from emulators.shopify.ids import parse_time
+from emulators.shopify.ids import parse_time, rest_time
 from emulators.shopify.search import ProductFilter, SearchQueryError
 from emulators.shopify.shapes import rest_product
-from emulators.shopify.web import UNAUTHORIZED_BODY, api_headers, counted, json_response, limit_param, shop_of, url_base
+from emulators.shopify.web import (
+    UNAUTHORIZED_BODY,
+    api_headers,
+    counted,
+    json_response,
+    limit_param,
+    read_json,
+    shop_of,
+    url_base,
+)
+from emulators.shopify.webhooks import WEBHOOK_TOPICS, Subscription, SubscriptionRefused
 
 if TYPE_CHECKING:
     from emulators.shopify.shop import Shop
@@ -98,7 +109,6 @@ def _rest_filter(params: Mapping[str, str]) -> ProductFilter:
 def _fields(params: Mapping[str, str]) -> list[str] | None:
     """`?fields=id,title`: the sparse object's names, or None for the whole product."""
     return [f.strip() for f in params["fields"].split(",") if f.strip()] if params.get("fields") else None
-
 
 
 def _page_info_token(params: Mapping[str, str], last_id: int, direction: str) -> str:
@@ -188,6 +198,17 @@ async def rest_product_one(request: Request) -> Response:
 
 
 @counted("rest")
+async def rest_product_delete(request: Request) -> Response:
+    """`DELETE products/{id}.json`: 200 with an empty object, as Shopify answers; the shop records the event."""
+    shop, headers, refusal = _rest_gate(request)
+    if refusal is not None:
+        return refusal
+    if shop.delete_product(request.path_params["product_id"]) is None:
+        return json_response({"errors": "Not Found"}, 404, headers)
+    return json_response({}, 200, headers)
+
+
+@counted("rest")
 async def rest_products_count(request: Request) -> Response:
     shop, headers, refusal = _rest_gate(request)
     if refusal is not None:
@@ -199,8 +220,95 @@ async def rest_products_count(request: Request) -> Response:
     return json_response({"count": shop.store.count_matching(product_filter)}, 200, headers)
 
 
+def _rest_webhook(shop: Shop, subscription: Subscription) -> dict[str, object]:
+    return {
+        "id": subscription.id,
+        "address": subscription.url,
+        "topic": subscription.topic,
+        "created_at": rest_time(int(subscription.created_at)),
+        "updated_at": rest_time(int(subscription.updated_at)),
+        "format": "json",
+        "fields": [],
+        "metafield_namespaces": [],
+        "api_version": shop.api_version,
+        "private_metafield_namespaces": [],
+    }
+
+
+def _refused(exc: SubscriptionRefused, headers: Mapping[str, str]) -> JSONResponse:
+    """Shopify's 422: `{"errors": {"address": ["for this topic has already been taken"]}}`."""
+    message = str(exc)
+    prefix = exc.field.capitalize() + " "
+    reason = message[len(prefix) :] if message.startswith(prefix) else message
+    return json_response({"errors": {exc.field: [reason]}}, 422, headers)
+
+
+async def _webhook_body(request: Request) -> dict[str, object]:
+    body = await read_json(request)
+    hook = body.get("webhook") if isinstance(body, dict) else None
+    if not isinstance(hook, dict):
+        raise ValueError("webhook")
+    return hook
+
+
+@counted("rest")
+async def rest_webhooks(request: Request) -> Response:
+    shop, headers, refusal = _rest_gate(request)
+    if refusal is not None:
+        return refusal
+    if request.method == "GET":
+        params = request.query_params
+        topic = params.get("topic")
+        try:
+            limit = limit_param(params, REST_DEFAULT_LIMIT)
+        except ValueError as exc:
+            return json_response({"errors": {"limit": [str(exc)]}}, 400, headers)
+        found = shop.webhooks.app_subscriptions([topic] if topic else None, params.get("address"))[:limit]
+        return json_response({"webhooks": [_rest_webhook(shop, s) for s in found]}, 200, headers)
+    try:
+        hook = await _webhook_body(request)
+    except ValueError:
+        return json_response({"errors": {"webhook": "Required parameter missing or invalid"}}, 400, headers)
+    wanted, address = hook.get("topic"), hook.get("address")
+    if not isinstance(wanted, str) or wanted not in WEBHOOK_TOPICS:
+        return json_response({"errors": {"topic": [f"Invalid topic specified: {wanted}"]}}, 422, headers)
+    try:
+        created = shop.webhooks.create(wanted, str(address or ""))
+    except SubscriptionRefused as exc:
+        return _refused(exc, headers)
+    return json_response({"webhook": _rest_webhook(shop, created)}, 201, headers)
+
+
+@counted("rest")
+async def rest_webhook_one(request: Request) -> Response:
+    shop, headers, refusal = _rest_gate(request)
+    if refusal is not None:
+        return refusal
+    subscription_id = request.path_params["webhook_id"]
+    current = shop.webhooks.app_subscription(subscription_id)
+    if current is None:
+        return json_response({"errors": "Not Found"}, 404, headers)
+    if request.method == "GET":
+        return json_response({"webhook": _rest_webhook(shop, current)}, 200, headers)
+    if request.method == "DELETE":
+        shop.webhooks.delete(subscription_id)
+        return json_response({}, 200, headers)
+    try:
+        hook = await _webhook_body(request)
+    except ValueError:
+        return json_response({"errors": {"webhook": "Required parameter missing or invalid"}}, 400, headers)
+    try:
+        changed = shop.webhooks.change(subscription_id, str(hook.get("address") or current.url))
+    except SubscriptionRefused as exc:
+        return _refused(exc, headers)
+    return json_response({"webhook": _rest_webhook(shop, changed)}, 200, headers)
+
+
 ROUTES = [
     Route("/admin/api/{version}/products.json", rest_products, methods=["GET"]),
     Route("/admin/api/{version}/products/count.json", rest_products_count, methods=["GET"]),
     Route("/admin/api/{version}/products/{product_id:int}.json", rest_product_one, methods=["GET"]),
+    Route("/admin/api/{version}/webhooks.json", rest_webhooks, methods=["GET", "POST"]),
+    Route("/admin/api/{version}/webhooks/{webhook_id:int}.json", rest_webhook_one, methods=["GET", "PUT", "DELETE"]),
+    Route("/admin/api/{version}/products/{product_id:int}.json", rest_product_delete, methods=["DELETE"]),
 ]

@@ -27,6 +27,11 @@ enum BulkOperationStatus { CANCELED CANCELING COMPLETED CREATED EXPIRED FAILED R
 enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
 enum BulkOperationType { MUTATION QUERY }
 enum BulkOperationUserErrorCode { INVALID OPERATION_IN_PROGRESS }
+enum EventSortKeys { CREATED_AT ID RELEVANCE }
+enum EventSubjectType {
+  ARTICLE BLOG COLLECTION COMMENT COMPANY COMPANY_LOCATION CUSTOMER DISCOUNT_AUTOMATIC_BXGY DISCOUNT_AUTOMATIC_NODE
+  DISCOUNT_CODE_NODE DISCOUNT_NODE DRAFT_ORDER INVENTORY_TRANSFER ORDER PAGE PRICE_RULE PRODUCT PRODUCT_VARIANT UNKNOWN
+}
 
 input ImageTransformInput {
   crop: CropRegion
@@ -154,6 +159,31 @@ type Product implements Node {
 type ProductEdge { cursor: String! node: Product! }
 type ProductConnection { edges: [ProductEdge!]! nodes: [Product!]! pageInfo: PageInfo! }
 
+interface Event {
+  id: ID!
+  action: String!
+  appTitle: String
+  attributeToApp: Boolean!
+  attributeToUser: Boolean!
+  createdAt: DateTime!
+  criticalAlert: Boolean!
+  message: String!
+}
+type BasicEvent implements Event & Node {
+  id: ID!
+  action: String!
+  appTitle: String
+  attributeToApp: Boolean!
+  attributeToUser: Boolean!
+  createdAt: DateTime!
+  criticalAlert: Boolean!
+  message: String!
+  subjectId: ID!
+  subjectType: EventSubjectType!
+}
+type EventEdge { cursor: String! node: Event! }
+type EventConnection { edges: [EventEdge!]! nodes: [Event!]! pageInfo: PageInfo! }
+
 type Domain { host: String! url: URL! }
 type Shop implements Node {
   id: ID!
@@ -184,6 +214,49 @@ type BulkOperationRunQueryPayload { bulkOperation: BulkOperation userErrors: [Bu
 type UserError { field: [String!] message: String! }
 type BulkOperationCancelPayload { bulkOperation: BulkOperation userErrors: [UserError!]! }
 
+enum WebhookSubscriptionTopic { PRODUCTS_CREATE PRODUCTS_DELETE PRODUCTS_UPDATE }
+enum WebhookSubscriptionFormat { JSON XML }
+type WebhookHttpEndpoint { callbackUrl: URL! }
+type WebhookEventBridgeEndpoint { arn: String! }
+type WebhookPubSubEndpoint { pubSubProject: String! pubSubTopic: String! }
+union WebhookSubscriptionEndpoint = WebhookEventBridgeEndpoint | WebhookHttpEndpoint | WebhookPubSubEndpoint
+type WebhookSubscription implements Node {
+  id: ID!
+  legacyResourceId: UnsignedInt64!
+  topic: WebhookSubscriptionTopic!
+  format: WebhookSubscriptionFormat!
+  "Deprecated: use uri."
+  callbackUrl: URL!
+  "Deprecated: use uri."
+  endpoint: WebhookSubscriptionEndpoint!
+  "From 2025-10."
+  uri: String!
+  includeFields: [String!]!
+  metafieldNamespaces: [String!]!
+  filter: String
+  createdAt: DateTime!
+  updatedAt: DateTime!
+}
+type WebhookSubscriptionEdge { cursor: String! node: WebhookSubscription! }
+type WebhookSubscriptionConnection {
+  edges: [WebhookSubscriptionEdge!]!
+  nodes: [WebhookSubscription!]!
+  pageInfo: PageInfo!
+}
+input WebhookSubscriptionInput {
+  "Deprecated from 2025-10: use uri."
+  callbackUrl: URL
+  "From 2025-10."
+  uri: String
+  format: WebhookSubscriptionFormat
+  includeFields: [String!]
+  metafieldNamespaces: [String!]
+  filter: String
+}
+type WebhookSubscriptionCreatePayload { webhookSubscription: WebhookSubscription userErrors: [UserError!]! }
+type WebhookSubscriptionUpdatePayload { webhookSubscription: WebhookSubscription userErrors: [UserError!]! }
+type WebhookSubscriptionDeletePayload { deletedWebhookSubscriptionId: ID userErrors: [UserError!]! }
+
 type QueryRoot {
   products(
     first: Int, after: String, last: Int, before: String, reverse: Boolean = false,
@@ -192,13 +265,27 @@ type QueryRoot {
   product(id: ID!): Product
   node(id: ID!): Node
   productsCount(query: String, limit: Int = 10000): Count
+  events(
+    first: Int, after: String, last: Int, before: String, reverse: Boolean = false,
+    sortKey: EventSortKeys = ID, query: String
+  ): EventConnection!
   currentBulkOperation(type: BulkOperationType = QUERY): BulkOperation
   shop: Shop!
+  webhookSubscriptions(
+    first: Int, after: String, last: Int, before: String, reverse: Boolean = false,
+    topics: [WebhookSubscriptionTopic!], callbackUrl: URL, uri: String, format: WebhookSubscriptionFormat
+  ): WebhookSubscriptionConnection!
+  webhookSubscription(id: ID!): WebhookSubscription
 }
 
 type Mutation {
   bulkOperationRunQuery(query: String!, groupObjects: Boolean): BulkOperationRunQueryPayload
   bulkOperationCancel(id: ID!): BulkOperationCancelPayload
+  webhookSubscriptionCreate(
+    topic: WebhookSubscriptionTopic!, webhookSubscription: WebhookSubscriptionInput!
+  ): WebhookSubscriptionCreatePayload
+  webhookSubscriptionUpdate(id: ID!, webhookSubscription: WebhookSubscriptionInput!): WebhookSubscriptionUpdatePayload
+  webhookSubscriptionDelete(id: ID!): WebhookSubscriptionDeletePayload
 }
 """
 

@@ -14,8 +14,10 @@ from starlette.requests import Request
 
 from emulators.shopify.buckets import CallBucket, CostBucket
 from emulators.shopify.bulk import BulkOperations, parse_fault
-from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN, DEFAULT_API_VERSION, DEFAULT_DOMAIN
+from emulators.shopify.defaults import DEFAULT_ACCESS_TOKEN, DEFAULT_API_VERSION, DEFAULT_APP_SECRET, DEFAULT_DOMAIN
+from emulators.shopify.events import EventLog
 from emulators.shopify.execution import GraphQLEndpoint
+from emulators.shopify.products import Product
 from emulators.shopify.store import ProductStore
 from emulators.shopify.webhooks import Webhooks
 
@@ -74,17 +76,21 @@ class Shop:
         latency: float = 0.0,
         domain: str = DEFAULT_DOMAIN,
         api_version: str = DEFAULT_API_VERSION,
+        app_secret: str = DEFAULT_APP_SECRET,
     ) -> None:
         if bucket_size <= 0 or restore_rate < 0 or rest_bucket <= 0 or rest_leak < 0:
             raise ValueError("bucket sizes must be positive and rates zero or more")
-        if not access_token:
-            raise ValueError("access_token must be non-empty")
+        if not access_token or not app_secret:
+            raise ValueError("access_token and app_secret must be non-empty")
         self.clock = clock
         self.access_token = SecretStr(access_token)
+        # What Shopify signs the deliveries of the app's subscriptions with (the app's client secret).
+        self.app_secret = SecretStr(app_secret)
         self.domain = domain
         self.api_version = api_version
         self.latency = latency
         self.store = ProductStore(products, seed)
+        self.events = EventLog()
         self.cost_bucket = CostBucket(bucket_size, restore_rate, clock)
         self.rest_bucket = CallBucket(rest_bucket, rest_leak, clock)
         self.bulk = BulkOperations(self)
@@ -102,6 +108,15 @@ class Shop:
 
     def now(self) -> int:
         return int(self.clock())
+
+    def delete_product(self, product_id: int) -> Product | None:
+        """Delete a product, record its `destroy` event and send `products/delete`, as the shop does whichever API
+        deleted it."""
+        product = self.store.delete(product_id)
+        if product is not None:
+            self.events.product_destroyed(product.id, product.title, now=self.now())
+            self.webhooks.emit("products/delete", product.id, {"id": product.id})
+        return product
 
     def config(self) -> dict[str, Any]:
         fault = self.bulk.fault
@@ -145,6 +160,7 @@ class Shop:
         self.store = ProductStore(
             self.store.count if products is None else products, self.store.seed if seed is None else seed
         )
+        self.events = EventLog()
         self.cost_bucket.fill()
         self.rest_bucket.empty()
         duration, fault = self.bulk.duration, self.bulk.fault

@@ -25,6 +25,7 @@ from connectors.base import html_to_text
 from emulators.shopify.ids import decode_cursor, encode_cursor, gid, graphql_time
 from emulators.shopify.products import Collection, MediaItem, Product, Variant, product_collections
 from emulators.shopify.schema import SCHEMA
+from emulators.shopify.webhooks import Subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,14 @@ def _bulk_url(fields: Fields, node: Node, args: Mapping[str, Any]) -> str | None
     return f"{op.url_base}/_emulator/bulk/{op.id}.jsonl"
 
 
+# Global id kind of an event's subject, by its EventSubjectType.
+_SUBJECT_KINDS = {"PRODUCT": "Product", "COLLECTION": "Collection", "PRODUCT_VARIANT": "ProductVariant"}
+
+
+def _subject_id(fields: Fields, node: Node, args: Mapping[str, Any]) -> str:
+    return gid(_SUBJECT_KINDS.get(node.record.subject_type, "Product"), node.record.subject_id)
+
+
 _MEDIA: dict[str, Getter] = {
     "status": _constant("READY"),
     "preview": lambda fields, node, args: {"image": Node("Image", node.record), "status": "READY"},
@@ -242,6 +251,17 @@ COMPUTED: dict[str, dict[str, Getter]] = {
         "filename": lambda fields, node, args: f"{node.owner.handle if node.owner else 'video'}.mp4",
         "sources": _video_sources,
     },
+    "WebhookSubscription": {
+        "topic": lambda fields, node, args: node.record.topic.upper().replace("/", "_"),
+        "format": _constant("JSON"),
+        "callbackUrl": lambda fields, node, args: node.record.url,
+        "uri": lambda fields, node, args: node.record.url,
+        # A union member: `_type_of` reads the dict's `__typename`.
+        "endpoint": lambda fields, node, args: {"__typename": "WebhookHttpEndpoint", "callbackUrl": node.record.url},
+        "includeFields": _constant([]),
+        "metafieldNamespaces": _constant([]),
+        "filter": _constant(None),
+    },
     "BulkOperation": {
         "objectCount": lambda fields, node, args: node.record.object_count if node.record.status == "COMPLETED" else 0,
         "rootObjectCount": lambda fields, node, args: len(node.record.refs) if node.record.status == "COMPLETED" else 0,
@@ -251,6 +271,9 @@ COMPUTED: dict[str, dict[str, Getter]] = {
         "url": _bulk_url,
         "partialDataUrl": _constant(None),
         "type": _constant("QUERY"),
+    },
+    "BasicEvent": {
+        "subjectId": _subject_id,
     },
 }
 
@@ -359,5 +382,6 @@ for _type_name, _record in (
     ("Video", MediaItem),
     ("Image", MediaItem),
     ("Collection", Collection),
+    ("WebhookSubscription", Subscription),
 ):
     register(_type_name, _record)

@@ -1,4 +1,11 @@
-"""Webhook subscriptions and signed `products/*` deliveries, sent from background tasks on the server's loop."""
+"""Webhook subscriptions and signed `products/*` deliveries, sent from background tasks on the server's loop.
+
+Two kinds of subscription deliver alike: receivers the control API registers with a secret of their own (what tests
+set up directly), and the app's subscriptions made through the Admin API (`webhookSubscriptionCreate`, REST
+`webhooks.json`), one topic each, signed with the app's client secret as Shopify signs them. Only the app's are
+listed by the Admin API, as Shopify lists only the calling app's subscriptions. Addresses must be HTTPS, except on
+this machine (where the receivers of tests and demos live), and one address may take a topic once.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,10 @@ import threading
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -26,6 +34,12 @@ WEBHOOK_TIMEOUT = 5.0
 # Deliveries (with their bodies, for replays) kept for the stats and replay endpoints.
 DELIVERY_HISTORY = 1_000
 WEBHOOK_TOPICS = ("products/create", "products/update", "products/delete")
+# Plain http:// addresses are accepted for these hosts only (Shopify takes HTTPS only; tests listen locally).
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# Shopify's refusals of an address, as `userErrors` messages (REST: the same words after `address`).
+TAKEN = "Address for this topic has already been taken"
+INVALID_ADDRESS = "Address is invalid"
+HTTP_ADDRESS = "Address protocol http:// is not supported"
 
 
 def sign_webhook(body: bytes, secret: str) -> str:
@@ -35,10 +49,42 @@ def sign_webhook(body: bytes, secret: str) -> str:
 
 @dataclass(frozen=True)
 class Subscription:
+    """A receiver. `app`: made through the Admin API (one topic, the app's secret, listed by the API)."""
+
     id: int
     url: str
     secret: SecretStr
     topics: frozenset[str]
+    app: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def topic(self) -> str:
+        """The one topic of an app subscription."""
+        return next(iter(sorted(self.topics)))
+
+
+class SubscriptionRefused(ValueError):
+    """The Admin API refuses a subscription change; `field` is the input that is wrong (`address`, `topic`, `id`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def address_problem(url: str) -> str | None:
+    """Why Shopify would refuse `url` as an address, or None."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return INVALID_ADDRESS
+    if parts.scheme not in ("http", "https") or not host:
+        return INVALID_ADDRESS
+    if parts.scheme == "http" and host not in LOOPBACK_HOSTS:
+        return HTTP_ADDRESS
+    return None
 
 
 @dataclass
@@ -104,6 +150,62 @@ class Webhooks:
     def unsubscribe(self, subscription_id: int) -> bool:
         with self._lock:
             return self.subscriptions.pop(subscription_id, None) is not None
+
+    # -- the app's subscriptions (Admin API) --
+
+    def app_subscriptions(self, topics: Iterable[str] | None = None, url: str | None = None) -> list[Subscription]:
+        """The app's subscriptions, oldest first, of `topics` and to `url` when given."""
+        wanted = set(topics) if topics is not None else None
+        with self._lock:
+            found = [s for s in self.subscriptions.values() if s.app]
+        return [s for s in found if (wanted is None or s.topic in wanted) and (url is None or s.url == url)]
+
+    def app_subscription(self, subscription_id: int) -> Subscription | None:
+        with self._lock:
+            found = self.subscriptions.get(subscription_id)
+        return found if found is not None and found.app else None
+
+    def create(self, topic: str, url: str) -> Subscription:
+        """A new app subscription; raises `SubscriptionRefused`."""
+        if topic not in WEBHOOK_TOPICS:
+            raise SubscriptionRefused("topic", f"Invalid topic specified: {topic}")
+        now = self._shop.clock()
+        with self._lock:
+            self._check_address(url, topic, None)
+            subscription = Subscription(
+                self._next_id, url, self._shop.app_secret, frozenset({topic}), app=True, created_at=now, updated_at=now
+            )
+            self._next_id += 1
+            self.subscriptions[subscription.id] = subscription
+        return subscription
+
+    def change(self, subscription_id: int, url: str) -> Subscription:
+        """Point an app subscription at `url`; raises `SubscriptionRefused`."""
+        with self._lock:
+            current = self.subscriptions.get(subscription_id)
+            if current is None or not current.app:
+                raise SubscriptionRefused("id", "Webhook subscription does not exist")
+            self._check_address(url, current.topic, subscription_id)
+            changed = replace(current, url=url, updated_at=self._shop.clock())
+            self.subscriptions[subscription_id] = changed
+        return changed
+
+    def delete(self, subscription_id: int) -> bool:
+        """Remove an app subscription; False when there is none with that id."""
+        with self._lock:
+            current = self.subscriptions.get(subscription_id)
+            if current is None or not current.app:
+                return False
+            del self.subscriptions[subscription_id]
+        return True
+
+    def _check_address(self, url: str, topic: str, own_id: int | None) -> None:
+        problem = address_problem(url)
+        if problem is not None:
+            raise SubscriptionRefused("address", problem)
+        taken = any(s.app and s.id != own_id and s.url == url and s.topic == topic for s in self.subscriptions.values())
+        if taken:
+            raise SubscriptionRefused("address", TAKEN)
 
     def emit(self, topic: str, product_id: int, payload: Mapping[str, Any]) -> list[Delivery]:
         """One event to every receiver of `topic`: same body and event id, a webhook id and signature each."""
@@ -183,7 +285,8 @@ class Webhooks:
         with self._lock:
             return {
                 "subscriptions": [
-                    {"id": s.id, "url": s.url, "topics": sorted(s.topics)} for s in self.subscriptions.values()
+                    {"id": s.id, "url": s.url, "topics": sorted(s.topics), "app": s.app}
+                    for s in self.subscriptions.values()
                 ],
                 "sent": sum(d.attempts for d in self.deliveries),
                 "pending": self._pending,

@@ -17,6 +17,10 @@ API (under `/wp-json/wc/v3`, credentials required):
     GET /products/{id}              any status, trash included; a variation's id answers the variation (`type:
                                     variation`, `parent_id`); 404 woocommerce_rest_product_invalid_id
     GET /products/{id}/variations   per_page, page; an unknown parent lists nothing, as WooCommerce does
+    GET/POST /webhooks              list (status all|active|paused|disabled, per_page, page) or create (`name`,
+                                    `topic`, `delivery_url`, `secret`, `status`); a created webhook is pinged
+    GET/PUT/DELETE /webhooks/{id}   read, update (any of those fields), delete (`force=true` only); the secret is
+                                    never shown; changes need a key with write permission (`key_permissions`)
 
 Errors have WooCommerce's body `{"code", "message", "data": {"status"}}`: 400 rest_invalid_param, 401/403
 woocommerce_rest_cannot_view, 401 woocommerce_rest_authentication_error, 404 woocommerce_rest_product_invalid_id,
@@ -51,17 +55,18 @@ Control API (under `/_emulator`, no credentials; JSON bodies):
                                       failed, by topic, the last 100)
     POST   /reset                     regenerate the store from its seed; clear webhooks, stats and nonces
 
-Every change stamps `date_modified` with `clock()` (whole seconds) and queues a delivery to each webhook of its
-topic. A background task (started with the app) sends them like `WC_Webhook::deliver`: the payload is built when
+Every change stamps `date_modified` with `clock()` (whole seconds) and queues a delivery to each active webhook of
+its topic. A background task (started with the app) sends them like `WC_Webhook::deliver`: the payload is built when
 sent (so it shows the product as it is then), encoded like PHP's `json_encode` (`\\/`, `\\uXXXX`), with the
 `X-WC-Webhook-*` headers and a delivery id derived from the webhook id and the current second, as WooCommerce does.
-Failed deliveries are recorded, never retried (WooCommerce does not retry either).
+Failed deliveries are recorded, never retried (WooCommerce does not retry either); a webhook whose deliveries fail
+more than 5 times in a row is disabled, as WooCommerce does.
 
 `app.state.store` is the `WooStore` for in-process use (bench, demo). State changes happen synchronously within one
 handler, which is safe on uvicorn's single event loop.
 
-Modules: `data` (records, generator), `store` (state), `shapes` (JSON), `auth`, `rest`, `control`, `webhooks`,
-`errors`, `defaults`, `app`.
+Modules: `data` (records, generator), `store` (state), `shapes` (JSON), `auth`, `rest`, `webhooks_api`, `control`,
+`webhooks`, `errors`, `defaults`, `app`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from emulators.woocommerce import control, rest
+from emulators.woocommerce import control, rest, webhooks_api
 from emulators.woocommerce.defaults import (
     API_PREFIX,
     DEFAULT_CONSUMER_KEY,
@@ -104,7 +104,7 @@ def create_app(
             store.queue = None
 
     app = WooEmulatorApp(
-        routes=[*rest.ROUTES, *control.ROUTES],
+        routes=[*webhooks_api.ROUTES, *rest.ROUTES, *control.ROUTES],
         exception_handlers={Answer: _on_error, EmulatorError: _on_error},
         lifespan=lifespan,
     )
@@ -120,9 +120,10 @@ def serve(
     seed: int = 0,
     consumer_key: str = DEFAULT_CONSUMER_KEY,
     consumer_secret: str = DEFAULT_CONSUMER_SECRET,
+    key_permissions: str = "read",
 ) -> None:
     """Run the emulator in the foreground until interrupted (`catalog-sync emulate woocommerce`)."""
     from emulators import server
 
-    app = create_app(products, seed, consumer_key, consumer_secret)
+    app = create_app(products, seed, consumer_key, consumer_secret, key_permissions=key_permissions)
     server.serve_forever(app, host=host, port=port)

@@ -54,7 +54,9 @@ class Authenticator:
     def __init__(self, store: WooStore) -> None:
         self.store = store
 
-    def check(self, request: Request, *, listing: bool) -> None:
+    def check(self, request: Request, *, listing: bool, write: bool = False) -> None:
+        """Raise the verdict as an `Answer` unless the request may go on. `write`: it changes something, which
+        needs a key with write permission (WC_REST_Authentication::check_permissions)."""
         store = self.store
         secure = store.secure
         if secure is None:
@@ -84,9 +86,10 @@ class Authenticator:
             store.stats.auth_failures["woocommerce_rest_cannot_view"] += 1
             message = "Sorry, you cannot list resources." if listing else "Sorry, you cannot view this resource."
             raise Answer(EmulatorError(401, "woocommerce_rest_cannot_view", message).response())
-        if store.key_permissions not in ("read", "read_write"):
+        needed = "write" if write else "read"
+        if store.key_permissions not in (needed, "read_write"):
             store.stats.auth_failures["woocommerce_rest_authentication_error"] += 1
-            raise Answer(_auth_error("The API key provided does not have read permissions.").response())
+            raise Answer(_auth_error(f"The API key provided does not have {needed} permissions.").response())
         if not store.user_can_read:
             store.stats.auth_failures["woocommerce_rest_cannot_view"] += 1
             message = "Sorry, you cannot list resources." if listing else "Sorry, you cannot view this resource."

@@ -18,7 +18,7 @@ from emulators.woocommerce.defaults import ADMIN_PREFIX
 from emulators.woocommerce.errors import EmulatorError
 from emulators.woocommerce.shapes import render
 from emulators.woocommerce.store import PRODUCT_TOPICS, WooStore, store_of
-from emulators.woocommerce.webhooks import DELIVERY_TIMEOUT, USER_AGENT
+from emulators.woocommerce.webhooks import DELIVERY_TIMEOUT, send_ping
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -221,16 +221,7 @@ async def admin_ping(request: Request) -> Response:
     results = []
     async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT) as client:
         for webhook in store.webhooks:
-            try:
-                # Like WC_Webhook::deliver_ping: a form body, no signature, no topic header.
-                response = await client.post(
-                    webhook.url,
-                    content=f"webhook_id={webhook.id}".encode(),
-                    headers={"User-Agent": USER_AGENT, "Content-Type": "application/x-www-form-urlencoded"},
-                )
-                status: int | str = response.status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
+            status = await send_ping(client, webhook)
             results.append({"webhook_id": webhook.id, "status": status, "accepted": status == 200})
     return JSONResponse({"results": results})
 

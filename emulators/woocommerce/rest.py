@@ -30,7 +30,7 @@ def _invalid_param(name: str, why: str) -> EmulatorError:
     return EmulatorError(400, "rest_invalid_param", f"Invalid parameter(s): {name}", params={name: why})
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
+def int_param(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -75,7 +75,7 @@ def _date_param(request: Request, name: str, tz: timezone) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _page_headers(request: Request, total: int, per_page: int, page: int) -> dict[str, str]:
+def page_headers(request: Request, total: int, per_page: int, page: int) -> dict[str, str]:
     pages = math.ceil(total / per_page) if total else 0
     headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(pages)}
     base = f"{request.url.scheme}://{request.headers.get('host', '')}{request.url.path}"
@@ -99,9 +99,9 @@ def _auth(request: Request, *, listing: bool) -> WooStore:
 
 async def list_products(request: Request) -> Response:
     store = _auth(request, listing=True)
-    per_page = _int_param(request, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
-    page = _int_param(request, "page", 1, 1)
-    offset = _int_param(request, "offset", 0, 0) if request.query_params.get("offset") else None
+    per_page = int_param(request, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
+    page = int_param(request, "page", 1, 1)
+    offset = int_param(request, "offset", 0, 0) if request.query_params.get("offset") else None
     orderby = _enum_param(request, "orderby", "date", ("date", "id", "include", "title", "slug", "modified"))
     order = _enum_param(request, "order", "desc", ("asc", "desc"))
     status = _enum_param(request, "status", "any", ("any", *STATUSES))
@@ -140,7 +140,7 @@ async def list_products(request: Request) -> Response:
     matched = sorted(filter(wanted, store.products.values()), key=keys[orderby], reverse=order == "desc")
     start = offset if offset is not None else (page - 1) * per_page
     body = [render(store, product) for product in matched[start : start + per_page]]
-    return JSONResponse(body, headers=_page_headers(request, len(matched), per_page, page))
+    return JSONResponse(body, headers=page_headers(request, len(matched), per_page, page))
 
 
 async def get_product(request: Request) -> Response:
@@ -154,13 +154,13 @@ async def get_product(request: Request) -> Response:
 
 async def list_variations(request: Request) -> Response:
     store = _auth(request, listing=True)
-    per_page = _int_param(request, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
-    page = _int_param(request, "page", 1, 1)
+    per_page = int_param(request, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
+    page = int_param(request, "page", 1, 1)
     parent = store.products.get(int(request.path_params["id"]))
     variations = parent.variations if parent is not None else []
     chunk = variations[(page - 1) * per_page : page * per_page]
     body = [render_variation(store, parent, v) for v in chunk] if parent is not None else []
-    return JSONResponse(body, headers=_page_headers(request, len(variations), per_page, page))
+    return JSONResponse(body, headers=page_headers(request, len(variations), per_page, page))
 
 
 async def no_route(request: Request) -> Response:

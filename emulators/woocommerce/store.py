@@ -15,6 +15,12 @@ from emulators.woocommerce.data import WooProduct, WooVariation, generate_produc
 from emulators.woocommerce.errors import EmulatorError
 
 PRODUCT_TOPICS: Final = ("product.created", "product.updated", "product.deleted", "product.restored")
+# What `Delivery.topic` says for the ping WooCommerce sends when a webhook is created.
+PING: Final = "ping"
+WEBHOOK_STATUSES: Final = ("active", "paused", "disabled")
+# Consecutive failed deliveries after which WooCommerce disables a webhook (`woocommerce_max_webhook_delivery_failures`;
+# WC_Webhook::failed_delivery disables it once the count is above this).
+MAX_DELIVERY_FAILURES: Final = 5
 # Deliveries kept in /_emulator/stats.
 RECENT_DELIVERIES: Final = 100
 
@@ -30,10 +36,17 @@ class Delivery:
 
 @dataclass
 class Webhook:
+    """A webhook. Only `active` ones deliver; `failures` counts consecutive failed deliveries."""
+
     id: int
     url: str
     secret: str
     topic: str
+    name: str = ""
+    status: str = "active"
+    failures: int = 0
+    date_created: datetime | None = None
+    date_modified: datetime | None = None
 
 
 @dataclass
@@ -127,16 +140,41 @@ class WooStore:
         if self.queue is None:
             return
         for webhook in self.webhooks:
-            if webhook.topic == topic:
+            if webhook.topic == topic and webhook.status == "active":
                 self.queue.put_nowait(Delivery(webhook.id, topic, product_id))
 
     def add_webhooks(self, url: str, secret: str, topic: str | None) -> list[int]:
-        ids = []
-        for name in (topic,) if topic else PRODUCT_TOPICS:
-            self.webhooks.append(Webhook(self._next_webhook_id, url, secret, name))
-            ids.append(self._next_webhook_id)
-            self._next_webhook_id += 1
-        return ids
+        return [self.add_webhook(url, secret, name).id for name in ((topic,) if topic else PRODUCT_TOPICS)]
+
+    def add_webhook(self, url: str, secret: str, topic: str, *, name: str = "", status: str = "active") -> Webhook:
+        now = self.now()
+        webhook = Webhook(
+            self._next_webhook_id,
+            url,
+            secret,
+            topic,
+            name=name or f"Webhook created on {now:%b %d, %Y @ %I:%M %p}",
+            status=status,
+            date_created=now,
+            date_modified=now,
+        )
+        self._next_webhook_id += 1
+        self.webhooks.append(webhook)
+        return webhook
+
+    def webhook(self, webhook_id: int) -> Webhook | None:
+        return next((w for w in self.webhooks if w.id == webhook_id), None)
+
+    def ping(self, webhook: Webhook) -> None:
+        """Queue the creation ping (WC_Webhook::deliver_ping, sent when a webhook is created through the API)."""
+        if self.queue is not None:
+            self.queue.put_nowait(Delivery(webhook.id, PING, 0))
+
+    def delivered(self, webhook: Webhook, ok: bool) -> None:
+        """Count a delivery's outcome; too many failures in a row disable the webhook, as WooCommerce does."""
+        webhook.failures = 0 if ok else webhook.failures + 1
+        if webhook.failures > MAX_DELIVERY_FAILURES:
+            webhook.status = "disabled"
 
     # -- reporting --
 
@@ -146,7 +184,10 @@ class WooStore:
             "auth_failures": dict(self.stats.auth_failures),
             "auth_methods": dict(self.stats.auth_methods),
             "products": dict(Counter(product.status for product in self.products.values())),
-            "webhooks": [{"id": w.id, "topic": w.topic, "url": w.url} for w in self.webhooks],
+            "webhooks": [
+                {"id": w.id, "topic": w.topic, "url": w.url, "status": w.status, "failures": w.failures}
+                for w in self.webhooks
+            ],
             "deliveries": {
                 "sent": self.stats.deliveries_sent,
                 "failed": self.stats.deliveries_failed,

@@ -13,7 +13,7 @@ from typing import Any, Final
 import httpx
 
 from emulators.woocommerce.shapes import render
-from emulators.woocommerce.store import Delivery, WooStore
+from emulators.woocommerce.store import PING, Delivery, Webhook, WooStore
 
 # Seconds a webhook delivery may take (WooCommerce waits a minute; a test should not).
 DELIVERY_TIMEOUT: Final = 10.0
@@ -32,9 +32,29 @@ def _signing_secret(secret: str) -> str:
     return secret
 
 
+async def send_ping(client: httpx.AsyncClient, webhook: Webhook) -> int | str:
+    """WC_Webhook::deliver_ping: a form body, no signature, no topic header. The answer's status, or the error."""
+    try:
+        response = await client.post(
+            webhook.url,
+            content=f"webhook_id={webhook.id}".encode(),
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return response.status_code
+
+
 async def _deliver(store: WooStore, client: httpx.AsyncClient, delivery: Delivery) -> None:
-    webhook = next((w for w in store.webhooks if w.id == delivery.webhook_id), None)
+    webhook = store.webhook(delivery.webhook_id)
     if webhook is None:
+        return
+    if delivery.topic == PING:
+        answered = await send_ping(client, webhook)
+        store.stats.recent.append({"webhook_id": webhook.id, "topic": PING, "status": answered})
+        return
+    if webhook.status != "active":
+        # Paused or disabled after the change was queued: WooCommerce checks when it delivers.
         return
     resource, event = delivery.topic.split(".", 1)
     payload: Any
@@ -67,6 +87,7 @@ async def _deliver(store: WooStore, client: httpx.AsyncClient, delivery: Deliver
         ok = 200 <= response.status_code < 303
     except httpx.HTTPError as exc:
         status, ok = type(exc).__name__, False
+    store.delivered(webhook, ok)
     if ok:
         store.stats.deliveries_sent += 1
     else:
