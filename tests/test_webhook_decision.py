@@ -110,3 +110,10 @@ def test_times_from_the_future_are_brought_back_before_anything_is_decided() -> 
 
     assert event.triggered_at is not None
     assert event.triggered_at < far
+
+
+@pytest.mark.parametrize("event", [update(NOW), deletion(NOW)], ids=["update", "deletion"])
+def test_a_product_split_into_colourways_is_fetched_whole_whatever_the_delivery(event: WebhookEvent) -> None:
+    splitting = SOURCE.model_copy(update={"split_by": "color"})
+
+    assert decide(event, splitting, replay=False, stored_at=None, now=NOW) == Refetch("7")
