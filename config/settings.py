@@ -93,7 +93,13 @@ class Settings(BaseSettings):
         description="Bulk pushes handed to the queue per account: what the budget serves in this many seconds.",
     )
     sync_lock_seconds: float = Field(
-        6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."
+        90.0,
+        ge=5,
+        le=3600,
+        description=(
+            "Lease of a source's sync lock, renewed by the running sync while it reads: a sync whose process died "
+            "lets the next one start after at most this long."
+        ),
     )
     audit_interval: float | None = Field(
         None, gt=0, description="Seconds between scheduled audits (with repair) of each catalog account; unset: none."

@@ -226,7 +226,7 @@ def test_a_full_sync_due_while_an_incremental_runs_waits_and_then_runs(world: Sy
     assert modes == [("full", "completed"), ("incremental", "completed"), ("full", "completed")]
     assert results["report"].mode == "full"
     assert world.runtime.store.get(SOURCE, "5").desired_hash == "deleted"  # type: ignore[union-attr]
-    assert world.runtime.store.sync_state(SOURCE) == {"running": False, "waiting": None}
+    assert world.runtime.store.sync_state(SOURCE) == {"running": False, "lease_until": None, "waiting": None}
 
 
 def test_an_incremental_sync_due_while_a_full_runs_is_covered_by_it(world: SyncWorld) -> None:

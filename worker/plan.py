@@ -259,12 +259,17 @@ def plan_source(
     page_size: int = PAGE_SIZE,
     image_checker: ImageChecker | None = None,
     resend: bool = False,
+    still_holds_lock: Callable[[], None] | None = None,
 ) -> RunReport:
     """Read a source and record its desired state; enqueue (through `on_changed`) what changed, or with `resend`
     every product read, whatever the hashes say (`resync --full --force`). With an `image_checker`, each page's
     image URLs are checked (or found in its cache) before its rows are built.
 
-    A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
+    A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises. So does an
+    interrupted one (SIGTERM of the admin command, Ctrl-C): the run is recorded failed, not left `running`.
+
+    `still_holds_lock` is called before each page is written and before deletions; it renews the source's sync
+    lock and raises when the run lost it (another sync may be reading the source), which fails the run there.
     """
     started_at = utcnow()
     if mode == "incremental" and since is None:
@@ -282,10 +287,14 @@ def plan_source(
             rows = page_rows(page, source, report.counts, verdicts)
             if full:
                 rows = _hold_kept_out(store, source.name, rows, held)
+            if still_holds_lock is not None:
+                still_holds_lock()
             _write(store, report, rows, on_changed, run_id=run_id if full else None, resend=resend)
         if full:
+            if still_holds_lock is not None:
+                still_holds_lock()
             _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
-    except Exception as exc:
+    except BaseException as exc:  # an interruption too: a run left `running` would claim the source for ever
         report.outcome = "failed"
         report.error = _describe(exc)
         store.finish_run(run_id, outcome="failed", counts=dict(report.counts), error=report.error)
