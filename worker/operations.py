@@ -131,6 +131,7 @@ def _plan(
             mode=mode,
             on_changed=_feeding(runtime, dispatcher),
             mass_delete_share=runtime.settings.mass_delete_share,
+            mass_delete_window=runtime.settings.mass_delete_window,
             allow_mass_delete=allow_mass_delete,
             image_checker=checker,
             resend=force,

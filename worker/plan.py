@@ -27,7 +27,7 @@ from connectors.base import MAX_IMAGES, Connector, SourceProduct, clean_text, fi
 from worker.catalog import ProductUpsert, field_path
 from worker.errors import SkippedProduct, SourceError
 from worker.images import ImageChecker, ImageVerdict
-from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
+from worker.state import DELETED, MASS_DELETE_CONFIRMED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,6 @@ WITHOUT_ID_PREFIX = "skipped_without_id:"
 FILTERED_OUT = "filtered_out"
 # The skip reason of a product whose every image failed the image check.
 NO_USABLE_IMAGES = "no_usable_images"
-# Reasons decided by this project's rules (a filter, the image check), not by the shop: a full run holds such removals
-# behind the deletion brake, so a filter typo or an image host that is down cannot empty the catalog.
-HELD_REASONS = frozenset({FILTERED_OUT, NO_USABLE_IMAGES})
 # Unusable images named in a skip detail at most.
 MAX_IMAGES_IN_DETAIL = 3
 
@@ -255,6 +252,7 @@ def plan_source(
     on_changed: OnChanged,
     mass_delete_share: float,
     allow_mass_delete: bool = False,
+    mass_delete_window: float = 0.0,
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
     image_checker: ImageChecker | None = None,
@@ -293,7 +291,9 @@ def plan_source(
         if full:
             if still_holds_lock is not None:
                 still_holds_lock()
-            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
+            _delete_missing(
+                store, source, report, on_changed, mass_delete_share, allow_mass_delete, held, mass_delete_window
+            )
     except BaseException as exc:  # an interruption too: a run left `running` would claim the source for ever
         report.outcome = "failed"
         report.error = _describe(exc)
@@ -326,14 +326,17 @@ def _write(
 
 
 def _hold_kept_out(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:
-    """The rows to write now; rows that would take a product out of the catalog for a `HELD_REASONS` reason go to
-    `held`."""
-    candidates = [row.product_id for row in rows if row.skip_reason in HELD_REASONS]
+    """The rows to write now; rows that would take a live product out of the catalog go to `held`.
+
+    Whatever the reason (archived in the shop, a filter, no usable image, data the catalog would refuse), a full run
+    removes through the deletion brake: a shop that suddenly lists every product archived or unusable, a filter typo
+    or an image host that is down must not empty the catalog without an operator's word."""
+    candidates = [row.product_id for row in rows if row.is_deletion]
     live = store.live_ids(source, candidates) if candidates else set()
     if not live:
         return rows
-    held.extend(row for row in rows if row.skip_reason in HELD_REASONS and row.product_id in live)
-    return [row for row in rows if not (row.skip_reason in HELD_REASONS and row.product_id in live)]
+    held.extend(row for row in rows if row.is_deletion and row.product_id in live)
+    return [row for row in rows if not (row.is_deletion and row.product_id in live)]
 
 
 def _check_images(
@@ -400,29 +403,45 @@ def _delete_missing(
     default_share: float,
     allow_mass_delete: bool,
     held: Sequence[DesiredRow] = (),
+    window: float = 0.0,
 ) -> None:
-    """Delete what the run did not see (and the `held` rows), unless that is too much at once."""
+    """Delete what the run did not see (and the `held` rows), unless that is too much at once.
+
+    The brake adds up over `window` seconds: what this run would remove plus what full runs removed in the window,
+    as a share of what the source had at the window's start (wanted now plus removed since), so three runs that
+    each drop 20 % cannot take half the catalog. Removals an operator confirmed do not count against later runs."""
     missing, total = store.count_missing(source.name, report.run_id, report.started_at)
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
-    if missing and not allow_mass_delete and missing > share * total:
+    recent = store.removed_since(source.name, utcnow() - timedelta(seconds=window)) if missing and window else 0
+    over = missing > 0 and missing + recent > share * (total + recent)
+    if over and not allow_mass_delete:
         report.outcome = "deletion_blocked"
         report.deletion_blocked = (missing, total)
         report.counts["deletion_blocked"] = missing
+        if recent:
+            report.counts["removed_in_window"] = recent
         if held:
             report.counts["kept_out_held"] = len(held)
         log.warning(
-            "%s: the full run would delete %d of %d products (more than %.0f%%); nothing deleted. "
-            "If this is intended, run `catalog-sync resync %s --full --allow-mass-delete`",
+            "%s: the full run would delete %d of %d products, %d more were removed in the last %g h (more than "
+            "%.0f%% together); nothing deleted. If this is intended, run `catalog-sync resync %s --full "
+            "--allow-mass-delete`",
             source.name,
             missing,
             total,
+            recent,
+            window / 3600,
             share * 100,
             source.name,
         )
         return
+    if over:
+        report.counts[MASS_DELETE_CONFIRMED] = 1
     # The held rows first, so they are seen and keep their reason; what is left unseen the source dropped.
     if held:
+        before = report.counts["changed"]
         _write(store, report, held, on_changed, run_id=report.run_id)
+        report.counts["removed"] += report.counts["changed"] - before
     if missing == 0:
         return
     ids = store.mark_missing_for_deletion(source.name, report.run_id, report.started_at)

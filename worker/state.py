@@ -58,6 +58,9 @@ DELETED = "deleted"
 UNKNOWN = "unknown"
 # Why a product is kept out of the catalog: its externalId belongs to another (source, product) of the account.
 EXTERNAL_ID_CONFLICT = "external_id_conflict"
+# A run count set when an operator confirmed the run's removals past the deletion brake: the brake's window starts
+# afresh after it.
+MASS_DELETE_CONFIRMED = "mass_delete_confirmed"
 # The error of a run left `running` by a sync whose process stopped: the next holder of the lock records it.
 ABANDONED_RUN = "abandoned: the process holding the lock stopped"
 # The error of a run left `running` when an operator cleared the lock (`catalog-sync unlock`).
@@ -1225,6 +1228,28 @@ class Store:
                     RunRow.source == source, RunRow.outcome == "completed", RunRow.mode.in_(("full", "incremental"))
                 )
             )
+
+    def removed_since(self, source: str, since: datetime) -> int:
+        """Products that full runs of the source finished since `since` took out of the catalog (their `removed`
+        count): the deletion brake's window. An operator's confirmation past the brake starts the window afresh:
+        what the confirmed run and the runs before it removed no longer counts."""
+        query = (
+            select(RunRow.counts)
+            .where(
+                RunRow.source == source,
+                RunRow.mode == "full",
+                RunRow.outcome == "completed",
+                RunRow.finished_at >= since,
+            )
+            .order_by(RunRow.finished_at.desc(), RunRow.id.desc())
+        )
+        removed = 0
+        with self.read_session() as session:
+            for counts in session.scalars(query):
+                if counts.get(MASS_DELETE_CONFIRMED):
+                    break
+                removed += int(counts.get("removed", 0))
+        return removed
 
     def get_run(self, run_id: int) -> RunRow | None:
         with self.read_session() as session:
