@@ -42,6 +42,9 @@ _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
 MAX_EXTERNAL_ID_LENGTH = 512
 # How far ahead of ours a source's clock may run before its timestamps are treated as wrong (and clamped to now).
 MAX_CLOCK_SKEW = timedelta(hours=1)
+# A shop's listing may show a product for a while after its deletion. A deletion older than this that a full run
+# still finds listed (a forged or replayed delete delivery: its topic and time are not signed) is lifted by the run.
+DELETION_LISTING_LAG = timedelta(minutes=10)
 # Characters of a failed run's error kept in the runs table and shown by `status`.
 MAX_ERROR_LENGTH = 2000
 
@@ -287,6 +290,8 @@ def plan_source(
                 rows = _hold_kept_out(store, source.name, rows, held)
             if still_holds_lock is not None:
                 still_holds_lock()
+            if full:
+                rows = _lift_tombstones(store, report, rows, on_changed)
             _write(store, report, rows, on_changed, run_id=run_id if full else None, resend=resend)
         if full:
             if still_holds_lock is not None:
@@ -323,6 +328,33 @@ def _write(
     report.counts["stale"] += result.stale
     if result.changed_ids:
         on_changed(report.source, result.changed_ids)
+
+
+def _lift_tombstones(
+    store: Store, report: RunReport, rows: list[DesiredRow], on_changed: OnChanged
+) -> list[DesiredRow]:
+    """Write the listed products whose row is a deletion older than `DELETION_LISTING_LAG`, whatever the dates say;
+    return the other rows.
+
+    A webhook's topic and trigger time are not covered by its signature, so a replayed delete delivery can leave a
+    tombstone dated after the product's last edit; the ordering guard would then refuse every listing of the product
+    as stale. The shop's own listing, read well after the deletion, is the better witness: a product it still lists
+    was not deleted. A deletion younger than the lag is kept (the listing may simply lag behind), so a genuine
+    deletion does not flap back for a run."""
+    listed = [row.product_id for row in rows if not row.is_deletion]
+    lifted = store.tombstones_before(report.source, listed, report.started_at - DELETION_LISTING_LAG)
+    if not lifted:
+        return rows
+    restore = [row for row in rows if row.product_id in lifted and not row.is_deletion]
+    result = store.write_desired(restore, run_id=report.run_id, force=True)
+    report.counts["changed"] += result.changed
+    report.counts["restored"] += result.changed
+    log.warning(
+        "%s: %d product(s) deleted by a webhook are still listed by the shop; restored", report.source, result.changed
+    )
+    if result.changed_ids:
+        on_changed(report.source, result.changed_ids)
+    return [row for row in rows if row.product_id not in lifted]
 
 
 def _hold_kept_out(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:

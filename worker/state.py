@@ -718,6 +718,21 @@ class Store:
             )
             return set(session.scalars(query))
 
+    def tombstones_before(self, source: str, product_ids: Sequence[str], before: datetime) -> set[str]:
+        """Those of `product_ids` whose desired state is a deletion recorded before `before` (not a product kept
+        out for a reason of ours, which a run rewrites as it reads)."""
+        if not product_ids:
+            return set()
+        with self.read_session() as session:
+            query = select(ProductRow.product_id).where(
+                ProductRow.source == source,
+                ProductRow.product_id.in_(list(product_ids)),
+                ProductRow.desired_hash == DELETED,
+                ProductRow.skip_reason.is_(None),
+                ProductRow.changed_at < before,
+            )
+            return set(session.scalars(query))
+
     def skipped(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
         """Products kept out of the catalog on purpose (filtered, no usable images, bad source data), with why."""
         query = select(ProductRow).where(ProductRow.status == "skipped").order_by(ProductRow.source).limit(limit)
