@@ -7,7 +7,10 @@ of the normalized catalog payload makes a row pending: an unchanged product cost
 Incremental runs read products updated since the watermark (the start time of the last completed run, minus an
 overlap for clock skew between the shop and us) and move it only when the run completes. Full runs mark products
 the source no longer lists for deletion, unless that would delete more than a safety share of the source's
-products: then nothing is deleted and the run records `deletion_blocked` until an operator confirms.
+products: then nothing is deleted and the run records `deletion_blocked` until an operator confirms. The brake counts
+every removal the run would cause (unlisted, archived, filtered out, unusable) plus the removals of recent full runs,
+so a source cannot be emptied a fifth at a time. A full run also lifts a webhook's deletion of a product the shop
+still lists well after it (topic and trigger time are not signed).
 """
 
 from __future__ import annotations
