@@ -15,6 +15,7 @@ from tests.sync_helpers import SOURCE, SyncWorld, ext, feed_item, process_env, r
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync
 from worker.plan import RunReport
+from worker.preview import Preview, preview_source
 
 
 @pytest.fixture
@@ -34,6 +35,22 @@ def listing(ids: range | list[int]) -> list[dict[str, Any]]:
     return [feed_item(str(n)) for n in ids]
 
 
+def dry_run(world: SyncWorld) -> Preview:
+    connector = world.runtime.connector(SOURCE)
+    try:
+        settings = world.runtime.settings
+        return preview_source(
+            world.runtime.store,
+            connector,
+            world.runtime.source(SOURCE),
+            mode="full",
+            mass_delete_share=settings.mass_delete_share,
+            mass_delete_window=settings.mass_delete_window,
+        )
+    finally:
+        connector.close()
+
+
 def in_catalog(world: SyncWorld) -> int:
     return len(world.catalog_products())
 
@@ -51,6 +68,7 @@ def test_three_runs_each_dropping_a_fifth_are_held_at_the_second(world: SyncWorl
     write_feed(world.feed, listing(range(20, 100)))  # 20 of 100: at the brake's share, allowed
     assert full(world).outcome == "completed"
     write_feed(world.feed, listing(range(36, 100)))  # 16 of 80 alone, but 36 of 100 within the window
+    assert dry_run(world).deletion_blocked == (16, 80)
     second = full(world)
     write_feed(world.feed, listing(range(49, 100)))
     third = full(world)
@@ -97,6 +115,7 @@ def test_a_listing_of_only_unusable_products_is_held_by_the_brake(world: SyncWor
         + [feed_item(str(n), title="") for n in range(15, 20)]
     )
     write_feed(world.feed, unusable)
+    assert dry_run(world).deletion_blocked == (20, 20)
     report = full(world)
 
     assert report.outcome == "deletion_blocked"

@@ -209,6 +209,7 @@ def _dry_run(runtime: Any, source: str, mode: RunMode, products: list[str] | Non
                 runtime.source(source),
                 mode=mode,
                 mass_delete_share=runtime.settings.mass_delete_share,
+                mass_delete_window=runtime.settings.mass_delete_window,
             )
     except SourceError as exc:
         _fail_run(runtime, source, utcnow(), as_json, str(exc))
