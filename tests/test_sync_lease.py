@@ -260,3 +260,17 @@ def test_taking_the_lock_fails_only_the_sync_runs_left_running(world: SyncWorld)
     with store.engine.connect() as conn:
         outcomes = dict(conn.execute(sqlalchemy.select(RunRow.id, RunRow.outcome)).all())
     assert outcomes == {left: "failed", product: "running", other: "running"}
+
+
+def test_a_lease_that_cannot_be_renewed_for_its_whole_length_counts_as_lost(caplog: pytest.LogCaptureFixture) -> None:
+    # The state database is down (nothing listens on port 1): every renewal fails, so once a whole lease passed
+    # without one, another sync may have taken the lock and this run must stop.
+    down = Store.from_url("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=1")
+    try:
+        with SyncLease(down, SOURCE, "token", seconds=0.3) as lease:
+            wait_for(lambda: lease._lost is not None, "the lease counted as lost")
+            with pytest.raises(LockLost, match="no renewal succeeded"):
+                lease.check()
+    finally:
+        down.close()
+    assert "could not renew the sync lock" in caplog.text
