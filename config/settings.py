@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     mass_delete_share: float = Field(
         0.2, ge=0, le=1, description="A run deleting more than this share of a source's products is held."
     )
+    mass_delete_window: float = Field(
+        86_400.0,
+        ge=0,
+        le=30 * 86_400,
+        description=(
+            "Seconds over which the deletion brake adds up removals: a run is held when what it would remove plus "
+            "what runs removed in this window exceeds the share (0: each run on its own)."
+        ),
+    )
     reconcile_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between reconcile passes.")
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")
     lease_seconds: float = Field(300.0, gt=0, le=86_400, description="How long a push owns a row.")
@@ -93,7 +102,13 @@ class Settings(BaseSettings):
         description="Bulk pushes handed to the queue per account: what the budget serves in this many seconds.",
     )
     sync_lock_seconds: float = Field(
-        6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."
+        90.0,
+        ge=5,
+        le=3600,
+        description=(
+            "Lease of a source's sync lock, renewed by the running sync while it reads: a sync whose process died "
+            "lets the next one start after at most this long."
+        ),
     )
     audit_interval: float | None = Field(
         None, gt=0, description="Seconds between scheduled audits (with repair) of each catalog account; unset: none."

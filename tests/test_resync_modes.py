@@ -107,11 +107,13 @@ def test_a_dry_run_says_what_would_change_and_changes_nothing(world: SyncWorld) 
 
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
-    assert body["counts"] == {"create": 1, "update": 1, "delete": 2, "skip": 1, "unchanged": 2, "stale": 0}
+    # A draft, a product without images and one gone from the feed: 3 of 6 removals, which the brake holds.
+    assert body["deletion_blocked"] == {"deletions": 3, "wanted": 6}
+    assert body["counts"] == {"create": 1, "update": 1, "delete": 1, "skip": 1, "unchanged": 2, "stale": 0}
     changes = {action: [(c["product_id"], c["detail"]) for c in listed] for action, listed in body["changes"].items()}
     assert changes["create"] == [("new", "")]
     assert changes["update"] == [("1", "title")]
-    assert sorted(changes["delete"]) == [("2", "inactive"), ("5", "removed_from_source")]
+    assert sorted(changes["delete"]) == [("2", "inactive")]
     assert changes["skip"] == [("3", "no_images; removed from the catalog")]
     assert world.stats()["total_requests"] == 0
     assert state_snapshot(world) == before
@@ -226,7 +228,7 @@ def test_a_full_sync_due_while_an_incremental_runs_waits_and_then_runs(world: Sy
     assert modes == [("full", "completed"), ("incremental", "completed"), ("full", "completed")]
     assert results["report"].mode == "full"
     assert world.runtime.store.get(SOURCE, "5").desired_hash == "deleted"  # type: ignore[union-attr]
-    assert world.runtime.store.sync_state(SOURCE) == {"running": False, "waiting": None}
+    assert world.runtime.store.sync_state(SOURCE) == {"running": False, "lease_until": None, "waiting": None}
 
 
 def test_an_incremental_sync_due_while_a_full_runs_is_covered_by_it(world: SyncWorld) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from config.sources import SourceConfig
+from connectors.base import Connector, ImageRef, SourceProduct
 from emulators.server import BackgroundServer, running
 from tests.webhooks_support import (
     SHOPIFY_PREVIOUS_SECRET,
@@ -34,6 +35,7 @@ from tests.webhooks_support import (
 )
 from worker import schema
 from worker.logs import Throttle
+from worker.plan import RunReport, plan_source
 from worker.runtime import Runtime
 from worker.state import DELETED, make_engine
 from worker.webhooks import create_app
@@ -724,3 +726,99 @@ def test_a_deletion_triggered_in_the_future_does_not_make_later_updates_stale(en
 
     assert response.json() == {"outcome": "updated"}
     assert env.row(env.shop, "9").desired_payload["title"] == "Hat again"
+
+
+# ------------------------------------------------------------------------- a full run corrects a forged deletion
+
+
+class Listing:
+    """A shop whose full listing is `products`: a fake that behaves, for the run that reads it."""
+
+    def __init__(self, products: list[SourceProduct]) -> None:
+        self.products = products
+
+    def iter_products(self, since: datetime | None) -> Iterator[SourceProduct]:
+        yield from self.products
+
+    def close(self) -> None:
+        pass
+
+
+def listed(source: str, product_id: str, updated_at: datetime, title: str = "Listed") -> SourceProduct:
+    return SourceProduct(
+        source=source,
+        product_id=product_id,
+        updated_at=updated_at,
+        status="active",
+        title=title,
+        images=(ImageRef(f"https://cdn.example/{product_id}.jpg"),),
+    )
+
+
+def full_run(env: Env, source: str, products: list[SourceProduct]) -> RunReport:
+    return plan_source(
+        env.runtime.store,
+        cast(Connector, Listing(products)),
+        env.runtime.source(source),
+        mode="full",
+        on_changed=lambda *_: None,
+        mass_delete_share=1.0,
+    )
+
+
+def delivered_earlier(env: Env, source: str, product_id: str, *, ago: timedelta) -> None:
+    """Date the row's last change `ago` back: the delivery that wrote it came that long before the full run."""
+    with env.runtime.store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE products SET changed_at = :at WHERE source = :source AND product_id = :pid"),
+            {"at": (datetime.now(UTC) - ago).replace(tzinfo=None), "source": source, "pid": product_id},
+        )
+
+
+def test_a_signed_woocommerce_update_body_replayed_as_a_deletion_is_read_as_the_update(env: Env) -> None:
+    body = fixture_bytes("woocommerce", "wp-api-v3_products__03_retrieve_a_product.json")
+    env.post(env.woo, body, woo_headers(body, delivery_id="d-1"))
+
+    replayed = env.post(env.woo, body, woo_headers(body, topic="product.deleted", delivery_id="d-2"))
+
+    assert replayed.json() == {"outcome": "unchanged"}
+    assert env.row(env.woo, "794").desired_payload["title"] == "Premium Quality"
+
+
+@pytest.mark.parametrize("shop", ["shopify", "woocommerce"])
+def test_a_full_run_restores_a_product_a_replayed_deletion_removed(env: Env, shop: str) -> None:
+    edited = datetime(2024, 5, 3, 10, 0, tzinfo=UTC)
+    if shop == "shopify":
+        source, pid = env.shop, "9"
+        env.shopify(body_of(shopify_product(9, title="Hat", updated_at=edited.isoformat())), event_id="e-1")
+        # A delete body replayed under a fresh delivery id, its trigger time forged (clamped to now on arrival).
+        forged = env.shopify(
+            b'{"id":9}', topic="products/delete", event_id="e-9", triggered_at=datetime(2099, 1, 1, tzinfo=UTC)
+        )
+    else:
+        source, pid = env.woo, "794"
+        body = fixture_bytes("woocommerce", "wp-api-v3_products__03_retrieve_a_product.json")
+        env.post(env.woo, body, woo_headers(body, delivery_id="d-1"))
+        deleted = b'{"id":794}'
+        forged = env.post(env.woo, deleted, woo_headers(deleted, topic="product.deleted", delivery_id="d-9"))
+    assert forged.json() == {"outcome": "deleted"}
+    delivered_earlier(env, source, pid, ago=timedelta(hours=1))
+
+    # The shop still lists the product, last edited before the forged deletion's date.
+    report = full_run(env, source, [listed(source, pid, edited, title="Still sold")])
+
+    assert report.counts["restored"] == 1
+    row = env.row(source, pid)
+    assert row.desired_hash != DELETED and row.desired_payload["title"] == "Still sold"
+
+
+def test_a_full_run_right_after_a_genuine_deletion_does_not_bring_it_back(env: Env) -> None:
+    edited = datetime(2024, 5, 3, 10, 0, tzinfo=UTC)
+    env.shopify(body_of(shopify_product(7, title="Scarf", updated_at=edited.isoformat())), event_id="e-1")
+    env.shopify(b'{"id":7}', topic="products/delete", event_id="e-2", triggered_at=datetime.now(UTC))
+
+    # The shop's listing lags behind its deletion: the product is still listed, with its last edit's date.
+    report = full_run(env, env.shop, [listed(env.shop, "7", edited)])
+
+    assert report.counts["restored"] == 0 and report.counts["stale"] == 1
+    assert env.row(env.shop, "7").desired_hash == DELETED

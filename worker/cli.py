@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -178,6 +179,7 @@ def resync(
         dispatcher = InlineDispatcher(runtime, timeout=timeout)
         from worker.operations import SyncInProgress
 
+        _terminate_cleanly()
         try:
             if product:
                 for product_id in product:
@@ -243,6 +245,7 @@ def _dry_run(runtime: Any, source: str, mode: RunMode, products: list[str] | Non
                 runtime.source(source),
                 mode=mode,
                 mass_delete_share=runtime.settings.mass_delete_share,
+                mass_delete_window=runtime.settings.mass_delete_window,
             )
     except SourceError as exc:
         _fail_run(runtime, source, utcnow(), as_json, str(exc))
@@ -500,7 +503,7 @@ def status(
                 text += f" (e.g. {reason['message']})"
             out.print(escape(text[:300]), highlight=False)
         if item["sync"]["running"]:
-            out.print("  a sync is running")
+            out.print(f"  a sync is running (its lock's lease runs until {item['sync']['lease_until']})")
         waiting = item["sync"]["waiting"]
         if waiting:
             out.print(
@@ -947,3 +950,67 @@ def serve(
     from worker.webhooks import serve as serve_webhooks
 
     serve_webhooks(host=host, port=port)
+
+
+# ------------------------------------------------------------------------------------------------ sync lock
+
+
+class Terminated(SystemExit):
+    """The process was asked to stop (SIGTERM): raised where it runs, so `finally` blocks record the run as failed
+    and release the source's sync lock instead of leaving both to expire."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+
+def _terminate_cleanly() -> None:
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def unlock(
+    source: Annotated[str, typer.Argument(help="The source's name in the sources file.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Clear it even while a running sync keeps renewing its lease.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Clear a source's sync lock, and mark the runs it left `running` as failed.
+
+    A lock left by a stopped process expires by itself within CATALOG_SYNC_SYNC_LOCK_SECONDS; this clears it at
+    once. While a live sync renews the lock it is refused unless --force (the running sync then stops at its
+    next page). Exit status: 0 cleared, 1 refused.
+    """
+    runtime = _runtime()
+    _known_source(runtime, source)
+    result = runtime.store.clear_sync_lock(source, force=force)
+    lease_until = result.lease_until.isoformat() if result.lease_until is not None else None
+    if as_json:
+        body = {
+            "source": source,
+            "cleared": result.cleared,
+            "live": result.live,
+            "lease_until": lease_until,
+            "runs_failed": result.runs_failed,
+        }
+        out.print_json(json.dumps(body))
+    elif not result.cleared:
+        console.print(
+            f"[yellow]not cleared:[/yellow] a running sync of {escape(source)} renews its lock (lease until "
+            f"{lease_until}); stop it, or clear the lock anyway with `catalog-sync unlock {escape(source)} --force`",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"cleared the sync lock of {escape(source)}; {result.runs_failed} run(s) left running marked failed",
+            highlight=False,
+        )
+    if not result.cleared:
+        raise typer.Exit(EXIT_FAILED)

@@ -18,6 +18,7 @@ from ground.errors import ConfigError, SkippedProduct, SyncError
 from worker.audit import AuditReport, audit
 from worker.feeder import feed
 from worker.images import ImageChecker, ImageVerdict
+from worker.lease import SyncLease
 from worker.plan import RunReport, desired_row, plan_source, skipped_row
 from worker.runtime import Runtime
 from worker.state import DEFAULT_ACCOUNT, DesiredRow, RunMode, utcnow
@@ -70,7 +71,10 @@ def run_sync(
     One sync of a source runs at a time. A sync that falls due while another runs is not dropped: it waits in the
     state database and the running one starts it when it finishes (a waiting full run is never replaced by an
     incremental one, and a full run covers an incremental one that waited for it). A waiting run left behind by a
-    holder that died is picked up by the next sync of the source."""
+    holder that died is picked up by the next sync of the source.
+
+    The lock is a short lease renewed while the run reads (`worker/lease.py`): a holder that dies blocks the
+    source for at most a lease, and a run that lost its lock stops with `LockLost` before writing another page."""
     runtime.source(source_name)
     store = runtime.store
     token = store.acquire_sync_lock(source_name, seconds=runtime.settings.sync_lock_seconds)
@@ -86,18 +90,25 @@ def run_sync(
             waiting=waiting,
         )
     try:
-        left_waiting = store.take_deferred(source_name)
-        if left_waiting == "full" and mode != "full":
-            log.info("%s: a full sync was waiting; it runs instead of this %s one (it covers it)", source_name, mode)
-            mode = "full"
-        report = _plan(runtime, source_name, mode, dispatcher, allow_mass_delete, bulk, force)
-        while (next_mode := store.take_deferred(source_name)) is not None:
-            if next_mode == "incremental" and report.mode == "full":
-                log.info("%s: the waiting incremental sync is covered by the full run %d", source_name, report.run_id)
-                continue
-            log.info("%s: running the %s sync that waited for run %d", source_name, next_mode, report.run_id)
-            report = _plan(runtime, source_name, "full" if next_mode == "full" else "incremental", dispatcher)
-        return report
+        with SyncLease(store, source_name, token, seconds=runtime.settings.sync_lock_seconds) as lease:
+            left_waiting = store.take_deferred(source_name)
+            if left_waiting == "full" and mode != "full":
+                log.info(
+                    "%s: a full sync was waiting; it runs instead of this %s one (it covers it)", source_name, mode
+                )
+                mode = "full"
+            report = _plan(runtime, source_name, mode, dispatcher, lease, allow_mass_delete, bulk, force)
+            while (next_mode := store.take_deferred(source_name)) is not None:
+                if next_mode == "incremental" and report.mode == "full":
+                    log.info(
+                        "%s: the waiting incremental sync is covered by the full run %d", source_name, report.run_id
+                    )
+                    continue
+                log.info("%s: running the %s sync that waited for run %d", source_name, next_mode, report.run_id)
+                report = _plan(
+                    runtime, source_name, "full" if next_mode == "full" else "incremental", dispatcher, lease
+                )
+            return report
     finally:
         store.release_sync_lock(source_name, token)
 
@@ -107,6 +118,7 @@ def _plan(
     source_name: str,
     mode: RunMode,
     dispatcher: Dispatcher,
+    lease: SyncLease,
     allow_mass_delete: bool = False,
     bulk: bool | None = None,
     force: bool = False,
@@ -122,9 +134,11 @@ def _plan(
             mode=mode,
             on_changed=_feeding(runtime, dispatcher),
             mass_delete_share=runtime.settings.mass_delete_share,
+            mass_delete_window=runtime.settings.mass_delete_window,
             allow_mass_delete=allow_mass_delete,
             image_checker=checker,
             resend=force,
+            still_holds_lock=lease.check,
         )
     finally:
         connector.close()

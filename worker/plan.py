@@ -7,9 +7,12 @@ of the normalized catalog payload makes a row pending: an unchanged product cost
 Incremental runs read products updated since the watermark (the start time of the last completed run, minus an
 overlap for clock skew between the shop and us) and move it only when the run completes. Full runs mark products
 the source no longer lists for deletion, unless that would delete more than a safety share of the source's
-products: then nothing is deleted and the run records `deletion_blocked` until an operator confirms. Incremental
-runs of a source that can list its deletions (Shopify's `destroy` events) delete those products, behind the same
-brake; a run whose deletions the brake held does not move the watermark, so the next run sees them again.
+products: then nothing is deleted and the run records `deletion_blocked` until an operator confirms. The brake counts
+every removal the run would cause (unlisted, archived, filtered out, unusable) plus the removals of recent full runs,
+so a source cannot be emptied a fifth at a time. A full run also lifts a webhook's deletion of a product the shop
+still lists well after it (topic and trigger time are not signed). Incremental runs of a source that can list its
+deletions (Shopify's `destroy` events) delete those products, behind the same brake; a run whose deletions the brake
+held does not move the watermark, so the next run sees them again.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from ground.errors import SkippedProduct, SourceError
 from ground.limits import MAX_IMAGES
 from worker.catalog import ProductUpsert, field_path
 from worker.images import ImageChecker, ImageVerdict
-from worker.state import DELETED, DesiredRow, RunMode, RunOutcome, Store, utcnow
+from worker.state import DELETED, MASS_DELETE_CONFIRMED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ _STABLE_METADATA = ("handle", "url", "vendor", "product_type", "tags")
 MAX_EXTERNAL_ID_LENGTH = 512
 # How far ahead of ours a source's clock may run before its timestamps are treated as wrong (and clamped to now).
 MAX_CLOCK_SKEW = timedelta(hours=1)
+# A shop's listing may show a product for a while after its deletion. A deletion older than this that a full run
+# still finds listed (a forged or replayed delete delivery: its topic and time are not signed) is lifted by the run.
+DELETION_LISTING_LAG = timedelta(minutes=10)
 # Characters of a failed run's error kept in the runs table and shown by `status`.
 MAX_ERROR_LENGTH = 2000
 
@@ -67,9 +73,6 @@ WITHOUT_ID_PREFIX = "skipped_without_id:"
 FILTERED_OUT = "filtered_out"
 # The skip reason of a product whose every image failed the image check.
 NO_USABLE_IMAGES = "no_usable_images"
-# Reasons decided by this project's rules (a filter, the image check), not by the shop: a full run holds such removals
-# behind the deletion brake, so a filter typo or an image host that is down cannot empty the catalog.
-HELD_REASONS = frozenset({FILTERED_OUT, NO_USABLE_IMAGES})
 # Unusable images named in a skip detail at most.
 MAX_IMAGES_IN_DETAIL = 3
 
@@ -272,16 +275,22 @@ def plan_source(
     on_changed: OnChanged,
     mass_delete_share: float,
     allow_mass_delete: bool = False,
+    mass_delete_window: float = 0.0,
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
     image_checker: ImageChecker | None = None,
     resend: bool = False,
+    still_holds_lock: Callable[[], None] | None = None,
 ) -> RunReport:
     """Read a source and record its desired state; enqueue (through `on_changed`) what changed, or with `resend`
     every product read, whatever the hashes say (`resync --full --force`). With an `image_checker`, each page's
     image URLs are checked (or found in its cache) before its rows are built.
 
-    A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises.
+    A failed read fails the run (nothing is deleted, the watermark does not move) and re-raises. So does an
+    interrupted one (SIGTERM of the admin command, Ctrl-C): the run is recorded failed, not left `running`.
+
+    `still_holds_lock` is called before each page is written and before deletions; it renews the source's sync
+    lock and raises when the run lost it (another sync may be reading the source), which fails the run there.
     """
     started_at = utcnow()
     if mode == "incremental" and since is None:
@@ -299,13 +308,23 @@ def plan_source(
             rows = page_rows(page, source, report.counts, verdicts)
             if full:
                 rows = _hold_kept_out(store, source.name, rows, held)
+            if still_holds_lock is not None:
+                still_holds_lock()
+            if full:
+                rows = _lift_tombstones(store, report, rows, on_changed)
             _write(store, report, rows, on_changed, run_id=run_id if full else None, resend=resend)
         if full:
-            _delete_missing(store, source, report, on_changed, mass_delete_share, allow_mass_delete, held)
+            if still_holds_lock is not None:
+                still_holds_lock()
+            _delete_missing(
+                store, source, report, on_changed, mass_delete_share, allow_mass_delete, held, mass_delete_window
+            )
         elif since is not None and isinstance(connector, ReadsDeletions):
+            if still_holds_lock is not None:
+                still_holds_lock()
             deletions = connector.iter_deletions(since)
             _delete_destroyed(store, source, report, deletions, on_changed, mass_delete_share, allow_mass_delete)
-    except Exception as exc:
+    except BaseException as exc:  # an interruption too: a run left `running` would claim the source for ever
         _add_notes(report, connector)
         report.outcome = "failed"
         report.error = _describe(exc)
@@ -338,15 +357,45 @@ def _write(
         on_changed(report.source, result.changed_ids)
 
 
+def _lift_tombstones(
+    store: Store, report: RunReport, rows: list[DesiredRow], on_changed: OnChanged
+) -> list[DesiredRow]:
+    """Write the listed products whose row is a deletion older than `DELETION_LISTING_LAG`, whatever the dates say;
+    return the other rows.
+
+    A webhook's topic and trigger time are not covered by its signature, so a replayed delete delivery can leave a
+    tombstone dated after the product's last edit; the ordering guard would then refuse every listing of the product
+    as stale. The shop's own listing, read well after the deletion, is the better witness: a product it still lists
+    was not deleted. A deletion younger than the lag is kept (the listing may simply lag behind), so a genuine
+    deletion does not flap back for a run."""
+    listed = [row.product_id for row in rows if not row.is_deletion]
+    lifted = store.tombstones_before(report.source, listed, report.started_at - DELETION_LISTING_LAG)
+    if not lifted:
+        return rows
+    restore = [row for row in rows if row.product_id in lifted and not row.is_deletion]
+    result = store.write_desired(restore, run_id=report.run_id, force=True)
+    report.counts["changed"] += result.changed
+    report.counts["restored"] += result.changed
+    log.warning(
+        "%s: %d product(s) deleted by a webhook are still listed by the shop; restored", report.source, result.changed
+    )
+    if result.changed_ids:
+        on_changed(report.source, result.changed_ids)
+    return [row for row in rows if row.product_id not in lifted]
+
+
 def _hold_kept_out(store: Store, source: str, rows: list[DesiredRow], held: list[DesiredRow]) -> list[DesiredRow]:
-    """The rows to write now; rows that would take a product out of the catalog for a `HELD_REASONS` reason go to
-    `held`."""
-    candidates = [row.product_id for row in rows if row.skip_reason in HELD_REASONS]
+    """The rows to write now; rows that would take a live product out of the catalog go to `held`.
+
+    Whatever the reason (archived in the shop, a filter, no usable image, data the catalog would refuse), a full run
+    removes through the deletion brake: a shop that suddenly lists every product archived or unusable, a filter typo
+    or an image host that is down must not empty the catalog without an operator's word."""
+    candidates = [row.product_id for row in rows if row.is_deletion]
     live = store.live_ids(source, candidates) if candidates else set()
     if not live:
         return rows
-    held.extend(row for row in rows if row.skip_reason in HELD_REASONS and row.product_id in live)
-    return [row for row in rows if not (row.skip_reason in HELD_REASONS and row.product_id in live)]
+    held.extend(row for row in rows if row.is_deletion and row.product_id in live)
+    return [row for row in rows if not (row.is_deletion and row.product_id in live)]
 
 
 def _check_images(
@@ -413,29 +462,45 @@ def _delete_missing(
     default_share: float,
     allow_mass_delete: bool,
     held: Sequence[DesiredRow] = (),
+    window: float = 0.0,
 ) -> None:
-    """Delete what the run did not see (and the `held` rows), unless that is too much at once."""
+    """Delete what the run did not see (and the `held` rows), unless that is too much at once.
+
+    The brake adds up over `window` seconds: what this run would remove plus what full runs removed in the window,
+    as a share of what the source had at the window's start (wanted now plus removed since), so three runs that
+    each drop 20 % cannot take half the catalog. Removals an operator confirmed do not count against later runs."""
     missing, total = store.count_missing(source.name, report.run_id, report.started_at)
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
-    if missing and not allow_mass_delete and missing > share * total:
+    recent = store.removed_since(source.name, utcnow() - timedelta(seconds=window)) if missing and window else 0
+    over = missing > 0 and missing + recent > share * (total + recent)
+    if over and not allow_mass_delete:
         report.outcome = "deletion_blocked"
         report.deletion_blocked = (missing, total)
         report.counts["deletion_blocked"] = missing
+        if recent:
+            report.counts["removed_in_window"] = recent
         if held:
             report.counts["kept_out_held"] = len(held)
         log.warning(
-            "%s: the full run would delete %d of %d products (more than %.0f%%); nothing deleted. "
-            "If this is intended, run `catalog-sync resync %s --full --allow-mass-delete`",
+            "%s: the full run would delete %d of %d products, %d more were removed in the last %g h (more than "
+            "%.0f%% together); nothing deleted. If this is intended, run `catalog-sync resync %s --full "
+            "--allow-mass-delete`",
             source.name,
             missing,
             total,
+            recent,
+            window / 3600,
             share * 100,
             source.name,
         )
         return
+    if over:
+        report.counts[MASS_DELETE_CONFIRMED] = 1
     # The held rows first, so they are seen and keep their reason; what is left unseen the source dropped.
     if held:
+        before = report.counts["changed"]
         _write(store, report, held, on_changed, run_id=report.run_id)
+        report.counts["removed"] += report.counts["changed"] - before
     if missing == 0:
         return
     ids = store.mark_missing_for_deletion(source.name, report.run_id, report.started_at)

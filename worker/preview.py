@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from config.sources import SourceConfig
 from connectors.base import Connector, ProductDeletion, ReadsDeletions
 from ground.errors import SkippedProduct
 from worker.plan import PAGE_SIZE, WATERMARK_OVERLAP, page_rows, paged
-from worker.state import DELETED, DesiredRow, ProductRow, RunMode, Store, conflict_message
+from worker.state import DELETED, DesiredRow, ProductRow, RunMode, Store, conflict_message, utcnow
 
 # Products listed per action in the report; the counts are always complete.
 LISTED = 200
@@ -70,15 +70,18 @@ def preview_source(
     *,
     mode: RunMode,
     mass_delete_share: float,
+    mass_delete_window: float = 0.0,
     since: datetime | None = None,
     page_size: int = PAGE_SIZE,
 ) -> Preview:
-    """What `plan_source` would do with the same stream, without doing it."""
+    """What `plan_source` would do with the same stream, without doing it (the deletion brake counted the same
+    way: every live product the run would take out, plus the removals of full runs in the window)."""
     if mode == "incremental" and since is None:
         watermark = store.last_watermark(source.name)
         since = watermark - WATERMARK_OVERLAP if watermark is not None else None
     preview = Preview(source.name, mode)
     seen: set[str] = set()
+    taken_out = 0
     for page in paged(connector.iter_products(since), page_size):
         rows = page_rows(page, source, Counter())
         stored = store.desired_view(source.name, [row.product_id for row in rows])
@@ -86,10 +89,15 @@ def preview_source(
         refused = store.foreign_owners(source.account, live)
         for row in rows:
             seen.add(row.product_id)
-            _judge(preview, row, stored.get(row.product_id), refused.get(row.external_id))
+            old = stored.get(row.product_id)
+            if row.is_deletion and old is not None and old.desired_hash != DELETED:
+                taken_out += 1
+            _judge(preview, row, old, refused.get(row.external_id))
         preview.counts["skip"] += sum(1 for item in page if _without_id(item))
     if mode == "full":
-        _missing(store, preview, source, seen, mass_delete_share)
+        since_window = utcnow() - timedelta(seconds=mass_delete_window)
+        recent = store.removed_since(source.name, since_window) if mass_delete_window else 0
+        _missing(store, preview, source, seen, mass_delete_share, taken_out, recent)
     elif since is not None and isinstance(connector, ReadsDeletions):
         _destroyed(store, preview, source, connector.iter_deletions(since), mass_delete_share)
     return preview
@@ -162,12 +170,21 @@ def changed_fields(old: ProductRow, new: Mapping[str, Any]) -> list[str]:
     return fields
 
 
-def _missing(store: Store, preview: Preview, source: SourceConfig, seen: set[str], default_share: float) -> None:
+def _missing(
+    store: Store,
+    preview: Preview,
+    source: SourceConfig,
+    seen: set[str],
+    default_share: float,
+    taken_out: int = 0,
+    recent: int = 0,
+) -> None:
     wanted = store.wanted_rows(source.name)
     gone = [(pid, external_id) for pid, external_id in wanted if pid not in seen]
     share = source.mass_delete_share if source.mass_delete_share is not None else default_share
-    if gone and len(gone) > share * len(wanted):
-        preview.deletion_blocked = (len(gone), len(wanted))
+    removals = len(gone) + taken_out
+    if removals and removals + recent > share * (len(wanted) + recent):
+        preview.deletion_blocked = (removals, len(wanted))
         return
     for pid, external_id in gone:
         preview.add("delete", Change(pid, external_id, "removed_from_source"))

@@ -58,6 +58,13 @@ DELETED = "deleted"
 UNKNOWN = "unknown"
 # Why a product is kept out of the catalog: its externalId belongs to another (source, product) of the account.
 EXTERNAL_ID_CONFLICT = "external_id_conflict"
+# A run count set when an operator confirmed the run's removals past the deletion brake: the brake's window starts
+# afresh after it.
+MASS_DELETE_CONFIRMED = "mass_delete_confirmed"
+# The error of a run left `running` by a sync whose process stopped: the next holder of the lock records it.
+ABANDONED_RUN = "abandoned: the process holding the lock stopped"
+# The error of a run left `running` when an operator cleared the lock (`catalog-sync unlock`).
+UNLOCKED_RUN = "abandoned: the lock was cleared by an operator (catalog-sync unlock)"
 # SQLite waits this long for a competing writer before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option marking a connection whose transactions only read (SQLite begins them deferred).
@@ -335,6 +342,17 @@ class CatalogOwner:
     desired_hash: str | None
     synced_hash: str | None
     payload: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockResult:
+    """What clearing a source's sync lock did: whether it was cleared, whether a live lease held it then, and
+    how many runs it left `running` were marked failed."""
+
+    cleared: bool
+    live: bool
+    lease_until: datetime | None
+    runs_failed: int
 
 
 class Store:
@@ -711,6 +729,21 @@ class Store:
             )
             return sorted(session.scalars(query))
 
+    def tombstones_before(self, source: str, product_ids: Sequence[str], before: datetime) -> set[str]:
+        """Those of `product_ids` whose desired state is a deletion recorded before `before` (not a product kept
+        out for a reason of ours, which a run rewrites as it reads)."""
+        if not product_ids:
+            return set()
+        with self.read_session() as session:
+            query = select(ProductRow.product_id).where(
+                ProductRow.source == source,
+                ProductRow.product_id.in_(list(product_ids)),
+                ProductRow.desired_hash == DELETED,
+                ProductRow.skip_reason.is_(None),
+                ProductRow.changed_at < before,
+            )
+            return set(session.scalars(query))
+
     def skipped(self, source: str | None = None, limit: int = 1000) -> list[ProductRow]:
         """Products kept out of the catalog on purpose (filtered, no usable images, bad source data), with why."""
         query = select(ProductRow).where(ProductRow.status == "skipped").order_by(ProductRow.source).limit(limit)
@@ -1076,7 +1109,12 @@ class Store:
             )
 
     def acquire_sync_lock(self, source: str, *, seconds: float) -> str | None:
-        """Take the source's sync lock; a token to release it, or None when another sync holds it."""
+        """Take the source's sync lock for a lease of `seconds`; a token to renew and release it, or None when
+        another sync holds a live lease.
+
+        Only a lock holder runs full and incremental runs, so such a run still `running` when the lock is taken
+        was left by a holder that stopped (killed, or its lease ran out): it is marked failed in the same
+        transaction, and `status` says so instead of showing it running for ever."""
         now = utcnow()
         token = uuid.uuid4().hex
         with self.session() as session:
@@ -1090,7 +1128,22 @@ class Store:
                 .values(sync_lock_until=now + timedelta(seconds=seconds), sync_lock_token=token)
                 .returning(SourceStateRow.source)
             ).first()
-        return token if result is not None else None
+            if result is None:
+                return None
+            self._fail_abandoned_runs(session, source, ABANDONED_RUN, now=now)
+        return token
+
+    def renew_sync_lock(self, source: str, token: str, *, seconds: float) -> bool:
+        """Extend the lease of a lock this token holds; False when it is no longer held with this token (it
+        expired and another sync took it, or an operator cleared it): the caller must stop writing."""
+        with self.session() as session:
+            result = session.execute(
+                update(SourceStateRow)
+                .where(SourceStateRow.source == source, SourceStateRow.sync_lock_token == token)
+                .values(sync_lock_until=utcnow() + timedelta(seconds=seconds))
+                .returning(SourceStateRow.source)
+            ).first()
+        return result is not None
 
     def release_sync_lock(self, source: str, token: str) -> None:
         with self.session() as session:
@@ -1099,6 +1152,31 @@ class Store:
                 .where(SourceStateRow.source == source, SourceStateRow.sync_lock_token == token)
                 .values(sync_lock_until=None, sync_lock_token=None)
             )
+
+    def clear_sync_lock(self, source: str, *, force: bool = False) -> UnlockResult:
+        """The operator's way out (`catalog-sync unlock`): free the source's lock and mark the runs it left
+        `running` as failed. A lock whose lease a live sync keeps renewing is left alone unless `force`."""
+        now = utcnow()
+        with self.session() as session:
+            row = session.get(SourceStateRow, source)
+            lease_until = row.sync_lock_until if row is not None else None
+            live = lease_until is not None and lease_until > now
+            if live and not force:
+                return UnlockResult(cleared=False, live=True, lease_until=lease_until, runs_failed=0)
+            if row is not None:
+                row.sync_lock_until = row.sync_lock_token = None
+            failed = self._fail_abandoned_runs(session, source, UNLOCKED_RUN, now=now)
+        return UnlockResult(cleared=True, live=live, lease_until=lease_until, runs_failed=failed)
+
+    @staticmethod
+    def _fail_abandoned_runs(session: Session, source: str, error: str, *, now: datetime) -> int:
+        result = session.execute(
+            update(RunRow)
+            .where(RunRow.source == source, RunRow.outcome == "running", RunRow.mode.in_(("full", "incremental")))
+            .values(outcome="failed", finished_at=now, error=error)
+            .returning(RunRow.id)
+        )
+        return len(result.all())
 
     def defer_sync(self, source: str, mode: str, *, reason: str) -> str:
         """Remember a sync that could not start because another holds the lock; returns the mode that now waits
@@ -1130,6 +1208,7 @@ class Store:
         if row is None:
             return {"running": False, "waiting": None}
         running = row.sync_lock_until is not None and row.sync_lock_until > now
+        lease_until = row.sync_lock_until.isoformat() if running and row.sync_lock_until else None
         waiting = None
         if row.deferred_mode is not None:
             waiting = {
@@ -1137,7 +1216,7 @@ class Store:
                 "since": row.deferred_at.isoformat() if row.deferred_at else None,
                 "reason": row.deferred_reason,
             }
-        return {"running": running, "waiting": waiting}
+        return {"running": running, "lease_until": lease_until, "waiting": waiting}
 
     def source_pause(self, source: str, *, now: datetime | None = None) -> str | None:
         """The reason pushes of this source are paused, or None."""
@@ -1181,6 +1260,28 @@ class Store:
                     RunRow.source == source, RunRow.outcome == "completed", RunRow.mode.in_(("full", "incremental"))
                 )
             )
+
+    def removed_since(self, source: str, since: datetime) -> int:
+        """Products that full runs of the source finished since `since` took out of the catalog (their `removed`
+        count): the deletion brake's window. An operator's confirmation past the brake starts the window afresh:
+        what the confirmed run and the runs before it removed no longer counts."""
+        query = (
+            select(RunRow.counts)
+            .where(
+                RunRow.source == source,
+                RunRow.mode == "full",
+                RunRow.outcome == "completed",
+                RunRow.finished_at >= since,
+            )
+            .order_by(RunRow.finished_at.desc(), RunRow.id.desc())
+        )
+        removed = 0
+        with self.read_session() as session:
+            for counts in session.scalars(query):
+                if counts.get(MASS_DELETE_CONFIRMED):
+                    break
+                removed += int(counts.get("removed", 0))
+        return removed
 
     def get_run(self, run_id: int) -> RunRow | None:
         with self.read_session() as session:
