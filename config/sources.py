@@ -13,13 +13,14 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -38,6 +39,8 @@ FeedFormat = Literal["google-merchant", "csv", "tsv", "json"]
 # Shopify (Admin GraphQL): when to read with a bulk export. "auto": full runs; "always": incremental runs too;
 # "never": always page by page.
 BulkMode = Literal["auto", "always", "never"]
+# Products per listing page; unset: the API's maximum.
+PageSize = Annotated[int | None, Field(ge=1, le=250)]
 
 # Sources sharing an account must not render the same externalId; the source's name in front keeps them apart.
 DEFAULT_EXTERNAL_ID = "{source}-{id}"
@@ -49,9 +52,6 @@ _SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # The keys a sources file may hold at its top level.
 TOP_LEVEL_KEYS = ("sources", "accounts")
-# Kinds whose products can be split by an option (`split_by`): feeds by an item attribute, shops by a product option
-# (Shopify) or a variation attribute (WooCommerce). The storefront's products.json carries no variant images.
-SPLIT_KINDS = ("feed", "shopify", "shopify-rest", "woocommerce")
 
 
 class ProductFilter(BaseModel):
@@ -86,9 +86,6 @@ class ProductFilter(BaseModel):
         return {name: values for name, values in self.model_dump().items() if values}
 
 
-# Kinds whose shop has a webhook API that `catalog-sync webhooks` can register with.
-WEBHOOK_KINDS = ("shopify", "shopify-rest", "woocommerce")
-
 # Filter fields that only one kind of source can answer; elsewhere they would silently match nothing.
 FILTER_FIELD_KINDS: dict[str, frozenset[str]] = {
     # The REST and storefront product payloads carry no collections.
@@ -98,13 +95,14 @@ FILTER_FIELD_KINDS: dict[str, frozenset[str]] = {
 }
 
 
-class SourceConfig(BaseModel):
+class SourceBase(BaseModel):
+    """The fields every kind of source takes. Each kind's model adds its own; `SourceConfig` is any of them."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Short unique name: lower-case letters, digits, '-', '_' or '.'.")
     kind: SourceKind
     url: str = Field(description="Feed path or URL; a shop's base URL.")
-    format: FeedFormat | None = None
     external_id: str = Field(
         DEFAULT_EXTERNAL_ID,
         description="Catalog externalId template: {id}, {handle}, {source}. The default cannot collide across sources.",
@@ -123,38 +121,12 @@ class SourceConfig(BaseModel):
     account: str = Field(
         DEFAULT_ACCOUNT, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="The catalog account it writes to."
     )
-    # Shop credentials; each may be "env:NAME".
-    access_token: SecretStr | None = None
-    webhook_secret: SecretStr | None = None
-    webhook_secret_previous: SecretStr | None = None
-    webhook_url: str | None = Field(
-        None, description="Where the shop delivers webhooks (`catalog-sync webhooks register` and `list` use it)."
-    )
-    consumer_key: SecretStr | None = None
-    consumer_secret: SecretStr | None = None
-    api_version: str = DEFAULT_SHOPIFY_API_VERSION
-    bulk: BulkMode = Field(
-        "auto",
-        description='Shopify: "auto" reads full runs with a bulk export and incremental runs page by page; "always" '
-        'uses bulk for incremental runs too; "never" always reads page by page.',
-    )
-    page_size: int | None = Field(None, ge=1, le=250)
     timeout: float = Field(30.0, gt=0, le=600)
-    # What goes to the catalog, and how a feed names it.
-    columns: dict[str, str] = Field(
-        default_factory=dict,
-        description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
-    )
     check_images: bool = Field(
         True, description="Check each new image URL (reachable, image/*, at most 10 MB) before it is sent."
     )
     auto_detect_image_roles: bool | None = Field(
         None, description="The catalog's autoDetectImageRoles for this source's products; omitted when unset."
-    )
-    split_by: str | None = Field(
-        None,
-        description='One catalog product per value of this attribute or option ("color"): within a feed\'s item '
-        "group, or of a Shopify product's option or a WooCommerce product's variation attribute.",
     )
     include: ProductFilter | None = Field(None, description="Only products matching this go to the catalog.")
     exclude: ProductFilter | None = Field(None, description="Products matching this stay out of the catalog.")
@@ -197,30 +169,8 @@ class SourceConfig(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check_kind(self) -> SourceConfig:
-        if (self.kind == "shopify" or self.kind == "shopify-rest") and self.access_token is None:
-            raise ValueError(f"kind {self.kind!r} needs access_token (an Admin API token with read_products)")
-        if self.kind == "woocommerce" and (self.consumer_key is None or self.consumer_secret is None):
-            raise ValueError("kind 'woocommerce' needs consumer_key and consumer_secret (a REST key with Read access)")
-        if self.format is not None and self.kind != "feed":
-            raise ValueError("format applies to kind 'feed' only")
-        return self
-
-    @model_validator(mode="after")
-    def _check_catalog_options(self) -> SourceConfig:
-        """Options that only some kinds of source can honour are refused elsewhere, not silently ignored."""
-        if self.columns and self.kind != "feed":
-            raise ValueError("columns applies to kind 'feed' only")
-        if self.bulk != "auto" and self.kind != "shopify":
-            raise ValueError(f"bulk applies to kind 'shopify' only, not {self.kind!r}")
-        if self.split_by is not None and self.kind not in SPLIT_KINDS:
-            raise ValueError(
-                f"split_by is not supported for kind {self.kind!r} (its product listing has no variant images); it "
-                f"applies to kind {', '.join(repr(kind) for kind in SPLIT_KINDS)}: use kind 'shopify' with an access "
-                "token, or remove split_by"
-            )
-        if self.split_by is not None and not self.split_by.strip():
-            raise ValueError('split_by names an attribute, e.g. "color"')
+    def _check_filters(self) -> Self:
+        """Filter fields that only some kinds of source can answer are refused elsewhere, not silently ignored."""
         for side in ("include", "exclude"):
             rules = getattr(self, side)
             for name in rules.fields() if rules is not None else ():
@@ -229,19 +179,125 @@ class SourceConfig(BaseModel):
                     raise ValueError(f"{side}.{name} applies to kind {' or '.join(sorted(kinds))}, not {self.kind!r}")
         return self
 
+
+class SplitSource(SourceBase):
+    """A kind whose products can be split by an option: feeds by an item attribute, shops by a product option
+    (Shopify) or a variation attribute (WooCommerce). The storefront's products.json carries no variant images."""
+
+    split_by: str | None = Field(
+        None,
+        description='One catalog product per value of this attribute or option ("color"): within a feed\'s item '
+        "group, or of a Shopify product's option or a WooCommerce product's variation attribute.",
+    )
+
+    @field_validator("split_by")
+    @classmethod
+    def _check_split_by(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError('split_by names an attribute, e.g. "color"')
+        return value
+
+
+class FeedSource(SplitSource):
+    kind: Literal["feed"]
+    format: FeedFormat | None = None
+    # What goes to the catalog, and how a feed names it.
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Feeds: attribute -> the feed's column name, e.g. {image_link: Foto, id: SKU}.",
+    )
+
+
+class WebhookSource(SplitSource):
+    """A shop with a webhook API that `catalog-sync webhooks` can register with ."""
+
+    # Each secret may be "env:NAME".
+    webhook_secret: SecretStr | None = None
+    webhook_secret_previous: SecretStr | None = None
+    webhook_url: str | None = Field(
+        None, description="Where the shop delivers webhooks (`catalog-sync webhooks register` and `list` use it)."
+    )
+    page_size: PageSize = None
+
     @field_validator("webhook_url")
     @classmethod
     def _check_webhook_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        kind, name = info.data.get("kind"), info.data.get("name")
-        if value is None or kind is None or name is None:  # an invalid kind or name is reported on its own
+        name = info.data.get("name")
+        if value is None or name is None:  # an invalid name is reported on its own
             return value
-        if kind not in WEBHOOK_KINDS:
-            raise ValueError(f"webhook_url applies to kind {' or '.join(WEBHOOK_KINDS)}, not {kind!r}")
         return check_webhook_url(value, name)
 
     @property
     def webhook_secrets(self) -> tuple[SecretStr, ...]:
         return tuple(s for s in (self.webhook_secret, self.webhook_secret_previous) if s is not None)
+
+
+class ShopifyAdminSource(WebhookSource):
+    """A shop read through the Admin API, GraphQL or REST, with an access token."""
+
+    access_token: SecretStr
+    api_version: str = DEFAULT_SHOPIFY_API_VERSION
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_token(cls, data: Any) -> Any:
+        # Said here rather than as pydantic's bare "Field required", with what kind of token to create.
+        if isinstance(data, Mapping) and data.get("access_token") is None:
+            raise ValueError(f"kind {data.get('kind')!r} needs access_token (an Admin API token with read_products)")
+        return data
+
+
+class ShopifySource(ShopifyAdminSource):
+    kind: Literal["shopify"]
+    bulk: BulkMode = Field(
+        "auto",
+        description='"auto" reads full runs with a bulk export and incremental runs page by page; "always" uses '
+        'bulk for incremental runs too; "never" always reads page by page.',
+    )
+
+
+class ShopifyRestSource(ShopifyAdminSource):
+    kind: Literal["shopify-rest"]
+
+
+class StorefrontSource(SourceBase):
+    """A Shopify shop's public `/products.json`: no credentials, no webhooks, no variant images."""
+
+    kind: Literal["shopify-storefront"]
+    page_size: PageSize = None
+
+
+class WooCommerceSource(WebhookSource):
+    kind: Literal["woocommerce"]
+    consumer_key: SecretStr
+    consumer_secret: SecretStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and (data.get("consumer_key") is None or data.get("consumer_secret") is None):
+            raise ValueError("kind 'woocommerce' needs consumer_key and consumer_secret (a REST key with Read access)")
+        return data
+
+
+# Any source; pydantic picks the model by `kind`. Read kind-specific fields after narrowing with isinstance.
+SourceConfig = Annotated[
+    FeedSource | ShopifySource | ShopifyRestSource | StorefrontSource | WooCommerceSource, Field(discriminator="kind")
+]
+_SOURCE_ADAPTER: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
+KIND_MODELS: dict[str, type[SourceBase]] = {
+    "feed": FeedSource,
+    "shopify": ShopifySource,
+    "shopify-rest": ShopifyRestSource,
+    "shopify-storefront": StorefrontSource,
+    "woocommerce": WooCommerceSource,
+}
+
+
+def parse_source(table: Mapping[str, Any]) -> SourceConfig:
+    """One `[[sources]]` table (secrets already resolved) as its kind's model; pydantic's `ValidationError` when
+    invalid (`parse_sources` explains it)."""
+    return _SOURCE_ADAPTER.validate_python(table)
 
 
 def resolve_env_refs(raw: Mapping[str, Any], *, source: str) -> dict[str, Any]:
@@ -279,7 +335,7 @@ def parse_sources(document: Mapping[str, Any], *, origin: str = "sources file") 
         if not isinstance(table, Mapping):
             raise ConfigError(f"{origin}: source {label} must be a table")
         try:
-            source = SourceConfig.model_validate(resolve_env_refs(table, source=label))
+            source = parse_source(resolve_env_refs(table, source=label))
         except ValidationError as exc:
             raise ConfigError(_explain(exc, label, origin)) from None
         if source.name in sources:
@@ -351,14 +407,39 @@ def _literal_ends(source: SourceConfig) -> tuple[str, str]:
 def _explain(exc: ValidationError, label: str, origin: str) -> str:
     lines = [f"{origin}: source {label!r} is invalid:"]
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "(source)"
+        loc = error["loc"]
+        # Pydantic puts the kind it picked in front of the field's location; the kind is no part of the field.
+        kind = str(loc[0]) if loc and loc[0] in KIND_MODELS else None
+        field = ".".join(str(part) for part in (loc[1:] if kind is not None else loc)) or "(source)"
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field; remove it or check its spelling"
         given = error.get("input")
         shown = f" (got {redact_url(given) if field == 'url' and isinstance(given, str) else given!r})"
+        if error["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            field, message = "kind", f"use one of {', '.join(repr(name) for name in KIND_MODELS)}"
+            tag = error.get("ctx", {}).get("tag")
+            shown = f" (got {tag!r})" if error["type"] == "union_tag_invalid" else ""
+        elif error["type"] == "extra_forbidden":
+            takers = [name for name, model in KIND_MODELS.items() if field in model.model_fields]
+            if kind is not None and takers:
+                lines.append(f"  {_foreign_field(field, kind, takers)}")
+                continue
+            message = "unknown field; remove it or check its spelling"
         # A misspelled field may be a misspelled secret: its value is never echoed, nor a secret's, nor a table's.
         if field in _SECRET_FIELDS or field == "(source)" or error["type"] == "extra_forbidden":
             shown = ""
         lines.append(f"  {field}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _foreign_field(field: str, kind: str, takers: list[str]) -> str:
+    """Why a field of other kinds of source is refused on this one, and the fix."""
+    if field == "split_by":
+        return (
+            f"split_by is not supported for kind {kind!r} (its product listing has no variant images); it applies "
+            f"to kind {', '.join(repr(name) for name in takers)}: use kind 'shopify' with an access token, or "
+            "remove split_by"
+        )
+    return (
+        f"{field} applies to kind {' or '.join(repr(name) for name in takers)} only, not {kind!r}: remove it, or "
+        "check the source's kind"
+    )

@@ -27,7 +27,7 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, SplitSource
 from connectors.base import ImageRef, SourceProduct, Variant, normalize_images
 from connectors.feed import SPLIT_SEPARATOR, normalize_field_name, split_id
 from ground.errors import SkippedProduct
@@ -58,7 +58,7 @@ def matches_option(name: str, split_by: str) -> bool:
 def splits_shop_products(source: SourceConfig) -> bool:
     """Whether `source` is a shop whose products are split by an option: their colourways converge together, from a
     read of the whole product (feeds split while they read, by item group)."""
-    return source.split_by is not None and source.kind != "feed"
+    return isinstance(source, SplitSource) and source.split_by is not None and source.kind != "feed"
 
 
 def group_of(product_id: str) -> str:

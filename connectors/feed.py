@@ -88,7 +88,7 @@ import httpx
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, iterparse
 
-from config.sources import FeedFormat, SourceConfig
+from config.sources import FeedFormat, FeedSource, SourceConfig
 from connectors.base import (
     ImageRef,
     ProductStatus,
@@ -930,7 +930,7 @@ class FeedConnector(HttpConnector):
         sleep: Sleep = time.sleep,
         clock: Callable[[], datetime] = _now,
     ) -> None:
-        if source.kind != "feed":
+        if not isinstance(source, FeedSource):
             raise ConfigError(f"source {source.name!r}: FeedConnector reads kind 'feed', not {source.kind!r}")
         self.source = source.name
         self._config = source

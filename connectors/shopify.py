@@ -40,13 +40,21 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
 
-from config.sources import BulkMode, SourceConfig
+from config.sources import (
+    BulkMode,
+    ShopifyAdminSource,
+    ShopifyRestSource,
+    ShopifySource,
+    SourceConfig,
+    StorefrontSource,
+    WebhookSource,
+)
 from connectors.base import (
     Connector,
     ImageRef,
@@ -809,10 +817,15 @@ class _CostTooHigh(Exception):
 # Connectors
 
 
-class _ShopifyBase(HttpConnector):
+# The settings model of a flavour's kind.
+_Flavour = TypeVar("_Flavour", ShopifySource, ShopifyRestSource, StorefrontSource)
+
+
+class _ShopifyBase(HttpConnector, Generic[_Flavour]):
     """What the three flavours share: the HTTP client, the source's name and settings, webhooks, closing."""
 
     kind: str = ""
+    model: type[_Flavour]
 
     def __init__(
         self,
@@ -822,11 +835,11 @@ class _ShopifyBase(HttpConnector):
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
-        if config.kind != self.kind:
+        if not isinstance(config, self.model):
             raise ConfigError(
                 f"source {config.name!r} has kind {config.kind!r}; {type(self).__name__} reads {self.kind!r}"
             )
-        self.config = config
+        self.config: _Flavour = config
         self.source = config.name
         self.shop_url = config.url.rstrip("/")
         parts = urlsplit(self.shop_url)
@@ -834,15 +847,16 @@ class _ShopifyBase(HttpConnector):
             raise ConfigError(f"source {config.name!r}: url {config.url!r} is not an http(s) shop address")
         super().__init__(client, timeout=config.timeout)
         # The Admin API root, REST and GraphQL alike (the storefront reads the shop's public pages instead).
-        self.base = f"{self.shop_url}/admin/api/{config.api_version}"
+        self.base = f"{self.shop_url}/admin/api/{config.api_version}" if isinstance(config, ShopifyAdminSource) else ""
         self._sleep = sleep
         self._clock = clock
         self._what = f"Shopify source {config.name!r}"
 
     def _headers(self) -> dict[str, str]:
         # Per request rather than on the client: a shared client must not carry one shop's token to another host.
-        token = self.config.access_token
-        return {"X-Shopify-Access-Token": token.get_secret_value()} if token is not None else {}
+        if not isinstance(self.config, ShopifyAdminSource):  # the storefront's pages are public
+            return {}
+        return {"X-Shopify-Access-Token": self.config.access_token.get_secret_value()}
 
     def _send_admin(self, method: str, url: str, *, ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
         """A request carrying the access token, which never follows a redirect.
@@ -872,7 +886,8 @@ class _ShopifyBase(HttpConnector):
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify `X-Shopify-Hmac-Sha256` over the raw bytes, then parse the product topic."""
-        check_webhook_signature(headers, body, self.config.webhook_secrets)
+        secrets = self.config.webhook_secrets if isinstance(self.config, WebhookSource) else ()
+        check_webhook_signature(headers, body, secrets)
         return parse_webhook(self.source, headers, body, shop_url=self.shop_url)
 
     def __repr__(self) -> str:
@@ -888,7 +903,7 @@ class _ShopifyBase(HttpConnector):
             ) from None
 
 
-class ShopifyGraphQL(_ShopifyBase):
+class ShopifyGraphQL(_ShopifyBase[ShopifySource]):
     """The Admin GraphQL API (`kind = "shopify"`), with bulk export.
 
     `bulk` overrides the source's `bulk` setting for this connector (the admin command's `--bulk/--no-bulk`):
@@ -899,6 +914,7 @@ class ShopifyGraphQL(_ShopifyBase):
     """
 
     kind = "shopify"
+    model = ShopifySource
 
     def __init__(
         self,
@@ -910,6 +926,7 @@ class ShopifyGraphQL(_ShopifyBase):
         clock: Clock = time.monotonic,
     ) -> None:
         super().__init__(config, client=client, sleep=sleep, clock=clock)
+        config = self.config  # a ShopifySource now: the base refused any other kind
         self.bulk: BulkMode = config.bulk if bulk is None else bulk
         self.endpoint = f"{self.base}/graphql.json"
         self.bucket = CostBucket(sleep=sleep, clock=clock)
@@ -1346,10 +1363,11 @@ class ShopifyGraphQL(_ShopifyBase):
         return Subscription(id=node["id"], topic=_rest_topic(str(node.get("topic") or "")), url=str(url or ""))
 
 
-class ShopifyRest(_ShopifyBase):
+class ShopifyRest(_ShopifyBase[ShopifyRestSource]):
     """The legacy REST Admin API (`kind = "shopify-rest"`): Link-header paging and the call-limit header."""
 
     kind = "shopify-rest"
+    model = ShopifyRestSource
 
     @property
     def _with_variants(self) -> bool:
@@ -1462,13 +1480,14 @@ class ShopifyRest(_ShopifyBase):
         )
 
 
-class ShopifyStorefront(_ShopifyBase):
+class ShopifyStorefront(_ShopifyBase[StorefrontSource]):
     """The public storefront `/products.json` (`kind = "shopify-storefront"`): no credentials, published products.
 
     Every product it lists is published, hence active. It has no updated-at filter, so `since` is applied here.
     """
 
     kind = "shopify-storefront"
+    model = StorefrontSource
 
     def _page(self, page: int, limit: int) -> ListPage:
         response = send(

@@ -57,7 +57,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 from pydantic import SecretStr
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, WooCommerceSource
 from connectors.base import (
     ImageRef,
     ProductStatus,
@@ -496,12 +496,10 @@ class WooCommerceConnector(HttpConnector):
         clock: Clock = time.time,
         nonce: Callable[[], str] | None = None,
     ) -> None:
-        if source.kind != self.kind:
+        if not isinstance(source, WooCommerceSource):
             raise SourceError(
                 f"source {source.name!r} has kind {source.kind!r}; WooCommerceConnector reads 'woocommerce'"
             )
-        if source.consumer_key is None or source.consumer_secret is None:
-            raise SourceError(f"source {source.name!r}: kind 'woocommerce' needs consumer_key and consumer_secret")
         parts = urlsplit(source.url.strip())
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise SourceError(f"source {source.name!r}: url {source.url!r} is not an http(s) store address")

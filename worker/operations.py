@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, SplitSource
 from connectors.base import SourceProduct
 from connectors.colourways import colourways, group_of, splits_shop_products
 from connectors.feed import SPLIT_SEPARATOR
@@ -221,7 +221,7 @@ def _sync_colourways(
     finally:
         connector.close()
     if product is not None:
-        assert source.split_by is not None
+        assert isinstance(source, SplitSource) and source.split_by is not None
         updated_at = product.updated_at
         rows = [row for item in colourways(product, source.split_by) if (row := _product_row(runtime, source, item))]
     present = {row.product_id for row in rows}

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, SplitSource
 from connectors.base import (
     Connector,
     ProductDeletion,
@@ -302,8 +302,9 @@ def plan_source(
     # Products in the catalog that a filter or the image check now keeps out: a full run leaves them unseen, so the
     # deletion brake counts them with the products the source dropped.
     held: list[DesiredRow] = []
+    split_by = source.split_by if isinstance(source, SplitSource) else None
     try:
-        for page in paged(split_products(connector.iter_products(since), source.split_by), page_size):
+        for page in paged(split_products(connector.iter_products(since), split_by), page_size):
             verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
             rows = page_rows(page, source, report.counts, verdicts)
             if full:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from config.settings import get_settings
-from config.sources import SourceConfig, load_sources
+from config.sources import SourceConfig, WebhookSource, load_sources
 from config.webhook_urls import check_webhook_url, webhook_path
 from connectors.base import Connector
 from connectors.subscriptions import ACTIVE, Subscription, SubscriptionApi
@@ -63,7 +63,7 @@ def target_url(source: SourceConfig, given: str | None) -> str | None:
     """The URL deliveries should reach: `--url`, else the source's `webhook_url` (None when neither is set);
     `ConfigError` when a shop could not deliver there."""
     if given is None:
-        return source.webhook_url
+        return source.webhook_url if isinstance(source, WebhookSource) else None
     try:
         return check_webhook_url(given, source.name)
     except ValueError as exc:
@@ -83,7 +83,8 @@ def required_url(source: SourceConfig, given: str | None) -> str:
 
 def require_secret(source: SourceConfig) -> None:
     """Deliveries are verified with the source's webhook secret: without one every delivery would be refused."""
-    if not any(secret.get_secret_value() for secret in source.webhook_secrets):
+    secrets = source.webhook_secrets if isinstance(source, WebhookSource) else ()
+    if not any(secret.get_secret_value() for secret in secrets):
         what = (
             "the app's client secret (API secret key), which Shopify signs every delivery with"
             if source.kind.startswith("shopify")

@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, WebhookSource
 from connectors.base import Connector, WebhookEvent, product_id_problem
 from ground.errors import InvalidSignature, SkippedProduct
 from worker.logs import Throttle, configure_logging
@@ -264,6 +264,8 @@ class Intake:
 
 
 def _usable_secrets(source: SourceConfig) -> list[str]:
+    if not isinstance(source, WebhookSource):  # a kind without webhooks takes no secret
+        return []
     return [secret.get_secret_value() for secret in source.webhook_secrets if secret.get_secret_value()]
 
 
