@@ -48,7 +48,7 @@ from bench_sync import state_database
 
 from config.rates import parse_rate
 from config.settings import Settings
-from config.sources import SourceConfig
+from config.sources import FeedSource
 from connectors.base import ImageRef, SourceProduct
 from emulators.catalog import Faults, create_app, parse_upsert
 from emulators.server import running
@@ -113,7 +113,7 @@ def main() -> None:
 
 def populate(app: Any, url: str, count: int, drift: int) -> dict[str, int]:
     """The catalog and the state agree on `count` products, then the catalog drifts."""
-    source = SourceConfig(name=SOURCE, kind="feed", url="unused.json")
+    source = FeedSource(name=SOURCE, kind="feed", url="unused.json")
     emulator = app.state.emulator
     account = emulator.accounts[API_KEY]
     store = Store.from_url(url)

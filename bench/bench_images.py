@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from config.sources import SourceConfig
+from config.sources import FeedSource
 from connectors.feed import FeedConnector
 from emulators import images as image_host
 from emulators.server import running
@@ -63,7 +63,7 @@ def feed_items(base: str, products: int, images: int, dead: float, seed: int, ve
 
 def plan_pass(store: Store, feed: Path) -> tuple[int, int, int, int]:
     """One full sync's planning with the check: (image URLs in the feed, distinct URLs, cache hits, requests)."""
-    source = SourceConfig(name=SOURCE, kind="feed", url=str(feed), format="json")
+    source = FeedSource(name=SOURCE, kind="feed", url=str(feed), format="json")
     connector = FeedConnector(source)
     with ImageChecker(store, host_rate=HOST_RATE) as checker:
         try:

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from config.sources import BulkMode, SourceConfig
+from config.sources import BulkMode, ShopifySource
 from connectors.base import SourceProduct
 from connectors.shopify import ShopifyGraphQL
 from emulators.server import free_port
@@ -101,7 +101,7 @@ def requests_answered(body: dict[str, Any]) -> int:
 
 def read_pass(url: str, name: str, bulk: BulkMode, products: int, seed: int) -> Pass:
     httpx.post(f"{url}/_emulator/reset", json={"products": products, "seed": seed}, timeout=120.0).raise_for_status()
-    source = SourceConfig(name="bench", kind="shopify", url=url, access_token=SecretStr(TOKEN), timeout=300.0)
+    source = ShopifySource(name="bench", kind="shopify", url=url, access_token=SecretStr(TOKEN), timeout=300.0)
     connector = ShopifyGraphQL(source, bulk=bulk)
     read = 0
     cpu = time.process_time()

@@ -49,7 +49,7 @@ from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
 
 from config.settings import Settings
-from config.sources import SourceConfig
+from config.sources import FeedSource
 from connectors.feed import FeedConnector
 from emulators.catalog import PRODUCTS_PATH, CatalogEmulator, Faults, create_app
 from emulators.server import running
@@ -177,7 +177,7 @@ def sources_toml(feed: Path, interval: float) -> str:
 
 def upsert_bodies(feed: Path) -> list[bytes]:
     """The exact request bodies the sync sends for this feed, built by the same functions, ahead of any clock."""
-    source = SourceConfig(name=SOURCE, kind="feed", url=str(feed), format="google-merchant")
+    source = FeedSource(name=SOURCE, kind="feed", url=str(feed), format="google-merchant")
     connector = FeedConnector(source)
     bodies: list[bytes] = []
     try:

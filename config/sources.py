@@ -49,6 +49,12 @@ DEFAULT_SHOPIFY_API_VERSION = "2025-07"
 _TEMPLATE_FIELD = re.compile(r"\{(\w*)\}")
 TEMPLATE_VARIABLES = frozenset({"id", "handle", "source"})
 _SECRET_FIELDS = ("access_token", "webhook_secret", "webhook_secret_previous", "consumer_key", "consumer_secret")
+# What a missing credential is, said instead of pydantic's bare "Field required".
+_CREDENTIALS = {
+    "access_token": "access_token (an Admin API token with read_products)",
+    "consumer_key": "consumer_key and consumer_secret (a REST key with Read access)",
+    "consumer_secret": "consumer_key and consumer_secret (a REST key with Read access)",
+}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # The keys a sources file may hold at its top level.
 TOP_LEVEL_KEYS = ("sources", "accounts")
@@ -208,16 +214,25 @@ class FeedSource(SplitSource):
     )
 
 
-class WebhookSource(SplitSource):
-    """A shop with a webhook API that `catalog-sync webhooks` can register with ."""
+class ShopSource(SourceBase):
+    """A shop: listed page by page, and it may deliver webhooks signed with the source's secret."""
 
-    # Each secret may be "env:NAME".
+    # Each secret may be "env:NAME". The previous one still verifies deliveries while the secret is rotated.
     webhook_secret: SecretStr | None = None
     webhook_secret_previous: SecretStr | None = None
+    page_size: PageSize = None
+
+    @property
+    def webhook_secrets(self) -> tuple[SecretStr, ...]:
+        return tuple(s for s in (self.webhook_secret, self.webhook_secret_previous) if s is not None)
+
+
+class WebhookSource(ShopSource, SplitSource):
+    """A shop with a webhook API that `catalog-sync webhooks` can register with; its products can be split."""
+
     webhook_url: str | None = Field(
         None, description="Where the shop delivers webhooks (`catalog-sync webhooks register` and `list` use it)."
     )
-    page_size: PageSize = None
 
     @field_validator("webhook_url")
     @classmethod
@@ -227,24 +242,12 @@ class WebhookSource(SplitSource):
             return value
         return check_webhook_url(value, name)
 
-    @property
-    def webhook_secrets(self) -> tuple[SecretStr, ...]:
-        return tuple(s for s in (self.webhook_secret, self.webhook_secret_previous) if s is not None)
-
 
 class ShopifyAdminSource(WebhookSource):
     """A shop read through the Admin API, GraphQL or REST, with an access token."""
 
     access_token: SecretStr
     api_version: str = DEFAULT_SHOPIFY_API_VERSION
-
-    @model_validator(mode="before")
-    @classmethod
-    def _needs_token(cls, data: Any) -> Any:
-        # Said here rather than as pydantic's bare "Field required", with what kind of token to create.
-        if isinstance(data, Mapping) and data.get("access_token") is None:
-            raise ValueError(f"kind {data.get('kind')!r} needs access_token (an Admin API token with read_products)")
-        return data
 
 
 class ShopifySource(ShopifyAdminSource):
@@ -260,24 +263,16 @@ class ShopifyRestSource(ShopifyAdminSource):
     kind: Literal["shopify-rest"]
 
 
-class StorefrontSource(SourceBase):
-    """A Shopify shop's public `/products.json`: no credentials, no webhooks, no variant images."""
+class StorefrontSource(ShopSource):
+    """A Shopify shop's public `/products.json`: no credentials, no webhook API, no variant images."""
 
     kind: Literal["shopify-storefront"]
-    page_size: PageSize = None
 
 
 class WooCommerceSource(WebhookSource):
     kind: Literal["woocommerce"]
     consumer_key: SecretStr
     consumer_secret: SecretStr
-
-    @model_validator(mode="before")
-    @classmethod
-    def _needs_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and (data.get("consumer_key") is None or data.get("consumer_secret") is None):
-            raise ValueError("kind 'woocommerce' needs consumer_key and consumer_secret (a REST key with Read access)")
-        return data
 
 
 # Any source; pydantic picks the model by `kind`. Read kind-specific fields after narrowing with isinstance.
@@ -424,6 +419,8 @@ def _explain(exc: ValidationError, label: str, origin: str) -> str:
                 lines.append(f"  {_foreign_field(field, kind, takers)}")
                 continue
             message = "unknown field; remove it or check its spelling"
+        elif error["type"] == "missing" and kind is not None and field in _CREDENTIALS:
+            message = f"kind {kind!r} needs {_CREDENTIALS[field]}"
         # A misspelled field may be a misspelled secret: its value is never echoed, nor a secret's, nor a table's.
         if field in _SECRET_FIELDS or field == "(source)" or error["type"] == "extra_forbidden":
             shown = ""

@@ -53,7 +53,6 @@ from config.sources import (
     ShopifySource,
     SourceConfig,
     StorefrontSource,
-    WebhookSource,
 )
 from connectors.base import (
     Connector,
@@ -886,8 +885,7 @@ class _ShopifyBase(HttpConnector, Generic[_Flavour]):
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Verify `X-Shopify-Hmac-Sha256` over the raw bytes, then parse the product topic."""
-        secrets = self.config.webhook_secrets if isinstance(self.config, WebhookSource) else ()
-        check_webhook_signature(headers, body, secrets)
+        check_webhook_signature(headers, body, self.config.webhook_secrets)
         return parse_webhook(self.source, headers, body, shop_url=self.shop_url)
 
     def __repr__(self) -> str:

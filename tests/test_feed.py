@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import emulators
-from config.sources import SourceConfig
+from config.sources import FeedSource, parse_source
 from connectors import build_connector
 from connectors.base import ImageRef, SourceProduct
 from connectors.feed import (
@@ -66,7 +66,7 @@ def _close_connectors() -> Iterator[None]:
 
 def feed_connector(url: str | Path, *, name: str = "shop-feed", **options: object) -> FeedConnector:
     fmt = options.pop("format", None)
-    source = SourceConfig.model_validate({"name": name, "kind": "feed", "url": str(url), "format": fmt})
+    source = parse_source({"name": name, "kind": "feed", "url": str(url), "format": fmt})
     connector = FeedConnector(source, **options)  # type: ignore[arg-type]
     _opened.append(connector)
     return connector
@@ -744,7 +744,7 @@ def test_items_before_a_break_are_yielded_then_the_read_fails() -> None:
 
 
 def test_build_connector_makes_a_feed_connector_from_a_source() -> None:
-    source = SourceConfig(name="demo", kind="feed", url=str(DEMO_FEED))
+    source = FeedSource(name="demo", kind="feed", url=str(DEMO_FEED))
 
     connector = build_connector(source)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from config.sources import SourceConfig, parse_sources
+from config.sources import parse_source, parse_sources
 from connectors.base import SourceProduct
 from connectors.feed import ColumnMap, FeedConnector, normalize_field_name, read_delimited_records
 from ground.errors import ConfigError, SkippedProduct, SourceError
@@ -24,7 +24,7 @@ M5ZOON_FEED = FIXTURES / "feeds" / "m5zoon-products-feed" / "products-feed.csv"
 
 
 def read(path: Path, **fields: Any) -> tuple[dict[str, SourceProduct], list[SkippedProduct]]:
-    source = SourceConfig.model_validate({"name": "shop-feed", "kind": "feed", "url": str(path), **fields})
+    source = parse_source({"name": "shop-feed", "kind": "feed", "url": str(path), **fields})
     feed = FeedConnector(source)
     try:
         products, skipped = read_all(feed, None)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from config.sources import FeedFormat, SourceConfig
+from config.sources import FeedFormat, FeedSource
 from connectors.base import SkippedProduct, SourceProduct
 from connectors.feed import FeedConnector
 from ground.errors import SourceError
@@ -47,7 +47,7 @@ def feed_file(content: bytes, suffix: str) -> Iterator[Path]:
 def read_document(content: bytes, fmt: FeedFormat | None, suffix: str = ".dat") -> Outcome:
     """Read a document through the real connector; `read` when it yielded, `refused` when it failed cleanly."""
     with feed_file(content, suffix) as path:
-        source = SourceConfig(name="fuzz", kind="feed", url=str(path), format=fmt)
+        source = FeedSource(name="fuzz", kind="feed", url=str(path), format=fmt)
         connector = FeedConnector(source)
         try:
             check_items(connector.iter_products(None), source)
@@ -165,7 +165,7 @@ def test_an_external_dtd_is_never_fetched() -> None:
         document = EXTERNAL_DTD.replace("http://127.0.0.1:9/evil.dtd", marker.as_uri())
         document = document.replace("<channel/>", "<channel><item><g:id>1</g:id><g:title>t</g:title></item></channel>")
         with feed_file(document.encode(), ".xml") as path:
-            source = SourceConfig(name="fuzz", kind="feed", url=str(path))
+            source = FeedSource(name="fuzz", kind="feed", url=str(path))
             connector = FeedConnector(source)
             items = check_items(connector.iter_products(None), source)
             connector.close()
@@ -196,7 +196,7 @@ def test_products_read_from_hostile_text_keep_their_good_neighbours() -> None:
         f"<g:id>ctl\tid</g:id><g:title>{'T' * 100_000}</g:title><g:image_link>{IMAGE}</g:image_link>",
     ]
     with feed_file(rss(good[:2] + bad + good[2:]), ".xml") as path:
-        source = SourceConfig(name="fuzz", kind="feed", url=str(path))
+        source = FeedSource(name="fuzz", kind="feed", url=str(path))
         connector = FeedConnector(source)
         items = check_items(connector.iter_products(None), source)
         connector.close()

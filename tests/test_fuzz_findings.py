@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from config.sources import SourceConfig
+from config.sources import FeedSource
 from connectors import feed as feed_module
 from connectors.base import SourceProduct, html_to_text
 from connectors.feed import FeedConnector
@@ -169,7 +169,7 @@ def gzip_feed(path: Path, *, item_bytes: int, items: int = 1) -> Path:
 
 
 def read(path: Path) -> list[object]:
-    connector = FeedConnector(SourceConfig(name="f", kind="feed", url=str(path), format="google-merchant"))
+    connector = FeedConnector(FeedSource(name="f", kind="feed", url=str(path), format="google-merchant"))
     try:
         return list(connector.iter_products(None))
     finally:
@@ -227,7 +227,7 @@ def redirecting_site() -> Iterator[str]:
 
 
 def test_a_redirect_targets_body_is_never_quoted_in_the_error(redirecting_site: str) -> None:
-    connector = FeedConnector(SourceConfig(name="f", kind="feed", url=f"{redirecting_site}/feed.xml"))
+    connector = FeedConnector(FeedSource(name="f", kind="feed", url=f"{redirecting_site}/feed.xml"))
     try:
         with pytest.raises(SourceError) as caught:
             list(connector.iter_products(None))
@@ -249,7 +249,7 @@ def test_a_public_feed_redirecting_to_a_private_address_is_refused(target: str) 
         requested.append(str(request.url))
         return httpx.Response(302, headers={"Location": target})
 
-    source = SourceConfig(name="f", kind="feed", url="https://93.184.215.14/feed.xml")
+    source = FeedSource(name="f", kind="feed", url="https://93.184.215.14/feed.xml")
     connector = FeedConnector(source, client=httpx.Client(transport=httpx.MockTransport(handler)))
 
     with pytest.raises(SourceError, match="redirected to a private address"):

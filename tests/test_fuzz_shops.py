@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from config.sources import SourceConfig
+from config.sources import ShopifyRestSource, ShopifySource, SourceConfig, StorefrontSource, WooCommerceSource
 from connectors import build_connector, shopify, woocommerce
 from connectors.base import WebhookEvent, product_id_problem
 from ground.errors import InvalidSignature, SkippedProduct, SourceError
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.timeout(60)
 
 T = TypeVar("T")
 SECRET = "fuzz-webhook-secret"
-SHOPIFY = SourceConfig(name="shop", kind="shopify", url="https://fuzz.myshopify.com", access_token=SecretStr("t"))
-WOO = SourceConfig(
+SHOPIFY = ShopifySource(name="shop", kind="shopify", url="https://fuzz.myshopify.com", access_token=SecretStr("t"))
+WOO = WooCommerceSource(
     name="woo",
     kind="woocommerce",
     url="https://woo.example",
@@ -333,12 +333,12 @@ HOSTILE_ANSWERS = {
         [{"id": "²"}, {"id": 3, "name": "a\u0000b", "date_modified_gmt": "0001-01-01T00:00:00", "images": "x"}]
     ).encode(),
 }
-KINDS = {
-    "shopify": SourceConfig(name="s", kind="shopify", url="https://fuzz.myshopify.com", access_token=SecretStr("t")),
-    "shopify-rest": SourceConfig(
+KINDS: dict[str, SourceConfig] = {
+    "shopify": ShopifySource(name="s", kind="shopify", url="https://fuzz.myshopify.com", access_token=SecretStr("t")),
+    "shopify-rest": ShopifyRestSource(
         name="s", kind="shopify-rest", url="https://fuzz.myshopify.com", access_token=SecretStr("t")
     ),
-    "shopify-storefront": SourceConfig(name="s", kind="shopify-storefront", url="https://fuzz.myshopify.com"),
+    "shopify-storefront": StorefrontSource(name="s", kind="shopify-storefront", url="https://fuzz.myshopify.com"),
     "woocommerce": WOO,
 }
 

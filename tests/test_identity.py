@@ -13,7 +13,7 @@ import httpx
 import pytest
 import sqlalchemy
 
-from config.sources import SourceConfig, load_sources, parse_sources, template_collisions
+from config.sources import FeedSource, SourceConfig, load_sources, parse_sources, template_collisions
 from emulators.server import running
 from tests.sync_helpers import SyncWorld, feed_item, invoke_cli, sync_world, write_feed
 from tests.webhooks_support import SHOPIFY_SECRET, shopify_headers, shopify_product
@@ -174,7 +174,7 @@ def test_the_default_template_keeps_two_sources_apart(tmp_path: Path, database_u
         full(world, "b")
 
         assert sorted(world.catalog_products()) == ["a-395", "b-395"]
-        assert SourceConfig(name="x", kind="feed", url="f").external_id == "{source}-{id}"
+        assert FeedSource(name="x", kind="feed", url="f").external_id == "{source}-{id}"
 
 
 def test_templates_that_can_collide_are_warned_about_and_separated_ones_are_not(

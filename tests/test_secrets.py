@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config.settings import Settings
-from config.sources import SourceConfig, parse_sources
+from config.sources import FeedSource, ShopifySource, SourceConfig, parse_sources
 from emulators import catalog as catalog_emulator
 from emulators import shopify as shopify_emulator
 from emulators import woocommerce as woo_emulator
@@ -95,15 +95,24 @@ def test_the_reprs_of_settings_runtime_and_sources_show_no_password(clean_env: N
         catalog_api_key=SecretStr(CATALOG_KEY),
     )
     pg = Settings(database_url=f"postgresql+psycopg://catalog:{DB_PASSWORD}@db.example/catalog")
-    source = SourceConfig(
+    source = FeedSource(
         name="feed",
         kind="feed",
         url=f"https://{FEED_USER}:{FEED_PASSWORD}@feeds.example/f.xml?key={FEED_KEY}",
+    )
+    shop = ShopifySource(
+        name="shop",
+        kind="shopify",
+        url="https://s.example",
+        access_token=SecretStr(SHOP_TOKEN),
         webhook_secret=SecretStr(SHOP_WEBHOOK),
     )
-    runtime = Runtime(settings, {"feed": source}, Store.from_url(settings.database_url), build_limiter(settings))
+    sources: dict[str, SourceConfig] = {"feed": source, "shop": shop}
+    runtime = Runtime(settings, sources, Store.from_url(settings.database_url), build_limiter(settings))
     try:
-        shown = " ".join([repr(settings), str(settings), repr(pg), repr(runtime), repr(source), str(source)])
+        shown = " ".join(
+            [repr(settings), str(settings), repr(pg), repr(runtime), repr(source), str(source), repr(shop), str(shop)]
+        )
     finally:
         runtime.close()
 

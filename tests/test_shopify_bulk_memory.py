@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from config.sources import SourceConfig
+from config.sources import ShopifySource
 from connectors.base import SourceProduct
 from connectors.shopify import ShopifyGraphQL
 from emulators.server import free_port
@@ -64,7 +64,7 @@ def emulator_process(products: int) -> Iterator[str]:
 def peak_of_bulk_export(products: int) -> tuple[int, int]:
     """(products read, tracemalloc peak in bytes) of one full bulk read of an emulated shop of `products`."""
     with emulator_process(products) as url:
-        source = SourceConfig(name="bulk", kind="shopify", url=url, access_token=SecretStr("shpat_test"))
+        source = ShopifySource(name="bulk", kind="shopify", url=url, access_token=SecretStr("shpat_test"))
         connector = ShopifyGraphQL(
             source, bulk="always", sleep=lambda seconds: time.sleep(min(seconds, POLL_SLEEP_CAP))
         )

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from config.sources import BulkMode, SourceConfig, parse_sources
+from config.sources import BulkMode, SourceConfig, parse_source, parse_sources
 from connectors.base import Connector, ProductDeletion, ReadsDeletions, SourceProduct
 from connectors.shopify import (
     BULK_BUSY_RETRIES,
@@ -60,7 +60,7 @@ def config(kind: str = "shopify", **extra: Any) -> SourceConfig:
     values: dict[str, Any] = {"name": "acme", "kind": kind, "url": SHOP, **extra}
     if kind != "shopify-storefront":
         values.setdefault("access_token", SecretStr(TOKEN))
-    return SourceConfig(**values)
+    return parse_source(values)
 
 
 def mock(handler: Handler) -> httpx.Client:
@@ -1077,7 +1077,7 @@ class Emulator:
         values: dict[str, Any] = {"name": "emulated", "kind": kind, "url": self.url, **extra}
         if kind != "shopify-storefront":
             values.setdefault("access_token", SecretStr(EMULATOR_TOKEN))
-        return SourceConfig(**values)
+        return parse_source(values)
 
     def connector(self, kind: str, *, bulk: BulkMode | None = None, **extra: Any) -> Any:
         source = self.source(kind, **extra)

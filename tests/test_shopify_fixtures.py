@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, parse_source
 from connectors.base import ImageRef, SourceProduct
 from connectors.shopify import (
     ShopifyGraphQL,
@@ -46,7 +46,7 @@ def product(item: SourceProduct | SkippedProduct) -> SourceProduct:
 
 
 def source(kind: str = "shopify-rest", **extra: Any) -> SourceConfig:
-    return SourceConfig(name="acme", kind=kind, url=SHOP, access_token=SecretStr("shpat_test"), **extra)
+    return parse_source({"name": "acme", "kind": kind, "url": SHOP, "access_token": SecretStr("shpat_test"), **extra})
 
 
 def serving(body: bytes, content_type: str = "application/json") -> httpx.Client:

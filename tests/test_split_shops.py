@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from config.sources import parse_sources
+from config.sources import ShopifySource, SplitSource, parse_sources
 from connectors.base import ImageRef, SourceProduct, Variant
 from connectors.colourways import colourways, matches_option
 from connectors.shopify import ShopifyGraphQL, normalize_rest_product
@@ -163,6 +163,7 @@ def test_split_by_is_accepted_for_shop_kinds(kind: str) -> None:
 
     (source,) = parse_sources(document).values()
 
+    assert isinstance(source, SplitSource)
     assert source.split_by == "Color"
 
 
@@ -496,8 +497,9 @@ def test_a_woocommerce_webhook_for_a_split_product_converges_every_colourway(sho
 def test_only_a_splitting_source_pays_for_options_and_variants_in_its_query_cost(shops: Shops) -> None:
     for _ in range(6):
         shopify_dress(shops.shopify)
-    plain = shops.world.runtime.sources["shopify"].model_copy(update={"split_by": None})
     splitting = shops.world.runtime.sources["shopify"]
+    assert isinstance(splitting, ShopifySource)
+    plain = splitting.model_copy(update={"split_by": None})
     sizes: dict[str, int] = {}
 
     for name, source in (("plain", plain), ("splitting", splitting)):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from config.sources import SourceConfig
+from config.sources import ShopifySource
 from connectors.base import ImageRef, SourceProduct, WebhookEvent
 from worker.webhook_decision import (
     DELETION_AFTER_STORED,
@@ -23,7 +23,7 @@ from worker.webhook_decision import (
 )
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-SOURCE = SourceConfig(
+SOURCE = ShopifySource(
     name="shop", kind="shopify", url="https://shop.example", access_token="t", webhook_secret="s", external_id="{id}"
 )
 

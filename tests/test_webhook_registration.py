@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from config.sources import SourceConfig
+from config.sources import ShopifySource, SourceConfig, WooCommerceSource, parse_source
 from connectors import build_connector
 from connectors.subscriptions import SubscriptionApi
 from emulators import shopify as shopify_emulator
@@ -54,7 +54,7 @@ def shop(request: pytest.FixtureRequest) -> Iterator[Shop]:
     if flavour == "woocommerce":
         app = woo_emulator.create_app(products=2, key_permissions="read_write")
         with running(app) as server:
-            source = SourceConfig(
+            source: SourceConfig = WooCommerceSource(
                 name=SOURCE,
                 kind="woocommerce",
                 url=server.url,
@@ -67,13 +67,15 @@ def shop(request: pytest.FixtureRequest) -> Iterator[Shop]:
     kind, _, version = flavour.partition("-2")
     app = shopify_emulator.create_app(products=2)
     with running(app) as server:
-        source = SourceConfig(
-            name=SOURCE,
-            kind="shopify-rest" if kind == "shopify-rest" else "shopify",
-            url=server.url,
-            access_token=SecretStr(shopify_emulator.DEFAULT_ACCESS_TOKEN),
-            webhook_secret=SecretStr(shopify_emulator.DEFAULT_APP_SECRET),
-            api_version=f"2{version}" if version else shopify_emulator.DEFAULT_API_VERSION,
+        source = parse_source(
+            {
+                "name": SOURCE,
+                "kind": "shopify-rest" if kind == "shopify-rest" else "shopify",
+                "url": server.url,
+                "access_token": SecretStr(shopify_emulator.DEFAULT_ACCESS_TOKEN),
+                "webhook_secret": SecretStr(shopify_emulator.DEFAULT_APP_SECRET),
+                "api_version": f"2{version}" if version else shopify_emulator.DEFAULT_API_VERSION,
+            }
         )
         yield Shop(flavour, source, app.state.shop)
 
@@ -159,7 +161,7 @@ def test_a_wrong_access_token_is_a_clear_auth_error(shop: Shop) -> None:
 def woo() -> Iterator[tuple[SourceConfig, Any]]:
     app = woo_emulator.create_app(products=1, key_permissions="read_write")
     with running(app) as server:
-        source = SourceConfig(
+        source = WooCommerceSource(
             name=SOURCE,
             kind="woocommerce",
             url=server.url,
@@ -226,7 +228,7 @@ def test_duplicates_of_our_woocommerce_webhook_are_removed(woo: tuple[SourceConf
 def test_a_read_only_woocommerce_key_is_told_to_get_write_permission() -> None:
     app = woo_emulator.create_app(products=1)  # the emulator's key reads only, like the README's products key
     with running(app) as server:
-        source = SourceConfig(
+        source = WooCommerceSource(
             name=SOURCE,
             kind="woocommerce",
             url=server.url,
@@ -247,7 +249,7 @@ def test_a_read_only_woocommerce_key_is_told_to_get_write_permission() -> None:
 def test_shopify_refuses_a_plain_http_address_off_this_machine_with_its_own_words() -> None:
     app = shopify_emulator.create_app(products=1)
     with running(app) as server:
-        source = SourceConfig(
+        source = ShopifySource(
             name=SOURCE, kind="shopify", url=server.url, access_token=SecretStr(shopify_emulator.DEFAULT_ACCESS_TOKEN)
         )
         api = subscription_api(source, build_connector(source))
@@ -265,7 +267,7 @@ def test_shopify_refuses_a_plain_http_address_off_this_machine_with_its_own_word
     ids=["feed", "storefront"],
 )
 def test_sources_without_a_webhook_api_are_refused_as_configuration(kind: str, extra: dict[str, Any], why: str) -> None:
-    source = SourceConfig(name=SOURCE, kind=kind, **extra)
+    source = parse_source({"name": SOURCE, "kind": kind, **extra})
 
     with pytest.raises(ConfigError, match=why):
         subscription_api(source, build_connector(source))
@@ -282,14 +284,14 @@ def test_sources_without_a_webhook_api_are_refused_as_configuration(kind: str, e
     ids=["http-off-this-machine", "wrong-path", "query", "not-http"],
 )
 def test_a_webhook_url_a_shop_cannot_deliver_to_is_a_configuration_error(url: str, why: str) -> None:
-    source = SourceConfig(name=SOURCE, kind="shopify", url="https://acme.myshopify.com", access_token=SecretStr("t"))
+    source = ShopifySource(name=SOURCE, kind="shopify", url="https://acme.myshopify.com", access_token=SecretStr("t"))
 
     with pytest.raises(ConfigError, match=re.escape(why)):
         required_url(source, url)
 
 
 def test_without_a_url_given_or_configured_register_says_how_to_give_one() -> None:
-    source = SourceConfig(name=SOURCE, kind="shopify", url="https://acme.myshopify.com", access_token=SecretStr("t"))
+    source = ShopifySource(name=SOURCE, kind="shopify", url="https://acme.myshopify.com", access_token=SecretStr("t"))
     configured = source.model_copy(update={"webhook_url": "https://hooks.example/webhooks/acme"})
 
     with pytest.raises(ConfigError, match="pass --url https://<your host>/webhooks/acme"):
@@ -307,4 +309,6 @@ def test_the_sources_file_checks_a_configured_webhook_url() -> None:
     with pytest.raises(ConfigError, match="webhook_url applies to kind"):
         parse_sources({"sources": [{"name": SOURCE, "kind": "feed", "url": "f.json", "webhook_url": URL}]})
     parsed = parse_sources({"sources": [{**shop, "webhook_url": " https://hooks.example/webhooks/acme "}]})
-    assert parsed[SOURCE].webhook_url == "https://hooks.example/webhooks/acme"
+    configured = parsed[SOURCE]
+    assert isinstance(configured, ShopifySource)
+    assert configured.webhook_url == "https://hooks.example/webhooks/acme"

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from config.sources import SourceConfig
+from config.sources import ShopifySource
 from connectors.base import Connector, ImageRef, SourceProduct
 from emulators.server import BackgroundServer, running
 from tests.webhooks_support import (
@@ -375,7 +375,7 @@ def test_the_shopify_api_js_vector_verifies_and_its_body_is_then_rejected_as_mal
     vector = next(v for v in json.loads(fixture_bytes("hmac", "vectors.json")) if v["platform"] == "shopify")
     body = fixture_bytes("hmac", vector["body_file"])
     name = f"vector-{sqlite_env.suffix}"
-    sqlite_env.runtime.sources[name] = SourceConfig(
+    sqlite_env.runtime.sources[name] = ShopifySource(
         name=name,
         kind="shopify",
         url="https://shop1.myshopify.io",

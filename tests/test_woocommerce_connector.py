@@ -21,7 +21,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, WooCommerceSource
 from connectors import build_connector
 from connectors.base import ImageRef, SourceProduct
 from connectors.woocommerce import (
@@ -46,7 +46,7 @@ def load(name: str) -> Any:
 
 
 def source(url: str = "https://shop.example", **extra: Any) -> SourceConfig:
-    return SourceConfig(
+    return WooCommerceSource(
         name="woo",
         kind="woocommerce",
         url=url,

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from config.sources import SourceConfig
+from config.sources import SourceConfig, WooCommerceSource
 from connectors.base import Connector, SourceProduct, WebhookEvent
 from connectors.woocommerce import WooCommerceConnector
 from emulators.server import BackgroundServer, running
@@ -77,7 +77,7 @@ class TlsTerminatingProxy(httpx.BaseTransport):
 
 
 def woo_source(url: str, *, secret: str | None = None, page_size: int | None = 7) -> SourceConfig:
-    return SourceConfig(
+    return WooCommerceSource(
         name="woo",
         kind="woocommerce",
         url=url,

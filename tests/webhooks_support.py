@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from config.settings import Settings
-from config.sources import SourceConfig
+from config.sources import FeedSource, ShopifySource, SourceConfig, WooCommerceSource
 from tests.redis_dbs import db_for
 from worker.ratelimit import build_limiter
 from worker.runtime import Runtime
@@ -110,8 +110,8 @@ def make_sources(
     suffix: str, shop_url: str = "https://shop.example", woo_url: str = "https://store.example"
 ) -> dict[str, SourceConfig]:
     """A Shopify source (with a previous secret), a WooCommerce one, one without a secret and a feed."""
-    sources = [
-        SourceConfig(
+    sources: list[SourceConfig] = [
+        ShopifySource(
             name=f"shop-{suffix}",
             kind="shopify",
             url=shop_url,
@@ -120,7 +120,7 @@ def make_sources(
             webhook_secret_previous=SHOPIFY_PREVIOUS_SECRET,
             check_images=False,
         ),
-        SourceConfig(
+        WooCommerceSource(
             name=f"woo-{suffix}",
             kind="woocommerce",
             url=woo_url,
@@ -129,8 +129,8 @@ def make_sources(
             webhook_secret=WOO_SECRET,
             check_images=False,
         ),
-        SourceConfig(name=f"nosecret-{suffix}", kind="shopify", url=shop_url, access_token="t"),
-        SourceConfig(name=f"feed-{suffix}", kind="feed", url="/nonexistent/feed.xml", webhook_secret="s"),
+        ShopifySource(name=f"nosecret-{suffix}", kind="shopify", url=shop_url, access_token="t"),
+        FeedSource(name=f"feed-{suffix}", kind="feed", url="/nonexistent/feed.xml"),
     ]
     return {source.name: source for source in sources}
 

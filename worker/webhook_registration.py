@@ -23,7 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from config.settings import get_settings
-from config.sources import SourceConfig, WebhookSource, load_sources
+from config.sources import ShopSource, SourceConfig, WebhookSource, load_sources
 from config.webhook_urls import check_webhook_url, webhook_path
 from connectors.base import Connector
 from connectors.subscriptions import ACTIVE, Subscription, SubscriptionApi
@@ -83,7 +83,7 @@ def required_url(source: SourceConfig, given: str | None) -> str:
 
 def require_secret(source: SourceConfig) -> None:
     """Deliveries are verified with the source's webhook secret: without one every delivery would be refused."""
-    secrets = source.webhook_secrets if isinstance(source, WebhookSource) else ()
+    secrets = source.webhook_secrets if isinstance(source, ShopSource) else ()
     if not any(secret.get_secret_value() for secret in secrets):
         what = (
             "the app's client secret (API secret key), which Shopify signs every delivery with"

@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from config.sources import SourceConfig, WebhookSource
+from config.sources import ShopSource, SourceConfig
 from connectors.base import Connector, WebhookEvent, product_id_problem
 from ground.errors import InvalidSignature, SkippedProduct
 from worker.logs import Throttle, configure_logging
@@ -264,7 +264,7 @@ class Intake:
 
 
 def _usable_secrets(source: SourceConfig) -> list[str]:
-    if not isinstance(source, WebhookSource):  # a kind without webhooks takes no secret
+    if not isinstance(source, ShopSource):  # a feed takes no webhooks
         return []
     return [secret.get_secret_value() for secret in source.webhook_secrets if secret.get_secret_value()]
 
