@@ -72,8 +72,7 @@ def test_each_kind_parses_into_its_own_model_with_the_common_fields(
         ),
         (
             {"kind": "shopify-storefront", "url": SHOP, "webhook_url": "https://h.example/webhooks/s"},
-            "  webhook_url applies to kind 'shopify' or 'shopify-rest' or 'woocommerce' only, not "
-            "'shopify-storefront'",
+            "  webhook_url applies to kind 'shopify' or 'shopify-rest' or 'woocommerce' only, not 'shopify-storefront'",
         ),
         (
             {"kind": "feed", "url": "f.json", "webhook_secret": "whsec_s3cret"},
