@@ -114,9 +114,7 @@ def test_a_filter_says_which_rule_keeps_a_product_out(
 
 
 def test_a_filtered_product_is_desired_out_of_the_catalog_with_its_rule() -> None:
-    source = parse_source(
-        {"name": "s", "kind": "feed", "url": "f.json", "exclude": {"tag": ["no-tryon"]}}
-    )
+    source = parse_source({"name": "s", "kind": "feed", "url": "f.json", "exclude": {"tag": ["no-tryon"]}})
 
     row = desired_row(product(tags=("no-tryon",)), source)
 
