@@ -25,7 +25,7 @@ from tests.sync_helpers import SyncWorld, sync_world
 from worker.inline import InlineDispatcher
 from worker.operations import run_sync, sync_product
 from worker.plan import RunReport
-from worker.state import DELETED
+from worker.state import DELETED, RunMode
 from worker.webhooks import create_app
 
 SHOPIFY_SECRET = "shopify-split-secret"
@@ -178,9 +178,9 @@ class Shops:
     woo: httpx.Client
     fetched: list[tuple[str, str]] = field(default_factory=list)
 
-    def sync(self, source: str, *, bulk: bool | None = None) -> RunReport:
+    def sync(self, source: str, *, bulk: bool | None = None, mode: RunMode = "full") -> RunReport:
         dispatcher = InlineDispatcher(self.world.runtime)
-        report = run_sync(self.world.runtime, source, "full", dispatcher, bulk=bulk)
+        report = run_sync(self.world.runtime, source, mode, dispatcher, bulk=bulk)
         dispatcher.drain(source, timeout=20)
         return report
 
@@ -336,19 +336,22 @@ def test_a_colourways_price_is_its_lowest_variant_price(shops: Shops) -> None:
     assert (blue["metadata"]["price"], blue["metadata"]["color"]) == ("35.00", "Blue")
 
 
-def test_a_colour_removed_in_shopify_is_deleted_on_the_next_full_run(shops: Shops) -> None:
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_a_colour_removed_in_shopify_is_deleted_on_the_next_run(shops: Shops, mode: RunMode) -> None:
     dress = shopify_dress(shops.shopify, ("Red", "Blue", "Green"))
+    shopify_tee(shops.shopify)
     shops.sync("shopify")
     assert f"shopify-{dress['id']}~green" in shops.catalog("shopify")
     shops.shopify.patch(
         f"/_emulator/products/{dress['id']}", json={"variants": shopify_variants_without(dress, "Green")}
     ).raise_for_status()
 
-    report = shops.sync("shopify")
+    report = shops.sync("shopify", mode=mode)
 
     assert report.outcome == "completed"
-    assert report.counts["removed"] == 1
-    assert sorted(shops.catalog("shopify")) == [f"shopify-{dress['id']}~blue", f"shopify-{dress['id']}~red"]
+    assert shops.world.stats()["deletes"] == 1
+    dresses = [key for key in shops.catalog("shopify") if key.startswith(f"shopify-{dress['id']}")]
+    assert sorted(dresses) == [f"shopify-{dress['id']}~blue", f"shopify-{dress['id']}~red"]
 
 
 def test_a_shopify_webhook_for_a_split_product_converges_every_colourway(shops: Shops) -> None:
@@ -456,18 +459,22 @@ def test_each_woocommerce_colour_becomes_a_product_with_its_own_images(shops: Sh
     assert image_urls(catalog[f"woo-{tee['id']}"]) == [f"{CDN}/tee.jpg"]
 
 
-def test_a_colour_removed_in_woocommerce_is_deleted_on_the_next_full_run(shops: Shops) -> None:
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_a_colour_removed_in_woocommerce_is_deleted_on_the_next_run(shops: Shops, mode: RunMode) -> None:
     dress = woo_dress(shops.woo, ("Red", "Blue", "Green"))
+    woo_tee(shops.woo)
     shops.sync("woo")
     assert f"woo-{dress['id']}~green" in shops.catalog("woo")
     shops.woo.patch(
         f"/_emulator/products/{dress['id']}", json={"variations": woo_variations(("Red", "Blue"))}
     ).raise_for_status()
 
-    report = shops.sync("woo")
+    report = shops.sync("woo", mode=mode)
 
-    assert report.counts["removed"] == 1
-    assert sorted(shops.catalog("woo")) == [f"woo-{dress['id']}~blue", f"woo-{dress['id']}~red"]
+    assert report.outcome == "completed"
+    assert shops.world.stats()["deletes"] == 1
+    dresses = [key for key in shops.catalog("woo") if key.startswith(f"woo-{dress['id']}")]
+    assert sorted(dresses) == [f"woo-{dress['id']}~blue", f"woo-{dress['id']}~red"]
 
 
 def test_a_woocommerce_webhook_for_a_split_product_converges_every_colourway(shops: Shops) -> None:

@@ -38,10 +38,11 @@ from connectors.base import (
     filter_reason,
     product_id_problem,
 )
-from connectors.colourways import split_products
+from connectors.colourways import split_products, splits_shop_products
 from ground.errors import SkippedProduct, SourceError
 from ground.limits import MAX_IMAGES
 from worker.catalog import ProductUpsert, field_path
+from worker.colourway_drops import ColourwaysRead, dropped_colour_rows
 from worker.images import ImageChecker, ImageVerdict
 from worker.state import DELETED, MASS_DELETE_CONFIRMED, DesiredRow, RunMode, RunOutcome, Store, utcnow
 
@@ -304,7 +305,11 @@ def plan_source(
     held: list[DesiredRow] = []
     split_by = source.split_by if isinstance(source, SplitSource) else None
     try:
-        for page in paged(split_products(connector.iter_products(since), split_by), page_size):
+        # An incremental read of a shop split by colour notes what each product split into: a colour it dropped is in
+        # no listing, so it is deleted here (a full run deletes it with everything else the shop no longer lists).
+        colours = ColourwaysRead() if not full and splits_shop_products(source) else None
+        items = split_products(connector.iter_products(since), split_by)
+        for page in paged(colours.watch(items) if colours is not None else items, page_size):
             verdicts = _check_images(page, source, image_checker) if image_checker is not None else None
             rows = page_rows(page, source, report.counts, verdicts)
             if full:
@@ -320,7 +325,14 @@ def plan_source(
             _delete_missing(
                 store, source, report, on_changed, mass_delete_share, allow_mass_delete, held, mass_delete_window
             )
-        elif since is not None and isinstance(connector, ReadsDeletions):
+        if colours is not None:
+            dropped = [
+                replace(row, updated_at=source_time(row.updated_at) if row.updated_at is not None else None)
+                for row in dropped_colour_rows(store, source, colours)
+            ]
+            if dropped:
+                _write(store, report, dropped, on_changed, run_id=None)
+        if not full and since is not None and isinstance(connector, ReadsDeletions):
             if still_holds_lock is not None:
                 still_holds_lock()
             deletions = connector.iter_deletions(since)
