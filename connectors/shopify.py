@@ -845,7 +845,7 @@ class _ShopifyBase(HttpConnector, Generic[_Flavour]):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"source {config.name!r}: url {config.url!r} is not an http(s) shop address")
         super().__init__(client, timeout=config.timeout)
-        # The Admin API root, REST and GraphQL alike (the storefront reads the shop's public pages instead).
+        # The Admin API root, REST and GraphQL alike; none for the storefront, which reads the shop's public pages.
         self.base = f"{self.shop_url}/admin/api/{config.api_version}" if isinstance(config, ShopifyAdminSource) else ""
         self._sleep = sleep
         self._clock = clock
