@@ -17,7 +17,8 @@ from tests.sync_helpers import SyncWorld
 from tests.worker_helpers import broker_world, sync_through_worker, worker_running
 
 SOURCE = "shop"
-PRODUCTS = 2_000
+# Enough for several pages of every kind of read; more only makes the test slow on a busy machine.
+PRODUCTS = 1_000
 
 
 @pytest.fixture
