@@ -55,6 +55,12 @@ def configure(
         broker_url=broker,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # A worker outlives any broker outage: Celery's default gives up after 100 reconnection attempts, and a
+        # channel error (a Redis restarted under a consumer) would otherwise stop the worker ("Unrecoverable
+        # error"). The state database remembers the work; the worker only has to come back.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",
