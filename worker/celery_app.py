@@ -22,6 +22,7 @@ from kombu.entity import Exchange, Queue
 
 from config.settings import Settings
 from config.sources import SourceConfig
+from worker.broker_fixes import tolerate_detached_restore
 
 QUEUE_PRIORITY = "push.priority"
 QUEUE_PUSH = "push"
@@ -48,6 +49,8 @@ def configure(
     """Apply the project's settings to a Celery app; `embedded` uses the in-process `memory://` broker."""
     _drop_connections(celery)
     broker = "memory://" if embedded else settings.broker_url
+    if broker.startswith(("redis://", "rediss://")):
+        tolerate_detached_restore()
     transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT, "queue_order_strategy": "priority"}
     if embedded:
         transport_options = {"polling_interval": MEMORY_POLLING_INTERVAL}
