@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-import chaos  # noqa: E402
+import chaos
 
 # Startup of six processes and the scenario itself, on a busy machine: a guard against a hang, not a measure.
 pytestmark = pytest.mark.timeout(300)
