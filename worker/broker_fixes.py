@@ -43,4 +43,4 @@ def tolerate_detached_restore() -> None:
         return original(self, client)
 
     setattr(restore_unacked, _PATCHED, True)
-    redis_transport.QoS.restore_unacked = restore_unacked
+    setattr(redis_transport.QoS, "restore_unacked", restore_unacked)  # noqa: B010 - mypy forbids assigning a method
