@@ -1,39 +1,51 @@
-"""kombu's Redis transport, closing a channel whose transport already lost its connection (a Redis restart)."""
+"""kombu's Redis transport, using a channel whose transport already lost its connection (a Redis restart)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from kombu import Connection
+from kombu.transport import redis as redis_transport
+from kombu.transport.virtual import Channel
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from worker.broker_fixes import tolerate_detached_restore
+from worker.broker_fixes import tolerate_detached_channels
 
 
-def test_restoring_unacked_messages_of_a_detached_transport_does_not_raise(redis_url: str) -> None:
-    # Given a Redis channel holding one delivered, unacknowledged message, whose transport was then detached from
-    # its connection (what a Redis restart under a consumer leaves)
-    tolerate_detached_restore()
+@pytest.fixture
+def detached(redis_url: str) -> Iterator[Channel]:
+    """A Redis channel holding one delivered, unacknowledged message, whose transport was then detached from its
+    connection: what a Redis restart under a consumer leaves."""
+    tolerate_detached_channels()
     connection = Connection(redis_url)
     channel = connection.default_channel
     channel.qos._delivered["tag-1"] = object()
+    channel._pool = None
     channel.connection.client = None
-    # (kombu's own restore fails there: the error that stopped the worker with "Unrecoverable error")
-    from kombu.transport import redis as redis_transport
-
-    with pytest.raises(AttributeError, match="hostname"):
-        redis_transport.QoS.restore_unacked.__wrapped__(channel.qos)
-    channel.qos._delivered["tag-1"] = object()
-    # When the channel gives its unacknowledged messages back
-    result = channel.qos.restore_unacked()
-    # Then it does not raise (kombu raised AttributeError, which stopped the worker) and forgets them
-    assert result is None
-    assert len(channel.qos._delivered) == 0
+    yield channel
     connection.release()
 
 
-def test_the_fix_is_applied_once() -> None:
-    from kombu.transport import redis as redis_transport
+def test_kombu_alone_fails_with_an_error_celery_cannot_recover_from(detached: Channel) -> None:
+    with pytest.raises(AttributeError):
+        redis_transport.Channel._connparams.__wrapped__(detached)
 
-    tolerate_detached_restore()
-    first = redis_transport.QoS.restore_unacked
-    tolerate_detached_restore()
-    assert redis_transport.QoS.restore_unacked is first
+
+def test_restoring_unacked_messages_raises_a_connection_error(detached: Channel) -> None:
+    # A connection error is what kombu's close and Celery's consumer recover from (the worker reconnects).
+    with pytest.raises(RedisConnectionError):
+        detached.qos.restore_unacked()
+    assert RedisConnectionError in Connection("redis://").connection_errors
+
+
+def test_acknowledging_a_finished_task_raises_a_connection_error(detached: Channel) -> None:
+    with pytest.raises(RedisConnectionError):
+        detached.qos.ack("tag-1")
+
+
+def test_the_fix_is_applied_once() -> None:
+    tolerate_detached_channels()
+    first = redis_transport.Channel._connparams
+    tolerate_detached_channels()
+    assert redis_transport.Channel._connparams is first

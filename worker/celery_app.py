@@ -22,7 +22,7 @@ from kombu.entity import Exchange, Queue
 
 from config.settings import Settings
 from config.sources import SourceConfig
-from worker.broker_fixes import tolerate_detached_restore
+from worker.broker_fixes import tolerate_detached_channels
 
 QUEUE_PRIORITY = "push.priority"
 QUEUE_PUSH = "push"
@@ -50,7 +50,7 @@ def configure(
     _drop_connections(celery)
     broker = "memory://" if embedded else settings.broker_url
     if broker.startswith(("redis://", "rediss://")):
-        tolerate_detached_restore()
+        tolerate_detached_channels()
     transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT, "queue_order_strategy": "priority"}
     if embedded:
         transport_options = {"polling_interval": MEMORY_POLLING_INTERVAL}
