@@ -241,14 +241,19 @@ def production(
             )
             webhook_url = f"http://127.0.0.1:{port}"
             wait_healthy(webhook_url, server, workdir / "serve.log")
-        os.environ.update({key: value for key, value in env.items() if key.startswith("CATALOG_SYNC_")})
-        from config.settings import get_settings
-        from worker.celery_app import app as celery
-        from worker.celery_app import configure
-
-        get_settings.cache_clear()
-        configure(celery, get_settings())
+        configure_publisher(env)
         yield Stack(workdir, probe, env, webhook_url, broker, pids, {**names, "shop": shop})
+
+
+def configure_publisher(env: dict[str, str]) -> None:
+    """Make this process's Celery app publish to the broker of `env` (the settings the workers were started with)."""
+    os.environ.update({key: value for key, value in env.items() if key.startswith("CATALOG_SYNC_")})
+    from config.settings import get_settings
+    from worker.celery_app import app as celery
+    from worker.celery_app import configure
+
+    get_settings.cache_clear()
+    configure(celery, get_settings())
 
 
 def start_full_sync(source: str) -> None:

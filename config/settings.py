@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.rates import parse_rate
@@ -88,7 +88,12 @@ class Settings(BaseSettings):
     )
     reconcile_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between reconcile passes.")
     reconcile_batch: int = Field(500, ge=1, le=100_000, description="Rows enqueued per reconcile pass at most.")
-    lease_seconds: float = Field(300.0, gt=0, le=86_400, description="How long a push owns a row.")
+    lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="How long a push owns a row; a row whose worker died is pushed again once its lease expires.",
+    )
     requeue_after: float = Field(
         60.0,
         ge=0,
@@ -134,6 +139,22 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="`json`: one JSON object per log line (with source, product, run where known)."
     )
+
+    @model_validator(mode="after")
+    def _recovery_bounds(self) -> Settings:
+        # A lease shorter than one catalog call would hand a row to a second push while the first still waits for
+        # its answer; a requeue delay under the feeder's horizon would resend bulk pushes still queued.
+        if self.lease_seconds < self.catalog_timeout:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds:g}) must be at least catalog_timeout ({self.catalog_timeout:g}): "
+                f"raise CATALOG_SYNC_LEASE_SECONDS or lower CATALOG_SYNC_CATALOG_TIMEOUT"
+            )
+        if 0 < self.requeue_after < 2 * self.push_horizon:
+            raise ValueError(
+                f"requeue_after ({self.requeue_after:g}) must be 0 or at least twice push_horizon "
+                f"({self.push_horizon:g}): raise CATALOG_SYNC_REQUEUE_AFTER or lower CATALOG_SYNC_PUSH_HORIZON"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -185,6 +206,11 @@ def _explain(exc: ValidationError) -> str:
     for error in exc.errors():
         field = "_".join(str(part) for part in error["loc"])
         given = error.get("input")
+        if not field:
+            # A rule between settings (see `_recovery_bounds`): its message names them; the input is every
+            # setting, secrets included, so it is not shown.
+            lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+            continue
         if field in SECRET_FIELDS:
             shown = MASK
         elif field in URL_FIELDS and isinstance(given, str):

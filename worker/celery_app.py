@@ -22,6 +22,7 @@ from kombu.entity import Exchange, Queue
 
 from config.settings import Settings
 from config.sources import SourceConfig
+from worker.broker_fixes import tolerate_detached_channels
 
 QUEUE_PRIORITY = "push.priority"
 QUEUE_PUSH = "push"
@@ -48,6 +49,8 @@ def configure(
     """Apply the project's settings to a Celery app; `embedded` uses the in-process `memory://` broker."""
     _drop_connections(celery)
     broker = "memory://" if embedded else settings.broker_url
+    if broker.startswith(("redis://", "rediss://")):
+        tolerate_detached_channels()
     transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT, "queue_order_strategy": "priority"}
     if embedded:
         transport_options = {"polling_interval": MEMORY_POLLING_INTERVAL}
@@ -55,6 +58,12 @@ def configure(
         broker_url=broker,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # A worker outlives any broker outage: Celery's default gives up after 100 reconnection attempts, and a
+        # channel error (a Redis restarted under a consumer) would otherwise stop the worker ("Unrecoverable
+        # error"). The state database remembers the work; the worker only has to come back.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",

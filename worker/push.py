@@ -111,7 +111,7 @@ def action_for(exc: BaseException) -> Action | None:
 
 @dataclass(frozen=True, slots=True)
 class PushSettings:
-    lease_seconds: float = 300.0
+    lease_seconds: float = 60.0
     max_attempts: int = 8
 
 

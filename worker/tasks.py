@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from celery.exceptions import Reject
+from redis import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from ground.errors import InfrastructureError
 from worker import operations, work_metrics
 from worker.celery_app import PUBLISH_RETRY_POLICY, QUEUE_PRIORITY, QUEUE_PUSH, app
 from worker.push import Outcome, push
@@ -18,6 +25,11 @@ log = logging.getLogger(__name__)
 # which bounds webhook intake; a few ids per message cut that several-fold. Bulk pushes stay one per message: a
 # worker busy with a chunk of rate-limited bulk pushes would hold a webhook's push behind all of them.
 PUSH_CHUNK = 8
+# Seconds a push waits before handing its message back when the state database (or our Redis) cannot be reached:
+# long enough that an outage does not spin the workers, short enough that the row is pushed soon after it ends.
+STORE_OUTAGE_PAUSE = 1.0
+# What a push cannot do without: our own database and Redis. A push that meets them down blames no product.
+OUTAGES = (SQLAlchemyError, RedisError, InfrastructureError)
 
 
 class CeleryDispatcher:
@@ -65,12 +77,32 @@ dispatcher = CeleryDispatcher()
 
 @app.task(name="catalog_sync.push")
 def push_task(source: str, product_id: str, force: bool = False) -> str:
-    return _push_one(source, product_id, force).value
+    with _requeued_on_outage(source, [product_id]):
+        return _push_one(source, product_id, force).value
 
 
 @app.task(name="catalog_sync.push_many")
 def push_many_task(source: str, product_ids: list[str], force: bool = False) -> list[str]:
-    return [_push_one(source, product_id, force).value for product_id in product_ids]
+    with _requeued_on_outage(source, product_ids):
+        return [_push_one(source, product_id, force).value for product_id in product_ids]
+
+
+@contextmanager
+def _requeued_on_outage(source: str, product_ids: Sequence[str]) -> Iterator[None]:
+    """A push that cannot lease or record its row (the state database or Redis is down) hands its message back to
+    the broker after a short pause instead of failing: the message is not acknowledged away, no attempt is counted,
+    and the row is pushed again as soon as the database answers. Pushes already done in a chunk are no-ops then."""
+    try:
+        yield
+    except OUTAGES as exc:
+        log.warning(
+            "push %s/%s waits for the state database or Redis (%s); the message goes back to the queue",
+            source,
+            ",".join(product_ids),
+            type(exc).__name__,
+        )
+        time.sleep(STORE_OUTAGE_PAUSE)
+        raise Reject(exc, requeue=True) from exc
 
 
 def _push_one(source: str, product_id: str, force: bool) -> Outcome:
