@@ -60,11 +60,6 @@ def test_webhooks_during_a_sync_all_answered_and_converged(quick: argparse.Names
     assert_converged(figures)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 finding 3: a truncated feed's cut last row (no image) is removed although the run's deletions "
-    "are held; the brake must count every removal a run would cause (worker/plan.py)",
-)
 def test_an_empty_or_truncated_listing_deletes_nothing(quick: argparse.Namespace) -> None:
     [figures] = chaos.scenario_listing(quick)
     assert_converged(figures)
