@@ -90,7 +90,16 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=3600,
-        description="Bulk pushes handed to the queue per account: what the budget serves in this many seconds.",
+        description="Bulk pushes handed to the queue per account: at most what the budget serves in this many seconds.",
+    )
+    push_lead_slots: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description=(
+            "Bulk pushes of one account on their way at once: its next this-many budget slots. A bulk call waits for "
+            "the budget at most one slot longer than that, so fewer idle the budget, more hold worker slots asleep."
+        ),
     )
     sync_lock_seconds: float = Field(
         6 * 3600.0, gt=0, description="Longest a sync of one source may hold its lock before another may start."

@@ -475,6 +475,13 @@ def pacing(account: Account) -> tuple[float, int, int]:
     return steady, burst, reserve
 
 
+def bulk_wait(account: Account, lead_slots: int) -> float:
+    """Longest a bulk call waits for `account`'s budget: one slot interval more than the feeder hands pushes ahead
+    (`push_lead_slots`). Every push it handed then finds its slot inside the call, so the budget is never left idle
+    by a push giving its slot back, and no worker slot sleeps longer than a few intervals on one account."""
+    return (lead_slots + 1) / pacing(account)[0]
+
+
 def _acquire(check: Callable[[], tuple[float, bool]], sleep: Sleep, max_wait: float | None) -> None:
     """The one waiting loop both limiters share: ask, and sleep the answer until allowed or past `max_wait`."""
     if max_wait is not None and not max_wait >= 0:

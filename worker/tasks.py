@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from worker import operations, work_metrics
+from worker import feeder, operations, work_metrics
 from worker.celery_app import PUBLISH_RETRY_POLICY, QUEUE_PRIORITY, QUEUE_PUSH, app
 from worker.push import Outcome, push
 from worker.runtime import get_runtime
@@ -65,12 +65,25 @@ dispatcher = CeleryDispatcher()
 
 @app.task(name="catalog_sync.push")
 def push_task(source: str, product_id: str, force: bool = False) -> str:
-    return _push_one(source, product_id, force).value
+    outcome = _push_one(source, product_id, force).value
+    _hand_on(source)
+    return outcome
 
 
 @app.task(name="catalog_sync.push_many")
 def push_many_task(source: str, product_ids: list[str], force: bool = False) -> list[str]:
-    return [_push_one(source, product_id, force).value for product_id in product_ids]
+    outcomes = [_push_one(source, product_id, force).value for product_id in product_ids]
+    _hand_on(source)
+    return outcomes
+
+
+def _hand_on(source: str) -> None:
+    """Fill the room these pushes left on their account's budget (see `feeder`); a failure here only delays the
+    next push to the next reconcile tick, so it is logged, never raised over the push's own outcome."""
+    try:
+        feeder.hand_on(get_runtime(), dispatcher, source)
+    except Exception as exc:  # the state database or config went away mid-task; reconcile restarts the chain
+        log.warning("could not hand on the next push of %s (%s: %s); reconcile will", source, type(exc).__name__, exc)
 
 
 def _push_one(source: str, product_id: str, force: bool) -> Outcome:
