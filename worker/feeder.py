@@ -114,13 +114,22 @@ def _take(
     sources = account.sources
     if not sources:
         return taken
-    urgent = store.take_due(limit=priority_batch, requeue_after=requeue_after, now=now, sources=sources, priority=True)
-    taken.priority.extend(_by_source(urgent).items())
+    if priority_batch > 0:
+        urgent = store.take_due(
+            limit=priority_batch, requeue_after=requeue_after, now=now, sources=sources, priority=True
+        )
+        taken.priority.extend(_by_source(urgent).items())
     in_flight = store.in_flight_by_source(sources, requeue_after=requeue_after, now=now)
     room = account.capacity(horizon, lead_slots) - sum(in_flight.values())
     if room <= 0:
         return taken
-    waiting = store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
+    # A lone source needs no shares: the take below hands what is due, up to the room (one query less per pass,
+    # and a pass runs after every push).
+    waiting = (
+        {sources[0]: room}
+        if len(sources) == 1
+        else store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
+    )
     for source, share in fair_shares(room, waiting, in_flight).items():
         if share <= 0:
             continue
@@ -165,7 +174,8 @@ def feed_account(
     priority_batch: int,
     now: datetime | None = None,
 ) -> FeedReport:
-    """One pass for one account: priority rows, then bulk rows up to the account's capacity, shared fairly."""
+    """One pass for one account: priority rows (up to `priority_batch`; 0 skips them), then bulk rows up to the
+    account's capacity, shared fairly."""
     taken = _take(
         store,
         account,
@@ -201,8 +211,9 @@ def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = Non
 
 
 def hand_on(runtime: Runtime, dispatcher: Dispatcher, source: str, *, now: datetime | None = None) -> FeedReport:
-    """After a push of `source` finished: one pass for its account, which fills the room that push left (and hands
-    any due priority row), so the next slot of the budget has a push waiting for it without a reconcile tick."""
+    """After a push of `source` finished: one bulk pass for its account, which fills the room that push left, so the
+    next slot of the budget has a push waiting for it without a reconcile tick. Priority rows are handed as they are
+    written (and by reconcile when a message was lost): this pass, run after every push, skips looking for them."""
     settings = runtime.settings
     account = runtime.source(source).account
     budget = next(budget for budget in accounts(runtime) if budget.name == account)
@@ -213,7 +224,7 @@ def hand_on(runtime: Runtime, dispatcher: Dispatcher, source: str, *, now: datet
         horizon=settings.push_horizon,
         lead_slots=settings.push_lead_slots,
         requeue_after=settings.requeue_after,
-        priority_batch=settings.reconcile_batch,
+        priority_batch=0,
         now=now,
     )
 
