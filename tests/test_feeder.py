@@ -228,8 +228,9 @@ def test_status_shows_per_account_what_waits_and_when_it_converges(tmp_path: Pat
         (98 / 60, 10.0, 4, 4),  # the vendor's default pacing: the horizon would allow 17, the lead hands 4
         (1.0, 2.0, 4, 2),  # a horizon shorter than the lead bounds it
         (1 / 3600, 10.0, 4, 1),  # one request an hour: still one push on its way
+        (980 / 60, 10.0, 4, 17),  # 17 slots a second: the lead covers the time a push takes to hand on
     ],
-    ids=["lead-binds", "horizon-binds", "at-least-one"],
+    ids=["lead-binds", "horizon-binds", "at-least-one", "fast-account"],
 )
 def test_capacity_is_the_next_few_slots_bounded_by_the_horizon(
     rate: float, horizon: float, lead_slots: int, expected: int
@@ -238,7 +239,8 @@ def test_capacity_is_the_next_few_slots_bounded_by_the_horizon(
 
 
 def test_every_finished_push_hands_on_the_next_so_the_lead_stays_full_without_reconcile(tmp_path: Path) -> None:
-    with sync_world(tmp_path, push_lead_slots=3) as world:
+    # A minute's budget of 60 (paced at 58): the lead is the three slots asked for, not a second's worth.
+    with sync_world(tmp_path, catalog_rate_limit="60/minute", catalog_burst=2, push_lead_slots=3) as world:
         store = world.runtime.store
         store.write_desired(rows(SOURCE, 50))
         dispatcher = RecordingDispatcher()
@@ -261,7 +263,7 @@ def test_every_finished_push_hands_on_the_next_so_the_lead_stays_full_without_re
 
 
 def test_a_push_that_gave_its_slot_back_is_handed_on_when_its_slot_comes(tmp_path: Path) -> None:
-    with sync_world(tmp_path, push_lead_slots=1) as world:
+    with sync_world(tmp_path, catalog_rate_limit="60/minute", catalog_burst=2, push_lead_slots=1) as world:
         store = world.runtime.store
         store.write_desired(rows(SOURCE, 2))
         dispatcher = RecordingDispatcher()

@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from config.accounts import DEFAULT_ACCOUNT
-from worker.ratelimit import Grants, pacing
+from worker.ratelimit import Grants, bulk_lead, pacing
 from worker.state import Store, utcnow
 
 if TYPE_CHECKING:
@@ -58,9 +58,9 @@ class AccountBudget:
     sources: tuple[str, ...]
 
     def capacity(self, horizon: float, lead_slots: int) -> int:
-        """Pushes on their way at once: the account's next `lead_slots` budget slots, but no more than its budget
+        """Pushes on their way at once: the account's next budget slots (`bulk_lead`), but no more than its budget
         serves in the next `horizon` seconds (at least one)."""
-        return max(1, min(lead_slots, math.ceil(self.rate * horizon)))
+        return max(1, min(bulk_lead(self.rate, lead_slots), math.ceil(self.rate * horizon)))
 
 
 @dataclass(slots=True)
