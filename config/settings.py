@@ -97,9 +97,9 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description=(
-            "Bulk pushes of one account on their way at once: its next this-many budget slots (at least a second's "
-            "worth). A bulk call waits for the budget at most one slot longer, so fewer idle the budget, more hold "
-            "worker slots asleep."
+            "Bulk pushes of one account on their way at once: its next this-many budget slots (at least half a "
+            "second's worth). A bulk call waits for the budget at most one slot longer, so fewer idle the budget, "
+            "more hold worker slots asleep."
         ),
     )
     sync_lock_seconds: float = Field(

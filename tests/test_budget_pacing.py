@@ -28,8 +28,7 @@ def test_a_bulk_call_waits_one_slot_longer_than_the_feeder_hands_pushes_ahead() 
     interval = 60 / 98
 
     assert bulk_wait(account, 4) == pytest.approx(5 * interval)
-    # A lead of one slot would cover less than the time a push takes to hand on: two slots (a second's worth).
-    assert bulk_wait(account, 1) == pytest.approx(3 * interval)
+    assert bulk_wait(account, 1) == pytest.approx(2 * interval)
 
 
 def test_each_account_client_waits_as_long_as_its_own_pacing_allows(tmp_path: Path) -> None:
@@ -39,8 +38,8 @@ def test_each_account_client_waits_as_long_as_its_own_pacing_allows(tmp_path: Pa
 
     rate = 10 - 2 / 60
     assert client.bulk_max_wait == pytest.approx(expected)
-    # Ten slots a second pass quicker than a push hands the next one on: a second's worth of lead, one slot more.
-    assert client.bulk_max_wait == pytest.approx(11 / rate)
+    # Ten slots a second pass quicker than a push hands the next one on: half a second's worth of lead, one more.
+    assert client.bulk_max_wait == pytest.approx(6 / rate)
 
 
 @pytest.mark.parametrize(

@@ -228,7 +228,7 @@ def test_status_shows_per_account_what_waits_and_when_it_converges(tmp_path: Pat
         (98 / 60, 10.0, 4, 4),  # the vendor's default pacing: the horizon would allow 17, the lead hands 4
         (1.0, 2.0, 4, 2),  # a horizon shorter than the lead bounds it
         (1 / 3600, 10.0, 4, 1),  # one request an hour: still one push on its way
-        (980 / 60, 10.0, 4, 17),  # 17 slots a second: the lead covers the time a push takes to hand on
+        (980 / 60, 10.0, 4, 9),  # 16 slots a second: the lead covers the half second a push takes to hand on
     ],
     ids=["lead-binds", "horizon-binds", "at-least-one", "fast-account"],
 )

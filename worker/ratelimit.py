@@ -81,7 +81,7 @@ MAX_COOL_DOWN = 3600.0
 LOCAL_TOLERANCE = 1e-9
 # About how long a finished bulk push takes to hand the next one on (state database, broker, a worker picking it up)
 # on a busy host: an account's lead never covers less time than this, or its budget idles in between.
-HAND_ON_SECONDS = 1.0
+HAND_ON_SECONDS = 0.5
 # URL schemes of a Celery broker that is itself a Redis the limiter can share.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
