@@ -104,7 +104,17 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=3600,
-        description="Bulk pushes handed to the queue per account: what the budget serves in this many seconds.",
+        description="Bulk pushes handed to the queue per account: at most what the budget serves in this many seconds.",
+    )
+    push_lead_slots: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description=(
+            "Bulk pushes of one account on their way at once: its next this-many budget slots (at least half a "
+            "second's worth). A bulk call waits for the budget at most one slot longer, so fewer idle the budget, "
+            "more hold worker slots asleep."
+        ),
     )
     sync_lock_seconds: float = Field(
         90.0,

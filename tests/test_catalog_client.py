@@ -377,6 +377,26 @@ def test_priority_calls_ask_the_limiter_for_the_reserve_and_bulk_calls_do_not(
     server.assert_done()
 
 
+def test_a_bulk_call_waits_for_the_budget_as_long_as_its_pacing_allows_and_no_longer_than_the_cap(
+    make_client: Callable[..., CatalogClient],
+) -> None:
+    limiter = RecordingLimiter()
+    server = ScriptedServer(json_response(200, product_body()), json_response(200, product_body()))
+    paced = make_client(server, limiter=limiter, bulk_max_wait=3.1, max_retry_after=10.0)
+    capped = make_client(server, limiter=limiter, bulk_max_wait=3.1, max_retry_after=1.0)
+
+    paced.upsert(simple_product())
+    capped.upsert(simple_product())
+
+    assert limiter.acquired == [3.1, 1.0]
+    server.assert_done()
+
+
+def test_a_negative_bulk_wait_is_refused(make_client: Callable[..., CatalogClient]) -> None:
+    with pytest.raises(ValueError, match="bulk_max_wait"):
+        make_client(ScriptedServer(), bulk_max_wait=-1.0)
+
+
 def test_a_limiter_refusal_is_raised_without_sending_or_retrying(make_client: Callable[..., CatalogClient]) -> None:
     limiter = RecordingLimiter(refuse_with=RateLimited("global budget spent", retry_after=42.0))
     server = ScriptedServer()

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.sync_helpers import SOURCE, sync_world
-from worker.feeder import AccountBudget, budget_status, fair_shares, feed_account
+from worker.feeder import AccountBudget, budget_status, fair_shares, feed_account, hand_on
 from worker.state import DesiredRow, Store, utcnow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-# One request a second and a ten-second horizon: ten pushes on their way at most.
+# One request a second, a ten-second horizon and a lead of ten slots: ten pushes on their way at most.
 ACCOUNT = AccountBudget("default", rate=1.0, sources=("big", "small"))
 HORIZON = 10.0
+LEAD_SLOTS = 10
 CAPACITY = 10
 
 
@@ -50,7 +51,14 @@ def rows(source: str, count: int, start: int = 0) -> list[DesiredRow]:
 
 def feed(store: Store, dispatcher: RecordingDispatcher, now: datetime | None = None) -> None:
     feed_account(
-        store, dispatcher, ACCOUNT, horizon=HORIZON, requeue_after=60, priority_batch=500, now=now or utcnow()
+        store,
+        dispatcher,
+        ACCOUNT,
+        horizon=HORIZON,
+        lead_slots=LEAD_SLOTS,
+        requeue_after=60,
+        priority_batch=500,
+        now=now or utcnow(),
     )
 
 
@@ -212,3 +220,71 @@ def test_status_shows_per_account_what_waits_and_when_it_converges(tmp_path: Pat
     assert status.converges_in == pytest.approx(32 / (10 - 2 / 60))
     assert status.used_this_minute is not None
     assert status.used_this_minute + (status.used_last_minute or 0) >= 1
+
+
+@pytest.mark.parametrize(
+    ("rate", "horizon", "lead_slots", "expected"),
+    [
+        (98 / 60, 10.0, 4, 4),  # the vendor's default pacing: the horizon would allow 17, the lead hands 4
+        (1.0, 2.0, 4, 2),  # a horizon shorter than the lead bounds it
+        (1 / 3600, 10.0, 4, 1),  # one request an hour: still one push on its way
+        (980 / 60, 10.0, 4, 9),  # 16 slots a second: the lead covers the half second a push takes to hand on
+    ],
+    ids=["lead-binds", "horizon-binds", "at-least-one", "fast-account"],
+)
+def test_capacity_is_the_next_few_slots_bounded_by_the_horizon(
+    rate: float, horizon: float, lead_slots: int, expected: int
+) -> None:
+    assert AccountBudget("a", rate=rate, sources=("s",)).capacity(horizon, lead_slots) == expected
+
+
+def test_every_finished_push_hands_on_the_next_so_the_lead_stays_full_without_reconcile(tmp_path: Path) -> None:
+    # A minute's budget of 60 (paced at 58): the lead is the three slots asked for, not a second's worth.
+    with sync_world(tmp_path, catalog_rate_limit="60/minute", catalog_burst=2, push_lead_slots=3) as world:
+        store = world.runtime.store
+        store.write_desired(rows(SOURCE, 50))
+        dispatcher = RecordingDispatcher()
+        first = hand_on(world.runtime, dispatcher, SOURCE)
+        in_flight = []
+
+        for _ in range(20):
+            # A worker finishes the oldest push handed, then hands on: one reconcile-free pass per push.
+            source, ids, _ = dispatcher.handed.pop(0)
+            claim = store.claim(source, ids[0], lease_seconds=60)
+            assert claim is not None
+            store.record_success(claim)
+            report = hand_on(world.runtime, dispatcher, source)
+            assert report.bulk == {SOURCE: 1}
+            in_flight.append(store.in_flight([SOURCE], requeue_after=60))
+
+        assert first.bulk == {SOURCE: 3}
+        assert in_flight == [3] * 20
+        assert store.unconverged_count(SOURCE) == 50 - 20
+
+
+def test_a_push_that_gave_its_slot_back_is_handed_on_when_its_slot_comes(tmp_path: Path) -> None:
+    with sync_world(tmp_path, catalog_rate_limit="60/minute", catalog_burst=2, push_lead_slots=1) as world:
+        store = world.runtime.store
+        store.write_desired(rows(SOURCE, 2))
+        dispatcher = RecordingDispatcher()
+        hand_on(world.runtime, dispatcher, SOURCE)
+        [(source, (product_id,), _)] = dispatcher.handed
+        claim = store.claim(source, product_id, lease_seconds=60)
+        assert claim is not None
+        slot = utcnow() + timedelta(seconds=5)
+        # What push records when our own limiter refused within the bulk wait: due at the slot it named.
+        store.record_failure(claim, code="RATE_LIMITED", message="budget spent", retry_at=slot, max_attempts=8)
+        dispatcher.handed.clear()
+
+        hand_on(world.runtime, dispatcher, SOURCE)
+        before_slot = list(dispatcher.handed)
+        dispatcher.handed.clear()
+        other_id = "1" if product_id == "0" else "0"
+        other = store.claim(SOURCE, other_id, lease_seconds=60)
+        assert other is not None
+        store.record_success(other)
+        hand_on(world.runtime, dispatcher, SOURCE, now=slot)
+
+    # It no longer counts as on its way: the room went to the other row at once, and it comes back at its slot.
+    assert before_slot == [(SOURCE, (other_id,), False)]
+    assert dispatcher.handed == [(SOURCE, (product_id,), False)]

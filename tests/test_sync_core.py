@@ -287,7 +287,8 @@ def test_duplicate_messages_and_concurrent_pushes_make_one_upsert(world: SyncWor
 
 
 def test_lost_messages_are_redelivered_by_reconcile(tmp_path: Path) -> None:
-    with sync_world(tmp_path, requeue_after=0.0) as world:
+    # A lead of five slots lets one pass hand all five (a pass hands the account's next `push_lead_slots` pushes).
+    with sync_world(tmp_path, requeue_after=0.0, push_lead_slots=5) as world:
         write_feed(world.feed, [feed_item(str(n)) for n in range(5)])
         run_sync(world.runtime, SOURCE, "full", _NullDispatcher())  # every message lost
 

@@ -99,9 +99,9 @@ MAX_PAGE_SIZE: Final = 200
 DEFAULT_PAGE_SIZE: Final = 50
 # The API reserves this externalId prefix for ids it generates (409 RESERVED_EXTERNAL_ID).
 RESERVED_PREFIX: Final = "_anon_"
-# Longest a bulk call waits for its account's budget inside a push. Longer waits give the worker slot back (the row
-# is due again when its slot comes): a slot asleep on one account's budget serves no other account, and the feeder
-# keeps enough work queued that the budget is never left unused.
+# Longest a bulk call waits for its account's budget inside a push, for a client told nothing about its pacing (the
+# runtime passes `ratelimit.bulk_wait`: a few slot intervals of the account). Longer waits give the worker slot back
+# (the row is due again when its slot comes): a slot asleep on one account's budget serves no other account.
 BULK_MAX_WAIT: Final = 2.0
 # The multipart field that carries the JSON payload; an image fileKey must not collide with it.
 DATA_FIELD: Final = "data"
@@ -432,6 +432,7 @@ class CatalogClient:
         limiter: Limiter | None = None,
         max_retry_after: float = 10.0,
         max_total_time: float = 60.0,
+        bulk_max_wait: float = BULK_MAX_WAIT,
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
         transport: httpx.BaseTransport | None = None,
@@ -452,6 +453,8 @@ class CatalogClient:
             raise ValueError(f"max_retry_after must not be negative, got {max_retry_after}")
         if max_total_time <= 0:
             raise ValueError(f"max_total_time must be positive, got {max_total_time}")
+        if not bulk_max_wait >= 0:
+            raise ValueError(f"bulk_max_wait must not be negative, got {bulk_max_wait}")
         self.base_url = base_url.rstrip("/")
         # The URL path in front of `products`, for messages and logs that name the endpoint as the server sees it.
         self._base_path = urlsplit(self.base_url).path
@@ -460,6 +463,7 @@ class CatalogClient:
         self.max_attempts = max_attempts
         self.max_retry_after = max_retry_after
         self.max_total_time = max_total_time
+        self.bulk_max_wait = bulk_max_wait
         self._limiter = limiter
         self._sleep = sleep
         self._clock = clock
@@ -472,8 +476,11 @@ class CatalogClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, limiter: Limiter | None = None) -> CatalogClient:
-        """A client configured from `CATALOG_SYNC_CATALOG_*`; a missing key is a `ConfigError`."""
+    def from_settings(
+        cls, settings: Settings, *, limiter: Limiter | None = None, bulk_max_wait: float = BULK_MAX_WAIT
+    ) -> CatalogClient:
+        """A client configured from `CATALOG_SYNC_CATALOG_*`; a missing key is a `ConfigError`. `bulk_max_wait`:
+        the longest a bulk call waits for the budget (`ratelimit.bulk_wait` of the account)."""
         if settings.catalog_api_key is None or not settings.catalog_api_key.get_secret_value().strip():
             raise ConfigError("CATALOG_SYNC_CATALOG_API_KEY is not set: the catalog API needs its x-api-key")
         try:
@@ -483,6 +490,7 @@ class CatalogClient:
                 timeout=settings.catalog_timeout,
                 max_attempts=settings.catalog_max_attempts,
                 max_retry_after=settings.catalog_max_retry_after,
+                bulk_max_wait=bulk_max_wait,
                 limiter=limiter,
             )
         except ValueError as exc:
@@ -643,7 +651,7 @@ class CatalogClient:
         if self._limiter is not None:
             begun = time.perf_counter()
             try:
-                wait = self.max_retry_after if priority else min(self.max_retry_after, BULK_MAX_WAIT)
+                wait = self.max_retry_after if priority else min(self.max_retry_after, self.bulk_max_wait)
                 self._limiter.acquire(max_wait=wait, priority=priority)
             finally:
                 waited = time.perf_counter() - begun

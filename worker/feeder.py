@@ -8,12 +8,18 @@ a sync writes, and on every reconcile tick) looks at each account and hands the 
 
 1. every due **priority** row (a webhook, an admin command) of the account's sources, on `push.priority`: few, and
    the limiter's reserve serves them ahead of bulk work;
-2. then **bulk** rows, oldest change first, only up to the account's capacity: the requests its budget serves in
-   `push_horizon` seconds, minus the pushes already on their way (`Store.in_flight`), so the broker's depth stays
-   bounded whatever the size of the sync;
+2. then **bulk** rows, oldest change first, only up to the account's capacity: its next `push_lead_slots` budget
+   slots (never more than it serves in `push_horizon` seconds), minus the pushes already on their way
+   (`Store.in_flight`), so the broker's depth stays bounded whatever the size of the sync, and a handed push finds
+   its slot within the wait a bulk call allows itself (`bulk_wait`) instead of giving its worker slot back;
 3. shared fairly: each free slot goes to the source with bulk work waiting that has the fewest pushes on their way,
    so every source holds an even share of the capacity whatever the timing of the passes, and what a source cannot
    use goes to the others: a 100-product shop converges in its fair time beside a 100,000-product one.
+
+Just in time: the capacity is only a few slots, so a pass every few seconds would leave the budget idle between
+passes. Every push that finishes therefore hands its account's next one on (`hand_on`): the pushes on their way stay
+at the capacity, each one waiting at most a few slot intervals for the budget, and the reconcile ticks only restart
+the chain (after an idle spell, a broker outage, a lost message).
 
 A message lost with the broker, or a worker killed mid-push, leaves its row stamped `enqueued_at`; after
 `requeue_after` seconds the row counts as lost and is fed again. Because the queue is short, that delay can be short
@@ -32,7 +38,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from config.accounts import DEFAULT_ACCOUNT
-from worker.ratelimit import Grants, pacing
+from worker.ratelimit import Grants, bulk_lead, pacing
 from worker.state import Store, utcnow
 
 if TYPE_CHECKING:
@@ -51,9 +57,10 @@ class AccountBudget:
     rate: float
     sources: tuple[str, ...]
 
-    def capacity(self, horizon: float) -> int:
-        """Pushes the account's budget serves in the next `horizon` seconds (at least one)."""
-        return max(1, math.ceil(self.rate * horizon))
+    def capacity(self, horizon: float, lead_slots: int) -> int:
+        """Pushes on their way at once: the account's next budget slots (`bulk_lead`), but no more than its budget
+        serves in the next `horizon` seconds (at least one)."""
+        return max(1, min(bulk_lead(self.rate, lead_slots), math.ceil(self.rate * horizon)))
 
 
 @dataclass(slots=True)
@@ -98,6 +105,7 @@ def _take(
     account: AccountBudget,
     *,
     horizon: float,
+    lead_slots: int,
     requeue_after: float,
     priority_batch: int,
     now: datetime,
@@ -106,13 +114,22 @@ def _take(
     sources = account.sources
     if not sources:
         return taken
-    urgent = store.take_due(limit=priority_batch, requeue_after=requeue_after, now=now, sources=sources, priority=True)
-    taken.priority.extend(_by_source(urgent).items())
+    if priority_batch > 0:
+        urgent = store.take_due(
+            limit=priority_batch, requeue_after=requeue_after, now=now, sources=sources, priority=True
+        )
+        taken.priority.extend(_by_source(urgent).items())
     in_flight = store.in_flight_by_source(sources, requeue_after=requeue_after, now=now)
-    room = account.capacity(horizon) - sum(in_flight.values())
+    room = account.capacity(horizon, lead_slots) - sum(in_flight.values())
     if room <= 0:
         return taken
-    waiting = store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
+    # A lone source needs no shares: the take below hands what is due, up to the room (one query less per pass,
+    # and a pass runs after every push).
+    waiting = (
+        {sources[0]: room}
+        if len(sources) == 1
+        else store.due_counts(sources, requeue_after=requeue_after, now=now, limit=room)
+    )
     for source, share in fair_shares(room, waiting, in_flight).items():
         if share <= 0:
             continue
@@ -152,13 +169,21 @@ def feed_account(
     account: AccountBudget,
     *,
     horizon: float,
+    lead_slots: int,
     requeue_after: float,
     priority_batch: int,
     now: datetime | None = None,
 ) -> FeedReport:
-    """One pass for one account: priority rows, then bulk rows up to the account's capacity, shared fairly."""
+    """One pass for one account: priority rows (up to `priority_batch`; 0 skips them), then bulk rows up to the
+    account's capacity, shared fairly."""
     taken = _take(
-        store, account, horizon=horizon, requeue_after=requeue_after, priority_batch=priority_batch, now=now or utcnow()
+        store,
+        account,
+        horizon=horizon,
+        lead_slots=lead_slots,
+        requeue_after=requeue_after,
+        priority_batch=priority_batch,
+        now=now or utcnow(),
     )
     return _hand_over(store, dispatcher, [taken])
 
@@ -172,6 +197,7 @@ def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = Non
             runtime.store,
             account,
             horizon=settings.push_horizon,
+            lead_slots=settings.push_lead_slots,
             requeue_after=settings.requeue_after,
             priority_batch=settings.reconcile_batch,
             now=moment,
@@ -182,6 +208,25 @@ def feed(runtime: Runtime, dispatcher: Dispatcher, *, now: datetime | None = Non
     if report.total:
         log.info("fed %d priority and %d bulk push(es)", report.priority, sum(report.bulk.values()))
     return report
+
+
+def hand_on(runtime: Runtime, dispatcher: Dispatcher, source: str, *, now: datetime | None = None) -> FeedReport:
+    """After a push of `source` finished: one bulk pass for its account, which fills the room that push left, so the
+    next slot of the budget has a push waiting for it without a reconcile tick. Priority rows are handed as they are
+    written (and by reconcile when a message was lost): this pass, run after every push, skips looking for them."""
+    settings = runtime.settings
+    account = runtime.source(source).account
+    budget = next(budget for budget in accounts(runtime) if budget.name == account)
+    return feed_account(
+        runtime.store,
+        dispatcher,
+        budget,
+        horizon=settings.push_horizon,
+        lead_slots=settings.push_lead_slots,
+        requeue_after=settings.requeue_after,
+        priority_batch=0,
+        now=now,
+    )
 
 
 def accounts(runtime: Runtime) -> list[AccountBudget]:

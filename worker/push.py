@@ -7,7 +7,9 @@ meanwhile stays pending and duplicate messages are harmless.
 What a failure does is one table, `ACTIONS` (first matching class wins), tested as a table:
 
     exception                           attempt?  then
-    RateLimited (429)                   no        due again after `retry_after` (the limiter's cool-down is shared)
+    RateLimited (429, or our own limiter)
+                                        no        due again after `retry_after` (the limiter's cool-down is shared);
+                                                  exactly at the slot our limiter named, a 429's wait spread a little
     InfrastructureError, SQLAlchemyError,
       RedisError (our own Redis or DB)  no        lease released, due again after a backoff: no product is blamed
     RetryableError (5xx, timeout, ...)  yes       backoff; `failed` after `max_attempts`
@@ -167,9 +169,7 @@ def _handle(
     code = action.code or _code_of(exc)
     message = _message_of(exc)
     if action.then == "retry_after":
-        wait = getattr(exc, "retry_after", None)
-        wait = wait if wait is not None else DEFAULT_RATE_LIMIT_WAIT
-        retry_at = utcnow() + timedelta(seconds=wait * (1 + 0.2 * jitter()))
+        retry_at = utcnow() + timedelta(seconds=rate_limit_wait(exc, jitter))
     elif action.then == "fail":
         retry_at = None
     else:
@@ -189,6 +189,18 @@ def _handle(
     else:
         log.warning("push %s/%s failed (%s, attempt %d): %s", source, product_id, code, claim.attempts + 1, message)
     return Outcome.FAILED if status == "failed" else Outcome.RETRY
+
+
+def rate_limit_wait(exc: BaseException, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds until a rate-limited push is due again. Our own limiter (no HTTP status) names the moment its account's
+    slot comes: the row is due exactly then, so the next feeder pass hands it on without an idle gap. A 429's
+    Retry-After is spread by up to 20 % so the pushes it stopped do not all return at once."""
+    wait = getattr(exc, "retry_after", None)
+    if wait is None:
+        return DEFAULT_RATE_LIMIT_WAIT * (1 + 0.2 * jitter())
+    if getattr(exc, "status", None) is None:
+        return float(wait)
+    return float(wait) * (1 + 0.2 * jitter())
 
 
 def pause_reason(exc: BaseException, source: str) -> str:

@@ -79,6 +79,9 @@ REDIS_RETRIES = 1
 MAX_COOL_DOWN = 3600.0
 # Float sums of many intervals drift by femtoseconds; a slot that late is on time (Redis works in whole µs instead).
 LOCAL_TOLERANCE = 1e-9
+# About how long a finished bulk push takes to hand the next one on (state database, broker, a worker picking it up)
+# on a busy host: an account's lead never covers less time than this, or its budget idles in between.
+HAND_ON_SECONDS = 0.5
 # URL schemes of a Celery broker that is itself a Redis the limiter can share.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -473,6 +476,21 @@ def pacing(account: Account) -> tuple[float, int, int]:
             "slot of the burst"
         )
     return steady, burst, reserve
+
+
+def bulk_lead(rate: float, lead_slots: int) -> int:
+    """Budget slots an account's bulk pushes are handed ahead of: `lead_slots` (`push_lead_slots`), or as many as
+    come within HAND_ON_SECONDS when the account is fast enough that a few slots pass quicker than a finished push
+    hands the next one on."""
+    return max(lead_slots, math.ceil(rate * HAND_ON_SECONDS))
+
+
+def bulk_wait(account: Account, lead_slots: int) -> float:
+    """Longest a bulk call waits for `account`'s budget: one slot interval more than the feeder hands pushes ahead
+    (`bulk_lead`). Every push it handed then finds its slot inside the call, so the budget is never left idle by a
+    push giving its slot back, and no worker slot sleeps longer than a few intervals on one account."""
+    rate = pacing(account)[0]
+    return (bulk_lead(rate, lead_slots) + 1) / rate
 
 
 def _acquire(check: Callable[[], tuple[float, bool]], sleep: Sleep, max_wait: float | None) -> None:

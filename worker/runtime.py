@@ -27,7 +27,7 @@ from ground.errors import ConfigError
 from worker import schema
 from worker.catalog import CatalogClient
 from worker.push import PushSettings
-from worker.ratelimit import Limiter, build_limiter
+from worker.ratelimit import Limiter, build_limiter, bulk_wait
 from worker.state import Store, make_engine
 
 
@@ -98,16 +98,17 @@ class Runtime:
     def catalog(self, account: str = DEFAULT_ACCOUNT) -> CatalogClient:
         """The catalog client of `account`, paced by its limiter; one per account and process."""
         limiter = self.limiter_for(account)
+        resolved = self.account(account)
+        wait = bulk_wait(resolved, self.settings.push_lead_slots)
         with self._lock:
             if account not in self._catalogs:
                 if account == DEFAULT_ACCOUNT:
-                    client = CatalogClient.from_settings(self.settings, limiter=limiter)
+                    client = CatalogClient.from_settings(self.settings, limiter=limiter, bulk_max_wait=wait)
                 else:
-                    resolved = self.account(account)
                     settings = self.settings.model_copy(
                         update={"catalog_url": resolved.base_url, "catalog_api_key": resolved.api_key}
                     )
-                    client = CatalogClient.from_settings(settings, limiter=limiter)
+                    client = CatalogClient.from_settings(settings, limiter=limiter, bulk_max_wait=wait)
                 self._catalogs[account] = client
             return self._catalogs[account]
 

@@ -13,7 +13,7 @@ from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from ground.errors import InfrastructureError
-from worker import operations, work_metrics
+from worker import feeder, operations, work_metrics
 from worker.celery_app import PUBLISH_RETRY_POLICY, QUEUE_PRIORITY, QUEUE_PUSH, app
 from worker.push import Outcome, push
 from worker.runtime import get_runtime
@@ -78,13 +78,17 @@ dispatcher = CeleryDispatcher()
 @app.task(name="catalog_sync.push")
 def push_task(source: str, product_id: str, force: bool = False) -> str:
     with _requeued_on_outage(source, [product_id]):
-        return _push_one(source, product_id, force).value
+        outcome = _push_one(source, product_id, force).value
+    _hand_on(source)
+    return outcome
 
 
 @app.task(name="catalog_sync.push_many")
 def push_many_task(source: str, product_ids: list[str], force: bool = False) -> list[str]:
     with _requeued_on_outage(source, product_ids):
-        return [_push_one(source, product_id, force).value for product_id in product_ids]
+        outcomes = [_push_one(source, product_id, force).value for product_id in product_ids]
+    _hand_on(source)
+    return outcomes
 
 
 @contextmanager
@@ -103,6 +107,15 @@ def _requeued_on_outage(source: str, product_ids: Sequence[str]) -> Iterator[Non
         )
         time.sleep(STORE_OUTAGE_PAUSE)
         raise Reject(exc, requeue=True) from exc
+
+
+def _hand_on(source: str) -> None:
+    """Fill the room these pushes left on their account's budget (see `feeder`); a failure here only delays the
+    next push to the next reconcile tick, so it is logged, never raised over the push's own outcome."""
+    try:
+        feeder.hand_on(get_runtime(), dispatcher, source)
+    except Exception as exc:  # the state database or config went away mid-task; reconcile restarts the chain
+        log.warning("could not hand on the next push of %s (%s: %s); reconcile will", source, type(exc).__name__, exc)
 
 
 def _push_one(source: str, product_id: str, force: bool) -> Outcome:
