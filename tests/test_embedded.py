@@ -31,6 +31,9 @@ def test_the_demo_syncs_the_sample_feed_and_its_resync_makes_no_catalog_call(tmp
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "31 synced" in result.stdout
+    # The draft was never in the catalog: counted inactive, as `status` does, not deleted
+    assert "1 inactive" in result.stdout
+    assert "deleted" not in result.stdout
     assert "no_images" in result.stdout
     assert "catalog calls: 0" in result.stdout
 

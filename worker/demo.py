@@ -117,13 +117,15 @@ def _print_products(out: Console, runtime: Runtime) -> None:
         table.add_column(column)
     for row in sorted(rows, key=lambda r: (r.status != "synced", r.status, r.product_id)):
         reason = row.skip_reason or row.last_error_code or ""
-        if row.status == "deleted" and not reason:
+        # A draft the catalog never held is `inactive`, as `status` counts it: "deleted" means a catalog delete.
+        status = "inactive" if row.status == "deleted" and row.last_synced_at is None else row.status
+        if status == "inactive" and not reason:
             reason = "not active in the source"
         if row.last_error_message and row.status == "failed":
             reason = f"{reason}: {row.last_error_message}"
-        table.add_row(row.product_id, row.external_id, row.status, reason)
+        table.add_row(row.product_id, row.external_id, status, reason)
     out.print(table)
-    counts = runtime.store.status_counts(SOURCE).get(SOURCE, {})
+    counts = runtime.store.status_breakdown(SOURCE)
     run = runtime.store.latest_run(SOURCE)
     unrecorded = run.counts.get("skipped_without_id", 0) if run is not None else 0
     summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
