@@ -6,7 +6,9 @@ fault cleared. Needs PostgreSQL (the shared one, and its binaries for a private 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import chaos
 
+from config.settings import get_settings
+
 # Startup of six processes and the scenario itself, on a busy machine: a guard against a hang, not a measure.
 pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(autouse=True)
+def own_environment() -> Iterator[None]:
+    """The suite points this process's Celery app at each scenario's broker through CATALOG_SYNC_* variables
+    (`configure_publisher`); they are put back afterwards so no later test reads a scenario's settings."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
 
 
 @pytest.fixture

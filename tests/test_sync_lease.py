@@ -55,6 +55,8 @@ def env(world: SyncWorld) -> dict[str, str]:
             "CATALOG_SYNC_SYNC_LOCK_SECONDS": str(LEASE),
             # The push the killed process was making holds its row this long; the next run waits for it.
             "CATALOG_SYNC_LEASE_SECONDS": str(LEASE),
+            # A push lease may not be shorter than one catalog request's timeout.
+            "CATALOG_SYNC_CATALOG_TIMEOUT": str(LEASE),
             "CATALOG_SYNC_CATALOG_RATE_LIMIT": "500",
             "CATALOG_SYNC_CATALOG_BURST": "100",
             "CATALOG_SYNC_CATALOG_MAX_ATTEMPTS": "1",
