@@ -35,7 +35,7 @@ from pydantic import SecretStr
 from config.sources import BulkMode, ShopifySource
 from connectors.base import SourceProduct
 from connectors.shopify import ShopifyGraphQL
-from emulators.server import free_port
+from emulators.server import answers_when_up, free_port
 
 TOKEN = "shpat_bench"  # noqa: S105 - the emulator's token for this run, not a credential
 # How long the emulator process may take to answer its first request.
@@ -72,15 +72,8 @@ def emulator(products: int, seed: int) -> Iterator[str]:
     process = subprocess.Popen([sys.executable, "-c", script])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                httpx.get(f"{url}/_emulator/stats", timeout=2.0).raise_for_status()
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the Shopify emulator did not start") from None
-                time.sleep(0.1)
+        if not answers_when_up(url, process, timeout=STARTUP_TIMEOUT):
+            raise SystemExit("the Shopify emulator did not start")
         yield url
     finally:
         process.terminate()

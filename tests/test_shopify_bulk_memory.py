@@ -14,14 +14,13 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from config.sources import ShopifySource
 from connectors.base import SourceProduct
 from connectors.shopify import ShopifyGraphQL
-from emulators.server import free_port
+from emulators.server import answers_when_up, free_port
 
 # How long the emulator process may take to answer its first request.
 STARTUP_TIMEOUT = 30.0
@@ -46,15 +45,8 @@ def emulator_process(products: int) -> Iterator[str]:
     process = subprocess.Popen([sys.executable, "-c", _SERVE.format(products=products, port=port)])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                httpx.get(f"{url}/_emulator/stats", timeout=2.0).raise_for_status()
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Shopify emulator process for {products} products did not start")
-                time.sleep(0.05)
+        if not answers_when_up(url, process, timeout=STARTUP_TIMEOUT):
+            pytest.fail(f"the Shopify emulator process for {products} products did not start")
         yield url
     finally:
         process.terminate()
